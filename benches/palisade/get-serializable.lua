@@ -1,0 +1,10 @@
+-- benches/palisade/get-serializable.lua: local (possibly stale) read of a preloaded key.
+local bench = require("bench")
+
+wrk.method = "GET"
+
+bench.check = function(status, headers, body) return status == 200 end
+
+function request()
+  return wrk.format(nil, "/v1/kv/" .. bench.existing_key() .. "?consistency=serializable")
+end

@@ -1,0 +1,287 @@
+//! `palisade kv get|put|del|ls`: keys from the command line.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::output::{self, ClientArgs, Failure, Output};
+use crate::client::{
+    self, ChildrenOptions, Client, Conditions, DeleteOptions, GetOptions, ListOptions, PutOptions,
+};
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: KvCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Print a key's value (`-o json`: the whole key-value). Exit code 1 when it is missing.
+    Get(GetArgs),
+    /// Write a key. Prints `OK revision=N`; a failed condition prints the current key and exits 1.
+    Put(PutArgs),
+    /// Delete a key (or a subtree with --recursive). Prints `deleted=N revision=R`.
+    #[command(visible_alias = "delete", alias = "rm")]
+    Del(DelArgs),
+    /// List the children of a path (`name/` when it has children), or with --recursive the
+    /// whole subtree as `key = value` lines.
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The key, e.g. `/app/db/leader`.
+    pub key: String,
+    /// Read the key as of this revision.
+    #[arg(long)]
+    pub revision: Option<u64>,
+    /// Read the local replica of the answering node (fast, possibly stale).
+    #[arg(long)]
+    pub serializable: bool,
+}
+
+/// Write conditions; all given ones must hold.
+#[derive(Args, Debug)]
+pub struct CondArgs {
+    /// Only if the key's version is N (0: only if the key does not exist).
+    #[arg(long, value_name = "N")]
+    pub if_version: Option<u64>,
+    /// Only if the key was last modified at revision N.
+    #[arg(long, value_name = "N")]
+    pub if_mod_revision: Option<u64>,
+    /// Only if the key's current value is V.
+    #[arg(long, value_name = "V")]
+    pub if_value: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// The key, e.g. `/app/db/leader`.
+    pub key: String,
+    /// The value; `-` reads it from stdin (bytes as they are; binary is fine).
+    pub value: OsString,
+    #[command(flatten)]
+    pub cond: CondArgs,
+    /// Also print the previous key-value.
+    #[arg(long)]
+    pub prev_kv: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DelArgs {
+    /// The key, e.g. `/app/db/leader`.
+    pub key: String,
+    /// Delete the key and everything below it.
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub cond: CondArgs,
+    /// Also print the deleted key-values.
+    #[arg(long)]
+    pub prev_kv: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// The path to list.
+    #[arg(default_value = "/")]
+    pub key: String,
+    /// List the key and its whole subtree (`key = value` lines), following every page.
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+    /// With --recursive: print keys only.
+    #[arg(long, requires = "recursive")]
+    pub keys_only: bool,
+    /// Entries per request (the listing still follows every page).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// List as of this revision.
+    #[arg(long)]
+    pub revision: Option<u64>,
+    /// Read the local replica of the answering node (fast, possibly stale).
+    #[arg(long)]
+    pub serializable: bool,
+}
+
+pub fn run(args: KvArgs) -> ExitCode {
+    output::run(async move {
+        let client = args.client.client()?;
+        let out = args.client.output;
+        match args.command {
+            KvCommand::Get(a) => get(&client, out, a).await,
+            KvCommand::Put(a) => put(&client, out, a).await,
+            KvCommand::Del(a) => del(&client, out, a).await,
+            KvCommand::Ls(a) => ls(&client, out, a).await,
+        }
+    })
+}
+
+async fn get(client: &Client, out: Output, a: GetArgs) -> Result<(), Failure> {
+    let opts = GetOptions { revision: a.revision, consistency_serializable: a.serializable };
+    let r = client.get(&a.key, opts).await?;
+    match out {
+        Output::Json => output::json(&r),
+        Output::Table => {
+            let mut bytes = r.kv.value_bytes().to_vec();
+            bytes.push(b'\n');
+            output::write_out(&bytes)
+        }
+    }
+}
+
+fn value_arg(v: OsString) -> Result<Vec<u8>, Failure> {
+    if v == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut buf)
+            .map_err(|e| Failure::Local(format!("cannot read the value from stdin: {e}")))?;
+        return Ok(buf);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        Ok(v.into_vec())
+    }
+    #[cfg(not(unix))]
+    {
+        v.into_string()
+            .map(String::into_bytes)
+            .map_err(|_| Failure::Local("the value is not valid Unicode; pass it on stdin with `-`".into()))
+    }
+}
+
+fn conditions(c: CondArgs) -> Conditions {
+    Conditions { if_version: c.if_version, if_mod_revision: c.if_mod_revision, if_value: c.if_value }
+}
+
+/// On a failed condition, prints the current key-value (stdout) before the error is reported.
+fn show_conflict(out: Output, e: &client::Error) -> Result<(), Failure> {
+    let Some(current) = e.current_kv() else { return Ok(()) };
+    match (out, current) {
+        (Output::Json, current) => output::json(&current),
+        (Output::Table, Some(kv)) => output::line(&format!("current: {}", output::describe(&kv))),
+        (Output::Table, None) => output::line("current: (the key does not exist)"),
+    }
+}
+
+async fn put(client: &Client, out: Output, a: PutArgs) -> Result<(), Failure> {
+    let value = value_arg(a.value)?;
+    let c = conditions(a.cond);
+    let opts = PutOptions {
+        if_version: c.if_version,
+        if_mod_revision: c.if_mod_revision,
+        if_value: c.if_value,
+        prev_kv: a.prev_kv,
+        lease: None,
+    };
+    let r = match client.put(&a.key, &value, opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            show_conflict(out, &e)?;
+            return Err(e.into());
+        }
+    };
+    match out {
+        Output::Json => output::json(&r),
+        Output::Table => {
+            output::line(&format!("OK revision={}", r.revision))?;
+            if a.prev_kv {
+                match &r.prev_kv {
+                    Some(p) => output::line(&format!("prev: {}", output::describe(p)))?,
+                    None => output::line("prev: (the key did not exist)")?,
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn del(client: &Client, out: Output, a: DelArgs) -> Result<(), Failure> {
+    let opts = DeleteOptions { recursive: a.recursive, conditions: conditions(a.cond), prev_kv: a.prev_kv };
+    let r = match client.delete(&a.key, opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            show_conflict(out, &e)?;
+            return Err(e.into());
+        }
+    };
+    match out {
+        Output::Json => output::json(&r),
+        Output::Table => {
+            output::line(&format!("deleted={} revision={}", r.deleted, r.revision))?;
+            for p in &r.prev_kvs {
+                output::line(&format!("prev: {}", output::describe(p)))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn ls(client: &Client, out: Output, a: LsArgs) -> Result<(), Failure> {
+    if a.recursive {
+        let opts = ListOptions {
+            limit: a.limit,
+            after: None,
+            keys_only: a.keys_only,
+            revision: a.revision,
+            serializable: a.serializable,
+        };
+        if out == Output::Json {
+            return output::json(&client.list_all(&a.key, opts).await?);
+        }
+        // Page by page, printing as the pages arrive.
+        let mut opts = opts;
+        loop {
+            let page = client.list(&a.key, opts.clone()).await?;
+            let mut text = String::new();
+            for kv in &page.kvs {
+                text.push_str(&kv.key);
+                if !a.keys_only {
+                    text.push_str(" = ");
+                    text.push_str(&output::display_value(kv));
+                }
+                text.push('\n');
+            }
+            output::write_out(text.as_bytes())?;
+            if !page.more {
+                return Ok(());
+            }
+            let Some(next) = page.next else {
+                return Err(Failure::Local("the server said more keys follow but gave no page token".into()));
+            };
+            opts.after = Some(next);
+        }
+    }
+    let opts =
+        ChildrenOptions { limit: a.limit, after: None, revision: a.revision, serializable: a.serializable };
+    if out == Output::Json {
+        return output::json(&client.children_all(&a.key, opts).await?);
+    }
+    let mut opts = opts;
+    loop {
+        let page = client.children(&a.key, opts.clone()).await?;
+        let mut text = String::new();
+        for c in &page.children {
+            text.push_str(&c.name);
+            if c.has_children {
+                text.push('/');
+            }
+            text.push('\n');
+        }
+        output::write_out(text.as_bytes())?;
+        if !page.more {
+            return Ok(());
+        }
+        let Some(next) = page.next else {
+            return Err(Failure::Local("the server said more children follow but gave no page token".into()));
+        };
+        opts.after = Some(next);
+    }
+}

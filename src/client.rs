@@ -1,0 +1,973 @@
+//! A typed async client for Palisade's HTTP/JSON API, used by the CLI and by tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), palisade::client::Error> {
+//! use palisade::client::{Client, GetOptions, PutOptions};
+//! let client = Client::new(vec!["http://127.0.0.1:7379".into()])?;
+//! client.put("/app/db/leader", b"node-a", PutOptions::default()).await?;
+//! let got = client.get("/app/db/leader", GetOptions::default()).await?;
+//! assert_eq!(got.kv.value_bytes(), b"node-a");
+//! # Ok(()) }
+//! ```
+//!
+//! Failover: a request goes to the endpoint that answered last. Only when it cannot even
+//! connect there (nothing was sent) does it try the next endpoint, round-robin. Any other
+//! failure (a timeout, a reset mid-request) or any HTTP reply, error statuses included, is
+//! final: a write that may have been delivered is never sent again.
+//! Proxy variables (`HTTP_PROXY`, ...) are ignored: members are reached directly.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The request timeout when none is given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything but RFC 3986 unreserved characters is percent-encoded, in path segments and
+/// in query values alike (so `%`, `?`, `#`, `+`, `&`, `=`, spaces and non-ASCII are safe).
+const ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// The server replied with an error status. `body` is the whole JSON body as received
+    /// (`{"error": {"code", "message", ...}}`; for a reply that is not JSON, a string).
+    Api { status: u16, code: String, message: String, body: Value },
+    /// No endpoint could be reached (nothing was sent); the text names the endpoints tried.
+    Connect(String),
+    /// Anything else: a timeout, a broken connection, an unexpected reply, a bad argument.
+    Other(String),
+}
+
+impl Error {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The `error.code` of an API error (`key_not_found`, `condition_failed`, ...).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the server's `key_not_found`.
+    pub fn is_key_not_found(&self) -> bool {
+        self.code() == Some("key_not_found")
+    }
+
+    /// For a `condition_failed` error: `Some(current)`, the key as it is now (`None` inside
+    /// when the key does not exist). `None` for any other error.
+    pub fn current_kv(&self) -> Option<Option<KeyValue>> {
+        match self {
+            Error::Api { code, body, .. } if code == "condition_failed" => {
+                let current =
+                    body.get("error").and_then(|e| e.get("current")).cloned().unwrap_or(Value::Null);
+                Some(serde_json::from_value::<Option<KeyValue>>(current).ok().flatten())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Api { status, code, message, .. } => write!(f, "{code}: {message} (HTTP {status})"),
+            Error::Connect(m) | Error::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What the reply's headers said: the state it reflects and who answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseMeta {
+    /// `X-Palisade-Revision`.
+    pub revision: Option<u64>,
+    /// `X-Palisade-Term`.
+    pub term: Option<u64>,
+    /// The endpoint that answered.
+    pub endpoint: String,
+}
+
+/// One key as the server reports it. `value` is `None` only in `keys_only` listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireKv", into = "WireKv")]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    pub lease: Option<u64>,
+}
+
+impl KeyValue {
+    /// The value's bytes (empty when the listing left values out).
+    pub fn value_bytes(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or_default()
+    }
+
+    /// The value as text, when it is UTF-8.
+    pub fn value_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.value.as_deref()?).ok()
+    }
+}
+
+/// The wire shape of a key-value: `value` when UTF-8, else `value_base64`.
+#[derive(Serialize, Deserialize)]
+struct WireKv {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+    #[serde(default)]
+    create_revision: u64,
+    #[serde(default)]
+    mod_revision: u64,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    lease: Option<u64>,
+}
+
+impl TryFrom<WireKv> for KeyValue {
+    type Error = String;
+
+    fn try_from(w: WireKv) -> Result<KeyValue, String> {
+        let value = decode_value(w.value, w.value_base64)?;
+        Ok(KeyValue {
+            key: w.key,
+            value,
+            create_revision: w.create_revision,
+            mod_revision: w.mod_revision,
+            version: w.version,
+            lease: w.lease,
+        })
+    }
+}
+
+impl From<KeyValue> for WireKv {
+    fn from(kv: KeyValue) -> WireKv {
+        let (value, value_base64) = match kv.value {
+            None => (None, None),
+            Some(bytes) => match String::from_utf8(bytes) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(STANDARD.encode(e.as_bytes()))),
+            },
+        };
+        WireKv {
+            key: kv.key,
+            value,
+            value_base64,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// Bytes from a reply's `value` / `value_base64` (at most one of them is present).
+pub fn decode_value(value: Option<String>, value_base64: Option<String>) -> Result<Option<Vec<u8>>, String> {
+    match (value, value_base64) {
+        (Some(_), Some(_)) => Err("a key-value carries both value and value_base64".into()),
+        (Some(v), None) => Ok(Some(v.into_bytes())),
+        (None, Some(b)) => STANDARD
+            .decode(b.as_bytes())
+            .map(Some)
+            .map_err(|e| format!("value_base64 is not valid base64: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The JSON body of a put: `{"value": ...}` for UTF-8 bytes, else `{"value_base64": ...}`.
+pub fn put_body(value: &[u8], lease: Option<u64>) -> Value {
+    let mut body = match std::str::from_utf8(value) {
+        Ok(s) => json!({ "value": s }),
+        Err(_) => json!({ "value_base64": STANDARD.encode(value) }),
+    };
+    if let Some(lease) = lease {
+        body["lease"] = json!(lease);
+    }
+    body
+}
+
+/// `GET /v1/kv/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetResponse {
+    pub revision: u64,
+    pub kv: KeyValue,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// `PUT /v1/kv/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    pub revision: u64,
+    pub kv: KeyValue,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_kv: Option<KeyValue>,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// `DELETE /v1/kv/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    pub revision: u64,
+    pub deleted: u64,
+    /// The deleted keys, when `prev_kv` was asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prev_kvs: Vec<KeyValue>,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// One page of `GET /v1/kv/{key}?recursive`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    pub revision: u64,
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the whole range at `revision` (not only this page).
+    pub count: u64,
+    pub more: bool,
+    /// The `after` token of the next page.
+    #[serde(default)]
+    pub next: Option<String>,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// `GET /v1/kv/{key}?recursive&count_only`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountResponse {
+    pub revision: u64,
+    pub count: u64,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// One direct child of a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Child {
+    pub name: String,
+    pub key: String,
+    pub has_children: bool,
+    /// The child itself, when it is a key (and not only a path to keys below it).
+    #[serde(default)]
+    pub kv: Option<KeyValue>,
+}
+
+/// One page of `GET /v1/kv/{key}?children`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildrenPage {
+    pub revision: u64,
+    pub children: Vec<Child>,
+    pub more: bool,
+    #[serde(default)]
+    pub next: Option<String>,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// A member in `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub client_url: String,
+    pub peer_url: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// `GET /v1/cluster`: the answering node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    #[serde(default)]
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub revision: u64,
+    #[serde(default)]
+    pub compact_revision: u64,
+    #[serde(default)]
+    pub applied_index: u64,
+    pub members: Vec<Member>,
+    #[serde(skip)]
+    pub meta: ResponseMeta,
+}
+
+/// Options of [`Client::get`].
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// Read the key as of this revision (history).
+    pub revision: Option<u64>,
+    /// Read the local replica (`?consistency=serializable`): fast, possibly stale.
+    pub consistency_serializable: bool,
+}
+
+/// Options of [`Client::put`]. The conditions all must hold, or the reply is 409
+/// `condition_failed` (see [`Error::current_kv`]).
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// `Some(0)`: create only.
+    pub if_version: Option<u64>,
+    pub if_mod_revision: Option<u64>,
+    pub if_value: Option<String>,
+    /// Return the previous key-value.
+    pub prev_kv: bool,
+    /// Attach the key to this lease.
+    pub lease: Option<u64>,
+}
+
+/// Conditions of a write.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub if_version: Option<u64>,
+    pub if_mod_revision: Option<u64>,
+    pub if_value: Option<String>,
+}
+
+/// Options of [`Client::delete`].
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Delete the key and everything below it.
+    pub recursive: bool,
+    pub conditions: Conditions,
+    /// Return the deleted key-values.
+    pub prev_kv: bool,
+}
+
+/// Options of [`Client::list`] (a recursive listing).
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Keys per page (server default and maximum apply).
+    pub limit: Option<u64>,
+    /// A page token: the `next` of the previous page.
+    pub after: Option<String>,
+    pub keys_only: bool,
+    pub revision: Option<u64>,
+    pub serializable: bool,
+}
+
+/// Options of [`Client::children`].
+#[derive(Debug, Clone, Default)]
+pub struct ChildrenOptions {
+    pub limit: Option<u64>,
+    pub after: Option<String>,
+    pub revision: Option<u64>,
+    pub serializable: bool,
+}
+
+/// Normalises an endpoint: adds `http://` when there is no scheme, drops a trailing `/`.
+pub fn normalize_endpoint(endpoint: &str) -> Result<String, Error> {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.is_empty() {
+        return Err(Error::Other("an endpoint is empty".into()));
+    }
+    let url = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+    if url.starts_with("https://") {
+        return Err(Error::Other(format!(
+            "endpoint {url}: https is not supported by this client (plain http only)"
+        )));
+    }
+    if !url.starts_with("http://") {
+        return Err(Error::Other(format!("endpoint {url}: only http:// URLs are supported")));
+    }
+    reqwest::Url::parse(&url).map_err(|e| Error::Other(format!("endpoint {url} is not a valid URL: {e}")))?;
+    Ok(url)
+}
+
+/// The URL path of a key: `/v1/kv` + the key, each segment percent-encoded.
+///
+/// Refuses (locally) what cannot travel in a URL as it is: a key that does not start with
+/// `/`, and `.` / `..` segments (URL parsers fold them away). Other key rules are the
+/// server's to check, so its `invalid_key` reply reaches the caller.
+pub fn kv_path(key: &str) -> Result<String, Error> {
+    let Some(rest) = key.strip_prefix('/') else {
+        return Err(Error::Other(format!("invalid key {key:?}: a key must start with '/'")));
+    };
+    let mut path = String::from("/v1/kv");
+    for seg in rest.split('/') {
+        if seg == "." || seg == ".." {
+            return Err(Error::Other(format!("invalid key {key:?}: a key must not have a '{seg}' segment")));
+        }
+        path.push('/');
+        path.extend(utf8_percent_encode(seg, ENCODE));
+    }
+    Ok(path)
+}
+
+/// A query string (with its leading `?`, or empty): `None` values are left out, flags
+/// (`Some("")`) are bare names, other values are percent-encoded.
+pub fn query_string(params: &[(&str, Option<String>)]) -> String {
+    let mut q = String::new();
+    for (name, value) in params {
+        let Some(value) = value else { continue };
+        q.push(if q.is_empty() { '?' } else { '&' });
+        q.extend(utf8_percent_encode(name, ENCODE));
+        if !value.is_empty() {
+            q.push('=');
+            q.extend(utf8_percent_encode(value, ENCODE));
+        }
+    }
+    q
+}
+
+fn flag(on: bool) -> Option<String> {
+    on.then(String::new)
+}
+
+fn num(n: Option<u64>) -> Option<String> {
+    n.map(|n| n.to_string())
+}
+
+fn conditions(c: &Conditions) -> [(&'static str, Option<String>); 3] {
+    [
+        ("if_version", num(c.if_version)),
+        ("if_mod_revision", num(c.if_mod_revision)),
+        ("if_value", c.if_value.clone()),
+    ]
+}
+
+/// A Palisade client over one or more endpoints. Cheap to clone; clones share the
+/// connection pool and the endpoint that answered last.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoints: Arc<Vec<String>>,
+    http: reqwest::Client,
+    current: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client with the default request timeout ([`DEFAULT_TIMEOUT`]).
+    pub fn new(endpoints: Vec<String>) -> Result<Client, Error> {
+        Client::with_timeout(endpoints, DEFAULT_TIMEOUT)
+    }
+
+    /// A client whose every request (one attempt at one endpoint) times out after `timeout`.
+    pub fn with_timeout(endpoints: Vec<String>, timeout: Duration) -> Result<Client, Error> {
+        let endpoints = endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::Other("no endpoints given".into()));
+        }
+        if timeout.is_zero() {
+            return Err(Error::Other("the timeout must be above zero".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            // Endpoints are cluster members, reached directly: a proxy would turn "cannot
+            // connect" into an HTTP reply and defeat the failover above.
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client { endpoints: Arc::new(endpoints), http, current: Arc::new(AtomicUsize::new(0)), timeout })
+    }
+
+    /// The endpoints, normalised.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// `GET /v1/kv/{key}`: one key. A missing key is `Error::Api` with code `key_not_found`.
+    pub async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResponse, Error> {
+        let q = query_string(&[
+            ("revision", num(opts.revision)),
+            ("consistency", opts.consistency_serializable.then(|| "serializable".to_string())),
+        ]);
+        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
+        let mut r: GetResponse = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// `PUT /v1/kv/{key}`: writes `value` (sent as `value` when UTF-8, else `value_base64`).
+    pub async fn put(&self, key: &str, value: &[u8], opts: PutOptions) -> Result<PutResponse, Error> {
+        let c = Conditions {
+            if_version: opts.if_version,
+            if_mod_revision: opts.if_mod_revision,
+            if_value: opts.if_value,
+        };
+        let mut params = conditions(&c).to_vec();
+        params.push(("prev_kv", flag(opts.prev_kv)));
+        let path = format!("{}{}", kv_path(key)?, query_string(&params));
+        let (body, meta) = self.call(Method::PUT, &path, Some(put_body(value, opts.lease))).await?;
+        let mut r: PutResponse = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// `DELETE /v1/kv/{key}`: `deleted` is 0 (not an error) when nothing matched.
+    pub async fn delete(&self, key: &str, opts: DeleteOptions) -> Result<DeleteResponse, Error> {
+        let mut params = vec![("recursive", flag(opts.recursive))];
+        params.extend(conditions(&opts.conditions));
+        params.push(("prev_kv", flag(opts.prev_kv)));
+        let path = format!("{}{}", kv_path(key)?, query_string(&params));
+        let (body, meta) = self.call(Method::DELETE, &path, None).await?;
+        let mut r: DeleteResponse = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// `GET /v1/kv/{key}?recursive`: one page of the key and everything below it, sorted.
+    pub async fn list(&self, key: &str, opts: ListOptions) -> Result<ListPage, Error> {
+        let q = query_string(&[
+            ("recursive", flag(true)),
+            ("limit", num(opts.limit)),
+            ("after", opts.after),
+            ("keys_only", flag(opts.keys_only)),
+            ("revision", num(opts.revision)),
+            ("consistency", opts.serializable.then(|| "serializable".to_string())),
+        ]);
+        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
+        let mut r: ListPage = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// Every page of a recursive listing, merged (all pages read at the first page's
+    /// revision). `opts.limit` is the page size.
+    pub async fn list_all(&self, key: &str, mut opts: ListOptions) -> Result<ListPage, Error> {
+        let mut all = self.list(key, opts.clone()).await?;
+        while all.more {
+            let Some(next) = all.next.take() else {
+                return Err(Error::Other("the server said more keys follow but gave no page token".into()));
+            };
+            opts.after = Some(next);
+            let page = self.list(key, opts.clone()).await?;
+            all.kvs.extend(page.kvs);
+            all.more = page.more;
+            all.next = page.next;
+            all.meta = page.meta;
+        }
+        Ok(all)
+    }
+
+    /// `GET /v1/kv/{key}?recursive&count_only`: how many keys the subtree holds.
+    pub async fn count(
+        &self,
+        key: &str,
+        revision: Option<u64>,
+        serializable: bool,
+    ) -> Result<CountResponse, Error> {
+        let q = query_string(&[
+            ("recursive", flag(true)),
+            ("count_only", flag(true)),
+            ("revision", num(revision)),
+            ("consistency", serializable.then(|| "serializable".to_string())),
+        ]);
+        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
+        let mut r: CountResponse = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// `GET /v1/kv/{key}?children`: one page of the direct children (an empty list when
+    /// nothing is below `key`).
+    pub async fn children(&self, key: &str, opts: ChildrenOptions) -> Result<ChildrenPage, Error> {
+        let q = query_string(&[
+            ("children", flag(true)),
+            ("limit", num(opts.limit)),
+            ("after", opts.after),
+            ("revision", num(opts.revision)),
+            ("consistency", opts.serializable.then(|| "serializable".to_string())),
+        ]);
+        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
+        let mut r: ChildrenPage = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// Every page of the direct children, merged.
+    pub async fn children_all(&self, key: &str, mut opts: ChildrenOptions) -> Result<ChildrenPage, Error> {
+        let mut all = self.children(key, opts.clone()).await?;
+        while all.more {
+            let Some(next) = all.next.take() else {
+                return Err(Error::Other(
+                    "the server said more children follow but gave no page token".into(),
+                ));
+            };
+            opts.after = Some(next);
+            let page = self.children(key, opts.clone()).await?;
+            all.children.extend(page.children);
+            all.more = page.more;
+            all.next = page.next;
+            all.meta = page.meta;
+        }
+        Ok(all)
+    }
+
+    /// `GET /v1/cluster`: the answering node's view of the cluster.
+    pub async fn cluster(&self) -> Result<ClusterStatus, Error> {
+        let (body, meta) = self.call(Method::GET, "/v1/cluster", None).await?;
+        let mut r: ClusterStatus = parse(body)?;
+        r.meta = meta;
+        Ok(r)
+    }
+
+    /// Any request: `path_and_query` starts with `/` and must already be encoded. Returns
+    /// the JSON body of a 2xx reply (`Null` for an empty one) and the reply's headers.
+    pub async fn request_json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Value>,
+    ) -> Result<(Value, ResponseMeta), Error> {
+        self.call(method, path_and_query, body).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(Value, ResponseMeta), Error> {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let endpoint = &self.endpoints[idx];
+            let url = format!("{endpoint}{path}");
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return self.reply(resp, endpoint).await;
+                }
+                // Nothing was sent: the next endpoint may take it.
+                Err(e) if e.is_connect() => failures.push(format!("{endpoint}: {}", root_cause(&e))),
+                Err(e) if e.is_timeout() => {
+                    return Err(Error::Other(format!(
+                        "{method} {url}: no reply within {:?} (a write may or may not have taken effect)",
+                        self.timeout
+                    )))
+                }
+                Err(e) => return Err(Error::Other(format!("{method} {url}: {}", chain(&e)))),
+            }
+        }
+        Err(Error::Connect(format!("cannot connect to any endpoint ({})", failures.join("; "))))
+    }
+
+    async fn reply(&self, resp: reqwest::Response, endpoint: &str) -> Result<(Value, ResponseMeta), Error> {
+        let status = resp.status();
+        let header =
+            |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let meta = ResponseMeta {
+            revision: header("x-palisade-revision"),
+            term: header("x-palisade-term"),
+            endpoint: endpoint.to_string(),
+        };
+        let bytes = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                Error::Other(format!("{endpoint}: the reply did not arrive within {:?}", self.timeout))
+            } else {
+                Error::Other(format!("{endpoint}: reading the reply: {}", chain(&e)))
+            }
+        })?;
+        if status.is_success() {
+            if bytes.is_empty() {
+                return Ok((Value::Null, meta));
+            }
+            let body = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Other(format!("{endpoint}: the reply (HTTP {}) is not JSON: {e}", status.as_u16()))
+            })?;
+            return Ok((body, meta));
+        }
+        Err(api_error(status.as_u16(), &bytes))
+    }
+}
+
+/// The error a non-2xx reply stands for.
+fn api_error(status: u16, bytes: &[u8]) -> Error {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(body) => {
+            let e = body.get("error");
+            let field = |name: &str| e.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_string);
+            let code = field("code").unwrap_or_else(|| format!("http_{status}"));
+            let message = field("message").unwrap_or_else(|| body.to_string());
+            Error::Api { status, code, message, body }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            let mut message: String = text.trim().chars().take(300).collect();
+            if message.is_empty() {
+                message = format!("HTTP {status} with no body");
+            }
+            Error::Api { status, code: format!("http_{status}"), message, body: Value::String(text) }
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
+    serde_json::from_value(body).map_err(|e| Error::Other(format!("unexpected reply from the server: {e}")))
+}
+
+/// The innermost cause of an error ("Connection refused (os error 111)").
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(c) = cur.source() {
+        cur = c;
+    }
+    cur.to_string()
+}
+
+/// An error with its causes (reqwest's own text is often just "error sending request").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths() {
+        assert_eq!(kv_path("/").unwrap(), "/v1/kv/");
+        assert_eq!(kv_path("/app/db/leader").unwrap(), "/v1/kv/app/db/leader");
+        assert_eq!(kv_path("/a b/c%d").unwrap(), "/v1/kv/a%20b/c%25d");
+        assert_eq!(kv_path("/q?x=1#frag").unwrap(), "/v1/kv/q%3Fx%3D1%23frag");
+        assert_eq!(kv_path("/a+b&c").unwrap(), "/v1/kv/a%2Bb%26c");
+        assert_eq!(kv_path("/ünï/日本").unwrap(), "/v1/kv/%C3%BCn%C3%AF/%E6%97%A5%E6%9C%AC");
+        assert_eq!(kv_path("/a\\b").unwrap(), "/v1/kv/a%5Cb");
+        // A literal `%2F` stays literal: the server decodes once and sees `%2F`, not `/`.
+        assert_eq!(kv_path("/a%2Fb").unwrap(), "/v1/kv/a%252Fb");
+        // Unreserved characters travel as they are; `.` inside a segment is fine.
+        assert_eq!(kv_path("/v1.2/x-y_z~").unwrap(), "/v1/kv/v1.2/x-y_z~");
+        // Left for the server to refuse with invalid_key.
+        assert_eq!(kv_path("/a//b").unwrap(), "/v1/kv/a//b");
+        assert_eq!(kv_path("/a/").unwrap(), "/v1/kv/a/");
+        // Refused locally: they cannot be sent faithfully.
+        assert!(kv_path("a/b").is_err());
+        assert!(kv_path("").is_err());
+        assert!(kv_path("/a/./b").is_err());
+        assert!(kv_path("/a/..").is_err());
+    }
+
+    #[test]
+    fn encoded_paths_survive_url_parsing() {
+        for key in ["/a b/c%d", "/q?x#y", "/%2e%2e/x", "/ünï", "/a\\b", "/a%2Fb"] {
+            let url = format!("http://127.0.0.1:7379{}", kv_path(key).unwrap());
+            let parsed = reqwest::Url::parse(&url).unwrap();
+            let path = parsed.path();
+            assert_eq!(path, kv_path(key).unwrap(), "{key}");
+            assert!(parsed.query().is_none() && parsed.fragment().is_none(), "{key}");
+            let decoded = percent_encoding::percent_decode_str(path.strip_prefix("/v1/kv").unwrap())
+                .decode_utf8()
+                .unwrap();
+            assert_eq!(decoded, key);
+        }
+    }
+
+    #[test]
+    fn query_strings() {
+        assert_eq!(query_string(&[]), "");
+        assert_eq!(query_string(&[("recursive", flag(false))]), "");
+        assert_eq!(query_string(&[("recursive", flag(true)), ("limit", num(Some(5)))]), "?recursive&limit=5");
+        assert_eq!(
+            query_string(&[("if_value", Some("a b+c&d=e%f#g?".into())), ("prev_kv", flag(true))]),
+            "?if_value=a%20b%2Bc%26d%3De%25f%23g%3F&prev_kv"
+        );
+        assert_eq!(query_string(&[("if_value", Some("é".into()))]), "?if_value=%C3%A9");
+        assert_eq!(query_string(&[("after", Some("MTI6L2EvYg".into()))]), "?after=MTI6L2EvYg");
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(normalize_endpoint("127.0.0.1:7379").unwrap(), "http://127.0.0.1:7379");
+        assert_eq!(normalize_endpoint(" http://127.0.0.1:7379/ ").unwrap(), "http://127.0.0.1:7379");
+        assert_eq!(normalize_endpoint("localhost:1").unwrap(), "http://localhost:1");
+        assert!(normalize_endpoint("https://x:1").is_err());
+        assert!(normalize_endpoint("ftp://x:1").is_err());
+        assert!(normalize_endpoint("").is_err());
+        assert!(Client::new(vec![]).is_err());
+        let c = Client::new(vec!["127.0.0.1:1".into(), "http://127.0.0.1:2/".into()]).unwrap();
+        assert_eq!(c.endpoints(), ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn value_encoding() {
+        assert_eq!(put_body(b"hello", None), json!({"value": "hello"}));
+        assert_eq!(put_body("日本".as_bytes(), Some(7)), json!({"value": "日本", "lease": 7}));
+        assert_eq!(put_body(b"", None), json!({"value": ""}));
+        assert_eq!(put_body(&[0xff, 0x00, 0x80], None), json!({"value_base64": "/wCA"}));
+        assert_eq!(decode_value(Some("x".into()), None).unwrap(), Some(b"x".to_vec()));
+        assert_eq!(decode_value(None, Some("/wCA".into())).unwrap(), Some(vec![0xff, 0x00, 0x80]));
+        assert_eq!(decode_value(None, None).unwrap(), None);
+        assert!(decode_value(Some("x".into()), Some("eA==".into())).is_err());
+        assert!(decode_value(None, Some("not base64!".into())).is_err());
+    }
+
+    #[test]
+    fn replies_decode_and_reencode_faithfully() {
+        let wire = json!({"revision": 9, "kvs": [
+            {"key": "/a", "value": "x", "create_revision": 2, "mod_revision": 3, "version": 2, "lease": null},
+            {"key": "/b", "value_base64": "/wCA", "create_revision": 4, "mod_revision": 4, "version": 1, "lease": 5},
+        ], "count": 3, "more": true, "next": "OTovYg"});
+        let page: ListPage = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(page.kvs[0].value_bytes(), b"x");
+        assert_eq!(page.kvs[0].value_str(), Some("x"));
+        assert_eq!(page.kvs[1].value.as_deref(), Some(&[0xff, 0x00, 0x80][..]));
+        assert_eq!(page.kvs[1].value_str(), None);
+        assert_eq!(page.kvs[1].lease, Some(5));
+        assert_eq!(page.next.as_deref(), Some("OTovYg"));
+        assert_eq!(serde_json::to_value(&page).unwrap(), wire);
+
+        let keys_only = json!({"revision": 9, "kvs": [
+            {"key": "/a", "create_revision": 2, "mod_revision": 3, "version": 2, "lease": null}],
+            "count": 1, "more": false, "next": null});
+        let page: ListPage = serde_json::from_value(keys_only.clone()).unwrap();
+        assert_eq!(page.kvs[0].value, None);
+        assert_eq!(serde_json::to_value(&page).unwrap(), keys_only);
+
+        let children = json!({"revision": 4, "children": [
+            {"name": "a", "key": "/x/a", "has_children": true, "kv": null},
+            {"name": "b", "key": "/x/b", "has_children": false,
+             "kv": {"key": "/x/b", "value": "", "create_revision": 4, "mod_revision": 4, "version": 1, "lease": null}}],
+            "more": false, "next": null});
+        let page: ChildrenPage = serde_json::from_value(children.clone()).unwrap();
+        assert!(page.children[0].has_children && page.children[0].kv.is_none());
+        assert_eq!(page.children[1].kv.as_ref().unwrap().value_bytes(), b"");
+        assert_eq!(serde_json::to_value(&page).unwrap(), children);
+
+        let cluster = json!({"cluster_id": "c1", "node_id": 1, "leader": null, "term": 0, "revision": 0,
+            "compact_revision": 0, "applied_index": 0,
+            "members": [{"id": 1, "client_url": "http://a", "peer_url": "http://b", "role": "voter"}]});
+        let c: ClusterStatus = serde_json::from_value(cluster.clone()).unwrap();
+        assert_eq!(c.leader, None);
+        assert_eq!(serde_json::to_value(&c).unwrap(), cluster);
+
+        let bad = json!({"key": "/a", "value": "x", "value_base64": "eA==", "create_revision": 1,
+            "mod_revision": 1, "version": 1, "lease": null});
+        assert!(serde_json::from_value::<KeyValue>(bad).is_err());
+    }
+
+    #[test]
+    fn api_errors() {
+        let body = br#"{"error":{"code":"condition_failed","message":"nope","current":
+            {"key":"/a","value":"v","create_revision":1,"mod_revision":2,"version":2,"lease":null}}}"#;
+        let e = api_error(409, body);
+        assert_eq!(e.status(), Some(409));
+        assert_eq!(e.code(), Some("condition_failed"));
+        assert_eq!(e.current_kv().unwrap().unwrap().value_bytes(), b"v");
+        let e = api_error(409, br#"{"error":{"code":"condition_failed","message":"nope","current":null}}"#);
+        assert_eq!(e.current_kv(), Some(None));
+        let e = api_error(404, br#"{"error":{"code":"key_not_found","message":"key /a not found"}}"#);
+        assert!(e.is_key_not_found());
+        assert_eq!(e.current_kv(), None);
+        assert_eq!(e.to_string(), "key_not_found: key /a not found (HTTP 404)");
+        let e = api_error(502, b"<html>Bad Gateway</html>");
+        assert_eq!(e.code(), Some("http_502"));
+        assert!(matches!(e, Error::Api { ref message, .. } if message == "<html>Bad Gateway</html>"));
+    }
+
+    #[tokio::test]
+    async fn connection_failures_try_every_endpoint() {
+        // Two ports nothing listens on (bound then dropped).
+        let ports: Vec<u16> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let eps: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let c = Client::with_timeout(eps, Duration::from_secs(2)).unwrap();
+        match c.get("/a", GetOptions::default()).await {
+            Err(Error::Connect(m)) => {
+                for p in &ports {
+                    assert!(m.contains(&format!("127.0.0.1:{p}")), "{m}");
+                }
+            }
+            other => panic!("expected a connection error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_is_final() {
+        // Accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accepted2 = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let c = Client::with_timeout(vec![addr.to_string(), other.to_string()], Duration::from_millis(300))
+            .unwrap();
+        match c.put("/a", b"x", PutOptions::default()).await {
+            Err(Error::Other(m)) => assert!(m.contains("no reply within"), "{m}"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_final_and_failover_finds_a_live_endpoint() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let hits2 = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = live.accept().await else { return };
+                hits2.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"error":{"code":"unavailable","message":"no leader"}}"#;
+                let resp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-palisade-revision: 7\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let c = Client::with_timeout(vec![dead.to_string(), live_addr.to_string()], Duration::from_secs(2))
+            .unwrap();
+        let e = c.put("/a", b"x", PutOptions::default()).await.unwrap_err();
+        assert_eq!(e.status(), Some(503));
+        assert_eq!(e.code(), Some("unavailable"));
+        // The 503 was final: one delivery only, and the live endpoint is now the first tried.
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        let _ = c.get("/a", GetOptions::default()).await.unwrap_err();
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(c.current.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,98 @@
+//! HTTP front-end: the client API router, the peer (Raft) router, and the serve loop.
+//! The only layer that knows status codes; everything else goes through [`Node`].
+//!
+//! Layers (outermost first): request tracing, then the routes. Body limits are enforced
+//! by each handler as it reads the body, so an oversized body gets our JSON 413.
+
+mod cluster;
+pub mod error;
+mod kv;
+mod peer;
+mod query;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+
+use crate::node::Node;
+use error::ApiError;
+
+/// The client API routes, as the OpenAPI spec lists them (method, axum path).
+pub const CLIENT_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/kv/{*key}"),
+    ("PUT", "/v1/kv/{*key}"),
+    ("DELETE", "/v1/kv/{*key}"),
+    ("GET", "/v1/cluster"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
+/// The client API.
+pub fn client_router(node: Arc<Node>) -> Router {
+    let kv = get(kv::get).put(kv::put).delete(kv::delete);
+    Router::new()
+        .route("/v1/kv", kv.clone())
+        .route("/v1/kv/", kv.clone())
+        .route("/v1/kv/{*key}", kv)
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The peer API: Raft RPCs, forwarded writes and read-index calls. Never exposed to
+/// clients (it has its own listener).
+pub fn peer_router(node: Arc<Node>) -> Router {
+    Router::new().route("/raft/rpc", post(peer::rpc)).fallback(not_found).with_state(node)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    crate::error::Error::NotFound(format!("no route for {}", uri.path())).into()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    crate::error::Error::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path())).into()
+}
+
+/// Serialises `v` as a JSON body.
+pub(crate) fn json_body<T: Serialize>(v: &T) -> impl IntoResponse {
+    let bytes = serde_json::to_vec(v).expect("responses serialise");
+    ([(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+}
+
+/// Adds the headers every state-reflecting response carries.
+pub(crate) fn state_headers(h: &mut HeaderMap, revision: u64, term: u64) {
+    h.insert("x-palisade-revision", HeaderValue::from(revision));
+    h.insert("x-palisade-term", HeaderValue::from(term));
+}
+
+/// Serves the client and peer routers on the given listeners until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    client: tokio::net::TcpListener,
+    peer: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut rx2 = rx.clone();
+    let mut rx1 = rx;
+    let c = axum::serve(client, client_router(node.clone())).with_graceful_shutdown(async move {
+        let _ = rx1.wait_for(|s| *s).await;
+    });
+    let p = axum::serve(peer, peer_router(node.clone())).with_graceful_shutdown(async move {
+        let _ = rx2.wait_for(|s| *s).await;
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let (a, b) = tokio::join!(async { c.await }, async { p.await });
+    a.and(b)
+}

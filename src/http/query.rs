@@ -1,0 +1,92 @@
+//! Strict query-string parsing: every parameter must be known to the route, flags accept
+//! only an empty value, `true` or `false`, and numbers must parse. A typo such as
+//! `?recurisve` is a 400, never silently ignored.
+
+use std::collections::BTreeMap;
+
+use percent_encoding::percent_decode_str;
+
+use super::error::ApiError;
+
+/// The parsed query of one request.
+pub struct Query {
+    params: BTreeMap<String, String>,
+}
+
+impl Query {
+    /// Parses `raw` and refuses any parameter not in `allowed`, and repeated ones.
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+        let mut params = BTreeMap::new();
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| ApiError::invalid(format!("query parameter {s:?} is not valid UTF-8")))
+            };
+            let (k, v) = (decode(k)?, decode(v)?);
+            if !allowed.contains(&k.as_str()) {
+                let mut known: Vec<&str> = allowed.to_vec();
+                known.sort();
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {k:?} (this route accepts: {})",
+                    known.join(", ")
+                )));
+            }
+            if params.insert(k.clone(), v).is_some() {
+                return Err(ApiError::invalid(format!("query parameter {k:?} is given twice")));
+            }
+        }
+        Ok(Query { params })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.params.contains_key(name)
+    }
+
+    /// A flag: absent = false; `?name`, `?name=` or `?name=true` = true; `?name=false`.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.params.get(name).map(String::as_str) {
+            None => Ok(false),
+            Some("" | "true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(v) => Err(ApiError::invalid(format!("{name} must be true or false, not {v:?}"))),
+        }
+    }
+
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.params
+            .get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid(format!("{name} must be a non-negative integer, not {v:?}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict() {
+        let q =
+            Query::parse(Some("recursive&limit=5&after=%2Fa%2Fb"), &["recursive", "limit", "after"]).unwrap();
+        assert!(q.flag("recursive").unwrap());
+        assert_eq!(q.u64("limit").unwrap(), Some(5));
+        assert_eq!(q.str("after"), Some("/a/b"));
+        assert!(Query::parse(Some("recurisve"), &["recursive"]).is_err());
+        assert!(Query::parse(Some("limit=1&limit=2"), &["limit"]).is_err());
+        let q = Query::parse(Some("limit=x&recursive=maybe"), &["recursive", "limit"]).unwrap();
+        assert!(q.u64("limit").is_err());
+        assert!(q.flag("recursive").is_err());
+        assert!(Query::parse(Some("a=%FF"), &["a"]).is_err());
+    }
+}

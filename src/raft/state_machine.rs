@@ -1,0 +1,247 @@
+//! The openraft state machine adapter over the pure [`Store`], and its snapshot files.
+//!
+//! Owns: the in-memory store, the last applied log id and membership, and the newest
+//! snapshot on disk (`dir/snapshot.bin`). Invariants: a snapshot is on disk (tmp file,
+//! fsync, rename, fsync of the directory) before `build_snapshot` or `install_snapshot`
+//! returns, because openraft purges the log it covers right after; after every applied
+//! batch the applied index and revision are published on a `watch` channel, which is how
+//! readers wait for a read index to be applied.
+
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::types::*;
+use crate::store::{Outcome, Store};
+
+/// What is applied: the store and the Raft bookkeeping that must travel with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub store: Store,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// The applied position, published after every batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedPosition {
+    /// Index of the last applied log entry (0 before any).
+    pub index: u64,
+    /// Store revision after it.
+    pub revision: u64,
+}
+
+/// A snapshot file: its metadata and the applied state it captures.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    applied: Applied,
+}
+
+struct Shared {
+    applied: RwLock<Applied>,
+    position: watch::Sender<AppliedPosition>,
+    dir: PathBuf,
+    /// Metadata of the snapshot on disk, if any.
+    current: Mutex<Option<SnapshotMeta>>,
+    /// Serialises snapshot builds and installs (file writes).
+    snapshot_lock: tokio::sync::Mutex<()>,
+    /// Makes snapshot ids unique within a process.
+    counter: std::sync::atomic::AtomicU64,
+}
+
+/// The state machine handle; clones share the same state.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably.
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+impl StateMachine {
+    /// Opens the state machine under `dir`, restoring the newest snapshot if there is one.
+    pub fn open(dir: &Path) -> std::io::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(SNAPSHOT_FILE);
+        let (applied, current) = if path.exists() {
+            let bytes = std::fs::read(&path)?;
+            let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(io_err)?;
+            (file.applied, Some(file.meta))
+        } else {
+            (Applied::default(), None)
+        };
+        let position = watch::Sender::new(Self::position_of(&applied));
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                applied: RwLock::new(applied),
+                position,
+                dir: dir.to_path_buf(),
+                current: Mutex::new(current),
+                snapshot_lock: tokio::sync::Mutex::new(()),
+                counter: Default::default(),
+            }),
+        })
+    }
+
+    fn position_of(a: &Applied) -> AppliedPosition {
+        AppliedPosition { index: a.last_applied.map_or(0, |l| l.index), revision: a.store.revision() }
+    }
+
+    /// Read access to the applied state. Never hold it across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.shared.applied.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to the applied position.
+    pub fn position(&self) -> watch::Receiver<AppliedPosition> {
+        self.shared.position.subscribe()
+    }
+
+    /// Waits until the entry at `index` is applied.
+    pub async fn wait_applied(&self, index: u64) -> AppliedPosition {
+        let mut rx = self.position();
+        let pos = *rx.wait_for(|p| p.index >= index).await.expect("sender lives in self");
+        pos
+    }
+
+    fn encode(applied: &Applied, meta: &SnapshotMeta) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct SnapshotFileRef<'a> {
+            meta: &'a SnapshotMeta,
+            applied: &'a Applied,
+        }
+        serde_json::to_vec(&SnapshotFileRef { meta, applied }).expect("serialisable")
+    }
+
+    fn load_current(&self) -> std::io::Result<Option<Snapshot<TypeConfig>>> {
+        let meta = self.shared.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(meta) = meta else { return Ok(None) };
+        let bytes = std::fs::read(self.shared.dir.join(SNAPSHOT_FILE))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _guard = self.shared.snapshot_lock.lock().await;
+        let (bytes, meta) = {
+            let a = self.read();
+            let n = self.shared.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let snapshot_id = match a.last_applied {
+                Some(l) => format!("{}-{}-{}-{n}", l.leader_id.term, l.leader_id.node_id, l.index),
+                None => format!("0-0-0-{n}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.membership.clone(),
+                snapshot_id,
+            };
+            (Self::encode(&a, &meta), meta)
+        };
+        let dir = self.shared.dir.clone();
+        let to_write = bytes.clone();
+        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &to_write))
+            .await
+            .map_err(io_err)
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta.clone());
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let position = {
+            let mut a = self.shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                a.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => Outcome::Nothing { revision: a.store.revision() },
+                    EntryPayload::Normal(cmd) => a.store.apply(&cmd),
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Outcome::Nothing { revision: a.store.revision() }
+                    }
+                };
+                out.push(outcome);
+            }
+            Self::position_of(&a)
+        };
+        self.shared.position.send_replace(position);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let _guard = self.shared.snapshot_lock.lock().await;
+        let bytes = snapshot.into_inner();
+        let file: SnapshotFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
+        // Store the snapshot under the metadata openraft gave us.
+        let bytes = Self::encode(&file.applied, meta);
+        let dir = self.shared.dir.clone();
+        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &bytes))
+            .await
+            .map_err(io_err)
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let position = {
+            let mut a = self.shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            *a = file.applied;
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+            Self::position_of(&a)
+        };
+        *self.shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta.clone());
+        self.shared.position.send_replace(position);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.load_current().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}

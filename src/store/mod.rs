@@ -1,0 +1,48 @@
+//! The replicated state machine: pure and deterministic.
+//!
+//! Nothing in here knows of tokio, openraft, axum, the clock or the disk. Every node
+//! applies the same [`Command`]s in the same order and so reaches the same [`Store`],
+//! byte for byte; reads are answered from it without side effects. A business outcome
+//! such as a failed compare is an [`Outcome`] value, never an error.
+
+pub mod command;
+pub mod key;
+pub mod kv;
+pub mod mvcc;
+
+pub use command::{Command, Condition, Outcome};
+pub use kv::KeyValue;
+pub use mvcc::{Child, ChildrenPage, ListOptions, ListPage, ReadError, Store};
+
+/// Serde helper: bytes as a base64 string (compact in JSON, unlike a number array).
+pub mod bytes_b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for an optional value.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(b) => s.serialize_some(&STANDARD.encode(b)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            let s = <Option<String>>::deserialize(d)?;
+            s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+        }
+    }
+}

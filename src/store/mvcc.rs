@@ -1,0 +1,337 @@
+//! Multi-version key space: every key keeps its versions in revision order, so any
+//! revision at or above the compaction floor can be read exactly as it was.
+//!
+//! Invariants:
+//! - `revision` is the store's logical clock; it only grows, by one per applied change.
+//! - each key's version list is sorted by `mod_revision`, and a tombstone (`value: None`)
+//!   ends an incarnation; a key with no versions is never kept.
+//! - reads never change anything.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use super::key;
+use super::kv::KeyValue;
+
+/// One version of a key: a put (value) or a delete (tombstone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Version {
+    pub mod_revision: u64,
+    pub create_revision: u64,
+    pub version: u64,
+    #[serde(with = "super::bytes_b64::option")]
+    pub value: Option<Vec<u8>>,
+    pub lease: Option<u64>,
+}
+
+/// Why a read could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The revision asked for is below the compaction floor.
+    Compacted { compact_revision: u64 },
+    /// The revision asked for has not happened yet.
+    FutureRevision { revision: u64 },
+}
+
+/// Options of a recursive listing.
+#[derive(Debug, Clone)]
+pub struct ListOptions {
+    /// Revision to read at; `None` = the current one.
+    pub revision: Option<u64>,
+    /// Only keys strictly greater than this one (the paging cursor).
+    pub after: Option<String>,
+    /// At most this many keys in the page.
+    pub limit: usize,
+    /// Stop adding keys once the page holds this many key + value bytes (at least one key
+    /// is always returned, so a page can exceed it by one value).
+    pub max_bytes: usize,
+    /// Leave values out.
+    pub keys_only: bool,
+}
+
+/// One page of a recursive listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// The revision the page reflects.
+    pub revision: u64,
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the whole range at that revision (not only this page).
+    pub count: u64,
+    /// More keys follow the last one of this page.
+    pub more: bool,
+}
+
+/// One direct child of a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    pub name: String,
+    pub key: String,
+    /// Whether any key exists below this child.
+    pub has_children: bool,
+    /// The child's own key-value, if the child path is itself a key.
+    pub kv: Option<KeyValue>,
+}
+
+/// One page of a children listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildrenPage {
+    pub revision: u64,
+    pub children: Vec<Child>,
+    pub more: bool,
+}
+
+/// The multi-version key space.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    keys: BTreeMap<String, Vec<Version>>,
+    revision: u64,
+    compact_revision: u64,
+    /// Bytes of keys and values held over all versions (for the size quota).
+    bytes: u64,
+    /// Keys that exist at the current revision.
+    live: u64,
+}
+
+fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
+    v.value.as_ref().map(|value| KeyValue {
+        key: key.to_string(),
+        value: value.clone(),
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+        lease: v.lease,
+    })
+}
+
+/// The version of a key visible at `rev`, if the key existed then.
+fn visible_at(versions: &[Version], rev: u64) -> Option<&Version> {
+    let i = versions.partition_point(|v| v.mod_revision <= rev);
+    if i == 0 {
+        return None;
+    }
+    let v = &versions[i - 1];
+    v.value.as_ref().map(|_| v)
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current revision: the number of changes applied so far.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Revisions below this one can no longer be read.
+    pub fn compact_revision(&self) -> u64 {
+        self.compact_revision
+    }
+
+    /// Bytes of keys and values held over all versions.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Keys that exist now.
+    pub fn live_keys(&self) -> u64 {
+        self.live
+    }
+
+    fn check_revision(&self, rev: Option<u64>) -> Result<u64, ReadError> {
+        match rev {
+            None => Ok(self.revision),
+            Some(r) if r > self.revision => Err(ReadError::FutureRevision { revision: self.revision }),
+            Some(r) if r < self.compact_revision => {
+                Err(ReadError::Compacted { compact_revision: self.compact_revision })
+            }
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// One key at `rev` (default: now).
+    pub fn get(&self, key: &str, rev: Option<u64>) -> Result<(u64, Option<KeyValue>), ReadError> {
+        let rev = self.check_revision(rev)?;
+        let kv = self.keys.get(key).and_then(|vs| visible_at(vs, rev)).and_then(|v| to_kv(key, v));
+        Ok((rev, kv))
+    }
+
+    /// The current key-value of `key`, if it exists.
+    pub fn current(&self, key: &str) -> Option<KeyValue> {
+        self.keys.get(key).and_then(|vs| vs.last()).and_then(|v| to_kv(key, v))
+    }
+
+    /// Iterates the stored keys of `key` itself and everything below it, from `start`.
+    fn subtree<'a>(
+        &'a self,
+        key: &'a str,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a String, &'a Vec<Version>)> + 'a {
+        let prefix = key::child_prefix(key);
+        let end = key::prefix_end(&prefix);
+        let own = if key::is_root(key) { None } else { self.keys.get_key_value(key) };
+        let own = own.filter(|(k, _)| after.is_none_or(|a| k.as_str() > a));
+        let lower = match after {
+            // A cursor at or past the end of the range: nothing is left.
+            Some(a) if a >= end.as_str() => Bound::Included(end.clone()),
+            Some(a) if a >= prefix.as_str() => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix),
+        };
+        let below = self.keys.range::<String, _>((lower, Bound::Excluded(end)));
+        // The key itself sorts before its descendants, but keys such as `/a.b` sort
+        // between `/a` and `/a/`; they are outside the range above, so order holds.
+        own.into_iter().chain(below)
+    }
+
+    /// `key` and everything below it, sorted, paged.
+    pub fn list(&self, key: &str, opts: &ListOptions) -> Result<ListPage, ReadError> {
+        let rev = self.check_revision(opts.revision)?;
+        let mut kvs = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        for (k, vs) in self.subtree(key, opts.after.as_deref()) {
+            let Some(v) = visible_at(vs, rev) else { continue };
+            if kvs.len() >= opts.limit || (bytes >= opts.max_bytes && !kvs.is_empty()) {
+                more = true;
+                break;
+            }
+            let mut kv = to_kv(k, v).expect("visible versions have values");
+            if opts.keys_only {
+                kv.value.clear();
+            }
+            bytes += kv.key.len() + kv.value.len();
+            kvs.push(kv);
+        }
+        let count = self.count(key, Some(rev))?;
+        Ok(ListPage { revision: rev, kvs, count, more })
+    }
+
+    /// How many keys `key` and its subtree hold at `rev`.
+    pub fn count(&self, key: &str, rev: Option<u64>) -> Result<u64, ReadError> {
+        let rev = self.check_revision(rev)?;
+        if rev == self.revision && key::is_root(key) {
+            return Ok(self.live);
+        }
+        Ok(self.subtree(key, None).filter(|(_, vs)| visible_at(vs, rev).is_some()).count() as u64)
+    }
+
+    /// The direct children of `key` at `rev`, sorted by name, after the name `after`.
+    pub fn children(
+        &self,
+        key: &str,
+        rev: Option<u64>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ChildrenPage, ReadError> {
+        let rev = self.check_revision(rev)?;
+        let prefix = key::child_prefix(key);
+        let end = key::prefix_end(&prefix);
+        let start = match after {
+            // Children named after `after` start at prefix + after + something greater.
+            Some(a) => Bound::Excluded(format!("{prefix}{a}")),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut found: BTreeMap<String, Child> = BTreeMap::new();
+        let mut cursor = start;
+        'scan: loop {
+            let mut iter = self.keys.range::<String, _>((cursor.clone(), Bound::Excluded(end.clone())));
+            loop {
+                let Some((k, vs)) = iter.next() else { break 'scan };
+                if visible_at(vs, rev).is_none() {
+                    continue;
+                }
+                let name = key::child_name(&prefix, k);
+                if after.is_some_and(|a| name <= a) {
+                    if k.len() > prefix.len() + name.len() {
+                        // Below a child that is already paged past: skip its subtree.
+                        cursor = Bound::Included(key::prefix_end(&format!("{prefix}{name}/")));
+                        continue 'scan;
+                    }
+                    continue;
+                }
+                // No early stop: a later key can still add a smaller name (`/p/a/x`
+                // sorts after `/p/a.b`), so the whole range is scanned, one seek per
+                // child that has descendants.
+                let child_key = format!("{prefix}{name}");
+                let entry = found.entry(name.to_string()).or_insert_with(|| Child {
+                    name: name.to_string(),
+                    key: child_key.clone(),
+                    has_children: false,
+                    kv: None,
+                });
+                if k.len() == child_key.len() {
+                    entry.kv = visible_at(vs, rev).and_then(|v| to_kv(k, v));
+                } else {
+                    entry.has_children = true;
+                    // Skip the rest of this child's subtree.
+                    cursor = Bound::Included(key::prefix_end(&format!("{child_key}/")));
+                    continue 'scan;
+                }
+            }
+        }
+        let more = found.len() > limit;
+        let children = found.into_values().take(limit).collect();
+        Ok(ChildrenPage { revision: rev, children, more })
+    }
+
+    /// Writes `value` under `key` at the next revision; returns the new and previous kv.
+    pub(crate) fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<u64>,
+    ) -> (KeyValue, Option<KeyValue>) {
+        self.revision += 1;
+        let rev = self.revision;
+        let versions = self.keys.entry(key.to_string()).or_default();
+        let prev = versions.last().and_then(|v| to_kv(key, v));
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
+        };
+        if prev.is_none() {
+            self.live += 1;
+        }
+        self.bytes += (key.len() + value.len()) as u64;
+        versions.push(Version { mod_revision: rev, create_revision, version, value: Some(value), lease });
+        let kv = to_kv(key, versions.last().expect("just pushed")).expect("has a value");
+        (kv, prev)
+    }
+
+    /// Deletes `key` (and with `recursive` its whole subtree) at the next revision, if
+    /// anything exists there; returns the deleted kvs (none: nothing changed).
+    pub(crate) fn delete(&mut self, key: &str, recursive: bool) -> Vec<KeyValue> {
+        let targets: Vec<KeyValue> = if recursive {
+            let rev = self.revision;
+            self.subtree(key, None)
+                .filter_map(|(k, vs)| visible_at(vs, rev).and_then(|v| to_kv(k, v)))
+                .collect()
+        } else {
+            self.current(key).into_iter().collect()
+        };
+        if targets.is_empty() {
+            return targets;
+        }
+        self.revision += 1;
+        let rev = self.revision;
+        for kv in &targets {
+            let versions = self.keys.get_mut(&kv.key).expect("target exists");
+            versions.push(Version {
+                mod_revision: rev,
+                create_revision: 0,
+                version: 0,
+                value: None,
+                lease: None,
+            });
+            self.bytes += kv.key.len() as u64;
+            self.live -= 1;
+        }
+        targets
+    }
+}
+
+#[cfg(test)]
+#[path = "mvcc_tests.rs"]
+mod tests;

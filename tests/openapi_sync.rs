@@ -1,0 +1,1101 @@
+//! `api/openapi.yaml` against the code.
+//!
+//! - The spec lists exactly the operations of `palisade::http::CLIENT_ROUTES` (axum's
+//!   `{*key}` is OpenAPI's `{key}`), and nothing of the peer listener.
+//! - The spec is well formed: every `$ref` resolves within the file, every operation has
+//!   responses, path parameters are declared, schemas use only keywords this file's small
+//!   validator understands, and every example matches its schema.
+//! - The real router, behind a one-node cluster, serves every operation of the spec (no
+//!   404 `not_found` / 405 route miss) and misses what the spec does not list; each route
+//!   accepts exactly the query parameters the spec documents; and a tour of replies
+//!   (successes and errors) matches the documented statuses, media types, headers and
+//!   schemas; a node that cannot elect a leader gives the documented 503s; and history
+//!   reads of every kind report the revision asked for, as the `revision` parameter says.
+//!
+//! The schema validator below covers the JSON Schema subset the spec uses (`$ref`,
+//! `allOf`/`anyOf`/`oneOf`/`not`, `type`, `enum`, `const`, `properties`, `required`,
+//! `additionalProperties`, `items`, `minimum`/`maximum`, `minLength`/`maxLength`); any other
+//! validation keyword in the spec fails the well-formedness test, so it cannot be ignored
+//! silently. `pattern` is documentation only (not checked: no regex engine here).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use palisade::http::{client_router, CLIENT_ROUTES};
+use palisade::node::{Node, NodeConfig};
+use palisade::raft::network::Transport;
+use palisade::raft::Member;
+
+const HTTP_METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+
+/// Keywords that constrain values and that [`validate`] checks.
+const CHECKED_KEYWORDS: &[&str] = &[
+    "$ref",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "type",
+    "enum",
+    "const",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+];
+
+/// Keywords that only annotate (or, for `pattern`, are deliberately not checked).
+const ANNOTATION_KEYWORDS: &[&str] = &[
+    "description",
+    "title",
+    "summary",
+    "example",
+    "examples",
+    "default",
+    "format",
+    "contentEncoding",
+    "contentMediaType",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "pattern",
+];
+
+// ---------------------------------------------------------------------------------------
+// Loading the spec
+
+fn load_spec() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"));
+    yaml_to_json(&yaml)
+}
+
+/// YAML to JSON, with scalar mapping keys (such as unquoted status codes) as strings.
+fn yaml_to_json(v: &serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match v {
+        Y::Null => Value::Null,
+        Y::Bool(b) => json!(b),
+        Y::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                json!(u)
+            } else if let Some(i) = n.as_i64() {
+                json!(i)
+            } else {
+                json!(n.as_f64())
+            }
+        }
+        Y::String(s) => json!(s),
+        Y::Sequence(s) => Value::Array(s.iter().map(yaml_to_json).collect()),
+        Y::Mapping(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Y::String(s) => s.clone(),
+                        Y::Number(n) => n.to_string(),
+                        Y::Bool(b) => b.to_string(),
+                        other => panic!("unsupported mapping key {other:?} in the spec"),
+                    };
+                    (k, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => yaml_to_json(&t.value),
+    }
+}
+
+/// The object a local `$ref` (`#/components/...`) points to.
+fn resolve<'a>(spec: &'a Value, reference: &str) -> Option<&'a Value> {
+    spec.pointer(reference.strip_prefix('#')?)
+}
+
+/// Follows `$ref`s of a parameter, response or header object to the object itself.
+fn deref<'a>(spec: &'a Value, mut v: &'a Value) -> &'a Value {
+    for _ in 0..32 {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => v = resolve(spec, r).unwrap_or_else(|| panic!("$ref {r} does not resolve")),
+            None => return v,
+        }
+    }
+    panic!("a $ref chain is too long (a cycle?)")
+}
+
+fn paths(spec: &Value) -> &serde_json::Map<String, Value> {
+    spec["paths"].as_object().expect("the spec has a `paths` object")
+}
+
+/// Every (METHOD, path template) the spec lists.
+fn spec_operations(spec: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in paths(spec) {
+        for m in HTTP_METHODS {
+            if item.get(*m).is_some() {
+                ops.insert((m.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// axum path syntax to OpenAPI: `{*key}` (a wildcard) is `{key}`.
+fn openapi_path(axum_path: &str) -> String {
+    axum_path.replace("{*", "{")
+}
+
+fn router_operations() -> BTreeSet<(String, String)> {
+    CLIENT_ROUTES.iter().map(|(m, p)| (m.to_string(), openapi_path(p))).collect()
+}
+
+fn operation<'a>(spec: &'a Value, method: &str, path: &str) -> &'a Value {
+    spec["paths"][path]
+        .get(method.to_lowercase())
+        .unwrap_or_else(|| panic!("the spec has no {method} {path}"))
+}
+
+/// The parameters of an operation (path-level ones included), dereferenced.
+fn parameters<'a>(spec: &'a Value, path: &str, method: &str) -> Vec<&'a Value> {
+    let item = &spec["paths"][path];
+    let op = operation(spec, method, path);
+    let mut out: Vec<&Value> = Vec::new();
+    for list in [item.get("parameters"), op.get("parameters")].into_iter().flatten() {
+        for p in list.as_array().expect("parameters is a list") {
+            let p = deref(spec, p);
+            // An operation-level parameter overrides a path-level one of the same name and place.
+            out.retain(|q| !(q["name"] == p["name"] && q["in"] == p["in"]));
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn query_parameter_names(spec: &Value, path: &str, method: &str) -> BTreeSet<String> {
+    parameters(spec, path, method)
+        .into_iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().expect("a parameter has a name").to_string())
+        .collect()
+}
+
+/// The spec path template a request path falls under, if any. A template parameter is a
+/// wildcard (keys contain `/`), so it may only end a template. The root of the key space
+/// (`/v1/kv/` and `/v1/kv`) falls under `/v1/kv/{key}`, as its `key` parameter documents.
+fn template_of(spec: &Value, path: &str) -> Option<String> {
+    if path == "/v1/kv" || path == "/v1/kv/" {
+        return Some("/v1/kv/{key}".into());
+    }
+    paths(spec)
+        .keys()
+        .find(|t| match t.find('{') {
+            None => t.as_str() == path,
+            Some(i) => path.len() > i && path.starts_with(&t[..i]),
+        })
+        .cloned()
+}
+
+// ---------------------------------------------------------------------------------------
+// A small JSON Schema validator (the subset the spec uses)
+
+fn type_ok(t: &str, v: &Value) -> bool {
+    match t {
+        "null" => v.is_null(),
+        "boolean" => v.is_boolean(),
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "number" => v.is_number(),
+        "integer" => v.is_u64() || v.is_i64() || v.as_f64().is_some_and(|f| f.fract() == 0.0),
+        _ => false,
+    }
+}
+
+fn matches(spec: &Value, schema: &Value, v: &Value) -> Result<(), Vec<String>> {
+    let mut errs = Vec::new();
+    validate(spec, schema, v, "", &mut errs);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+/// Checks `v` against `schema`, appending what fails (at `at`) to `errs`.
+fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    let here = if at.is_empty() { "(top)" } else { at };
+    let s = match schema {
+        Value::Bool(true) => return,
+        Value::Bool(false) => return errs.push(format!("{here}: no value is allowed here")),
+        Value::Object(s) => s,
+        other => return errs.push(format!("{here}: the schema {other} is not a schema")),
+    };
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        match resolve(spec, r) {
+            Some(target) => validate(spec, target, v, at, errs),
+            None => errs.push(format!("{here}: $ref {r} does not resolve")),
+        }
+    }
+    for sub in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+        validate(spec, sub, v, at, errs);
+    }
+    if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
+        if !any.iter().any(|sub| matches(spec, sub, v).is_ok()) {
+            errs.push(format!("{here}: {v} matches none of the anyOf alternatives"));
+        }
+    }
+    if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
+        let results: Vec<_> = one.iter().map(|sub| matches(spec, sub, v)).collect();
+        let n = results.iter().filter(|r| r.is_ok()).count();
+        if n != 1 {
+            let why: Vec<String> = results
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("#{i}: {}", e.join("; "))))
+                .collect();
+            errs.push(format!(
+                "{here}: {v} matches {n} of the oneOf alternatives, not exactly one [{}]",
+                why.join(" | ")
+            ));
+        }
+    }
+    if let Some(not) = s.get("not") {
+        if matches(spec, not, v).is_ok() {
+            errs.push(format!("{here}: {v} matches a `not` schema"));
+        }
+    }
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        if !types.iter().any(|t| type_ok(t, v)) {
+            errs.push(format!("{here}: {v} is not of type {t}"));
+        }
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            errs.push(format!("{here}: {v} is not one of {}", Value::Array(e.clone())));
+        }
+    }
+    if let Some(c) = s.get("const") {
+        if c != v {
+            errs.push(format!("{here}: {v} is not {c}"));
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let r = r.as_str().unwrap_or_default();
+            if !obj.contains_key(r) {
+                errs.push(format!("{here}: the required field `{r}` is missing"));
+            }
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for (k, x) in obj {
+            let at = format!("{at}.{k}");
+            match props.and_then(|p| p.get(k)) {
+                Some(sub) => validate(spec, sub, x, &at, errs),
+                None => match s.get("additionalProperties") {
+                    Some(Value::Bool(false)) => errs.push(format!("{at}: a field the schema does not list")),
+                    Some(sub @ Value::Object(_)) => validate(spec, sub, x, &at, errs),
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Some(arr), Some(items)) = (v.as_array(), s.get("items")) {
+        for (i, x) in arr.iter().enumerate() {
+            validate(spec, items, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+    if let Some(n) = v.as_f64() {
+        if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
+            if n < min {
+                errs.push(format!("{here}: {v} is below the minimum {min}"));
+            }
+        }
+        if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
+            if n > max {
+                errs.push(format!("{here}: {v} is above the maximum {max}"));
+            }
+        }
+    }
+    if let Some(text) = v.as_str() {
+        let len = text.chars().count() as u64;
+        if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| len < m) {
+            errs.push(format!("{here}: {v} is shorter than minLength"));
+        }
+        if s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| len > m) {
+            errs.push(format!("{here}: {v} is longer than maxLength"));
+        }
+    }
+}
+
+/// Calls `f` on `schema` and on every schema nested in it (not through `$ref`).
+fn walk_schema(schema: &Value, at: &str, f: &mut dyn FnMut(&Value, &str)) {
+    f(schema, at);
+    let Some(s) = schema.as_object() else { return };
+    for list in ["allOf", "anyOf", "oneOf"] {
+        for (i, sub) in s.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            walk_schema(sub, &format!("{at}/{list}/{i}"), f);
+        }
+    }
+    for one in ["not", "items", "additionalProperties"] {
+        if let Some(sub) = s.get(one).filter(|v| v.is_object()) {
+            walk_schema(sub, &format!("{at}/{one}"), f);
+        }
+    }
+    for (k, sub) in s.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        walk_schema(sub, &format!("{at}/properties/{k}"), f);
+    }
+}
+
+/// Every (location, schema) of the spec: component schemas and the `schema` of every
+/// parameter, header and media type.
+fn all_schemas(spec: &Value) -> Vec<(String, &Value)> {
+    fn visit<'a>(v: &'a Value, at: &str, out: &mut Vec<(String, &'a Value)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let here = format!("{at}/{k}");
+                    if k == "example" || k == "examples" {
+                        continue;
+                    }
+                    // A `schema` field, or a component schema, is a schema.
+                    if k == "schema" || at == "#/components/schemas" {
+                        out.push((here, x));
+                    } else {
+                        visit(x, &here, out);
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    visit(x, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    visit(spec, "#", &mut out);
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Static checks
+
+#[test]
+fn spec_lists_exactly_the_client_routes() {
+    let spec = load_spec();
+    let in_spec = spec_operations(&spec);
+    let in_router = router_operations();
+    let missing: Vec<_> = in_router.difference(&in_spec).collect();
+    let extra: Vec<_> = in_spec.difference(&in_router).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "api/openapi.yaml and palisade::http::CLIENT_ROUTES disagree.\n  routed but not in the spec: {missing:?}\n  in the spec but not routed: {extra:?}"
+    );
+    assert!(
+        paths(&spec).keys().all(|p| !p.starts_with("/raft")),
+        "the peer routes are served on the peer listener and are not part of the client API"
+    );
+    let description = spec["info"]["description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("/raft/rpc"),
+        "info.description should say that the peer route /raft/rpc is left out, and why"
+    );
+}
+
+#[test]
+fn spec_is_well_formed() {
+    let spec = load_spec();
+    let mut errs: Vec<String> = Vec::new();
+
+    let version = spec["openapi"].as_str().unwrap_or_default();
+    if !version.starts_with("3.1.") {
+        errs.push(format!("openapi is {version:?}, expected 3.1.x"));
+    }
+    for field in ["title", "version", "description"] {
+        if !spec["info"][field].is_string() {
+            errs.push(format!("info.{field} is missing"));
+        }
+    }
+
+    // Every $ref resolves within the file.
+    fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "$ref" {
+                        out.push((at.to_string(), x.as_str().unwrap_or("<not a string>").to_string()));
+                    } else {
+                        refs(x, &format!("{at}/{k}"), out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| refs(x, &format!("{at}/{i}"), out)),
+            _ => {}
+        }
+    }
+    let mut all_refs = Vec::new();
+    refs(&spec, "#", &mut all_refs);
+    assert!(!all_refs.is_empty(), "the spec uses no $ref at all: is this the right file?");
+    for (at, r) in &all_refs {
+        if !r.starts_with("#/") {
+            errs.push(format!("{at}: $ref {r} points outside the file"));
+        } else if resolve(&spec, r).is_none() {
+            errs.push(format!("{at}: $ref {r} does not resolve"));
+        }
+    }
+    if !errs.is_empty() {
+        panic!("the spec is not well formed:\n  {}", errs.join("\n  "));
+    }
+
+    // Operations: ids, responses, parameters.
+    let mut ids = BTreeSet::new();
+    for (path, item) in paths(&spec) {
+        if let Some(i) = path.find('{') {
+            if !path.ends_with('}') || path[i + 1..].contains('{') {
+                errs.push(format!("{path}: a path parameter may only end the path (it is a wildcard)"));
+            }
+        }
+        for method in HTTP_METHODS.iter().filter(|m| item.get(**m).is_some()) {
+            let op = &item[*method];
+            let here = format!("{} {path}", method.to_uppercase());
+            match op["operationId"].as_str() {
+                Some(id) if ids.insert(id.to_string()) => {}
+                Some(id) => errs.push(format!("{here}: operationId {id} is used twice")),
+                None => errs.push(format!("{here}: no operationId")),
+            }
+            match op["responses"].as_object() {
+                Some(r) if !r.is_empty() => {
+                    for (status, resp) in r {
+                        let resp = deref(&spec, resp);
+                        if status != "default"
+                            && !status.parse::<u16>().is_ok_and(|s| (100..600).contains(&s))
+                        {
+                            errs.push(format!("{here}: {status} is not a status code"));
+                        }
+                        if !resp["description"].is_string() {
+                            errs.push(format!("{here}: response {status} has no description"));
+                        }
+                    }
+                }
+                _ => errs.push(format!("{here}: no responses")),
+            }
+            let params = parameters(&spec, path, method);
+            let mut seen = BTreeSet::new();
+            for p in &params {
+                let (name, place) = (p["name"].as_str().unwrap_or("?"), p["in"].as_str().unwrap_or("?"));
+                if !["query", "path", "header", "cookie"].contains(&place) {
+                    errs.push(format!("{here}: parameter {name} is in {place:?}"));
+                }
+                if !seen.insert((name, place)) {
+                    errs.push(format!("{here}: parameter {name} ({place}) is listed twice"));
+                }
+                if p.get("schema").is_none() && p.get("content").is_none() {
+                    errs.push(format!("{here}: parameter {name} has no schema"));
+                }
+                if place == "path" && p["required"] != json!(true) {
+                    errs.push(format!("{here}: path parameter {name} must be required"));
+                }
+            }
+            for segment in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = segment.trim_matches(|c| c == '{' || c == '}');
+                if !params.iter().any(|p| p["in"] == "path" && p["name"] == name) {
+                    errs.push(format!("{here}: path parameter {name} is not declared"));
+                }
+            }
+            if let Some(body) = op.get("requestBody") {
+                if !deref(&spec, body)["content"].is_object() {
+                    errs.push(format!("{here}: the request body has no content"));
+                }
+            }
+        }
+    }
+
+    // Schemas use only keywords the validator checks or that merely annotate.
+    for (at, schema) in all_schemas(&spec) {
+        walk_schema(schema, &at, &mut |s, at| {
+            for k in s.as_object().into_iter().flat_map(|m| m.keys()) {
+                if !CHECKED_KEYWORDS.contains(&k.as_str()) && !ANNOTATION_KEYWORDS.contains(&k.as_str()) {
+                    errs.push(format!(
+                        "{at}: schema keyword `{k}` is not checked by tests/openapi_sync.rs (extend the validator)"
+                    ));
+                }
+            }
+        });
+    }
+
+    // Every example matches its schema (parameters, headers, media types).
+    fn examples<'a>(v: &'a Value, at: &str, out: &mut Vec<(String, &'a Value, &'a Value)>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(schema) = m.get("schema") {
+                    if let Some(x) = m.get("example") {
+                        out.push((format!("{at}/example"), schema, x));
+                    }
+                    for (name, x) in m.get("examples").and_then(Value::as_object).into_iter().flatten() {
+                        if let Some(value) = x.get("value") {
+                            out.push((format!("{at}/examples/{name}"), schema, value));
+                        }
+                    }
+                }
+                for (k, x) in m {
+                    if k != "example" && k != "examples" {
+                        examples(x, &format!("{at}/{k}"), out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| examples(x, &format!("{at}/{i}"), out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    examples(&spec, "#", &mut found);
+    assert!(found.len() >= 20, "the spec should carry examples; found only {}", found.len());
+    for (at, schema, example) in found {
+        if let Err(e) = matches(&spec, schema, example) {
+            errs.push(format!("{at}: the example does not match its schema: {}", e.join("; ")));
+        }
+    }
+
+    assert!(errs.is_empty(), "the spec is not well formed:\n  {}", errs.join("\n  "));
+}
+
+// ---------------------------------------------------------------------------------------
+// Against the real router
+
+/// One node and its client router, in process. The data dir goes with it; Raft's tasks
+/// end with the test's runtime even when the test fails before `stop`.
+struct TestNode {
+    node: Arc<Node>,
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago (for addresses the node advertises).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+fn member() -> Member {
+    Member {
+        client_url: format!("http://127.0.0.1:{}", free_port()),
+        peer_url: format!("http://127.0.0.1:{}", free_port()),
+    }
+}
+
+impl TestNode {
+    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut cfg = NodeConfig::new(1, dir.path().join("data"), member());
+        configure(&mut cfg);
+        let node = Node::start(cfg, Transport::http()).await.expect("the node starts");
+        let router = client_router(node.clone());
+        TestNode { node, router, _dir: dir }
+    }
+
+    async fn stop(self) {
+        self.node.shutdown().await;
+    }
+}
+
+struct Reply {
+    method: String,
+    uri: String,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn error_code(&self) -> Option<String> {
+        self.json()["error"]["code"].as_str().map(str::to_string)
+    }
+
+    fn route_miss(&self) -> bool {
+        self.status == StatusCode::METHOD_NOT_ALLOWED
+            || (self.status == StatusCode::NOT_FOUND && self.error_code().as_deref() == Some("not_found"))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {} -> {} {}", self.method, self.uri, self.status, String::from_utf8_lossy(&self.body))
+    }
+}
+
+async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> Reply {
+    let req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("a method"))
+        .uri(uri)
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .expect("a request");
+    let resp = router.clone().oneshot(req).await.expect("the router is infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("a body").to_vec();
+    Reply { method: method.to_string(), uri: uri.to_string(), status, headers, body }
+}
+
+/// Whether `reply` is one the documented `response` object allows: media type, schema of
+/// a JSON body, required headers present and well typed, and no X-Palisade-*,
+/// Retry-After or Allow header the response does not document.
+fn conform_to(spec: &Value, response: &Value, reply: &Reply, errs: &mut Vec<String>) {
+    let response = deref(spec, response);
+    let what = reply.describe();
+    let documented: BTreeMap<String, &Value> = response
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, h)| (k.to_lowercase(), deref(spec, h)))
+        .collect();
+    for (name, h) in &documented {
+        let Some(value) = reply.headers.get(name.as_str()) else {
+            if h["required"] == json!(true) {
+                errs.push(format!("{what}: the documented header {name} is missing"));
+            }
+            continue;
+        };
+        let text = value.to_str().unwrap_or_default();
+        let schema = deref(spec, &h["schema"]);
+        let value = if schema["type"] == "integer" {
+            text.parse::<u64>().map(Value::from).unwrap_or_else(|_| json!(text))
+        } else {
+            json!(text)
+        };
+        if let Err(e) = matches(spec, &h["schema"], &value) {
+            errs.push(format!("{what}: header {name}: {}", e.join("; ")));
+        }
+    }
+    for name in reply.headers.keys().map(|n| n.as_str()) {
+        let watched = name.starts_with("x-palisade-") || name == "retry-after" || name == "allow";
+        if watched && !documented.contains_key(name) {
+            errs.push(format!("{what}: the reply carries the undocumented header {name}"));
+        }
+    }
+    if reply.method == "HEAD" {
+        return;
+    }
+    let content = response.get("content").and_then(Value::as_object);
+    if reply.body.is_empty() {
+        if content.is_some() {
+            errs.push(format!("{what}: an empty body, but the response documents content"));
+        }
+        return;
+    }
+    let Some(content) = content else {
+        return errs.push(format!("{what}: a body, but the response documents no content"));
+    };
+    let media = reply
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
+        .unwrap_or_default();
+    let Some(doc) = content.get(&media) else {
+        return errs.push(format!("{what}: media type {media:?} is not documented for this response"));
+    };
+    if media == "application/json" {
+        let Ok(body) = serde_json::from_slice::<Value>(&reply.body) else {
+            return errs.push(format!("{what}: the body is not JSON"));
+        };
+        if let Some(schema) = doc.get("schema") {
+            if let Err(e) = matches(spec, schema, &body) {
+                errs.push(format!("{what}: the body does not match the schema: {}", e.join("; ")));
+            }
+        }
+        if let (Some(h), Some(rev)) = (reply.headers.get("x-palisade-revision"), body.get("revision")) {
+            if h.to_str().ok().and_then(|h| h.parse::<u64>().ok()) != rev.as_u64() {
+                errs.push(format!("{what}: X-Palisade-Revision {h:?} differs from the body's revision"));
+            }
+        }
+    }
+}
+
+/// Whether `reply`, to a request the spec lists, is documented: its status among the
+/// operation's responses, and the rest as [`conform_to`] checks.
+fn conform(spec: &Value, reply: &Reply, errs: &mut Vec<String>) {
+    let path = reply.uri.split('?').next().unwrap_or_default();
+    let Some(template) = template_of(spec, path) else {
+        return errs.push(format!("{}: no path of the spec matches", reply.describe()));
+    };
+    let method = if reply.method == "HEAD" { "GET" } else { reply.method.as_str() };
+    let op = operation(spec, method, &template);
+    let responses = &op["responses"];
+    let Some(response) = responses.get(reply.status.as_str()).or_else(|| responses.get("default")) else {
+        return errs.push(format!(
+            "{}: status {} is not documented",
+            reply.describe(),
+            reply.status.as_u16()
+        ));
+    };
+    conform_to(spec, response, reply, errs);
+}
+
+/// A request path for a spec path template: `{key}` becomes a sample key.
+fn sample_uri(template: &str, key: &str) -> String {
+    assert!(
+        !template.contains('{') || template.contains("{key}"),
+        "{template}: give this test a sample value for its parameters"
+    );
+    template.replace("{key}", key)
+}
+
+/// The example body of an operation's request, if it has one.
+fn example_body(spec: &Value, op: &Value) -> Option<Vec<u8>> {
+    let body = deref(spec, op.get("requestBody")?);
+    let media = &body["content"]["application/json"];
+    let example = media
+        .get("example")
+        .or_else(|| media["examples"].as_object()?.values().next()?.get("value"))
+        .unwrap_or_else(|| panic!("the request body of {} has no example", op["operationId"]));
+    Some(serde_json::to_vec(example).expect("JSON"))
+}
+
+/// The query parameters a route accepts, as its refusal of an unknown one lists them.
+fn accepted_parameters(reply: &Reply) -> Option<BTreeSet<String>> {
+    let message = reply.json()["error"]["message"].as_str()?.to_string();
+    let list = message.split_once("this route accepts: ")?.1;
+    let list = &list[..list.rfind(')')?];
+    Some(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+}
+
+/// Waits until `/readyz` says 200, checking every reply against the spec.
+async fn wait_ready(spec: &Value, router: &Router, errs: &mut Vec<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = send(router, "GET", "/readyz", None).await;
+        conform(spec, &r, errs);
+        if r.status == StatusCode::OK {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the one-node cluster never got ready: {}",
+            r.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The quota of the live node: small, so a 507 is cheap to provoke.
+const QUOTA: u64 = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_serves_the_spec_and_nothing_else() {
+    let spec = load_spec();
+    let n = TestNode::start(|cfg| cfg.limits.quota_bytes = QUOTA).await;
+    let r = &n.router;
+    let mut errs: Vec<String> = Vec::new();
+    wait_ready(&spec, r, &mut errs).await;
+
+    // 1. Every operation of the spec is routed (writes first, so reads find the key).
+    let rank = |m: &str| ["PUT", "GET", "DELETE"].iter().position(|x| *x == m).unwrap_or(3);
+    let mut ops: Vec<_> = spec_operations(&spec).into_iter().collect();
+    ops.sort_by_key(|(m, p)| (rank(m), p.clone()));
+    for (method, template) in &ops {
+        let op = operation(&spec, method, template);
+        let uri = sample_uri(template, "openapi-sync/probe/k");
+        let reply = send(r, method, &uri, example_body(&spec, op)).await;
+        if reply.route_miss() {
+            errs.push(format!(
+                "{method} {template} is in the spec but the router misses it: {}",
+                reply.describe()
+            ));
+        } else if !reply.status.is_success() {
+            errs.push(format!("the spec's own example of {method} {template} fails: {}", reply.describe()));
+        }
+        conform(&spec, &reply, &mut errs);
+        if method == "GET" {
+            // axum answers HEAD on every GET route.
+            let head = send(r, "HEAD", &uri, None).await;
+            if head.route_miss() || head.status != reply.status {
+                errs.push(format!("HEAD {template} differs from GET: {}", head.describe()));
+            }
+            conform(&spec, &head, &mut errs);
+        }
+    }
+
+    // 2. Each route accepts exactly the query parameters the spec documents: a refusal of
+    // an unknown parameter lists what the route accepts.
+    for (method, template) in &ops {
+        let op = operation(&spec, method, template);
+        let uri = format!("{}?zz_not_a_parameter=1", sample_uri(template, "openapi-sync/probe/params"));
+        let reply = send(r, method, &uri, example_body(&spec, op)).await;
+        let documented = query_parameter_names(&spec, template, method);
+        match accepted_parameters(&reply) {
+            Some(accepted) => {
+                if accepted != documented {
+                    errs.push(format!(
+                        "{method} {template}: the route accepts the query parameters {accepted:?}, the spec documents {documented:?}"
+                    ));
+                }
+                if reply.status != StatusCode::BAD_REQUEST
+                    || reply.error_code().as_deref() != Some("invalid_argument")
+                {
+                    errs.push(format!("an unknown query parameter should be 400 invalid_argument: {}", reply.describe()));
+                }
+            }
+            // The route reads no query string (the spec says so in info.description).
+            None if documented.is_empty() && reply.status.is_success() => {}
+            None => errs.push(format!(
+                "{method} {template}: an unknown query parameter was not refused with the list of accepted ones: {}",
+                reply.describe()
+            )),
+        }
+        conform(&spec, &reply, &mut errs);
+    }
+
+    // 3. A tour of replies, each checked against the documented status, headers and schema.
+    let p = "/v1/kv/openapi-sync/tour";
+    let mut tour = Tour { spec: &spec, router: r, errs: &mut errs };
+    let first = tour.check("PUT", &format!("{p}/a"), Some(br#"{"value":"1"}"#.to_vec()), 200).await;
+    let first_rev = first.json()["revision"].as_u64().unwrap_or(1);
+    tour.check("PUT", &format!("{p}/a/b"), Some(br#"{"value":"2", "lease": null}"#.to_vec()), 200).await;
+    tour.check("PUT", &format!("{p}/c"), Some(br#"{"value_base64":"3q2+7w=="}"#.to_vec()), 200).await;
+    let put = tour.check("PUT", &format!("{p}/a?prev_kv"), Some(br#"{"value":"1b"}"#.to_vec()), 200).await;
+    tour.expect(put.json()["prev_kv"]["value"] == "1", &put, "prev_kv holds the old value");
+    let get = tour.check("GET", &format!("{p}/c"), None, 200).await;
+    tour.expect(
+        get.json()["kv"]["value_base64"] == "3q2+7w==",
+        &get,
+        "binary values come back as value_base64",
+    );
+    let page = tour.check("GET", &format!("{p}?recursive&limit=1"), None, 200).await;
+    tour.expect(
+        page.json()["more"] == true && page.json()["count"] == 3,
+        &page,
+        "a first page of three keys",
+    );
+    let next = page.json()["next"].as_str().unwrap_or_default().to_string();
+    let page2 = tour.check("GET", &format!("{p}?recursive=true&limit=2&after={next}"), None, 200).await;
+    tour.expect(page2.json()["revision"] == page.json()["revision"], &page2, "pages share one revision");
+    let keys = tour.check("GET", &format!("{p}?recursive&keys_only"), None, 200).await;
+    tour.expect(keys.json()["kvs"][0].get("value").is_none(), &keys, "keys_only leaves values out");
+    let count = tour.check("GET", &format!("{p}?recursive&count_only=1"), None, 200).await;
+    tour.expect(count.json()["count"] == 3, &count, "count_only counts the subtree");
+    tour.check("GET", &format!("{p}?children"), None, 200).await;
+    tour.check("GET", &format!("{p}?children&limit=1"), None, 200).await;
+    let empty = tour.check("GET", &format!("{p}/nothing?children"), None, 200).await;
+    tour.expect(empty.json()["children"] == json!([]), &empty, "children of an empty path");
+    let raw = tour.check("GET", &format!("{p}/a?raw"), None, 200).await;
+    tour.expect(raw.body == b"1b", &raw, "raw returns the bare value");
+    tour.check("GET", &format!("{p}/a?consistency=serializable"), None, 200).await;
+    tour.check("GET", &format!("{p}/a?consistency=linearizable"), None, 200).await;
+    let old = tour.check("GET", &format!("{p}/a?revision={first_rev}"), None, 200).await;
+    tour.expect(
+        old.json()["revision"] == first_rev && old.json()["kv"]["value"] == "1",
+        &old,
+        "a history read",
+    );
+    tour.check("GET", "/v1/kv/?recursive&count_only", None, 200).await;
+    tour.check("GET", "/v1/kv?children&limit=5", None, 200).await;
+    tour.check("GET", &format!("{p}/missing"), None, 404).await;
+    tour.check("GET", &format!("{p}/a?revision=999999999"), None, 400).await;
+    tour.check("GET", &format!("{p}/a?revision=0"), None, 400).await;
+    tour.check("GET", &format!("{p}?recurisve"), None, 400).await;
+    tour.check("GET", &format!("{p}?recursive&children"), None, 400).await;
+    tour.check("GET", &format!("{p}?recursive&after=garbage"), None, 400).await;
+    tour.check("GET", &format!("{p}/a?limit=5"), None, 400).await;
+    tour.check("GET", &format!("{p}/a?consistency=eventual"), None, 400).await;
+    tour.check("GET", "/v1/kv/openapi-sync//x", None, 400).await;
+    tour.check("GET", "/v1/kv/openapi-sync/x/", None, 400).await;
+    tour.check("GET", "/v1/kv", None, 400).await;
+    let cas =
+        tour.check("PUT", &format!("{p}/a?if_version=0"), Some(br#"{"value":"x"}"#.to_vec()), 409).await;
+    tour.expect(cas.json()["error"]["current"]["value"] == "1b", &cas, "409 carries the current kv");
+    let cas =
+        tour.check("PUT", &format!("{p}/zz?if_version=3"), Some(br#"{"value":"x"}"#.to_vec()), 409).await;
+    tour.expect(cas.json()["error"]["current"].is_null(), &cas, "409 on a missing key: current null");
+    tour.check("PUT", &format!("{p}/a?if_value=1b&if_version=2"), Some(br#"{"value":"1c"}"#.to_vec()), 200)
+        .await;
+    tour.check("PUT", &format!("{p}/a"), Some(Vec::new()), 400).await;
+    tour.check("PUT", &format!("{p}/a"), Some(b"{".to_vec()), 400).await;
+    tour.check("PUT", &format!("{p}/a"), Some(br#"{"value":"x","bogus":1}"#.to_vec()), 400).await;
+    tour.check("PUT", &format!("{p}/a"), Some(br#"{"value":"x","value_base64":"eA=="}"#.to_vec()), 400).await;
+    tour.check("PUT", &format!("{p}/a"), Some(br#"{"value_base64":"%%%"}"#.to_vec()), 400).await;
+    tour.check("PUT", &format!("{p}/a?if_version=-1"), Some(br#"{"value":"x"}"#.to_vec()), 400).await;
+    tour.check("PUT", "/v1/kv/", Some(br#"{"value":"x"}"#.to_vec()), 400).await;
+    tour.check("PUT", &format!("{p}/a"), Some(br#"{"value":"x","lease":7}"#.to_vec()), 404).await;
+    let big_value = format!(r#"{{"value":"{}"}}"#, "v".repeat(1024 * 1024 + 1));
+    tour.check("PUT", &format!("{p}/big"), Some(big_value.into_bytes()), 413).await;
+    let big_body = format!(r#"{{"value":"x"}}{}"#, " ".repeat(2 * 1024 * 1024));
+    tour.check("PUT", &format!("{p}/big"), Some(big_body.into_bytes()), 413).await;
+    let over_quota = format!(r#"{{"value":"{}"}}"#, "q".repeat(QUOTA as usize));
+    tour.check("PUT", &format!("{p}/big"), Some(over_quota.into_bytes()), 507).await;
+    tour.check("DELETE", &format!("{p}/c?if_value=nope"), None, 409).await;
+    let del = tour.check("DELETE", &format!("{p}/a?recursive&prev_kv"), None, 200).await;
+    tour.expect(
+        del.json()["deleted"] == 2 && del.json()["prev_kvs"].as_array().is_some_and(|a| a.len() == 2),
+        &del,
+        "a recursive delete with prev_kv",
+    );
+    let none = tour.check("DELETE", &format!("{p}/a"), None, 200).await;
+    tour.expect(
+        none.json()["deleted"] == 0 && none.json().get("prev_kvs").is_none(),
+        &none,
+        "deleting nothing",
+    );
+    tour.check("DELETE", "/v1/kv/?recursive", None, 400).await;
+    tour.check("DELETE", &format!("{p}/c?recursive=maybe"), None, 400).await;
+    tour.check("DELETE", &format!("{p}/c?if_mod_revision=1&if_version=1"), None, 409).await;
+    tour.check("DELETE", &format!("{p}/c"), None, 200).await;
+    let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
+    tour.expect(cluster.json()["leader"] == 1, &cluster, "a one-node cluster leads itself");
+    tour.check("GET", "/healthz", None, 200).await;
+    tour.check("GET", "/readyz", None, 200).await;
+
+    // 4. What the spec does not list is a route miss (404 not_found or 405), documented
+    // by the shared responses.
+    let in_spec = spec_operations(&spec);
+    let misses = [
+        ("POST", "/v1/kv/a"),
+        ("PATCH", "/v1/kv/a/b"),
+        ("OPTIONS", "/v1/kv/a"),
+        ("POST", "/v1/cluster"),
+        ("DELETE", "/healthz"),
+        ("PUT", "/readyz"),
+        ("GET", "/v1/nope"),
+        ("GET", "/v1/kvx/a"),
+        ("GET", "/v2/kv/a"),
+        ("GET", "/"),
+        ("POST", "/raft/rpc"),
+        ("GET", "/v1/leases"),
+    ];
+    for (method, uri) in misses {
+        let listed = template_of(&spec, uri).is_some_and(|t| in_spec.contains(&(method.to_string(), t)));
+        assert!(!listed, "{method} {uri} is in the spec; pick another miss");
+        let reply = send(r, method, uri, None).await;
+        if !reply.route_miss() {
+            errs.push(format!(
+                "{method} {uri} is not in the spec, but the router serves it: {}",
+                reply.describe()
+            ));
+            continue;
+        }
+        let (name, code) = if reply.status == StatusCode::METHOD_NOT_ALLOWED {
+            ("MethodNotAllowed", "method_not_allowed")
+        } else {
+            ("RouteNotFound", "not_found")
+        };
+        if reply.error_code().as_deref() != Some(code) {
+            errs.push(format!("a route miss should have code {code}: {}", reply.describe()));
+        }
+        conform_to(&spec, &spec["components"]["responses"][name], &reply, &mut errs);
+    }
+
+    n.stop().await;
+    assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
+}
+
+/// A node that can never elect a leader (its only peer is unreachable): the 503 replies
+/// (with Retry-After) of reads, writes and `/readyz`, and `leader: null` in `/v1/cluster`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_replies_match_the_spec() {
+    let spec = load_spec();
+    let n = TestNode::start(|cfg| {
+        cfg.request_timeout = Duration::from_millis(300);
+        cfg.initial_cluster = Some(BTreeMap::from([(1, cfg.advertise.clone()), (2, member())]));
+    })
+    .await;
+    let mut errs = Vec::new();
+    let mut tour = Tour { spec: &spec, router: &n.router, errs: &mut errs };
+    let ready = tour.check("GET", "/readyz", None, 503).await;
+    tour.expect(ready.headers.get("retry-after").is_some_and(|v| v == "1"), &ready, "Retry-After: 1");
+    let key = "/v1/kv/openapi-sync/leaderless";
+    let put = tour.check("PUT", key, Some(br#"{"value":"x"}"#.to_vec()), 503).await;
+    tour.expect(put.error_code().as_deref() == Some("unavailable"), &put, "no leader: unavailable");
+    tour.check("DELETE", key, None, 503).await;
+    tour.check("GET", key, None, 503).await;
+    tour.check("GET", &format!("{key}?consistency=serializable"), None, 404).await;
+    tour.check("GET", "/v1/kv/?recursive&consistency=serializable", None, 200).await;
+    let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
+    tour.expect(cluster.json()["leader"].is_null(), &cluster, "no leader is known");
+    tour.check("GET", "/healthz", None, 200).await;
+    n.stop().await;
+    assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
+}
+
+/// `?revision=N` reads history, and the reply reports `revision` = N, in the body and in
+/// X-Palisade-Revision, whatever the kind of read (the spec's `revision` parameter; API.md:
+/// "a history read reports `revision` = N").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_report_the_revision_asked_for() {
+    let spec = load_spec();
+    let n = TestNode::start(|_| {}).await;
+    let mut errs = Vec::new();
+    wait_ready(&spec, &n.router, &mut errs).await;
+    let mut tour = Tour { spec: &spec, router: &n.router, errs: &mut errs };
+    let p = "/v1/kv/openapi-sync/history";
+    let put = tour.check("PUT", &format!("{p}/a"), Some(br#"{"value":"1"}"#.to_vec()), 200).await;
+    let at = put.json()["revision"].as_u64().expect("a revision");
+    tour.check("PUT", &format!("{p}/b"), Some(br#"{"value":"2"}"#.to_vec()), 200).await;
+    for uri in [
+        format!("{p}/a?revision={at}"),
+        format!("{p}?recursive&revision={at}"),
+        format!("{p}?recursive&keys_only&revision={at}"),
+        format!("{p}?recursive&count_only&revision={at}"),
+        format!("{p}?children&revision={at}"),
+    ] {
+        let reply = tour.check("GET", &uri, None, 200).await;
+        let header =
+            reply.headers.get("x-palisade-revision").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        tour.expect(
+            reply.json()["revision"] == at && header == Some(at),
+            &reply,
+            &format!("a read at revision {at} should report revision {at}"),
+        );
+    }
+    n.stop().await;
+    assert!(errs.is_empty(), "history reads:\n  {}", errs.join("\n  "));
+}
+
+/// Sends requests the spec lists and records every way a reply departs from it.
+struct Tour<'a> {
+    spec: &'a Value,
+    router: &'a Router,
+    errs: &'a mut Vec<String>,
+}
+
+impl Tour<'_> {
+    async fn check(&mut self, method: &str, uri: &str, body: Option<Vec<u8>>, status: u16) -> Reply {
+        let reply = send(self.router, method, uri, body).await;
+        if reply.status.as_u16() != status {
+            self.errs.push(format!("expected {status}: {}", abbreviated(&reply)));
+        }
+        conform(self.spec, &reply, self.errs);
+        reply
+    }
+
+    fn expect(&mut self, ok: bool, reply: &Reply, what: &str) {
+        if !ok {
+            self.errs.push(format!("{what}: {}", abbreviated(reply)));
+        }
+    }
+}
+
+fn abbreviated(reply: &Reply) -> String {
+    let mut s = reply.describe();
+    if s.len() > 600 {
+        s.truncate(600);
+        s.push_str("...");
+    }
+    s
+}

@@ -1,0 +1,662 @@
+//! An in-process Palisade cluster for fault tests: N [`Node`]s in one tokio runtime, talking
+//! over the seeded, faulty [`SimNet`].
+//!
+//! Import it from a test file with `mod sim;` (or `#[path = "sim/mod.rs"] mod sim;`). Every
+//! test file compiles its own copy, so not every helper is used everywhere
+//! (`#![allow(dead_code)]` below).
+//!
+//! ```ignore
+//! let c = Cluster::start(3).await;          // prints the seed; PALISADE_SEED=<n> replays it
+//! let (leader, term) = c.leader().await;    // every live node agrees on it
+//! c.put(leader, "/a", "1").await?;          // through the facade, `Node::write`
+//! c.isolate(leader);                        // network faults, by node id
+//! c.crash(2).await; c.restart(2).await;     // data dir kept across a crash
+//! let state = c.converge().await;           // all live nodes equal (linearizable reads)
+//! c.shutdown().await;                       // or just drop it: everything is cleaned up
+//! ```
+//!
+//! Conventions:
+//! - Nodes are addressed by their [`NodeId`], `1..=n` (the same ids the network uses).
+//! - Every node has its own temp data dir, removed when the cluster is dropped; a crash keeps it.
+//! - Timeouts are short (heartbeat 50 ms, election 300..600 ms, request deadline 1 s) so fault
+//!   tests take seconds. Tune them with [`ClusterOptions`].
+//! - The seed fixes the sequence of fault decisions the network draws (drop or deliver, how much
+//!   delay). The order in which concurrent calls draw depends on real-time scheduling, so a seed
+//!   replays a run's faults exactly only when the calls happen in the same order; it is still
+//!   the first thing to pin when chasing a failure.
+//! - [`Ledger`] records client writes and checks them against the final state: acknowledged
+//!   writes are present, refused ones absent, revisions of one client increase.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use palisade::error::{Error, Result};
+use palisade::node::{ClusterStatus, Node, NodeConfig, NodePeer};
+use palisade::raft::network::Transport;
+use palisade::raft::sim_network::{LinkFaults, SimNet};
+use palisade::raft::state_machine::Applied;
+use palisade::raft::{Member, NodeId};
+use palisade::store::{Command, Condition, KeyValue, ListOptions, Outcome};
+use tokio::time::Instant;
+
+/// The env var that fixes the network's seed.
+pub const SEED_ENV: &str = "PALISADE_SEED";
+
+/// How long the helpers that wait (leader, converge, ...) wait by default.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Shape and timing of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of voters; ids are `1..=nodes`.
+    pub nodes: usize,
+    /// Seed of the network's RNG; `None`: `PALISADE_SEED` if set, else a random one.
+    pub seed: Option<u64>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub request_timeout: Duration,
+    /// Snapshot after this many log entries (small values exercise snapshot install).
+    pub snapshot_every: u64,
+}
+
+impl ClusterOptions {
+    pub fn new(nodes: usize) -> ClusterOptions {
+        ClusterOptions {
+            nodes,
+            seed: None,
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            request_timeout: Duration::from_millis(1000),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// The seed to use: the given one, else `PALISADE_SEED`, else a random one.
+pub fn choose_seed(given: Option<u64>) -> u64 {
+    if let Some(s) = given {
+        return s;
+    }
+    match std::env::var(SEED_ENV) {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("{SEED_ENV}={s:?} is not a u64")),
+        Err(_) => rand::random(),
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set (e.g. `RUST_LOG=palisade=debug,openraft=info`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+struct Slot {
+    id: NodeId,
+    cfg: NodeConfig,
+    /// Kept across crashes; removed when the cluster is dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// The running nodes by id, shareable with tasks that outlive a borrow of the cluster (a
+/// client task keeps writing while the test crashes and restarts nodes).
+#[derive(Clone, Default)]
+pub struct Handles(Arc<Mutex<BTreeMap<NodeId, Arc<Node>>>>);
+
+impl Handles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Arc<Node>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running node `id`, if it is up.
+    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// The ids of the running nodes.
+    pub fn live(&self) -> Vec<NodeId> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn insert(&self, id: NodeId, node: Arc<Node>) {
+        self.lock().insert(id, node);
+    }
+
+    fn remove(&self, id: NodeId) -> Option<Arc<Node>> {
+        self.lock().remove(&id)
+    }
+}
+
+/// The whole state of one node's store: its revision and every live key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dump {
+    pub revision: u64,
+    pub kvs: BTreeMap<String, KeyValue>,
+}
+
+impl Dump {
+    fn of(applied: &Applied) -> Dump {
+        let opts = ListOptions {
+            revision: None,
+            after: None,
+            limit: usize::MAX,
+            max_bytes: usize::MAX,
+            keys_only: false,
+        };
+        let page = applied.store.list("/", &opts).expect("the current revision is always readable");
+        Dump { revision: page.revision, kvs: page.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect() }
+    }
+
+    /// The value of `key`, as UTF-8 (lossy).
+    pub fn value(&self, key: &str) -> Option<String> {
+        self.kvs.get(key).map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.kvs.keys().map(String::as_str).collect()
+    }
+}
+
+/// A plain put command.
+pub fn put_cmd(key: &str, value: &str) -> Command {
+    Command::Put {
+        key: key.to_string(),
+        value: value.as_bytes().to_vec(),
+        cond: Condition::default(),
+        prev_kv: false,
+    }
+}
+
+/// Whether an error means "certainly not applied" (as opposed to maybe applied).
+pub fn is_refused(e: &Error) -> bool {
+    !matches!(e, Error::Timeout(_))
+}
+
+/// A simulated cluster. Dropping it stops every node and removes every data dir.
+pub struct Cluster {
+    net: Arc<SimNet>,
+    seed: u64,
+    opts: ClusterOptions,
+    slots: Vec<Slot>,
+    handles: Handles,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with the default options and waits for nothing.
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(ClusterOptions::new(n)).await
+    }
+
+    /// Starts every node concurrently over a fresh network and registers them on it.
+    pub async fn start_with(opts: ClusterOptions) -> Cluster {
+        init_tracing();
+        assert!(opts.nodes > 0, "a cluster has at least one node");
+        let seed = choose_seed(opts.seed);
+        eprintln!("[sim] {} nodes, seed {seed} (replay with {SEED_ENV}={seed})", opts.nodes);
+        let net = SimNet::new(seed);
+        let ids: Vec<NodeId> = (1..=opts.nodes as NodeId).collect();
+        let members: BTreeMap<NodeId, Member> = ids.iter().map(|id| (*id, sim_member(*id))).collect();
+        let mut slots = Vec::new();
+        for id in &ids {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("palisade-sim-{id}-"))
+                .tempdir()
+                .expect("a temp dir for the node");
+            let mut cfg = NodeConfig::new(*id, dir.path().join("data"), sim_member(*id));
+            cfg.initial_cluster = Some(members.clone());
+            cfg.heartbeat_ms = opts.heartbeat_ms;
+            cfg.election_timeout_ms = opts.election_timeout_ms;
+            cfg.request_timeout = opts.request_timeout;
+            cfg.snapshot_every = opts.snapshot_every;
+            slots.push(Slot { id: *id, cfg, _dir: dir });
+        }
+        let cluster = Cluster { net, seed, opts, slots, handles: Handles::default() };
+        let started = futures::future::join_all(ids.iter().map(|id| cluster.boot(*id))).await;
+        for (id, r) in ids.iter().zip(started) {
+            if let Err(e) = r {
+                panic!("node {id} did not start: {e:#}");
+            }
+        }
+        cluster
+    }
+
+    /// Starts node `id` on its data dir and puts it on the network. Retries for a while when
+    /// the previous incarnation still holds the data dir's lock.
+    async fn boot(&self, id: NodeId) -> anyhow::Result<()> {
+        let cfg = self.slot(id).cfg.clone();
+        let give_up = Instant::now() + WAIT;
+        let node = loop {
+            let transport = Transport::Sim { net: self.net.clone(), from: id };
+            match Node::start(cfg.clone(), transport).await {
+                Ok(node) => break node,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!("node {id} did not start yet: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.handles.insert(id, node.clone());
+        self.net.register(id, Arc::new(NodePeer(node)));
+        Ok(())
+    }
+
+    fn slot(&self, id: NodeId) -> &Slot {
+        self.slots.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// The network, for faults the helpers below do not cover.
+    pub fn net(&self) -> &Arc<SimNet> {
+        &self.net
+    }
+
+    /// Every member's id, running or not.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.slots.iter().map(|s| s.id).collect()
+    }
+
+    /// The ids of the running nodes.
+    pub fn live(&self) -> Vec<NodeId> {
+        self.handles.live()
+    }
+
+    /// A shareable view of the running nodes.
+    pub fn handles(&self) -> Handles {
+        self.handles.clone()
+    }
+
+    /// Running node `id`; panics when it is crashed.
+    pub fn node(&self, id: NodeId) -> Arc<Node> {
+        self.handles.get(id).unwrap_or_else(|| panic!("node {id} is not running"))
+    }
+
+    pub fn try_node(&self, id: NodeId) -> Option<Arc<Node>> {
+        self.handles.get(id)
+    }
+
+    /// Whether node `id` currently acts as leader (its own view).
+    pub fn is_leader(&self, id: NodeId) -> bool {
+        self.try_node(id).is_some_and(|n| n.raft().metrics().borrow().state == ServerState::Leader)
+    }
+
+    pub fn status(&self, id: NodeId) -> ClusterStatus {
+        self.node(id).status()
+    }
+
+    /// One line per node: role, leader, term, revision, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut s = format!("seed {} ({SEED_ENV}={})\n", self.seed, self.seed);
+        for id in self.ids() {
+            match self.try_node(id) {
+                None => writeln!(s, "  node {id}: down").unwrap(),
+                Some(n) => {
+                    let m = n.raft().metrics().borrow().clone();
+                    writeln!(
+                        s,
+                        "  node {id}: {:?} leader={:?} term={} last_log={:?} applied={:?} revision={}",
+                        m.state,
+                        m.current_leader,
+                        m.current_term,
+                        m.last_log_index,
+                        m.last_applied.map(|l| l.index),
+                        n.applied_revision()
+                    )
+                    .unwrap()
+                }
+            }
+        }
+        s
+    }
+
+    /// The leader every live node agrees on, and its term; panics after [`WAIT`].
+    pub async fn leader(&self) -> (NodeId, u64) {
+        let all = self.ids();
+        self.leader_among(&all).await
+    }
+
+    /// The leader that every live node of `group` agrees on, itself in `group` and acting as
+    /// leader in that term; panics after [`WAIT`].
+    pub async fn leader_among(&self, group: &[NodeId]) -> (NodeId, u64) {
+        match self.try_leader_among(group, WAIT).await {
+            Some(l) => l,
+            None => panic!("no agreed leader among {group:?} within {WAIT:?}\n{}", self.describe()),
+        }
+    }
+
+    /// Like [`Cluster::leader_among`], `None` after `wait`.
+    pub async fn try_leader_among(&self, group: &[NodeId], wait: Duration) -> Option<(NodeId, u64)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(l) = self.agreed_leader(group) {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn agreed_leader(&self, group: &[NodeId]) -> Option<(NodeId, u64)> {
+        let nodes: Vec<Arc<Node>> = group.iter().filter_map(|id| self.try_node(*id)).collect();
+        let first = nodes.first()?;
+        let (leader, term) = first.leader_and_term();
+        let leader = leader.filter(|l| group.contains(l))?;
+        if !nodes.iter().all(|n| n.leader_and_term() == (Some(leader), term)) {
+            return None;
+        }
+        let m = self.try_node(leader)?.raft().metrics().borrow().clone();
+        (m.state == ServerState::Leader && m.current_term == term).then_some((leader, term))
+    }
+
+    /// A write through node `id`'s facade (forwarded if it is a follower).
+    pub async fn write(&self, id: NodeId, cmd: Command) -> Result<Outcome> {
+        self.node(id).write(cmd).await
+    }
+
+    pub async fn put(&self, id: NodeId, key: &str, value: &str) -> Result<Outcome> {
+        self.write(id, put_cmd(key, value)).await
+    }
+
+    /// Puts through node `id`, retrying refused attempts (nothing applied) until one is
+    /// acknowledged; panics on an ambiguous timeout or after [`WAIT`].
+    pub async fn put_ok(&self, id: NodeId, key: &str, value: &str) -> Outcome {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.put(id, key, value).await {
+                Ok(o) => return o,
+                Err(e) if is_refused(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("put {key}={value} via {id} failed: {e:?}\n{}", self.describe()),
+            }
+        }
+    }
+
+    /// Reads node `id`'s applied state through the facade (`Node::read`).
+    pub async fn read<T>(&self, id: NodeId, linearizable: bool, f: impl FnOnce(&Applied) -> T) -> Result<T> {
+        self.node(id).read(linearizable, f).await
+    }
+
+    /// One key as node `id` sees it: the revision the read reflects and the key, if present.
+    pub async fn get(&self, id: NodeId, key: &str, linearizable: bool) -> Result<(u64, Option<KeyValue>)> {
+        let key = key.to_string();
+        self.read(id, linearizable, move |a| {
+            let rev = a.store.revision();
+            (rev, a.store.current(&key))
+        })
+        .await
+    }
+
+    /// Node `id`'s whole key space.
+    pub async fn dump(&self, id: NodeId, linearizable: bool) -> Result<Dump> {
+        self.read(id, linearizable, Dump::of).await
+    }
+
+    /// A linearizable read of `key` on node `id`, retried (reads change nothing) until it
+    /// succeeds; panics after [`WAIT`].
+    pub async fn get_ok(&self, id: NodeId, key: &str) -> (u64, Option<KeyValue>) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.get(id, key, true).await {
+                Ok(r) => return r,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("read of {key} on {id} failed: {e:?}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("linearizable read of {key} on {id} failed: {e:?}\n{}", self.describe()),
+            }
+        }
+    }
+
+    /// Node `id`'s whole key space by a linearizable read, retried until it succeeds; panics
+    /// after [`WAIT`].
+    pub async fn dump_ok(&self, id: NodeId) -> Dump {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.dump(id, true).await {
+                Ok(d) => return d,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("dump of {id} failed: {e:?}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("linearizable dump of {id} failed: {e:?}\n{}", self.describe()),
+            }
+        }
+    }
+
+    /// Waits until every live node answers a linearizable read with the same state, and
+    /// returns it; panics (showing each node's state) after [`WAIT`]. Call it once writes
+    /// have stopped and the network is healed.
+    pub async fn converge(&self) -> Dump {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut dumps = Vec::new();
+            for id in self.live() {
+                dumps.push((id, self.dump(id, true).await));
+            }
+            let first = dumps.first().and_then(|(_, d)| d.as_ref().ok()).cloned();
+            if let Some(first) = first {
+                if dumps.iter().all(|(_, d)| d.as_ref().ok() == Some(&first)) {
+                    return first;
+                }
+            }
+            if Instant::now() >= deadline {
+                let mut msg = String::from("the live nodes did not converge:\n");
+                for (id, d) in &dumps {
+                    match d {
+                        Ok(d) => writeln!(msg, "  node {id}: revision {} keys {:?}", d.revision, d.keys()),
+                        Err(e) => writeln!(msg, "  node {id}: {e:?}"),
+                    }
+                    .unwrap();
+                }
+                panic!("{msg}{}", self.describe());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Crashes node `id`: off the network, Raft stopped. Its data dir stays for a restart.
+    pub async fn crash(&self, id: NodeId) {
+        self.net.unregister(id);
+        let node = self.handles.remove(id).unwrap_or_else(|| panic!("node {id} is already down"));
+        node.shutdown().await;
+    }
+
+    /// Starts node `id` again on its data dir and puts it back on the network (links keep
+    /// whatever cuts and faults they had).
+    pub async fn restart(&self, id: NodeId) {
+        assert!(self.try_node(id).is_none(), "node {id} is running; crash it first");
+        if let Err(e) = self.boot(id).await {
+            panic!("node {id} did not restart: {e:#}\n{}", self.describe());
+        }
+    }
+
+    /// Splits the members into groups that cannot reach each other (both ways).
+    pub fn partition(&self, groups: &[&[NodeId]]) {
+        self.net.partition(groups);
+    }
+
+    /// Cuts `id` off from every other member, both ways.
+    pub fn isolate(&self, id: NodeId) {
+        // SimNet::isolate only knows registered members; cut the crashed ones too.
+        let others: Vec<NodeId> = self.ids().into_iter().filter(|o| *o != id).collect();
+        self.net.partition(&[&[id], &others]);
+    }
+
+    /// Cuts the link from `from` to `to` (one way).
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        self.net.cut(from, to);
+    }
+
+    /// Restores every link and clears every fault.
+    pub fn heal(&self) {
+        self.net.heal();
+    }
+
+    /// Faults of the directed link `from` -> `to`.
+    pub fn set_link_faults(&self, from: NodeId, to: NodeId, faults: LinkFaults) {
+        self.net.set_faults(from, to, faults);
+    }
+
+    /// Faults of every link without its own.
+    pub fn set_default_faults(&self, faults: LinkFaults) {
+        self.net.set_default_faults(faults);
+    }
+
+    /// Every link loses each request and each response with probability `drop` and delays
+    /// each direction by `delay_ms` (uniform, inclusive).
+    pub fn lossy(&self, drop: f64, delay_ms: (u64, u64)) {
+        self.set_default_faults(LinkFaults { drop_request: drop, drop_response: drop, delay_ms });
+    }
+
+    /// Stops every node (awaiting Raft's shutdown), then drops the cluster and its data dirs.
+    pub async fn shutdown(self) {
+        for id in self.live() {
+            self.net.unregister(id);
+            if let Some(node) = self.handles.remove(id) {
+                node.shutdown().await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Unregistering also breaks the cycle net -> NodePeer -> Node -> Transport -> net.
+        for id in self.ids() {
+            self.net.unregister(id);
+            if let Some(node) = self.handles.remove(id) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move { node.shutdown().await });
+                }
+            }
+        }
+    }
+}
+
+fn sim_member(id: NodeId) -> Member {
+    Member { client_url: String::new(), peer_url: format!("sim://{id}") }
+}
+
+/// What one client write ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Acknowledged at this revision.
+    Acked(u64),
+    /// Refused: certainly not applied (`Unavailable` and every other non-timeout error).
+    Refused(String),
+    /// Timed out: may or may not have been applied.
+    Ambiguous(String),
+}
+
+/// One recorded write: a put of a key written by no other write.
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub client: usize,
+    pub key: String,
+    pub value: String,
+    pub result: WriteResult,
+}
+
+/// Records puts of unique keys by any number of clients and checks the final state:
+/// - every acknowledged put is present, with its value, at the revision it was acknowledged;
+/// - no refused put is present (a refusal promises nothing took effect);
+/// - the revisions acknowledged to one client strictly increase, in the client's order.
+///
+/// Cheap to clone; clones share the records.
+#[derive(Clone, Default)]
+pub struct Ledger(Arc<Mutex<Vec<WriteRecord>>>);
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Records the result of `put key=value` by `client`.
+    pub fn record(&self, client: usize, key: &str, value: &str, r: &Result<Outcome>) {
+        let result = match r {
+            Ok(Outcome::Put { revision, .. }) => WriteResult::Acked(*revision),
+            Ok(other) => panic!("put {key} was acknowledged with {other:?}, not a put"),
+            Err(e) if is_refused(e) => WriteResult::Refused(format!("{e:?}")),
+            Err(e) => WriteResult::Ambiguous(format!("{e:?}")),
+        };
+        let rec = WriteRecord { client, key: key.into(), value: value.into(), result };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
+    }
+
+    pub fn records(&self) -> Vec<WriteRecord> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// (acknowledged, refused, ambiguous) counts.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let recs = self.records();
+        let n = |f: fn(&WriteResult) -> bool| recs.iter().filter(|r| f(&r.result)).count();
+        (
+            n(|r| matches!(r, WriteResult::Acked(_))),
+            n(|r| matches!(r, WriteResult::Refused(_))),
+            n(|r| matches!(r, WriteResult::Ambiguous(_))),
+        )
+    }
+
+    /// Every violation of the rules above in `state`, empty when there is none.
+    pub fn violations(&self, state: &Dump) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut last_rev: BTreeMap<usize, (u64, String)> = BTreeMap::new();
+        for r in self.records() {
+            let found = state.kvs.get(&r.key);
+            match &r.result {
+                WriteResult::Acked(rev) => {
+                    match found {
+                        None => bad.push(format!("acknowledged put {} (revision {rev}) is lost", r.key)),
+                        Some(kv) if kv.value != r.value.as_bytes() || kv.mod_revision != *rev => {
+                            bad.push(format!(
+                                "acknowledged put {}={} at revision {rev} reads back as {kv:?}",
+                                r.key, r.value
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                    if let Some((prev, prev_key)) = last_rev.get(&r.client) {
+                        if rev <= prev {
+                            bad.push(format!(
+                                "client {}: put {} acknowledged at revision {rev} after put {prev_key} at {prev}",
+                                r.client, r.key
+                            ));
+                        }
+                    }
+                    last_rev.insert(r.client, (*rev, r.key.clone()));
+                }
+                WriteResult::Refused(e) => {
+                    if let Some(kv) = found {
+                        bad.push(format!("put {} was refused ({e}) but took effect: {kv:?}", r.key));
+                    }
+                }
+                WriteResult::Ambiguous(_) => {}
+            }
+        }
+        bad
+    }
+
+    /// Panics listing every violation in `state`.
+    pub fn check(&self, state: &Dump) {
+        let bad = self.violations(state);
+        assert!(bad.is_empty(), "{} violation(s):\n  {}", bad.len(), bad.join("\n  "));
+    }
+}
