@@ -226,6 +226,9 @@ pub struct Node {
     cfg: NodeConfig,
     reads: Mutex<ReadRounds>,
     proposals: Mutex<Proposals>,
+    /// When this node, as leader, last heard from a quorum (from openraft's metrics,
+    /// stamped when they arrive: the metric itself is only as fresh as its last report).
+    quorum_acked_at: Mutex<Option<Instant>>,
 }
 
 impl Node {
@@ -263,9 +266,24 @@ impl Node {
             cfg,
             reads: Mutex::default(),
             proposals: Mutex::default(),
+            quorum_acked_at: Mutex::default(),
         });
         tokio::spawn(Self::publish_client_url(Arc::downgrade(&node)));
+        tokio::spawn(Self::track_quorum_acks(Arc::downgrade(&node), node.raft.metrics()));
         Ok(node)
+    }
+
+    /// Keeps `quorum_acked_at` current from the metrics stream.
+    async fn track_quorum_acks(
+        node: std::sync::Weak<Node>,
+        mut rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    ) {
+        while rx.changed().await.is_ok() {
+            let Some(node) = node.upgrade() else { return };
+            let ms = rx.borrow_and_update().millis_since_quorum_ack;
+            let at = ms.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+            *node.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        }
     }
 
     /// Makes sure the membership config carries this node's client URL (the initial
@@ -364,6 +382,11 @@ impl Node {
         loop {
             let leader = self.wait_leader(deadline, not).await?;
             if leader == self.id {
+                if !self.quorum_contact(deadline).await {
+                    return Err(Error::Unavailable(
+                        "this leader has not heard from a quorum within an election timeout; nothing was proposed".into(),
+                    ));
+                }
                 match tokio::time::timeout_at(deadline, self.propose(cmd.clone())).await {
                     Ok(Ok(outcome)) => return Ok(outcome),
                     Ok(Err(PeerError::NotLeader { .. })) => {
@@ -411,6 +434,28 @@ impl Node {
                     ))
                 }
             }
+        }
+    }
+
+    /// Whether this leader is in contact with a quorum: its last quorum acknowledgement
+    /// is within an election timeout, or (when the cluster was idle, and openraft's ack
+    /// clock only moves with replication) a fresh leadership round with a quorum succeeds
+    /// before `deadline`. An isolated leader thus refuses a write before proposing it (503,
+    /// nothing happened) instead of timing out on it (504, outcome unknown).
+    async fn quorum_contact(&self, deadline: Instant) -> bool {
+        let fresh = self
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() <= Duration::from_millis(self.cfg.election_timeout_ms));
+        if fresh {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, self.local_read_index()).await {
+            Ok(Ok(_)) => true,
+            // Deposed: openraft refuses the proposal itself, and the write goes elsewhere.
+            Ok(Err(PeerError::NotLeader { .. })) => true,
+            Ok(Err(_)) | Err(_) => false,
         }
     }
 

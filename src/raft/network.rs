@@ -103,6 +103,7 @@ pub enum Transport {
 impl Transport {
     pub fn http() -> Transport {
         let client = reqwest::Client::builder()
+            .no_proxy()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .build()

@@ -1,0 +1,11 @@
+//! Shared helpers for the integration tests. Import with `mod support;` at the top of a
+//! test file, then `use support::process::{Cluster, ClusterOptions, Http};`.
+//!
+//! - [`process`]: real `palisade serve` processes on 127.0.0.1 (a cluster of them, each
+//!   with its own temp data dir and log file), crash and restart them, find the leader,
+//!   and a small reqwest-based HTTP client for the KV API.
+//!
+//! Not every test file uses every helper, so dead-code warnings are off for the module.
+#![allow(dead_code)]
+
+pub mod process;
