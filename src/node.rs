@@ -290,7 +290,7 @@ impl Node {
     /// cluster flag names only peer URLs), so every member can list where clients go.
     async fn publish_client_url(node: std::sync::Weak<Node>) {
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let Some(node) = node.upgrade() else { return };
             let want = node.cfg.advertise.client_url.clone();
             match node.member(node.id) {

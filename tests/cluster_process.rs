@@ -575,3 +575,64 @@ async fn requests_to_a_minority_end_with_503_within_the_deadline() {
     }
     assert_minority_refuses(&c, leader, true).await;
 }
+
+/// Snapshots: with a snapshot every 100 entries, the leader purges its log while a
+/// follower is down; the follower, restarted, can only catch up by installing a snapshot.
+/// Then every node is killed and restarted: each recovers from its snapshot plus the log
+/// after it, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_catch_up_a_follower_and_survive_restarts() {
+    let opts =
+        ClusterOptions { extra_args: vec!["--snapshot-every".into(), "100".into()], ..Default::default() };
+    let c = Cluster::start(opts).await;
+    let (leader, _) = c.leader().await;
+    let lagging = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    c.kill_9(lagging);
+    let url = c.client_url(leader);
+    // Sequential writes: one log entry each, so the log passes several snapshot points.
+    let mut acked = BTreeMap::new();
+    for i in 0..450 {
+        let key = format!("/snap/k{i:04}");
+        let r = c.http().put(&url, &key, &format!("v{i}")).await.expect("put");
+        assert_eq!(r.status, 200, "{}", r.text);
+        acked.insert(key, format!("v{i}"));
+    }
+    let snap = c.data_dir(leader).join("snapshot").join("snapshot.bin");
+    assert!(snap.exists(), "the leader took no snapshot at {}", snap.display());
+
+    let check = |listing: &Listing| -> Result<(), String> {
+        for (k, v) in &acked {
+            match listing.kvs.get(k) {
+                Some(kv) if kv["value"] == v.as_str() => {}
+                other => return Err(format!("{k}: expected {v}, found {other:?}")),
+            }
+        }
+        Ok(())
+    };
+
+    c.restart(lagging).await;
+    let lag_url = c.client_url(lagging);
+    eventually(&c, Duration::from_secs(20), "the restarted follower catches up by snapshot", || async {
+        let l = c.http().list(&lag_url, "/snap", Consistency::Serializable).await?;
+        check(&l)
+    })
+    .await;
+    assert!(
+        c.data_dir(lagging).join("snapshot").join("snapshot.bin").exists(),
+        "the follower holds no snapshot"
+    );
+
+    c.kill_all_9();
+    for id in c.ids() {
+        c.restart(id).await;
+    }
+    c.leader().await;
+    for id in c.ids() {
+        let u = c.client_url(id);
+        eventually(&c, Duration::from_secs(20), &format!("node {id} recovers every write"), || async {
+            let l = c.http().list(&u, "/snap", Consistency::Linearizable).await?;
+            check(&l)
+        })
+        .await;
+    }
+}
