@@ -23,6 +23,9 @@ pub enum Error {
     Compacted { requested: u64, compact_revision: u64 },
     #[error("revision {requested} is in the future (current revision {revision})")]
     FutureRevision { requested: u64, revision: u64 },
+    /// This node is serving as many requests as it may; nothing was done.
+    #[error("{0}")]
+    Overloaded(String),
     /// No leader or no quorum within the deadline; the request did not take effect.
     #[error("{0}")]
     Unavailable(String),

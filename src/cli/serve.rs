@@ -62,8 +62,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PALISADE_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Refuse writes once the store holds this many bytes over all versions.
-    #[arg(long, env = "PALISADE_QUOTA_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    #[arg(long, env = "PALISADE_QUOTA_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub quota_bytes: u64,
+    /// Client requests served at once; more are refused with 429 `overloaded`.
+    #[arg(long, env = "PALISADE_MAX_INFLIGHT_REQUESTS", default_value_t = 2048)]
+    pub max_inflight_requests: usize,
 }
 
 fn url_of(addr: &str) -> String {
@@ -146,6 +149,7 @@ impl ServeArgs {
             max_value_bytes: self.max_value_bytes,
             max_body_bytes: self.max_body_bytes,
             quota_bytes: self.quota_bytes,
+            max_inflight_requests: self.max_inflight_requests.max(1),
             ..Limits::default()
         };
         Ok(cfg)

@@ -64,6 +64,7 @@ impl From<Error> for ApiError {
                 ApiError::new(S::BAD_REQUEST, "future_revision", msg).with("revision", json!(revision))
             }
             Error::Unavailable(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", msg),
+            Error::Overloaded(_) => ApiError::new(S::TOO_MANY_REQUESTS, "overloaded", msg),
             Error::Timeout(_) => ApiError::new(S::GATEWAY_TIMEOUT, "timeout", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
             Error::MethodNotAllowed(_) => ApiError::new(S::METHOD_NOT_ALLOWED, "method_not_allowed", msg),
@@ -83,12 +84,19 @@ impl IntoResponse for ApiError {
         body.extend(self.extra);
         let mut resp = (self.status, super::json_body(&json!({ "error": body }))).into_response();
         let h = resp.headers_mut();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
             h.insert("retry-after", HeaderValue::from_static("1"));
         }
         if let Some((rev, term)) = self.state {
             super::state_headers(h, rev, term);
         }
         resp
+    }
+}
+
+impl crate::error::Error {
+    /// The HTTP response for this error.
+    pub fn into_response_via_api(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }

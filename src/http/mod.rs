@@ -43,7 +43,13 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/readyz", get(cluster::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(node)
+        .with_state(node.clone())
+        // Outermost first: tracing sees every request, then the in-flight limit sheds load
+        // with a 429 before any work (or body buffering) happens.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(node.limits().max_inflight_requests)),
+            limit_inflight,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -51,6 +57,22 @@ pub fn client_router(node: Arc<Node>) -> Router {
 /// clients (it has its own listener).
 pub fn peer_router(node: Arc<Node>) -> Router {
     Router::new().route("/raft/rpc", post(peer::rpc)).fallback(not_found).with_state(node)
+}
+
+/// Refuses a request with 429 when `--max-inflight-requests` are already being served, so
+/// memory and queues stay bounded under overload.
+async fn limit_inflight(
+    axum::extract::State(permits): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            crate::error::Error::Overloaded("too many requests in flight on this node; retry shortly".into())
+                .into_response_via_api()
+        }
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -80,6 +102,13 @@ pub async fn serve(
     peer: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small request/response exchanges: never let Nagle hold a reply back.
+    let nodelay = |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    };
+    let client = client.tap_io(nodelay);
+    let peer = peer.tap_io(nodelay);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     let mut rx1 = rx;

@@ -10,8 +10,9 @@ use super::error::ApiError;
 use crate::node::Node;
 use crate::raft::network::PeerRequest;
 
-/// Largest peer message (a full snapshot travels in one).
-const MAX_PEER_BODY: usize = 1 << 30;
+/// Largest peer message: a full snapshot travels in one (JSON, its data base64-encoded:
+/// about 1.8 x the store's size; the default quota is 1 GiB).
+const MAX_PEER_BODY: usize = 4 << 30;
 
 pub async fn rpc(State(node): State<Arc<Node>>, body: Body) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_PEER_BODY).await {

@@ -231,7 +231,7 @@ impl SizeIndex {
             Op::Append(sizes) => sizes.iter().for_each(|&(i, n)| self.append(i, n)),
             Op::Truncate(since) => self.truncate(*since),
             Op::Purge(upto) => self.purge(*upto),
-            Op::Meta => {}
+            Op::Meta | Op::Hint => {}
         }
     }
 }
@@ -269,8 +269,11 @@ enum Op {
     Append(Vec<(u64, u64)>),
     Truncate(u64),
     Purge(u64),
-    /// Vote or committed: small, superseded by the next one.
+    /// Vote: small, superseded by the next one.
     Meta,
+    /// Committed: like `Meta`, but advisory, so it needs no fsync of its own; the next
+    /// durable batch syncs it (losing it only means re-applying a little on restart).
+    Hint,
 }
 
 /// One request to the writer thread: framed bytes to write, then an acknowledgement.
@@ -442,7 +445,7 @@ impl LogStore {
 
     pub(crate) fn enqueue_committed(&self, committed: Option<LogId>, ack: Ack) -> io::Result<()> {
         let bytes = encode(&RecordRef::Committed(committed.as_ref()))?;
-        self.submit(|st| st.committed = committed, Req { bytes, op: Op::Meta, ack })
+        self.submit(|st| st.committed = committed, Req { bytes, op: Op::Hint, ack })
     }
 
     /// Runs `enqueue` with a reply ack and waits until the write is durable.
@@ -669,6 +672,10 @@ impl Writer {
             self.sizes.apply(&r.op);
         }
         self.file.flush()?;
+        if batch.iter().all(|r| matches!(r.op, Op::Hint)) {
+            // Nothing here must be durable before it is acknowledged.
+            return Ok(());
+        }
         self.file.get_ref().sync_data()
     }
 

@@ -328,3 +328,67 @@ async fn method_not_allowed_lists_allowed_methods() {
     })
     .await;
 }
+
+/// Past `max_inflight_requests`, a request is refused at once with 429 `overloaded` (and
+/// `Retry-After`), and nothing changes; once the slot frees, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_429() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = palisade::node::NodeConfig::new(
+        1,
+        dir.path(),
+        palisade::raft::Member {
+            client_url: "http://127.0.0.1:1".into(),
+            peer_url: "http://127.0.0.1:2".into(),
+        },
+    );
+    cfg.limits.max_inflight_requests = 1;
+    let node = palisade::node::Node::start(cfg, palisade::raft::network::Transport::http()).await.unwrap();
+    let router = palisade::http::client_router(node.clone());
+    // Wait for leadership (readyz takes the only slot only while it runs).
+    for _ in 0..200 {
+        let r = router
+            .clone()
+            .oneshot(axum::http::Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A PUT whose body never finishes holds the only slot.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let held = axum::http::Request::put("/v1/kv/slow").body(Body::from_stream(stream)).unwrap();
+    let r2 = router.clone();
+    let slow = tokio::spawn(async move { r2.oneshot(held).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let r = router
+        .clone()
+        .oneshot(axum::http::Request::put("/v1/kv/other").body(Body::from(r#"{"value":"x"}"#)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+
+    // Finish the slow request; the slot frees and requests are served again.
+    tx.send(Ok(axum::body::Bytes::from_static(br#"{"value":"slow"}"#))).await.unwrap();
+    drop(tx);
+    assert_eq!(slow.await.unwrap().status(), 200);
+    let r = router
+        .clone()
+        .oneshot(axum::http::Request::get("/v1/kv/other").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the refused write must not have happened");
+    node.shutdown().await;
+}
