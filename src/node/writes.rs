@@ -1,0 +1,184 @@
+//! Writes: forwarding to the leader, and on the leader, batching concurrent writes into
+//! one proposal (one log entry, one fsync) with a bounded number of proposals in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{peer_error, Node};
+use crate::error::{Error, Result};
+use crate::raft::network::{PeerError, PeerRequest, PeerResponse, TransportError};
+use crate::store::{Command, Outcome};
+
+/// Writes waiting to be proposed, and how many proposers are running.
+#[derive(Default)]
+pub(super) struct Proposals {
+    waiting: std::collections::VecDeque<(Command, oneshot::Sender<Result<Outcome, PeerError>>)>,
+    running: usize,
+}
+
+/// Proposals in flight at once: the leader appends one while the previous replicates.
+/// openraft 0.9 fsyncs each proposal inline in its core loop, so more proposers only
+/// split the waiting writes into smaller batches (measured: 4 was slower than 1 or 2).
+const MAX_PROPOSERS: usize = 2;
+/// At most this many commands go into one log entry.
+const MAX_BATCH: usize = 512;
+
+impl Node {
+    /// Proposes `cmd` (forwarding it to the leader when this node is a follower) and
+    /// returns what applying it decided.
+    pub async fn write(self: &Arc<Self>, cmd: Command) -> Result<Outcome> {
+        let deadline = self.deadline();
+        let mut not = None;
+        loop {
+            let leader = self.wait_leader(deadline, not).await?;
+            if leader == self.id {
+                if !self.quorum_contact(deadline).await {
+                    return Err(Error::Unavailable(
+                        "this leader has not heard from a quorum within an election timeout; nothing was proposed".into(),
+                    ));
+                }
+                match tokio::time::timeout_at(deadline, self.propose(cmd.clone())).await {
+                    Ok(Ok(outcome)) => return Ok(outcome),
+                    Ok(Err(PeerError::NotLeader { .. })) => {
+                        // Not proposed: leadership moved on. Try again with the new leader.
+                        not = Some(self.id);
+                        continue;
+                    }
+                    Ok(Err(e)) => return Err(peer_error(e)),
+                    Err(_) => {
+                        return Err(Error::Timeout(
+                            "the write was proposed but not committed within the deadline; it may or may not take effect".into(),
+                        ))
+                    }
+                }
+            }
+            let Some(member) = self.member(leader) else {
+                not = Some(leader);
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.transport.call(leader, &member, PeerRequest::Forward(cmd.clone()), left).await {
+                Ok(PeerResponse::Forward(Ok(outcome))) => return Ok(outcome),
+                Ok(PeerResponse::Forward(Err(PeerError::NotLeader { .. }))) => {
+                    not = Some(leader);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(PeerResponse::Forward(Err(e))) => return Err(peer_error(e)),
+                Ok(other) => return Err(Error::Internal(format!("unexpected forward reply {other:?}"))),
+                Err(TransportError::Unreachable(_)) => {
+                    // Not delivered: safe to try again once a leader is known.
+                    not = Some(leader);
+                    if Instant::now() >= deadline {
+                        return Err(Error::Unavailable("the leader could not be reached within the deadline".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(TransportError::Failed(e)) => {
+                    return Err(Error::Timeout(format!(
+                        "the leader did not answer ({e}); the write may or may not take effect"
+                    )))
+                }
+                Err(TransportError::Timeout) => {
+                    return Err(Error::Timeout(
+                        "the write was forwarded but not answered within the deadline; it may or may not take effect".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Whether this leader is in contact with a quorum: its last quorum acknowledgement
+    /// is within an election timeout, or (when the cluster was idle, and openraft's ack
+    /// clock only moves with replication) a fresh leadership round with a quorum succeeds
+    /// before `deadline`. An isolated leader thus refuses a write before proposing it (503,
+    /// nothing happened) instead of timing out on it (504, outcome unknown).
+    async fn quorum_contact(&self, deadline: Instant) -> bool {
+        let fresh = self
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() <= Duration::from_millis(self.cfg.election_timeout_ms));
+        if fresh {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, self.local_read_index()).await {
+            Ok(Ok(_)) => true,
+            // Deposed: openraft refuses the proposal itself, and the write goes elsewhere.
+            Ok(Err(PeerError::NotLeader { .. })) => true,
+            Ok(Err(_)) | Err(_) => false,
+        }
+    }
+
+    /// Proposes `cmd` on this node (the leader), batched with the writes that wait
+    /// alongside it: one log entry and one fsync for the lot.
+    pub(super) async fn propose(self: &Arc<Self>, cmd: Command) -> std::result::Result<Outcome, PeerError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut p = self.proposals.lock().unwrap_or_else(|e| e.into_inner());
+            p.waiting.push_back((cmd, tx));
+            let start = p.running < MAX_PROPOSERS;
+            if start {
+                p.running += 1;
+            }
+            start
+        };
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.run_proposer().await });
+        }
+        // A proposer that went away may have proposed the write: outcome unknown.
+        rx.await.unwrap_or(Err(PeerError::Timeout))
+    }
+
+    /// Proposes batches while writes are waiting.
+    async fn run_proposer(self: Arc<Self>) {
+        loop {
+            let batch: Vec<_> = {
+                let mut p = self.proposals.lock().unwrap_or_else(|e| e.into_inner());
+                if p.waiting.is_empty() {
+                    p.running -= 1;
+                    return;
+                }
+                let n = p.waiting.len().min(MAX_BATCH);
+                p.waiting.drain(..n).collect()
+            };
+            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let single = cmds.len() == 1;
+            let payload =
+                if single { cmds.into_iter().next().expect("one command") } else { Command::Batch { cmds } };
+            let t0 = std::time::Instant::now();
+            let n = waiters.len();
+            let result = self.raft.client_write(payload).await;
+            tracing::debug!(batch = n, micros = t0.elapsed().as_micros() as u64, "proposal decided");
+            let result = match result {
+                Ok(resp) => Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(PeerError::NotLeader { leader: f.leader_id })
+                }
+                Err(RaftError::APIError(e)) => Err(PeerError::Internal(e.to_string())),
+                // The entry may already be replicated and commit under the next leader:
+                // the outcome is unknown, never "did not happen".
+                Err(RaftError::Fatal(_)) => Err(PeerError::Timeout),
+            };
+            match result {
+                Ok(Outcome::Batch { outcomes, .. }) if !single && outcomes.len() == waiters.len() => {
+                    for (w, o) in waiters.into_iter().zip(outcomes) {
+                        let _ = w.send(Ok(o));
+                    }
+                }
+                Ok(o) if single => {
+                    let _ = waiters.into_iter().next().expect("one waiter").send(Ok(o));
+                }
+                Ok(o) => {
+                    let e = PeerError::Internal(format!("a batch of {} was decided as {o:?}", waiters.len()));
+                    waiters.into_iter().for_each(|w| drop(w.send(Err(e.clone()))));
+                }
+                Err(e) => waiters.into_iter().for_each(|w| drop(w.send(Err(e.clone())))),
+            }
+        }
+    }
+}
