@@ -26,12 +26,21 @@
 //!   the first thing to pin when chasing a failure.
 //! - [`Ledger`] records client writes and checks them against the final state: acknowledged
 //!   writes are present, refused ones absent, revisions of one client increase.
+//! - With [`ClusterOptions::http`], every node also serves its client API
+//!   (`palisade::http::client_router`) on a real `127.0.0.1` listener ([`Cluster::client_urls`]).
+//!   A crash stops that server like a process death: the port refuses new connections and every
+//!   open connection is reset; a restart listens on the same port again (or, if it was taken
+//!   meanwhile, on a new one, which [`ClientUrls`] then lists).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -42,6 +51,9 @@ use palisade::raft::sim_network::{LinkFaults, SimNet};
 use palisade::raft::state_machine::Applied;
 use palisade::raft::{Member, NodeId};
 use palisade::store::{Command, Condition, KeyValue, ListOptions, Outcome};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// The env var that fixes the network's seed.
@@ -62,6 +74,8 @@ pub struct ClusterOptions {
     pub request_timeout: Duration,
     /// Snapshot after this many log entries (small values exercise snapshot install).
     pub snapshot_every: u64,
+    /// Also serve every node's client API over HTTP on `127.0.0.1` (see [`Cluster::client_urls`]).
+    pub http: bool,
 }
 
 impl ClusterOptions {
@@ -73,6 +87,7 @@ impl ClusterOptions {
             election_timeout_ms: 300,
             request_timeout: Duration::from_millis(1000),
             snapshot_every: 10_000,
+            http: false,
         }
     }
 }
@@ -100,6 +115,7 @@ pub fn init_tracing() {
 
 struct Slot {
     id: NodeId,
+    /// The config of the first start (a restart may listen for clients on another port).
     cfg: NodeConfig,
     /// Kept across crashes; removed when the cluster is dropped.
     _dir: tempfile::TempDir,
@@ -186,6 +202,9 @@ pub struct Cluster {
     opts: ClusterOptions,
     slots: Vec<Slot>,
     handles: Handles,
+    /// The client API servers of the running nodes (with [`ClusterOptions::http`]).
+    servers: Mutex<BTreeMap<NodeId, HttpServer>>,
+    urls: ClientUrls,
 }
 
 impl Cluster {
@@ -202,14 +221,25 @@ impl Cluster {
         eprintln!("[sim] {} nodes, seed {seed} (replay with {SEED_ENV}={seed})", opts.nodes);
         let net = SimNet::new(seed);
         let ids: Vec<NodeId> = (1..=opts.nodes as NodeId).collect();
-        let members: BTreeMap<NodeId, Member> = ids.iter().map(|id| (*id, sim_member(*id))).collect();
+        // With HTTP, bind every client listener first: the members then carry their real
+        // client URLs from the start.
+        let mut listeners = BTreeMap::new();
+        if opts.http {
+            for id in &ids {
+                let l = TcpListener::bind("127.0.0.1:0").await.expect("a loopback listener for clients");
+                listeners.insert(*id, l);
+            }
+        }
+        let client_url = |id: &NodeId| listeners.get(id).map(url_of).unwrap_or_default();
+        let members: BTreeMap<NodeId, Member> =
+            ids.iter().map(|id| (*id, sim_member(*id, client_url(id)))).collect();
         let mut slots = Vec::new();
         for id in &ids {
             let dir = tempfile::Builder::new()
                 .prefix(&format!("palisade-sim-{id}-"))
                 .tempdir()
                 .expect("a temp dir for the node");
-            let mut cfg = NodeConfig::new(*id, dir.path().join("data"), sim_member(*id));
+            let mut cfg = NodeConfig::new(*id, dir.path().join("data"), sim_member(*id, client_url(id)));
             cfg.initial_cluster = Some(members.clone());
             cfg.heartbeat_ms = opts.heartbeat_ms;
             cfg.election_timeout_ms = opts.election_timeout_ms;
@@ -217,8 +247,17 @@ impl Cluster {
             cfg.snapshot_every = opts.snapshot_every;
             slots.push(Slot { id: *id, cfg, _dir: dir });
         }
-        let cluster = Cluster { net, seed, opts, slots, handles: Handles::default() };
-        let started = futures::future::join_all(ids.iter().map(|id| cluster.boot(*id))).await;
+        let cluster = Cluster {
+            net,
+            seed,
+            opts,
+            slots,
+            handles: Handles::default(),
+            servers: Mutex::default(),
+            urls: ClientUrls::default(),
+        };
+        let started =
+            futures::future::join_all(ids.iter().map(|id| cluster.boot(*id, listeners.remove(id)))).await;
         for (id, r) in ids.iter().zip(started) {
             if let Err(e) = r {
                 panic!("node {id} did not start: {e:#}");
@@ -227,10 +266,14 @@ impl Cluster {
         cluster
     }
 
-    /// Starts node `id` on its data dir and puts it on the network. Retries for a while when
-    /// the previous incarnation still holds the data dir's lock.
-    async fn boot(&self, id: NodeId) -> anyhow::Result<()> {
-        let cfg = self.slot(id).cfg.clone();
+    /// Starts node `id` on its data dir, puts it on the network and, given a listener, serves
+    /// its client API there. Retries for a while when the previous incarnation still holds the
+    /// data dir's lock.
+    async fn boot(&self, id: NodeId, listener: Option<TcpListener>) -> anyhow::Result<()> {
+        let mut cfg = self.slot(id).cfg.clone();
+        if let Some(l) = &listener {
+            cfg.advertise.client_url = url_of(l);
+        }
         let give_up = Instant::now() + WAIT;
         let node = loop {
             let transport = Transport::Sim { net: self.net.clone(), from: id };
@@ -244,8 +287,52 @@ impl Cluster {
             }
         };
         self.handles.insert(id, node.clone());
-        self.net.register(id, Arc::new(NodePeer(node)));
+        self.net.register(id, Arc::new(NodePeer(node.clone())));
+        if let Some(l) = listener {
+            let server = HttpServer::start(node, l);
+            self.urls.set(id, server.url.clone(), true);
+            self.lock_servers().insert(id, server);
+        }
         Ok(())
+    }
+
+    fn lock_servers(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, HttpServer>> {
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A client listener for restarting node `id`: its previous port if that is still free,
+    /// else a new one.
+    async fn rebind(&self, id: NodeId) -> TcpListener {
+        if let Some(old) = self.urls.get(id).and_then(|u| u.rsplit(':').next()?.parse::<u16>().ok()) {
+            match TcpListener::bind(("127.0.0.1", old)).await {
+                Ok(l) => return l,
+                Err(e) => eprintln!("[sim] node {id}: port {old} is taken ({e}); listening on a new port"),
+            }
+        }
+        TcpListener::bind("127.0.0.1:0").await.expect("a loopback listener for clients")
+    }
+
+    /// Where node `id` serves clients (its latest URL, also while it is down); `None` without
+    /// [`ClusterOptions::http`].
+    pub fn client_url(&self, id: NodeId) -> Option<String> {
+        self.urls.get(id)
+    }
+
+    /// A shareable, live view of the nodes' client URLs (with [`ClusterOptions::http`]).
+    pub fn client_urls(&self) -> ClientUrls {
+        self.urls.clone()
+    }
+
+    /// The live node that acts as leader in the highest term, and that term, if any: no
+    /// agreement of the others is required (for a nemesis that targets "the leader").
+    pub fn acting_leader(&self) -> Option<(NodeId, u64)> {
+        self.live()
+            .into_iter()
+            .filter_map(|id| {
+                let m = self.try_node(id)?.raft().metrics().borrow().clone();
+                (m.state == ServerState::Leader).then_some((id, m.current_term))
+            })
+            .max_by_key(|(_, term)| *term)
     }
 
     fn slot(&self, id: NodeId) -> &Slot {
@@ -471,8 +558,14 @@ impl Cluster {
         }
     }
 
-    /// Crashes node `id`: off the network, Raft stopped. Its data dir stays for a restart.
+    /// Crashes node `id`: its client server gone (connections reset, the port refuses), off
+    /// the network, Raft stopped. Its data dir stays for a restart.
     pub async fn crash(&self, id: NodeId) {
+        let server = self.lock_servers().remove(&id);
+        if let Some(server) = server {
+            self.urls.set_up(id, false);
+            server.stop().await;
+        }
         self.net.unregister(id);
         let node = self.handles.remove(id).unwrap_or_else(|| panic!("node {id} is already down"));
         node.shutdown().await;
@@ -482,7 +575,8 @@ impl Cluster {
     /// whatever cuts and faults they had).
     pub async fn restart(&self, id: NodeId) {
         assert!(self.try_node(id).is_none(), "node {id} is running; crash it first");
-        if let Err(e) = self.boot(id).await {
+        let listener = if self.opts.http { Some(self.rebind(id).await) } else { None };
+        if let Err(e) = self.boot(id, listener).await {
             panic!("node {id} did not restart: {e:#}\n{}", self.describe());
         }
     }
@@ -527,6 +621,10 @@ impl Cluster {
 
     /// Stops every node (awaiting Raft's shutdown), then drops the cluster and its data dirs.
     pub async fn shutdown(self) {
+        let servers = std::mem::take(&mut *self.lock_servers());
+        for server in servers.into_values() {
+            server.stop().await;
+        }
         for id in self.live() {
             self.net.unregister(id);
             if let Some(node) = self.handles.remove(id) {
@@ -538,6 +636,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for server in std::mem::take(&mut *self.lock_servers()).into_values() {
+            server.kill();
+        }
         // Unregistering also breaks the cycle net -> NodePeer -> Node -> Transport -> net.
         for id in self.ids() {
             self.net.unregister(id);
@@ -550,8 +651,180 @@ impl Drop for Cluster {
     }
 }
 
-fn sim_member(id: NodeId) -> Member {
-    Member { client_url: String::new(), peer_url: format!("sim://{id}") }
+fn sim_member(id: NodeId, client_url: String) -> Member {
+    Member { client_url, peer_url: format!("sim://{id}") }
+}
+
+fn url_of(l: &TcpListener) -> String {
+    let addr: SocketAddr = l.local_addr().expect("a bound listener has an address");
+    format!("http://{addr}")
+}
+
+/// The client URLs of a cluster's nodes, shareable with client tasks; a restart on a new port
+/// shows up here at once.
+#[derive(Clone, Default)]
+pub struct ClientUrls(Arc<Mutex<BTreeMap<NodeId, (String, bool)>>>);
+
+impl ClientUrls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, (String, bool)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, id: NodeId, url: String, up: bool) {
+        self.lock().insert(id, (url, up));
+    }
+
+    fn set_up(&self, id: NodeId, up: bool) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.1 = up;
+        }
+    }
+
+    /// Node `id`'s latest URL, up or down.
+    pub fn get(&self, id: NodeId) -> Option<String> {
+        self.lock().get(&id).map(|(u, _)| u.clone())
+    }
+
+    /// Every node's latest URL, in id order; a crashed node's URL refuses connections.
+    pub fn all(&self) -> Vec<String> {
+        self.lock().values().map(|(u, _)| u.clone()).collect()
+    }
+
+    /// The URLs of the running nodes only.
+    pub fn live(&self) -> Vec<String> {
+        self.lock().values().filter(|(_, up)| *up).map(|(u, _)| u.clone()).collect()
+    }
+}
+
+/// One node's client API on a loopback listener, stoppable like a dying process.
+struct HttpServer {
+    url: String,
+    /// `true` (or dropped): every open connection fails at its next read or write, with a reset.
+    kill: watch::Sender<bool>,
+    /// The accept loop; the listener lives (and dies) with it.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    fn start(node: Arc<Node>, listener: TcpListener) -> HttpServer {
+        let url = url_of(&listener);
+        let (kill, rx) = watch::channel(false);
+        let listener = KillableListener { inner: listener, kill: rx };
+        let app = palisade::http::client_router(node);
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("client server stopped: {e}");
+            }
+        });
+        HttpServer { url, kill, task }
+    }
+
+    /// Resets every connection and closes the port, without waiting.
+    fn kill(&self) {
+        let _ = self.kill.send(true);
+        self.task.abort();
+    }
+
+    /// Like [`HttpServer::kill`], and waits until the port is closed.
+    async fn stop(self) {
+        self.kill();
+        let _ = self.task.await;
+    }
+}
+
+/// Accepts connections whose IO fails once the server is killed.
+struct KillableListener {
+    inner: TcpListener,
+    kill: watch::Receiver<bool>,
+}
+
+impl axum::serve::Listener for KillableListener {
+    type Io = KillableIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (KillableIo, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let mut kill = self.kill.clone();
+                    let killed = Box::pin(async move {
+                        // Killed, or the server is gone (sender dropped).
+                        let _ = kill.wait_for(|k| *k).await;
+                    });
+                    return (KillableIo { inner: stream, killed, dead: false }, addr);
+                }
+                // Out of file descriptors and the like: back off, as axum does.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A server-side connection that dies with its server: once killed, every read and write
+/// fails, and the socket is closed with a reset (zero linger), as when a process dies.
+struct KillableIo {
+    inner: TcpStream,
+    killed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    dead: bool,
+}
+
+impl KillableIo {
+    /// Whether the server was killed; registers the task's waker for the kill otherwise.
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if !self.dead && self.killed.as_mut().poll(cx).is_ready() {
+            self.dead = true;
+            let _ = self.inner.set_zero_linger();
+        }
+        if self.dead {
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the node crashed"));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for KillableIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
 }
 
 /// What one client write ended in.

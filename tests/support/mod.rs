@@ -4,8 +4,11 @@
 //! - [`process`]: real `palisade serve` processes on 127.0.0.1 (a cluster of them, each
 //!   with its own temp data dir and log file), crash and restart them, find the leader,
 //!   and a small reqwest-based HTTP client for the KV API.
+//! - [`netns`]: a private test network (one network namespace and address per node) with
+//!   iptables faults: partitions, one-way drops, lossy links. Needs root.
 //!
 //! Not every test file uses every helper, so dead-code warnings are off for the module.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod process;

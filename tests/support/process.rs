@@ -18,6 +18,10 @@
 //! c.restart(leader).await; // the same command line as before
 //! ```
 //!
+//! [`ClusterOptions::hosts`] places nodes elsewhere (their own IP addresses, launched
+//! through a wrapper such as `ip netns exec NS`: see `support::netns`);
+//! [`Cluster::pause`]/[`Cluster::resume`] SIGSTOP/SIGCONT a node.
+//!
 //! [`Http`] is a thin reqwest wrapper: every call returns `Ok(Reply)` for any HTTP status
 //! (status, headers, JSON body) and `Err` only when no HTTP answer came back (refused,
 //! reset, client timeout), which a test usually counts as "outcome unknown".
@@ -50,6 +54,22 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// How long [`Cluster::start`] and [`Cluster::restart`] wait for `/healthz`.
     pub start_timeout: Duration,
+    /// Where each node lives, one entry per node (id 1 first). Empty (the default): every
+    /// node on 127.0.0.1 with ports the OS picks, run directly.
+    pub hosts: Vec<NodeHost>,
+}
+
+/// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
+/// (e.g. one network namespace per node: see `support::netns`).
+#[derive(Debug, Clone)]
+pub struct NodeHost {
+    /// The IP address both listeners bind (and the node advertises).
+    pub ip: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// A command the binary is run through, e.g. `["ip", "netns", "exec", "ns1"]`. It must
+    /// `exec` the binary, so that the child's pid is palisade's own (kill -9, SIGSTOP).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -62,6 +82,7 @@ impl Default for ClusterOptions {
             log_level: "info,openraft=warn".into(),
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(20),
+            hosts: Vec::new(),
         }
     }
 }
@@ -69,8 +90,12 @@ impl Default for ClusterOptions {
 /// One member: its addresses, files and (when running) its process.
 struct NodeProc {
     id: u64,
-    client_port: u16,
-    peer_port: u16,
+    /// `ip:port` of the client listener.
+    client_addr: String,
+    /// `ip:port` of the peer listener.
+    peer_addr: String,
+    /// Run the binary through this command (empty: directly).
+    wrapper: Vec<String>,
     data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
@@ -127,7 +152,20 @@ pub fn without_flag(args: &[String], flag: &str) -> Vec<String> {
 /// behaviour behind the test's back (no `PALISADE_*`, `RUST_LOG` or proxy variables), and
 /// `NO_COLOR=1` so log files carry no ANSI escapes.
 pub fn palisade_command(args: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
+    palisade_command_via(&[], args)
+}
+
+/// [`palisade_command`] run through `wrapper` (e.g. `ip netns exec NS`): the command is
+/// `wrapper... BIN args...`. Empty `wrapper`: the binary itself.
+pub fn palisade_command_via(wrapper: &[String], args: &[String]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(BIN),
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+    };
     cmd.args(args).stdin(Stdio::null()).env("NO_COLOR", "1");
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
@@ -199,14 +237,29 @@ impl Cluster {
         let n = opts.nodes as usize;
         assert!(n >= 1, "a cluster needs at least one node");
         let dir = tempfile::Builder::new().prefix("palisade-test-").tempdir().expect("a temp dir");
-        let ports = free_ports(2 * n);
+        let hosts: Vec<NodeHost> = if opts.hosts.is_empty() {
+            let ports = free_ports(2 * n);
+            (0..n)
+                .map(|i| NodeHost {
+                    ip: "127.0.0.1".into(),
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    wrapper: Vec::new(),
+                })
+                .collect()
+        } else {
+            assert_eq!(opts.hosts.len(), n, "ClusterOptions::hosts needs one entry per node");
+            opts.hosts.clone()
+        };
         let initial_cluster = (1..=n)
-            .map(|id| format!("{id}=http://127.0.0.1:{}", ports[2 * (id - 1) + 1]))
+            .map(|id| format!("{id}=http://{}:{}", hosts[id - 1].ip, hosts[id - 1].peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let nodes = (1..=n)
             .map(|id| {
-                let (client_port, peer_port) = (ports[2 * (id - 1)], ports[2 * (id - 1) + 1]);
+                let host = &hosts[id - 1];
+                let client_addr = format!("{}:{}", host.ip, host.client_port);
+                let peer_addr = format!("{}:{}", host.ip, host.peer_port);
                 let data_dir = dir.path().join(format!("node{id}"));
                 let log_path = dir.path().join(format!("node{id}.log"));
                 let mut args: Vec<String> = [
@@ -216,9 +269,9 @@ impl Cluster {
                     "--data-dir",
                     &data_dir.to_string_lossy(),
                     "--listen-client",
-                    &format!("127.0.0.1:{client_port}"),
+                    &client_addr,
                     "--listen-peer",
-                    &format!("127.0.0.1:{peer_port}"),
+                    &peer_addr,
                     "--initial-cluster",
                     &initial_cluster,
                     "--heartbeat-ms",
@@ -236,8 +289,9 @@ impl Cluster {
                 args.extend(opts.extra_args.iter().cloned());
                 NodeProc {
                     id: id as u64,
-                    client_port,
-                    peer_port,
+                    client_addr,
+                    peer_addr,
+                    wrapper: host.wrapper.clone(),
                     data_dir,
                     log_path,
                     args,
@@ -274,8 +328,9 @@ impl Cluster {
         let mut slot = n.child.lock().unwrap();
         assert!(slot.is_none(), "node {id} is already running");
         let mut log = OpenOptions::new().create(true).append(true).open(&n.log_path).expect("open the log");
-        let _ = writeln!(log, "=== harness: starting node {id}: {BIN} {}", n.args.join(" "));
-        let child = palisade_command(&n.args)
+        let via = n.wrapper.iter().map(|w| format!("{w} ")).collect::<String>();
+        let _ = writeln!(log, "=== harness: starting node {id}: {via}{BIN} {}", n.args.join(" "));
+        let child = palisade_command_via(&n.wrapper, &n.args)
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
             .spawn()
@@ -339,14 +394,43 @@ impl Cluster {
         self.ids().into_iter().filter(|&id| self.is_live(id)).collect()
     }
 
-    /// `http://127.0.0.1:PORT` of node `id`'s client API.
+    /// `http://127.0.0.1:PORT` of node `id`'s client API (`http://IP:PORT` with [`NodeHost`]s).
     pub fn client_url(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.node(id).client_port)
+        format!("http://{}", self.node(id).client_addr)
     }
 
     /// `http://127.0.0.1:PORT` of node `id`'s peer listener (as in `--initial-cluster`).
     pub fn peer_url(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.node(id).peer_port)
+        format!("http://{}", self.node(id).peer_addr)
+    }
+
+    /// The pid of node `id`'s process, if it is running (palisade's own pid, also when
+    /// it runs through a wrapper that execs it).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        let mut slot = self.node(id).child.lock().unwrap();
+        let c = slot.as_mut()?;
+        match c.try_wait() {
+            Ok(None) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    /// Sends `signal` (a name for `kill -s`, e.g. `STOP`) to node `id`. Panics if the node
+    /// is not running or the signal cannot be sent.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let pid = self.pid(id).unwrap_or_else(|| panic!("signal {signal}: node {id} is not running"));
+        let st = Command::new("kill").args(["-s", signal, &pid.to_string()]).status().expect("run kill");
+        assert!(st.success(), "kill -s {signal} {pid} (node {id}) failed: {st}");
+    }
+
+    /// SIGSTOPs node `id` (it keeps its sockets, but answers nothing) until [`Cluster::resume`].
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "STOP");
+    }
+
+    /// SIGCONTs node `id` after [`Cluster::pause`].
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "CONT");
     }
 
     pub fn data_dir(&self, id: u64) -> &Path {
@@ -392,6 +476,8 @@ impl Cluster {
             return Some(s);
         }
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        // A paused (SIGSTOPped) node only acts on SIGTERM once it runs again.
+        let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
         let deadline = Instant::now() + grace;
         loop {
             if let Ok(Some(s)) = c.try_wait() {
