@@ -154,7 +154,10 @@ impl Node {
             election_timeout_min: cfg.election_timeout_ms,
             election_timeout_max: cfg.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
-            max_in_snapshot_log_to_keep: cfg.snapshot_every / 2,
+            // Few entries kept after a snapshot: the log store rewrites them when it compacts
+            // its file, and that rewrite holds up appends. A follower further behind gets
+            // the snapshot instead.
+            max_in_snapshot_log_to_keep: (cfg.snapshot_every / 10).max(100),
             max_payload_entries: 300,
             ..Default::default()
         }

@@ -6,6 +6,9 @@
 //! - each key's version list is sorted by `mod_revision`, and a tombstone (`value: None`)
 //!   ends an incarnation; a key with no versions is never kept.
 //! - reads never change anything.
+//!
+//! The key map is a persistent B-tree (`imbl::OrdMap`): cloning the store is O(1) and
+//! shares structure, so a snapshot can be serialised from a clone while writes go on.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -85,7 +88,7 @@ pub struct ChildrenPage {
 /// The multi-version key space.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
-    keys: BTreeMap<String, Vec<Version>>,
+    keys: imbl::OrdMap<String, Vec<Version>>,
     revision: u64,
     compact_revision: u64,
     /// Bytes of keys and values held over all versions (for the size quota).
@@ -179,7 +182,7 @@ impl Store {
             Some(a) if a >= prefix.as_str() => Bound::Excluded(a.to_string()),
             _ => Bound::Included(prefix),
         };
-        let below = self.keys.range::<String, _>((lower, Bound::Excluded(end)));
+        let below = self.keys.range::<_, String>((lower, Bound::Excluded(end)));
         // The key itself sorts before its descendants, but keys such as `/a.b` sort
         // between `/a` and `/a/`; they are outside the range above, so order holds.
         own.into_iter().chain(below)
@@ -236,7 +239,7 @@ impl Store {
         let mut found: BTreeMap<String, Child> = BTreeMap::new();
         let mut cursor = start;
         'scan: loop {
-            let mut iter = self.keys.range::<String, _>((cursor.clone(), Bound::Excluded(end.clone())));
+            let mut iter = self.keys.range::<_, String>((cursor.clone(), Bound::Excluded(end.clone())));
             loop {
                 let Some((k, vs)) = iter.next() else { break 'scan };
                 if visible_at(vs, rev).is_none() {
