@@ -1,15 +1,16 @@
-//! The durable Raft log and vote store: a small write-ahead log of our own.
+//! The durable Raft log and vote store: a small segmented write-ahead log of our own.
 //!
-//! [`LogStore`] owns the directory it is opened on, and in it the single file `raft.log`
-//! (plus `raft.log.tmp` while a compaction is being written), on which it holds an advisory
-//! exclusive lock so that no second store can open the same directory. It keeps the Raft
-//! log entries, the vote, the last purged log id and the last committed log id, and
-//! implements openraft's [`RaftLogStorage`] and [`RaftLogReader`] (storage-v2). Reads are
-//! served from memory; the file is only read when the store is opened.
+//! [`LogStore`] owns the directory it is opened on. In it, it keeps the segment files
+//! `raft-<seq>.log` (`seq` a zero-padded 20-digit number, increasing from 1) and a `LOCK`
+//! file, on which it holds an advisory exclusive lock so that no second store can open the
+//! same directory. It keeps the Raft log entries, the vote, the last purged log id and the
+//! last committed log id, and implements openraft's [`RaftLogStorage`] and [`RaftLogReader`]
+//! (storage-v2). Reads are served from memory; the files are only read when the store is
+//! opened.
 //!
 //! # On-disk format
 //!
-//! `raft.log` is a sequence of records, each
+//! Every segment is a sequence of records, each
 //!
 //! ```text
 //! [u32 LE payload length][u32 LE crc32 of the payload][payload]
@@ -17,43 +18,68 @@
 //!
 //! where the payload is the JSON of one `Record`: `{"Entry":{..}}` (one log entry),
 //! `{"Truncate":{"since":n}}`, `{"Purge":{"upto":log_id}}`, `{"Vote":{..}}` or
-//! `{"Committed":log_id|null}`. Replaying the records in order from an empty state gives
-//! the state; the in-memory operations and the replay share one code path (`State`), so
-//! they cannot disagree. An `Entry` record drops every entry at or above its index before it
-//! is inserted (a re-append after a truncate is therefore idempotent).
+//! `{"Committed":log_id|null}`. The segments in `seq` order form one stream of records;
+//! replaying it from an empty state gives the state. The in-memory operations and the replay
+//! share one code path (`State`), so they cannot disagree. An `Entry` record drops every
+//! entry at or above its index before it is inserted (a re-append after a truncate is
+//! therefore idempotent), and a `Truncate` record drops entries wherever they were written,
+//! also in earlier segments.
 //!
-//! On open, the file is replayed up to the first record that is short, has length 0, or
-//! whose crc does not match: that is a torn tail from a crash during a write that was never
-//! acknowledged, so the file is truncated there and fsynced. A record whose crc matches but
-//! whose JSON does not parse is not a torn write; opening fails with `InvalidData` instead
-//! of silently dropping acknowledged data.
+//! On open, the stream is replayed up to the first record that is short, has length 0, or
+//! whose crc does not match. In the last segment that is a torn tail from a crash during a
+//! write that was never acknowledged, so the segment is truncated there and fsynced. In any
+//! earlier segment it is damage (those were complete and fsynced before the next segment was
+//! created), and opening fails with `InvalidData`; so does a record whose crc matches but
+//! whose JSON does not parse, instead of silently dropping acknowledged data.
+//!
+//! A legacy single-file log `raft.log` (the format before segments, the same records) is
+//! renamed to the first segment on open, so existing directories keep working. A stale
+//! `raft.log.tmp` (from that format's compaction) is deleted.
 //!
 //! # Writes
 //!
 //! Every mutation updates the in-memory state and is queued to one writer thread while the
 //! state lock is held, so memory and disk see the mutations in the same order. The writer
-//! drains everything queued, writes it, issues one `sync_data` (group commit) and only then
-//! acknowledges: `LogFlushed` for appends, a reply for vote/truncate/purge (which do not
-//! return before that). `save_committed` is queued but not awaited (see its doc).
+//! drains everything queued, appends it to the current (newest) segment, issues one
+//! `sync_data` (group commit) and only then acknowledges: `LogFlushed` for appends, a reply
+//! for vote/truncate/purge (which do not return before that). `save_committed` is queued but
+//! not awaited, and a batch of nothing but committed records is not fsynced (see its doc).
 //!
-//! When the file is larger than the compaction threshold and more than half of it is dead
-//! (purged or truncated entries, superseded votes and commits), the writer rewrites the live
-//! state into `raft.log.tmp`, fsyncs it, renames it over `raft.log`, fsyncs the directory and
-//! carries on appending to the new file. A crash at any step leaves either the old or the
-//! new complete file as `raft.log`; a stale `raft.log.tmp` is deleted on open.
+//! # Rotation and deletion
+//!
+//! After a batch, once the current segment is larger than the segment size (64 MiB), the
+//! writer fsyncs it, creates the next segment, writes into it the full meta state as written
+//! so far (vote, last purged, committed; the header), fsyncs it and the directory, and
+//! appends there from then on. That costs O(meta), never a rewrite of the live entries.
+//! Opening the store does the same (reusing the last segment instead if it is empty), so the
+//! segment appended to always starts with a complete, fsynced header.
+//!
+//! After a batch with a purge, and after a rotation, the writer deletes segments, oldest
+//! first, as long as the oldest is not the current one and all its entry records (it tracks
+//! the largest entry index of each segment) are at or below the last purged index (a segment
+//! without entries qualifies at once); then it fsyncs the directory. A failed deletion is
+//! only logged and retried later.
 //!
 //! # Invariants
 //!
 //! - Nothing is acknowledged (callback, reply) before its record is fsynced.
-//! - No holes: records are only ever appended (a compaction swaps in a complete, fsynced
-//!   file atomically) and replay stops at the first bad record, so what survives a crash is
-//!   always a prefix of what was written, and includes everything acknowledged.
-//! - After any I/O error the store is failed: the error is reported to the request that hit
-//!   it and every later request fails too (after a failed write or fsync the file's content is
-//!   unknown, so appending more could put acknowledged records behind a torn one). Reopening
-//!   (a restart) recovers from whatever the file holds.
+//! - No holes: records are only ever appended, a segment is fsynced before the next one is
+//!   created, and replay stops at the first bad record (which is only legal in the last
+//!   segment), so what survives a crash is always a prefix of the stream that was written,
+//!   and includes everything acknowledged.
+//! - Deleting segments never changes what the stream replays to, whatever subset of the
+//!   deletable ones a crash leaves behind: each later segment's header restates every vote,
+//!   commit and purge of the older ones; what else a deleted segment held are entries at or
+//!   below the last purged index (purged anyway: openraft never appends there) and truncates,
+//!   which only touch entries in segments at least as old. A segment whose header a crash cut
+//!   short never gets entries (the next open starts a new segment), so it is deletable before
+//!   anything depends on it.
+//! - After any I/O error (a rotation's included) the store is failed: the error is reported
+//!   to the request that hit it and every later request fails too (after a failed write or
+//!   fsync the file's content is unknown, so appending more could put acknowledged records
+//!   behind a torn one). Reopening (a restart) recovers from whatever the files hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -69,19 +95,53 @@ use tokio::sync::oneshot;
 
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// The log file's name inside the store directory.
-const LOG_FILE: &str = "raft.log";
-/// Where a compaction writes the new file before renaming it over [`LOG_FILE`].
-const TMP_FILE: &str = "raft.log.tmp";
+/// The file holding the directory's lock.
+const LOCK_FILE: &str = "LOCK";
+/// The single log file of the format before segments; becomes segment 1 on open.
+const LEGACY_FILE: &str = "raft.log";
+/// Where that format's compaction wrote; a leftover is deleted on open.
+const LEGACY_TMP_FILE: &str = "raft.log.tmp";
+const SEGMENT_PREFIX: &str = "raft-";
+const SEGMENT_SUFFIX: &str = ".log";
 /// `[u32 len][u32 crc]`.
 const HEADER_LEN: u64 = 8;
-/// Compact the file once it is larger than this and more than half of it is dead.
-pub(crate) const DEFAULT_COMPACT_THRESHOLD: u64 = 64 << 20;
-/// Floor for the threshold, far above the size of the non-entry records, so a compacted
-/// file can never immediately qualify for another compaction.
-const MIN_COMPACT_THRESHOLD: u64 = 4 << 10;
+/// Start a new segment once the current one is larger than this.
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Floor for the segment size, far above the size of a segment header, so that a new
+/// segment never qualifies for rotation by its header alone.
+const MIN_SEGMENT_BYTES: u64 = 4 << 10;
 /// Buffer size of the writer (larger writes bypass the buffer).
 const WRITE_BUF: usize = 1 << 20;
+
+fn segment_name(seq: u64) -> String {
+    format!("{SEGMENT_PREFIX}{seq:020}{SEGMENT_SUFFIX}")
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(segment_name(seq))
+}
+
+/// The sequence number of a segment file name, or `None` for any other name.
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The sequence numbers of the segments in `dir`, ascending.
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
 
 /// One record as read back from disk.
 #[derive(Deserialize)]
@@ -150,7 +210,15 @@ fn split_head<V>(map: &mut BTreeMap<u64, V>, upto: u64) -> BTreeMap<u64, V> {
     }
 }
 
-/// The logical state: what replaying the file gives, and what reads are served from.
+/// The later of two purge points: purging never moves back.
+fn max_purged(cur: Option<LogId>, upto: LogId) -> Option<LogId> {
+    match cur {
+        Some(p) if p.index >= upto.index => Some(p),
+        _ => Some(upto),
+    }
+}
+
+/// The logical state: what replaying the segments gives, and what reads are served from.
 #[derive(Default)]
 struct State {
     entries: BTreeMap<u64, Arc<Entry>>,
@@ -174,9 +242,7 @@ impl State {
 
     fn purge(&mut self, upto: LogId) {
         split_head(&mut self.entries, upto.index);
-        if self.last_purged.is_none_or(|p| p.index < upto.index) {
-            self.last_purged = Some(upto);
-        }
+        self.last_purged = max_purged(self.last_purged, upto);
     }
 
     fn apply(&mut self, rec: Record) {
@@ -204,36 +270,49 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Bytes on disk of each live entry's record, to tell how much of the file is dead.
-#[derive(Default)]
-struct SizeIndex {
-    sizes: BTreeMap<u64, u64>,
-    live: u64,
+/// The non-entry state as written to disk so far: what a new segment's header restates.
+#[derive(Clone, Copy, Default)]
+struct Meta {
+    vote: Option<Vote>,
+    last_purged: Option<LogId>,
+    committed: Option<LogId>,
 }
 
-impl SizeIndex {
-    fn append(&mut self, index: u64, size: u64) {
-        self.truncate(index);
-        self.sizes.insert(index, size);
-        self.live += size;
-    }
-
-    fn truncate(&mut self, since: u64) {
-        self.live -= split_tail(&mut self.sizes, since).values().sum::<u64>();
-    }
-
-    fn purge(&mut self, upto: u64) {
-        self.live -= split_head(&mut self.sizes, upto).values().sum::<u64>();
-    }
-
+impl Meta {
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Append(sizes) => sizes.iter().for_each(|&(i, n)| self.append(i, n)),
-            Op::Truncate(since) => self.truncate(*since),
-            Op::Purge(upto) => self.purge(*upto),
-            Op::Meta | Op::Hint => {}
+            Op::Append { .. } | Op::Truncate => {}
+            Op::Purge(upto) => self.last_purged = max_purged(self.last_purged, *upto),
+            Op::Vote(v) => self.vote = Some(*v),
+            Op::Hint(c) => self.committed = *c,
         }
     }
+}
+
+/// Writes the header of a new segment (every meta record, `Committed` even when `None`, so
+/// that it overrides whatever an older segment says) to `file` and fsyncs it. Returns the
+/// header's size.
+fn write_header(file: &mut File, meta: &Meta) -> io::Result<u64> {
+    let mut buf = Vec::new();
+    if let Some(vote) = &meta.vote {
+        encode_into(&mut buf, &RecordRef::Vote(vote))?;
+    }
+    if let Some(upto) = &meta.last_purged {
+        encode_into(&mut buf, &RecordRef::Purge { upto })?;
+    }
+    encode_into(&mut buf, &RecordRef::Committed(meta.committed.as_ref()))?;
+    file.write_all(&buf)?;
+    file.sync_all()?;
+    Ok(buf.len() as u64)
+}
+
+/// Creates segment `seq` in `dir` with the header for `meta`, durably (file and directory
+/// entry). Returns the file, positioned at its end, and its length.
+fn create_segment(dir: &Path, seq: u64, meta: &Meta) -> io::Result<(File, u64)> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(segment_path(dir, seq))?;
+    let len = write_header(&mut file, meta)?;
+    sync_dir(dir)?;
+    Ok((file, len))
 }
 
 /// How a queued write is acknowledged once it is durable (or failed).
@@ -263,17 +342,18 @@ impl Ack {
     }
 }
 
-/// What a queued record does to the live-bytes accounting.
+/// What a queued record changes in the writer's bookkeeping.
 enum Op {
-    /// `(index, record size)` of each appended entry.
-    Append(Vec<(u64, u64)>),
-    Truncate(u64),
-    Purge(u64),
-    /// Vote: small, superseded by the next one.
-    Meta,
-    /// Committed: like `Meta`, but advisory, so it needs no fsync of its own; the next
-    /// durable batch syncs it (losing it only means re-applying a little on restart).
-    Hint,
+    /// Entries; `max_index` is the largest index among them.
+    Append {
+        max_index: Option<u64>,
+    },
+    Truncate,
+    Purge(LogId),
+    Vote(Vote),
+    /// Committed: advisory, so it needs no fsync of its own; the next durable batch syncs
+    /// it (losing it only means re-applying a little on restart).
+    Hint(Option<LogId>),
 }
 
 /// One request to the writer thread: framed bytes to write, then an acknowledgement.
@@ -342,58 +422,93 @@ fn unavailable(why: &str) -> io::Error {
     io::Error::other(format!("raft log store unavailable: {why}"))
 }
 
+fn invalid_data(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Renames a legacy `raft.log` to segment 1, if there is one. `seqs` are the segments found.
+fn migrate_legacy(dir: &Path, seqs: &mut Vec<u64>) -> io::Result<()> {
+    let legacy = dir.join(LEGACY_FILE);
+    let file = match OpenOptions::new().read(true).write(true).open(&legacy) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !seqs.is_empty() {
+        return Err(invalid_data(format!(
+            "{} exists next to log segments; refusing to guess which one holds the log",
+            legacy.display()
+        )));
+    }
+    // A store of the old format locks this file: do not move it from under one.
+    lock_exclusive(&file, &legacy)?;
+    fs::rename(&legacy, segment_path(dir, 1))?;
+    sync_dir(dir)?;
+    tracing::info!(dir = %dir.display(), "migrated the single-file raft log to segments");
+    seqs.push(1);
+    Ok(())
+}
+
+/// Where replay of one segment ended.
+struct Replayed {
+    /// Length of the intact prefix.
+    valid_len: u64,
+    /// The largest index of an entry record in that prefix.
+    max_index: Option<u64>,
+}
+
+/// Replays the records of one segment (`path`, for messages) into `state`.
+fn replay(file: &File, file_len: u64, path: &Path, state: &mut State) -> io::Result<Replayed> {
+    let mut reader = BufReader::with_capacity(WRITE_BUF, file);
+    let mut max_index = None;
+    let mut offset = 0u64;
+    let mut payload = Vec::new();
+    while file_len - offset >= HEADER_LEN {
+        let mut header = [0u8; HEADER_LEN as usize];
+        reader.read_exact(&mut header)?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len == 0 || u64::from(len) > file_len - offset - HEADER_LEN {
+            break;
+        }
+        payload.resize(len as usize, 0);
+        reader.read_exact(&mut payload)?;
+        if crc32fast::hash(&payload) != crc {
+            break;
+        }
+        let record: Record = serde_json::from_slice(&payload).map_err(|e| {
+            invalid_data(format!(
+                "raft log record at offset {offset} of {} has a valid crc but does not decode: {e}",
+                path.display()
+            ))
+        })?;
+        if let Record::Entry(e) = &record {
+            max_index = max_index.max(Some(e.log_id.index));
+        }
+        state.apply(record);
+        offset += HEADER_LEN + u64::from(len);
+    }
+    Ok(Replayed { valid_len: offset, max_index })
+}
+
 impl LogStore {
-    /// Opens (creating if needed) the store in `dir`, replaying `dir/raft.log` and cutting
-    /// off a torn tail left by a crash.
+    /// Opens (creating if needed) the store in `dir`, replaying its segments (cutting off a
+    /// torn tail left by a crash) and starting a new segment to append to.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        Self::open_with_threshold(dir, DEFAULT_COMPACT_THRESHOLD)
+        Self::open_with_segment_bytes(dir, DEFAULT_SEGMENT_BYTES)
     }
 
-    /// [`Self::open`] with another compaction threshold (floored at 4 KiB), for tests.
-    pub(crate) fn open_with_threshold(dir: &Path, compact_threshold: u64) -> io::Result<LogStore> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        // One store per directory: a second writer would interleave records. The lock lives
-        // as long as the handle (and a compaction locks the new file before renaming it).
-        lock_exclusive(&file, &path)?;
-        // The file may have just been created: make its directory entry durable too.
-        sync_dir(dir)?;
-        match fs::remove_file(dir.join(TMP_FILE)) {
-            Ok(()) => tracing::info!(dir = %dir.display(), "removed an unfinished log compaction"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+    /// [`Self::open`] with another segment size (floored at 4 KiB), for tests.
+    pub(crate) fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> io::Result<LogStore> {
+        Self::start(Writer::open(dir, segment_bytes)?)
+    }
 
-        let file_len = file.metadata()?.len();
-        let (state, sizes, valid_len) = replay(&file, file_len)?;
-        if valid_len < file_len {
-            tracing::warn!(
-                file = %path.display(),
-                offset = valid_len,
-                dropped_bytes = file_len - valid_len,
-                "raft log has a torn tail; truncating it"
-            );
-            file.set_len(valid_len)?;
-            file.sync_all()?;
-        }
-        file.seek(SeekFrom::Start(valid_len))?;
-
-        let state = Arc::new(Mutex::new(state));
+    /// Runs `writer` on its own thread and serves from its state.
+    fn start(writer: Writer) -> io::Result<LogStore> {
+        let state = Arc::clone(&writer.state);
         let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            dir: dir.to_path_buf(),
-            file: BufWriter::with_capacity(WRITE_BUF, file),
-            file_len: valid_len,
-            sizes,
-            state: Arc::clone(&state),
-            rx,
-            compact_threshold: compact_threshold.max(MIN_COMPACT_THRESHOLD),
-            compact_after: 0,
-            failed: None,
-        };
         let handle =
-            std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;
+            std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run(rx))?;
         Ok(LogStore { shared: Arc::new(Shared { state, tx: Some(tx), writer: Some(handle) }) })
     }
 
@@ -416,36 +531,35 @@ impl LogStore {
     {
         let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
         let mut bytes = Vec::new();
-        let mut sizes = Vec::with_capacity(entries.len());
         for e in &entries {
-            let n = encode_into(&mut bytes, &RecordRef::Entry(e))?;
-            sizes.push((e.log_id.index, n));
+            encode_into(&mut bytes, &RecordRef::Entry(e))?;
         }
+        let max_index = entries.iter().map(|e| e.log_id.index).max();
         // An empty append still goes through the queue so that acks stay in order.
-        let req = Req { bytes, op: Op::Append(sizes), ack };
+        let req = Req { bytes, op: Op::Append { max_index }, ack };
         self.submit(|st| entries.into_iter().for_each(|e| st.append(e)), req)
     }
 
     pub(crate) fn enqueue_truncate(&self, since: LogId, ack: Ack) -> io::Result<()> {
         let since = since.index;
         let bytes = encode(&RecordRef::Truncate { since })?;
-        self.submit(|st| st.truncate(since), Req { bytes, op: Op::Truncate(since), ack })
+        self.submit(|st| st.truncate(since), Req { bytes, op: Op::Truncate, ack })
     }
 
     pub(crate) fn enqueue_purge(&self, upto: LogId, ack: Ack) -> io::Result<()> {
         let bytes = encode(&RecordRef::Purge { upto: &upto })?;
-        let req = Req { bytes, op: Op::Purge(upto.index), ack };
+        let req = Req { bytes, op: Op::Purge(upto), ack };
         self.submit(|st| st.purge(upto), req)
     }
 
     pub(crate) fn enqueue_vote(&self, vote: Vote, ack: Ack) -> io::Result<()> {
         let bytes = encode(&RecordRef::Vote(&vote))?;
-        self.submit(|st| st.vote = Some(vote), Req { bytes, op: Op::Meta, ack })
+        self.submit(|st| st.vote = Some(vote), Req { bytes, op: Op::Vote(vote), ack })
     }
 
     pub(crate) fn enqueue_committed(&self, committed: Option<LogId>, ack: Ack) -> io::Result<()> {
         let bytes = encode(&RecordRef::Committed(committed.as_ref()))?;
-        self.submit(|st| st.committed = committed, Req { bytes, op: Op::Hint, ack })
+        self.submit(|st| st.committed = committed, Req { bytes, op: Op::Hint(committed), ack })
     }
 
     /// Runs `enqueue` with a reply ack and waits until the write is durable.
@@ -527,8 +641,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// awaits this on every commit, right before applying; waiting for an fsync here would
     /// put one on the critical path of every write. Losing the newest value in a crash is
     /// harmless (a smaller committed id only means less is re-applied on restart), and it
-    /// can never get ahead of the entries: it sits behind them in the same file. An I/O
-    /// error is still reported: it fails the store, so the next write returns it.
+    /// can never get ahead of the entries: it sits behind them in the same record stream.
+    /// An I/O error is still reported: it fails the store, so the next write returns it.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.enqueue_committed(committed, Ack::Nothing).map_err(logs_error)
     }
@@ -558,81 +672,164 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Replays the file from the start. Returns the state, the live-bytes index and the length
-/// of the intact prefix.
-fn replay(file: &File, file_len: u64) -> io::Result<(State, SizeIndex, u64)> {
-    let mut reader = BufReader::with_capacity(WRITE_BUF, file);
-    let mut state = State::default();
-    let mut sizes = SizeIndex::default();
-    let mut offset = 0u64;
-    let mut payload = Vec::new();
-    while file_len - offset >= HEADER_LEN {
-        let mut header = [0u8; HEADER_LEN as usize];
-        reader.read_exact(&mut header)?;
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if len == 0 || u64::from(len) > file_len - offset - HEADER_LEN {
-            break;
-        }
-        payload.resize(len as usize, 0);
-        reader.read_exact(&mut payload)?;
-        if crc32fast::hash(&payload) != crc {
-            break;
-        }
-        let record: Record = serde_json::from_slice(&payload).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("raft log record at offset {offset} has a valid crc but does not decode: {e}"),
-            )
-        })?;
-        let size = HEADER_LEN + u64::from(len);
-        match &record {
-            Record::Entry(e) => sizes.append(e.log_id.index, size),
-            Record::Truncate { since } => sizes.truncate(*since),
-            Record::Purge { upto } => sizes.purge(upto.index),
-            Record::Vote(_) | Record::Committed(_) => {}
-        }
-        state.apply(record);
-        offset += size;
-    }
-    Ok((state, sizes, offset))
+/// One segment file, as the writer knows it.
+struct Segment {
+    seq: u64,
+    /// The largest index of any entry record in it (truncated ones included).
+    max_index: Option<u64>,
 }
 
-/// The live state to write into a compacted file.
-struct LiveState {
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-    last_purged: Option<LogId>,
-    entries: Vec<Arc<Entry>>,
+/// Where the writer is, for the crash-consistency tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Point {
+    /// A batch was written (and acknowledged).
+    Batch,
+    /// A new segment was started.
+    Rotated,
+    /// One old segment was deleted.
+    Deleted,
 }
 
-/// The writer thread: sole owner of the file handle.
+/// The writer thread: sole owner of the segment files.
 struct Writer {
     dir: PathBuf,
+    /// Holds the directory's lock as long as the writer lives.
+    _lock: File,
+    /// The current segment: the last of `segments`.
     file: BufWriter<File>,
-    /// Bytes in the file (all written and flushed by the end of each batch).
-    file_len: u64,
-    sizes: SizeIndex,
+    /// Bytes in the current segment (all written and flushed by the end of each batch).
+    seg_len: u64,
+    /// Every segment on disk, oldest first.
+    segments: VecDeque<Segment>,
+    /// The meta state as written so far (queued mutations are not in it).
+    meta: Meta,
     state: Arc<Mutex<State>>,
-    rx: mpsc::Receiver<Req>,
-    compact_threshold: u64,
-    /// After a failed compaction, do not retry before the file reaches this length.
-    compact_after: u64,
+    segment_bytes: u64,
     /// `(kind, message)` of the first I/O error; once set, everything fails.
     failed: Option<(io::ErrorKind, String)>,
+    #[cfg(test)]
+    hook: Option<Box<dyn FnMut(Point) + Send>>,
 }
 
 impl Writer {
-    fn run(mut self) {
-        // Ends once every sender is dropped and the queue is empty.
-        while let Ok(first) = self.rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(self.rx.try_iter());
-            self.commit(batch);
-            if self.should_compact() {
-                self.compact();
+    /// Locks `dir`, replays its segments into a fresh state and starts the segment to
+    /// append to.
+    fn open(dir: &Path, segment_bytes: u64) -> io::Result<Writer> {
+        fs::create_dir_all(dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path)?;
+        // One store per directory: a second writer would interleave records.
+        lock_exclusive(&lock_file, &lock_path)?;
+        match fs::remove_file(dir.join(LEGACY_TMP_FILE)) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "removed an unfinished log compaction"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut seqs = list_segments(dir)?;
+        migrate_legacy(dir, &mut seqs)?;
+
+        let mut state = State::default();
+        let mut segments = VecDeque::with_capacity(seqs.len() + 1);
+        let mut last = None;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = segment_path(dir, seq);
+            let is_last = i + 1 == seqs.len();
+            let file = OpenOptions::new().read(true).write(is_last).open(&path)?;
+            let file_len = file.metadata()?.len();
+            let replayed = replay(&file, file_len, &path, &mut state)?;
+            if replayed.valid_len < file_len {
+                if !is_last {
+                    return Err(invalid_data(format!(
+                        "raft log segment {} is damaged at offset {} (only the last segment may \
+                         end in a torn record)",
+                        path.display(),
+                        replayed.valid_len
+                    )));
+                }
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = replayed.valid_len,
+                    dropped_bytes = file_len - replayed.valid_len,
+                    "raft log has a torn tail; truncating it"
+                );
+                file.set_len(replayed.valid_len)?;
+                file.sync_all()?;
+            }
+            segments.push_back(Segment { seq, max_index: replayed.max_index });
+            if is_last {
+                last = Some((file, replayed.valid_len));
             }
         }
+
+        // Append to a new segment with a complete header: the last one's header may have
+        // been cut short by a crash during a rotation.
+        let meta = Meta { vote: state.vote, last_purged: state.last_purged, committed: state.committed };
+        let (file, seg_len) = match last {
+            Some((mut file, 0)) => {
+                // Empty (a crash right after creating it): it can take the header itself.
+                file.seek(SeekFrom::Start(0))?;
+                let len = write_header(&mut file, &meta)?;
+                sync_dir(dir)?;
+                (file, len)
+            }
+            _ => {
+                let seq = segments.back().map_or(1, |s| s.seq + 1);
+                let created = create_segment(dir, seq, &meta)?;
+                segments.push_back(Segment { seq, max_index: None });
+                created
+            }
+        };
+        let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            _lock: lock_file,
+            file: BufWriter::with_capacity(WRITE_BUF, file),
+            seg_len,
+            segments,
+            meta,
+            state: Arc::new(Mutex::new(state)),
+            segment_bytes: segment_bytes.max(MIN_SEGMENT_BYTES),
+            failed: None,
+            #[cfg(test)]
+            hook: None,
+        };
+        writer.delete_purged();
+        Ok(writer)
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Req>) {
+        // Ends once every sender is dropped and the queue is empty.
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let purged = batch.iter().any(|r| matches!(r.op, Op::Purge(_)));
+            self.commit(batch);
+            self.point_reached(Point::Batch);
+            if self.failed.is_some() {
+                continue;
+            }
+            let rotate = self.seg_len > self.segment_bytes;
+            if rotate {
+                if let Err(e) = self.rotate() {
+                    self.fail(&e);
+                    continue;
+                }
+                self.point_reached(Point::Rotated);
+            }
+            if purged || rotate {
+                self.delete_purged();
+            }
+        }
+    }
+
+    /// Calls the test hook, if any.
+    fn point_reached(&mut self, point: Point) {
+        #[cfg(test)]
+        if let Some(hook) = &mut self.hook {
+            hook(point);
+        }
+        #[cfg(not(test))]
+        let _ = point;
     }
 
     fn failed_error(&self) -> Option<io::Error> {
@@ -668,105 +865,68 @@ impl Writer {
     fn write_batch(&mut self, batch: &[Req]) -> io::Result<()> {
         for r in batch {
             self.file.write_all(&r.bytes)?;
-            self.file_len += r.bytes.len() as u64;
-            self.sizes.apply(&r.op);
+            self.seg_len += r.bytes.len() as u64;
+            self.meta.apply(&r.op);
+            if let Op::Append { max_index } = r.op {
+                let current = self.segments.back_mut().expect("there is always a current segment");
+                current.max_index = current.max_index.max(max_index);
+            }
         }
         self.file.flush()?;
-        if batch.iter().all(|r| matches!(r.op, Op::Hint)) {
+        if batch.iter().all(|r| matches!(r.op, Op::Hint(_))) {
             // Nothing here must be durable before it is acknowledged.
             return Ok(());
         }
         self.file.get_ref().sync_data()
     }
 
-    fn should_compact(&self) -> bool {
-        let dead = self.file_len.saturating_sub(self.sizes.live);
-        self.failed.is_none()
-            && self.file_len > self.compact_threshold
-            && self.file_len >= self.compact_after
-            && dead > self.file_len / 2
-    }
-
-    /// Rewrites the live state into a new file and switches to it. Requests queued at the
-    /// moment the state is captured are already in it: they are taken off the queue and
-    /// acknowledged once the new file is durable.
-    fn compact(&mut self) {
-        let (live, covered) = {
-            let st = lock(&self.state);
-            // Every mutation visible in `st` was queued under this lock: it has been written
-            // already or is in the queue now.
-            let covered: Vec<Req> = self.rx.try_iter().collect();
-            let live = LiveState {
-                vote: st.vote,
-                committed: st.committed,
-                last_purged: st.last_purged,
-                entries: st.entries.values().cloned().collect(),
-            };
-            (live, covered)
-        };
-        let before = self.file_len;
-        let tmp_path = self.dir.join(TMP_FILE);
-        let (file, len, sizes) = match write_live(&tmp_path, &live) {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::warn!(error = %e, "raft log compaction failed; keeping the old file");
-                if let Err(e) = fs::remove_file(&tmp_path) {
-                    tracing::warn!(error = %e, "could not remove {}", tmp_path.display());
-                }
-                self.compact_after = self.file_len.saturating_add(self.compact_threshold);
-                // The covered requests are not in the old file yet: write them there.
-                if !covered.is_empty() {
-                    self.commit(covered);
-                }
-                return;
-            }
-        };
-        // From the rename on, the old handle may no longer be `raft.log`: any error is fatal.
-        let switched = fs::rename(&tmp_path, self.dir.join(LOG_FILE)).and_then(|()| sync_dir(&self.dir));
-        if let Err(e) = switched {
-            self.fail(&e);
-            for r in covered {
-                r.ack.complete(Err(io::Error::new(e.kind(), e.to_string())));
-            }
-            return;
-        }
+    /// Starts the next segment, with a header restating the meta state, and appends there
+    /// from now on. Any error is fatal: the new segment may exist, partly written.
+    fn rotate(&mut self) -> io::Result<()> {
+        // The current segment must be complete and durable before a later one exists (only
+        // the last segment may end in a torn record); this also syncs a trailing hint.
+        self.file.flush()?;
+        self.file.get_ref().sync_data()?;
+        let seq = self.segments.back().expect("there is always a current segment").seq + 1;
+        let (file, len) = create_segment(&self.dir, seq, &self.meta)?;
+        self.segments.push_back(Segment { seq, max_index: None });
         self.file = BufWriter::with_capacity(WRITE_BUF, file);
-        self.file_len = len;
-        self.sizes = sizes;
-        tracing::info!(before, after = len, "compacted the raft log");
-        covered.into_iter().for_each(|r| r.ack.complete(Ok(())));
+        let previous_bytes = std::mem::replace(&mut self.seg_len, len);
+        tracing::debug!(seq, previous_bytes, "started a new raft log segment");
+        Ok(())
     }
-}
 
-/// Writes `live` to a fresh file at `path` and fsyncs it. Returns the file (positioned at
-/// its end), its length and its live-bytes index.
-fn write_live(path: &Path, live: &LiveState) -> io::Result<(File, u64, SizeIndex)> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-    lock_exclusive(&file, path)?;
-    let mut out = BufWriter::with_capacity(WRITE_BUF, file);
-    let mut sizes = SizeIndex::default();
-    let mut buf = Vec::new();
-    let mut len = 0;
-    if let Some(vote) = &live.vote {
-        len += encode_into(&mut buf, &RecordRef::Vote(vote))?;
+    /// Deletes the oldest segments while they are older than the current one and hold no
+    /// entry above the last purged index, then fsyncs the directory. Errors are only logged:
+    /// the segments stay and are retried next time.
+    fn delete_purged(&mut self) {
+        let purged = self.meta.last_purged.map(|p| p.index);
+        let mut deleted = 0;
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            if oldest.max_index.is_some_and(|max| purged.is_none_or(|p| max > p)) {
+                break;
+            }
+            let path = segment_path(&self.dir, oldest.seq);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %path.display(), "could not delete a raft log segment");
+                    break;
+                }
+            }
+            self.segments.pop_front();
+            deleted += 1;
+            self.point_reached(Point::Deleted);
+        }
+        if deleted > 0 {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "could not fsync the raft log directory after deleting segments");
+            }
+            tracing::debug!(deleted, remaining = self.segments.len(), "deleted purged raft log segments");
+        }
     }
-    if let Some(upto) = &live.last_purged {
-        len += encode_into(&mut buf, &RecordRef::Purge { upto })?;
-    }
-    if let Some(committed) = &live.committed {
-        len += encode_into(&mut buf, &RecordRef::Committed(Some(committed)))?;
-    }
-    out.write_all(&buf)?;
-    for e in &live.entries {
-        buf.clear();
-        let n = encode_into(&mut buf, &RecordRef::Entry(e))?;
-        out.write_all(&buf)?;
-        sizes.append(e.log_id.index, n);
-        len += n;
-    }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok((file, len, sizes))
 }
 
 #[cfg(test)]
@@ -817,8 +977,24 @@ mod tests {
         entries.iter().map(|e| e.log_id.index).collect()
     }
 
+    fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir).unwrap().into_iter().map(|seq| segment_path(dir, seq)).collect()
+    }
+
+    fn last_segment(dir: &Path) -> PathBuf {
+        segment_paths(dir).pop().expect("a segment")
+    }
+
+    /// Bytes in all segments.
     fn log_len(dir: &Path) -> u64 {
-        fs::metadata(dir.join(LOG_FILE)).unwrap().len()
+        segment_paths(dir).iter().map(|p| fs::metadata(p).unwrap().len()).sum()
+    }
+
+    /// The largest entry index in the segment at `path`, replayed on its own.
+    fn max_index_in(path: &Path) -> Option<u64> {
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len();
+        replay(&file, len, path, &mut State::default()).unwrap().max_index
     }
 
     async fn wait_all(rxs: Vec<oneshot::Receiver<io::Result<()>>>) {
@@ -949,7 +1125,7 @@ mod tests {
             s.blocking_append([put(1, i, 300)]).await.unwrap();
         }
         drop(s);
-        damage(&dir.path().join(LOG_FILE));
+        damage(&last_segment(dir.path()));
 
         let mut s = LogStore::open(dir.path()).unwrap();
         let got = s.try_get_log_entries(..).await.unwrap();
@@ -1028,7 +1204,7 @@ mod tests {
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         rec.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         rec.extend_from_slice(payload);
-        append_bytes(&dir.path().join(LOG_FILE), &rec);
+        append_bytes(&last_segment(dir.path()), &rec);
         let err = LogStore::open(dir.path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
@@ -1045,27 +1221,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn compaction_rewrites_the_file() {
+    async fn rotation_and_deletion_of_purged_segments() {
         let dir = TempDir::new().unwrap();
-        let mut s = LogStore::open_with_threshold(dir.path(), 8 << 10).unwrap();
+        let mut s = LogStore::open_with_segment_bytes(dir.path(), 8 << 10).unwrap();
         s.save_vote(&Vote::new(4, 1)).await.unwrap();
         for i in 0..200 {
             s.blocking_append([put(4, i, 1000)]).await.unwrap();
             s.save_committed(Some(lid(4, i))).await.unwrap();
         }
         let full = log_len(dir.path());
+        let many = segment_paths(dir.path()).len();
+        assert!(many > 20, "segments not rotated: {many}");
         s.purge(lid(4, 150)).await.unwrap();
-        // Any durable write after the purge returns only after the compaction it triggered.
+        // Any durable write after the purge returns only after the deletion it triggered.
         s.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
-        let compacted = log_len(dir.path());
-        assert!(compacted < full / 3, "file not compacted: {full} -> {compacted}");
-        assert!(!dir.path().join(TMP_FILE).exists());
-        // The new file is locked like the old one was.
+        let left = segment_paths(dir.path());
+        assert!(left.len() < many / 3, "segments not deleted: {many} -> {}", left.len());
+        assert!(log_len(dir.path()) < full / 3, "{full} -> {}", log_len(dir.path()));
+        // Exactly the fully purged ones went: the oldest left still holds a live entry.
+        assert!(max_index_in(&left[0]).is_some_and(|m| m > 150));
+        // The directory stays locked.
         assert_eq!(LogStore::open(dir.path()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
 
-        // Appends go to the new file.
         s.blocking_append([put(4, 200, 1000)]).await.unwrap();
-        assert!(log_len(dir.path()) > compacted);
         let before = dump(&mut s).await;
         assert_eq!(indexes(&before.3), (151..=200).collect::<Vec<_>>());
         assert_eq!(before.0.last_purged_log_id, Some(lid(4, 150)));
@@ -1076,22 +1254,25 @@ mod tests {
         let mut s = LogStore::open(dir.path()).unwrap();
         assert_eq!(dump(&mut s).await, before);
 
-        // Purging everything compacts down to the meta records alone.
+        // Purging everything: once the segment appended to is not the current one any more
+        // (the next open starts a new one), only the new one is left, with the header alone.
         s.purge(lid(4, 300)).await.unwrap();
         drop(s);
-        let mut s = LogStore::open_with_threshold(dir.path(), 8 << 10).unwrap();
+        let mut s = LogStore::open_with_segment_bytes(dir.path(), 8 << 10).unwrap();
+        assert_eq!(segment_paths(dir.path()).len(), 1);
+        assert_eq!(max_index_in(&last_segment(dir.path())), None);
         let (st, vote, committed, entries) = dump(&mut s).await;
         assert_eq!((st.last_purged_log_id, st.last_log_id), (Some(lid(4, 300)), Some(lid(4, 300))));
         assert_eq!((vote, committed), (before.1, before.2));
         assert!(entries.is_empty());
     }
 
-    /// Many writes queued without waiting, with purges that keep triggering compactions while
-    /// the queue is full: exercises group commit and the requests a compaction takes over.
+    /// Many writes queued without waiting, with purges that keep deleting segments while
+    /// the queue is full: exercises group commit across rotations.
     #[tokio::test]
-    async fn queued_writes_across_compactions() {
+    async fn queued_writes_across_rotations() {
         let dir = TempDir::new().unwrap();
-        let mut s = LogStore::open_with_threshold(dir.path(), 16 << 10).unwrap();
+        let mut s = LogStore::open_with_segment_bytes(dir.path(), 16 << 10).unwrap();
         let mut rxs = Vec::new();
         let mut ack = || {
             let (tx, rx) = oneshot::channel();
@@ -1117,10 +1298,228 @@ mod tests {
         assert_eq!(before.0.last_log_id.map(|l| l.index), Some(2999));
         assert_eq!(before.0.last_purged_log_id, Some(lid(1, 2979)));
         assert_eq!(indexes(&before.3), (2980..3000).collect::<Vec<_>>());
-        assert!(log_len(dir.path()) < 1 << 20, "never compacted: {}", log_len(dir.path()));
+        // Every segment left but the first and the current one is over 16 KiB and was written
+        // after entry 2980: a handful, out of hundreds rotated through.
+        let n = segment_paths(dir.path()).len();
+        assert!(n <= 16, "purged segments not deleted: {n}");
         drop(s);
         let mut s = LogStore::open(dir.path()).unwrap();
         assert_eq!(dump(&mut s).await, before);
+    }
+
+    #[tokio::test]
+    async fn damage_in_an_earlier_segment_fails_open() {
+        let flip: fn(&Path) = |p| {
+            let mut bytes = fs::read(p).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            fs::write(p, bytes).unwrap();
+        };
+        let cut: fn(&Path) = |p| chop(p, 3);
+        for damage in [flip, cut] {
+            let dir = TempDir::new().unwrap();
+            let mut s = LogStore::open_with_segment_bytes(dir.path(), 4 << 10).unwrap();
+            for i in 0..20 {
+                s.blocking_append([put(1, i, 500)]).await.unwrap();
+            }
+            drop(s);
+            let segs = segment_paths(dir.path());
+            assert!(segs.len() >= 3, "{segs:?}");
+            damage(&segs[segs.len() - 2]);
+            let err = LogStore::open(dir.path()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            // Nothing was cut off or deleted by the failed open.
+            assert_eq!(segment_paths(dir.path()), segs);
+        }
+    }
+
+    #[tokio::test]
+    async fn truncate_reaches_into_earlier_segments() {
+        let dir = TempDir::new().unwrap();
+        let mut s = LogStore::open_with_segment_bytes(dir.path(), 4 << 10).unwrap();
+        for i in 0..30 {
+            s.blocking_append([put(1, i, 500)]).await.unwrap();
+        }
+        assert!(segment_paths(dir.path()).len() >= 4);
+        s.truncate(lid(1, 5)).await.unwrap();
+        s.blocking_append([blank(2, 5), blank(2, 6)]).await.unwrap();
+        s.purge(lid(1, 2)).await.unwrap();
+        let before = dump(&mut s).await;
+        assert_eq!(indexes(&before.3), vec![3, 4, 5, 6]);
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(dump(&mut s).await, before);
+
+        // The segments with the truncated entries stay until those indexes are purged too.
+        s.blocking_append((7..40).map(|i| put(2, i, 500))).await.unwrap();
+        s.purge(lid(2, 35)).await.unwrap();
+        s.save_vote(&Vote::new(2, 1)).await.unwrap();
+        let left = segment_paths(dir.path());
+        assert!(max_index_in(&left[0]).is_some_and(|m| m > 35));
+        let before = dump(&mut s).await;
+        assert_eq!(indexes(&before.3), (36..40).collect::<Vec<_>>());
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(dump(&mut s).await, before);
+    }
+
+    #[tokio::test]
+    async fn legacy_single_file_log_is_migrated() {
+        let dir = TempDir::new().unwrap();
+        let mut bytes = Vec::new();
+        encode_into(&mut bytes, &RecordRef::Vote(&Vote::new(2, 1))).unwrap();
+        for i in 0..10 {
+            encode_into(&mut bytes, &RecordRef::Entry(&put(2, i, 100))).unwrap();
+        }
+        encode_into(&mut bytes, &RecordRef::Purge { upto: &lid(2, 3) }).unwrap();
+        encode_into(&mut bytes, &RecordRef::Truncate { since: 8 }).unwrap();
+        encode_into(&mut bytes, &RecordRef::Committed(Some(&lid(2, 6)))).unwrap();
+        // And a torn tail.
+        bytes.extend_from_slice(b"\x40\x00\x00\x00\x01\x02\x03\x04torn");
+        fs::write(dir.path().join(LEGACY_FILE), &bytes).unwrap();
+
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let got = dump(&mut s).await;
+        assert_eq!((got.1, got.2), (Some(Vote::new(2, 1)), Some(lid(2, 6))));
+        assert_eq!(got.0.last_purged_log_id, Some(lid(2, 3)));
+        assert_eq!(got.3, (4..8).map(|i| put(2, i, 100)).collect::<Vec<_>>());
+        assert!(!dir.path().join(LEGACY_FILE).exists());
+        assert_eq!(segment_paths(dir.path()), vec![segment_path(dir.path(), 1), segment_path(dir.path(), 2)]);
+
+        s.truncate(lid(2, 6)).await.unwrap();
+        s.blocking_append([put(3, 6, 100)]).await.unwrap();
+        let before = dump(&mut s).await;
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(dump(&mut s).await, before);
+        drop(s);
+
+        // A legacy file next to segments is refused rather than guessed about.
+        fs::write(dir.path().join(LEGACY_FILE), b"").unwrap();
+        assert_eq!(LogStore::open(dir.path()).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A crash during a rotation leaves a last segment that is empty or has a partial header.
+    /// The next open must not append behind that header: once the older segments are purged
+    /// and deleted, the meta records it lacks would be gone.
+    #[tokio::test]
+    async fn crash_during_rotation() {
+        for partial in [false, true] {
+            let dir = TempDir::new().unwrap();
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.save_vote(&Vote::new(7, 1)).await.unwrap();
+            s.blocking_append((0..5).map(|i| put(7, i, 100))).await.unwrap();
+            s.purge(lid(7, 1)).await.unwrap();
+            s.save_committed(Some(lid(7, 3))).await.unwrap();
+            let before = dump(&mut s).await;
+            drop(s);
+
+            let seq = list_segments(dir.path()).unwrap().last().unwrap() + 1;
+            let mut header = Vec::new();
+            if partial {
+                // The vote made it, the rest did not.
+                encode_into(&mut header, &RecordRef::Vote(&Vote::new(7, 1))).unwrap();
+                let purge = encode(&RecordRef::Purge { upto: &lid(7, 1) }).unwrap();
+                header.extend_from_slice(&purge[..purge.len() - 3]);
+            }
+            fs::write(segment_path(dir.path(), seq), &header).unwrap();
+
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(dump(&mut s).await, before);
+            // An empty segment is reused; one with a partial header is followed by a new one.
+            let last = list_segments(dir.path()).unwrap().last().copied();
+            assert_eq!(last, Some(if partial { seq + 1 } else { seq }));
+
+            s.blocking_append([put(7, 5, 100)]).await.unwrap();
+            s.purge(lid(7, 5)).await.unwrap();
+            drop(s);
+            // Everything before the segment written to last is deleted now (on this open).
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(segment_paths(dir.path()).len(), 1);
+            let (st, vote, committed, entries) = dump(&mut s).await;
+            assert_eq!(st.last_purged_log_id, Some(lid(7, 5)));
+            assert_eq!((vote, committed), (before.1, before.2));
+            assert!(entries.is_empty());
+        }
+    }
+
+    /// The segment files as they are: what a crash at this moment would leave.
+    type Image = Vec<(std::ffi::OsString, Vec<u8>)>;
+
+    /// Per batch: the images taken after it, each with where the writer was.
+    type Images = Arc<Mutex<Vec<Vec<(Point, Image)>>>>;
+
+    fn image(dir: &Path) -> Image {
+        segment_paths(dir)
+            .into_iter()
+            .map(|p| (p.file_name().unwrap().to_owned(), fs::read(&p).unwrap()))
+            .collect()
+    }
+
+    /// Copies the directory at every step of the writer (after each batch, after each
+    /// rotation, after each single deletion), opens every copy and compares it with the
+    /// state acknowledged at that point.
+    #[tokio::test]
+    async fn every_crash_point_replays_to_the_acknowledged_state() {
+        let dir = TempDir::new().unwrap();
+        let images: Images = Arc::default();
+        let mut writer = Writer::open(dir.path(), 4 << 10).unwrap();
+        let (path, sink) = (dir.path().to_path_buf(), Arc::clone(&images));
+        writer.hook = Some(Box::new(move |point| {
+            let mut sink = sink.lock().unwrap();
+            if point == Point::Batch {
+                sink.push(Vec::new());
+            }
+            sink.last_mut().expect("a batch comes first").push((point, image(&path)));
+        }));
+        let mut s = LogStore::start(writer).unwrap();
+
+        // One operation at a time, each awaited: every batch is one operation, and `expected`
+        // has the state after each.
+        let mut expected = Vec::new();
+        s.save_vote(&Vote::new(1, 1)).await.unwrap();
+        expected.push(dump(&mut s).await);
+        let mut term = 1;
+        for i in 0..60u64 {
+            s.blocking_append([put(term, i, 400)]).await.unwrap();
+            expected.push(dump(&mut s).await);
+            if i % 4 == 3 {
+                let c = Some(lid(term, i - 1));
+                s.durably(|ack| s.enqueue_committed(c, ack)).await.unwrap();
+                expected.push(dump(&mut s).await);
+            }
+            if i % 10 == 9 {
+                s.purge(lid(term, i - 3)).await.unwrap();
+                expected.push(dump(&mut s).await);
+            }
+            if i == 33 {
+                term = 2;
+                s.save_vote(&Vote::new(2, 1)).await.unwrap();
+                expected.push(dump(&mut s).await);
+                s.truncate(lid(1, 31)).await.unwrap();
+                expected.push(dump(&mut s).await);
+                s.blocking_append((31..=33).map(|j| put(2, j, 400))).await.unwrap();
+                expected.push(dump(&mut s).await);
+            }
+        }
+        drop(s);
+
+        let images = std::mem::take(&mut *images.lock().unwrap());
+        assert_eq!(images.len(), expected.len());
+        let (mut rotated, mut deleted) = (0, 0);
+        for (step, (group, want)) in images.iter().zip(&expected).enumerate() {
+            for (point, image) in group {
+                rotated += usize::from(*point == Point::Rotated);
+                deleted += usize::from(*point == Point::Deleted);
+                let copy = TempDir::new().unwrap();
+                for (name, bytes) in image {
+                    fs::write(copy.path().join(name), bytes).unwrap();
+                }
+                let mut s = LogStore::open(copy.path()).unwrap();
+                assert_eq!(&dump(&mut s).await, want, "step {step}, {point:?}");
+            }
+        }
+        assert!(rotated >= 5 && deleted >= 5, "rotated {rotated}, deleted {deleted}");
     }
 
     #[tokio::test]
@@ -1130,10 +1529,10 @@ mod tests {
         s.blocking_append([blank(1, 0), blank(1, 1)]).await.unwrap();
         let before = dump(&mut s).await;
         drop(s);
-        fs::write(dir.path().join(TMP_FILE), b"half a compaction").unwrap();
+        fs::write(dir.path().join(LEGACY_TMP_FILE), b"half a compaction").unwrap();
         let mut s = LogStore::open(dir.path()).unwrap();
         assert_eq!(dump(&mut s).await, before);
-        assert!(!dir.path().join(TMP_FILE).exists());
+        assert!(!dir.path().join(LEGACY_TMP_FILE).exists());
     }
 
     #[tokio::test]
@@ -1152,7 +1551,8 @@ mod tests {
         let nested = dir.path().join("a/b/raft");
         let mut s = LogStore::open(&nested).unwrap();
         s.save_vote(&Vote::new(1, 1)).await.unwrap();
-        assert!(nested.join(LOG_FILE).exists());
+        assert!(nested.join(LOCK_FILE).exists());
+        assert_eq!(segment_paths(&nested), vec![segment_path(&nested, 1)]);
     }
 
     // --- openraft's conformance suite, with a throwaway in-memory state machine ---
