@@ -10,7 +10,7 @@
 //! a write may or may not have taken effect.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -238,10 +238,6 @@ impl Node {
         &self.cfg.limits
     }
 
-    pub fn config(&self) -> &NodeConfig {
-        &self.cfg
-    }
-
     /// The Raft handle, for the peer endpoints and tests.
     pub fn raft(&self) -> &Raft {
         &self.raft
@@ -349,11 +345,6 @@ impl Node {
     /// Stops Raft; the data dir stays as it is.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
-    }
-
-    /// The data dir.
-    pub fn data_dir(&self) -> &Path {
-        &self.cfg.data_dir
     }
 }
 
