@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 
 use jepsen::history::{Call, History, Op, Outcome};
 use jepsen::linearizability;
-use jepsen::recorder::{perform, run_register, Endpoints, Recorder, RegisterWorkload};
+use jepsen::recorder::{run_register, Endpoints, Recorder, RegisterWorkload};
 use support::netns::Net;
 use support::process::{Cluster, ClusterOptions, Consistency, BIN};
 
@@ -459,22 +459,10 @@ impl Run {
                 let url = self.cluster.client_url(id);
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
-                    let invoke_ns = self.rec.now_ns();
-                    let outcome = perform(&http, &url, key, &Call::Read).await;
-                    let complete_ns = Some(self.rec.now_ns());
-                    let ok = matches!(outcome, Outcome::Ok { .. });
                     let process = self.next_final_process.fetch_add(1, Ordering::Relaxed);
-                    let op = Op {
-                        id: 0,
-                        process,
-                        key: key.clone(),
-                        call: Call::Read,
-                        invoke_ns,
-                        complete_ns,
-                        outcome,
-                    };
+                    let op = self.rec.invoke(&http, &url, process, key, Call::Read).await;
+                    let ok = matches!(op.outcome, Outcome::Ok { .. });
                     let shown = op.to_string();
-                    self.rec.record(op);
                     if ok {
                         break;
                     }

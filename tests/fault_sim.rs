@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use jepsen::history::{Call, History, Op, Outcome};
 use jepsen::linearizability;
-use jepsen::recorder::{perform, run_register, Endpoints, Recorder, RegisterWorkload};
+use jepsen::recorder::{run_register, Endpoints, Recorder, RegisterWorkload};
 use palisade::raft::sim_network::LinkFaults;
 use palisade::raft::NodeId;
 use rand::rngs::StdRng;
@@ -422,19 +422,7 @@ async fn final_reads(
         for key in keys {
             let deadline = Instant::now() + FINAL_READ_WAIT;
             loop {
-                let invoke_ns = rec.now_ns();
-                let outcome = perform(&http, &url, key, &Call::Read).await;
-                let complete_ns = Some(rec.now_ns());
-                let op = Op {
-                    id: 0,
-                    process,
-                    key: key.clone(),
-                    call: Call::Read,
-                    invoke_ns,
-                    complete_ns,
-                    outcome: outcome.clone(),
-                };
-                rec.record(op);
+                let outcome = rec.invoke(&http, &url, process, key, Call::Read).await.outcome;
                 // A process is sequential: one that saw no definite outcome is abandoned.
                 process += 1;
                 if let Outcome::Ok { read: Some(v), .. } = outcome {

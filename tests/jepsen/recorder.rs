@@ -46,6 +46,23 @@ impl Recorder {
         id
     }
 
+    /// Performs `call` on `key` at `base` as `process`, records it, and returns the op.
+    pub async fn invoke(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        process: usize,
+        key: &str,
+        call: Call,
+    ) -> Op {
+        let invoke_ns = self.now_ns();
+        let outcome = perform(http, base, key, &call).await;
+        let complete_ns = Some(self.now_ns());
+        let mut op = Op { id: 0, process, key: key.to_string(), call, invoke_ns, complete_ns, outcome };
+        op.id = self.record(op.clone());
+        op
+    }
+
     /// Everything recorded so far, in id order.
     pub fn history(&self) -> History {
         let mut ops = self.ops.lock().unwrap().clone();
@@ -150,11 +167,9 @@ pub async fn run_register(
                         Call::Cas { expected, value }
                     }
                 };
-                let invoke_ns = rec.now_ns();
-                let outcome = perform(&http, &url, &key, &call).await;
-                let complete_ns = Some(rec.now_ns());
-                let unknown = outcome == Outcome::Unknown;
-                match (&call, &outcome) {
+                let op = rec.invoke(&http, &url, process, &key, call).await;
+                let unknown = op.outcome == Outcome::Unknown;
+                match (&op.call, &op.outcome) {
                     (Call::Read, Outcome::Ok { read: Some(v), .. }) => {
                         last_seen.insert(key.clone(), v.clone());
                     }
@@ -163,7 +178,6 @@ pub async fn run_register(
                     }
                     _ => {}
                 }
-                rec.record(Op { id: 0, process, key, call, invoke_ns, complete_ns, outcome });
                 n += 1;
                 if unknown {
                     // Never retry; continue as a fresh process.
