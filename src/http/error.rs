@@ -93,10 +93,3 @@ impl IntoResponse for ApiError {
         resp
     }
 }
-
-impl crate::error::Error {
-    /// The HTTP response for this error.
-    pub fn into_response_via_api(self) -> Response {
-        ApiError::from(self).into_response()
-    }
-}

@@ -68,10 +68,10 @@ async fn limit_inflight(
 ) -> axum::response::Response {
     match permits.try_acquire() {
         Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            crate::error::Error::Overloaded("too many requests in flight on this node; retry shortly".into())
-                .into_response_via_api()
-        }
+        Err(_) => ApiError::from(crate::error::Error::Overloaded(
+            "too many requests in flight on this node; retry shortly".into(),
+        ))
+        .into_response(),
     }
 }
 

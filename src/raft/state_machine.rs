@@ -66,19 +66,10 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 /// Writes `bytes` to `dir/name` atomically and durably.
-///
-/// Large files are written and flushed in chunks, so a snapshot never queues one huge
-/// flush in front of the Raft log's small fsyncs on the same disk.
 pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    const CHUNK: usize = 4 << 20;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    for chunk in bytes.chunks(CHUNK) {
-        f.write_all(chunk)?;
-        if bytes.len() > CHUNK {
-            f.sync_data()?;
-        }
-    }
+    f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, dir.join(name))?;
