@@ -40,7 +40,7 @@ bench: build
 # failure prints its seed, and SEED= replays the same schedule.
 soak:
 	$(if $(SEED),PALISADE_SEED=$(SEED) PALISADE_SOAK_SEED=$(SEED),) PALISADE_SOAK_SECS=$(DURATION) \
-		$(CARGO) test --release --test fault_sim --test fault_process soak -- --ignored --nocapture --test-threads=1
+		$(CARGO) test --release --test it soak -- --ignored --nocapture --test-threads=1
 
 clean:
 	$(CARGO) clean

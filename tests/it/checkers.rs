@@ -2,8 +2,7 @@
 //! ones and reject the bad ones with a message that names the problem. Pure code: no
 //! server, no network.
 
-#[path = "jepsen/mod.rs"]
-mod jepsen;
+use crate::jepsen;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -1118,7 +1117,7 @@ fn fencing_access_with_a_token_never_granted_fails() {
 
 /// Heavier shapes than the default test, for measuring the checker: one key, ten
 /// processes, long overlapping ops, many observed `Unknown` writes. Run with
-/// `cargo test --test checkers stress -- --ignored --nocapture`.
+/// `cargo test --test it checkers::stress -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn stress_linearizability_checker() {

@@ -1,9 +1,9 @@
 //! Fault tests of an in-process cluster over the simulated network (`tests/sim`): partitions,
 //! lossy and slow links, crashes and restarts, checked through the node facade.
 //!
-//! Every test prints its seed; `PALISADE_SEED=<n> cargo test --test cluster_sim` reuses it.
+//! Every test prints its seed; `PALISADE_SEED=<n> cargo test --test it cluster_sim` reuses it.
 
-mod sim;
+use crate::sim;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -10,8 +10,8 @@
 //! (`check_revisions`), and every node must hold the same final state.
 //!
 //! The nemesis schedule is drawn from a seed: `PALISADE_SEED`, or a fixed default. Each
-//! test prints its seed and its replay command (`PALISADE_SEED=<n> cargo test --test
-//! fault_process <name>`); a replay draws the same faults in the same order, though real
+//! test prints its seed and its replay command (`PALISADE_SEED=<n> cargo test --test it
+//! fault_process::<name>`); a replay draws the same faults in the same order, though real
 //! processes and timing never replay exactly. On a failure the message carries the
 //! seed, the checker's violation with the offending sub-history, the nemesis events on the
 //! history's clock, and the node logs follow.
@@ -20,11 +20,11 @@
 //! without them they fail with the reason, they never pass silently.
 //!
 //! Soak variants (ignored by default) mix the nemeses for `PALISADE_SOAK_SECS` (default 60):
-//! `PALISADE_SOAK_SECS=600 PALISADE_SEED=7 cargo test --release --test fault_process soak
+//! `PALISADE_SOAK_SECS=600 PALISADE_SEED=7 cargo test --release --test it fault_process::soak
 //! -- --ignored --nocapture`.
 
-mod jepsen;
-mod support;
+use crate::jepsen;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -762,13 +762,13 @@ async fn netns_faults_cut_exactly_the_named_links() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: PALISADE_SOAK_SECS=600 PALISADE_SEED=n cargo test --release --test fault_process soak -- --ignored"]
+#[ignore = "soak: PALISADE_SOAK_SECS=600 PALISADE_SEED=n cargo test --release --test it fault_process::soak -- --ignored"]
 async fn soak_process_mixed() {
     soak("soak_process_mixed", PROCESS_NEMESES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: PALISADE_SOAK_SECS=600 PALISADE_SEED=n cargo test --release --test fault_process soak -- --ignored"]
+#[ignore = "soak: PALISADE_SOAK_SECS=600 PALISADE_SEED=n cargo test --release --test it fault_process::soak -- --ignored"]
 async fn soak_netns_mixed() {
     soak("soak_netns_mixed", ALL_NEMESES).await;
 }

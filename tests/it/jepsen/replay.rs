@@ -25,16 +25,16 @@ pub fn soak_secs(default: u64) -> u64 {
     }
 }
 
-/// The command that runs test `name` of test binary `binary` again with `seed`; soak
+/// The command that runs test `name` of module `binary` (of the `it` test binary) again with `seed`; soak
 /// tests are ignored by default and run in release.
 pub fn replay_command(binary: &str, name: &str, seed: u64, soak: bool) -> String {
     if soak {
         let secs = std::env::var("PALISADE_SOAK_SECS").unwrap_or_else(|_| "60".into());
         format!(
-            "PALISADE_SEED={seed} PALISADE_SOAK_SECS={secs} cargo test --release --test {binary} {name} -- --exact --ignored --nocapture"
+            "PALISADE_SEED={seed} PALISADE_SOAK_SECS={secs} cargo test --release --test it {binary}::{name} -- --exact --ignored --nocapture"
         )
     } else {
-        format!("PALISADE_SEED={seed} cargo test --test {binary} {name} -- --exact --nocapture")
+        format!("PALISADE_SEED={seed} cargo test --test it {binary}::{name} -- --exact --nocapture")
     }
 }
 

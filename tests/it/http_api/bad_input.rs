@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::json;
 
-use crate::harness::{with_node, Api};
+use crate::http_api::harness::{with_node, Api};
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 

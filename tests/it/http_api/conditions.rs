@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{kv, with_node, write_rev, Api, Resp};
+use crate::http_api::harness::{kv, with_node, write_rev, Api, Resp};
 
 /// A refused conditional PUT: 409, `current` as given, headers at the current revision.
 async fn put_conflict(api: &Api, uri: &str, value: &str, current: Value) -> Resp {

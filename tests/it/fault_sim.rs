@@ -7,7 +7,7 @@
 //! linearizability and the revisions the replies carried.
 //!
 //! Every test prints its seed and, on failure, how to replay it:
-//! `PALISADE_SEED=<n> cargo test --test fault_sim <name> -- --nocapture`.
+//! `PALISADE_SEED=<n> cargo test --test it fault_sim::<name> -- --nocapture`.
 //! Without `PALISADE_SEED`, each test uses a fixed seed of its own.
 //!
 //! What the seed fixes: the nemesis schedule (which fault, which node, when, for how long), the
@@ -21,8 +21,8 @@
 //! `PALISADE_SOAK_SECS` seconds on one long-lived cluster, in rounds of fresh keys, each round
 //! checked on its own (so the checker's work stays bounded however long the soak runs).
 
-mod jepsen;
-mod sim;
+use crate::jepsen;
+use crate::sim;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -643,7 +643,7 @@ async fn crash_restart_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: PALISADE_SOAK_SECS=<secs> [PALISADE_SEED=<n>] cargo test --release --test fault_sim soak -- --ignored"]
+#[ignore = "soak: PALISADE_SOAK_SECS=<secs> [PALISADE_SEED=<n>] cargo test --release --test it fault_sim::soak -- --ignored"]
 async fn soak_mixed_3_nodes() {
     run_soak(Scenario {
         name: "soak_mixed_3_nodes",
@@ -656,7 +656,7 @@ async fn soak_mixed_3_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: PALISADE_SOAK_SECS=<secs> [PALISADE_SEED=<n>] cargo test --release --test fault_sim soak -- --ignored"]
+#[ignore = "soak: PALISADE_SOAK_SECS=<secs> [PALISADE_SEED=<n>] cargo test --release --test it fault_sim::soak -- --ignored"]
 async fn soak_mixed_5_nodes() {
     run_soak(Scenario {
         name: "soak_mixed_5_nodes",

@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{with_node, Api};
+use crate::http_api::harness::{with_node, Api};
 
 fn keys_of(kvs: &Value) -> Vec<String> {
     kvs.as_array()

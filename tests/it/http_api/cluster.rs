@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::harness::{with_node, write_rev, CLIENT_URL, PEER_URL};
+use crate::http_api::harness::{with_node, write_rev, CLIENT_URL, PEER_URL};
 
 #[tokio::test]
 async fn cluster_status_and_health() {

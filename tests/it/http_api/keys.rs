@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::harness::{kv, with_node, write_rev};
+use crate::http_api::harness::{kv, with_node, write_rev};
 
 #[tokio::test]
 async fn put_get_delete_round_trip() {

@@ -1,7 +1,7 @@
 //! The CLI against running nodes: every client subcommand, its output, exit codes and
 //! endpoint failover.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::Stdio;

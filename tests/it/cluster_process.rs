@@ -3,9 +3,9 @@
 //! contradicting flags, and requests to a minority. Every test asserts invariants (no
 //! acknowledged write lost, revisions never go backwards, errors are honest), never speed.
 //!
-//! Run with `cargo test --test cluster_process`; on a failure the node logs are printed.
+//! Run with `cargo test --test it cluster_process`; on a failure the node logs are printed.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,0 +1,20 @@
+//! The one integration-test binary: every module below shares one build of the crate and
+//! of the helpers (`support`, `sim`, `jepsen`), which keeps `make test` short on small
+//! machines. Unit tests stay beside their code in `src/`.
+//!
+//! - `http_api`, `openapi_sync`, `cli`: the client API, its spec and the CLI.
+//! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
+//! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
+
+mod jepsen;
+mod sim;
+mod support;
+
+mod checkers;
+mod cli;
+mod cluster_process;
+mod cluster_sim;
+mod fault_process;
+mod fault_sim;
+mod http_api;
+mod openapi_sync;
