@@ -3,7 +3,8 @@
 //! [`Outcome`](crate::store::Outcome) values.
 
 /// What went wrong with a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Error {
     #[error("{0}")]
     InvalidKey(String),

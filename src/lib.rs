@@ -14,8 +14,11 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod node;
+pub mod peer;
 pub mod raft;
 pub mod store;
+pub mod wire;

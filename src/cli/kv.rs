@@ -253,7 +253,7 @@ async fn ls(client: &Client, out: Output, a: LsArgs) -> Result<(), Failure> {
             if !page.more {
                 return Ok(());
             }
-            let Some(next) = page.next else {
+            let Some(next) = page.body.next else {
                 return Err(Failure::Local("the server said more keys follow but gave no page token".into()));
             };
             opts.after = Some(next);
@@ -279,7 +279,7 @@ async fn ls(client: &Client, out: Output, a: LsArgs) -> Result<(), Failure> {
         if !page.more {
             return Ok(());
         }
-        let Some(next) = page.next else {
+        let Some(next) = page.body.next else {
             return Err(Failure::Local("the server said more children follow but gave no page token".into()));
         };
         opts.after = Some(next);

@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Commands {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(crate::config::ServeFlags),
     /// Read, write, delete and list keys.
     Kv(kv::KvArgs),
     /// Show the cluster: members, roles, leader, term and revision.

@@ -1,11 +1,14 @@
 //! HTTP front-end: the client API router, the peer (Raft) router, and the serve loop.
 //! The only layer that knows status codes; everything else goes through [`Node`].
 //!
-//! Layers (outermost first): request tracing, then the routes. Body limits are enforced
-//! by each handler as it reads the body, so an oversized body gets our JSON 413.
+//! Layers (outermost first): request tracing, then the routes; the API routes (not the
+//! health routes, which must answer an orchestrator even under overload) sit behind the
+//! in-flight limit. Body limits are enforced by each handler as it reads the body, so an
+//! oversized body gets our JSON 413.
 
 mod cluster;
 pub mod error;
+mod extract;
 mod kv;
 mod peer;
 mod query;
@@ -34,29 +37,35 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
 /// The client API.
 pub fn client_router(node: Arc<Node>) -> Router {
     let kv = get(kv::get).put(kv::put).delete(kv::delete);
-    Router::new()
+    // The in-flight limit sheds load with a 429 before any work (or body buffering).
+    let api = Router::new()
         .route("/v1/kv", kv.clone())
         .route("/v1/kv/", kv.clone())
         .route("/v1/kv/{*key}", kv)
         .route("/v1/cluster", get(cluster::cluster))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(node.config().max_inflight_requests)),
+            limit_inflight,
+        ));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(node.clone())
-        // Outermost first: tracing sees every request, then the in-flight limit sheds load
-        // with a 429 before any work (or body buffering) happens.
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(tokio::sync::Semaphore::new(node.limits().max_inflight_requests)),
-            limit_inflight,
-        ))
+        .with_state(node)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// The peer API: Raft RPCs, forwarded writes and read-index calls. Never exposed to
-/// clients (it has its own listener).
+/// The peer API: Raft RPCs, forwarded writes and read-index calls, each signed by a
+/// member. Never exposed to clients (it has its own listener).
 pub fn peer_router(node: Arc<Node>) -> Router {
-    Router::new().route("/raft/rpc", post(peer::rpc)).fallback(not_found).with_state(node)
+    let slots = Arc::new(tokio::sync::Semaphore::new(node.config().max_peer_inflight));
+    Router::new()
+        .route("/raft/rpc", post(peer::rpc))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(peer::PeerState { node, slots })
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so

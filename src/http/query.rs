@@ -59,15 +59,17 @@ impl Query {
         self.params.get(name).map(String::as_str)
     }
 
+    /// A number: ASCII digits only (`+1`, `1e3`, ` 1` and `0x1` are refused).
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        self.params
-            .get(name)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    ApiError::invalid(format!("{name} must be a non-negative integer, not {v:?}"))
-                })
-            })
-            .transpose()
+        self.params.get(name).map(|v| Self::parse_u64(name, v)).transpose()
+    }
+
+    /// Parses `v` as the value of `name`, strictly (see [`Self::u64`]).
+    pub fn parse_u64(name: &str, v: &str) -> Result<u64, ApiError> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::invalid(format!("{name} must be a non-negative integer, not {v:?}")));
+        }
+        v.parse::<u64>().map_err(|_| ApiError::invalid(format!("{name} is too large: {v:?}")))
     }
 }
 
@@ -88,5 +90,9 @@ mod tests {
         assert!(q.u64("limit").is_err());
         assert!(q.flag("recursive").is_err());
         assert!(Query::parse(Some("a=%FF"), &["a"]).is_err());
+        for bad in ["%2B1", "-1", "1e3", "0x1", "%201", "", "99999999999999999999"] {
+            let q = Query::parse(Some(&format!("limit={bad}")), &["limit"]).unwrap();
+            assert!(q.u64("limit").is_err(), "{bad}");
+        }
     }
 }

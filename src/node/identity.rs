@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::NodeConfig;
-use crate::raft::{Member, NodeId};
+use crate::config::Config;
+use crate::raft::{Member, NodeId, Replica};
 
 /// What the data dir records about the node, so a restart resumes the same identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,21 +30,21 @@ fn cluster_id_of(members: &BTreeMap<NodeId, Member>) -> String {
     format!("{h:016x}")
 }
 
-/// Reads or creates the identity file, refusing flags that contradict it.
-pub(super) fn resolve_identity(cfg: &NodeConfig) -> anyhow::Result<Identity> {
+/// Reads or creates the identity file, refusing settings that contradict it.
+pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
     let path = cfg.data_dir.join(IDENTITY_FILE);
     if path.exists() {
         let found: Identity = serde_json::from_slice(&std::fs::read(&path)?)
             .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?;
-        if found.node_id != cfg.id {
+        if found.node_id != cfg.node_id {
             anyhow::bail!(
                 "the data dir {} belongs to node {}, but --node-id is {}; use the right data dir or node id",
                 cfg.data_dir.display(),
                 found.node_id,
-                cfg.id
+                cfg.node_id
             );
         }
-        if let Some(given) = &cfg.initial_cluster {
+        if let Some(given) = &cfg.initial_members() {
             let same_peers = given.len() == found.initial_cluster.len()
                 && given
                     .iter()
@@ -61,18 +61,20 @@ pub(super) fn resolve_identity(cfg: &NodeConfig) -> anyhow::Result<Identity> {
         }
         return Ok(found);
     }
-    let initial = match &cfg.initial_cluster {
-        Some(c) => c.clone(),
-        None => BTreeMap::from([(cfg.id, cfg.advertise.clone())]),
+    let initial = match cfg.initial_members() {
+        // Every member must bootstrap with the same membership, so this node's client URL
+        // is not filled in here; it is published once a leader exists.
+        Some(c) => c,
+        None => BTreeMap::from([(cfg.node_id, cfg.advertise())]),
     };
-    if !initial.contains_key(&cfg.id) {
+    if !initial.contains_key(&cfg.node_id) {
         anyhow::bail!(
             "--initial-cluster {} does not include this node ({})",
             format_cluster(&initial),
-            cfg.id
+            cfg.node_id
         );
     }
-    let id = Identity { node_id: cfg.id, cluster_id: cluster_id_of(&initial), initial_cluster: initial };
+    let id = Identity { node_id: cfg.node_id, cluster_id: cluster_id_of(&initial), initial_cluster: initial };
     std::fs::create_dir_all(&cfg.data_dir)?;
     crate::raft::state_machine::write_durably(
         &cfg.data_dir,
@@ -80,6 +82,22 @@ pub(super) fn resolve_identity(cfg: &NodeConfig) -> anyhow::Result<Identity> {
         &serde_json::to_vec_pretty(&id)?,
     )?;
     Ok(id)
+}
+
+/// Refuses to run as a member whose peer URL differs from the one the cluster records for
+/// it: the others would keep calling the old address while this node raised its term.
+pub(super) fn check_recorded_address(replica: &Replica, cfg: &Config) -> anyhow::Result<()> {
+    let advertised = cfg.advertise().peer_url;
+    match replica.member(cfg.node_id) {
+        Some(m) if m.peer_url != advertised => anyhow::bail!(
+            "this node advertises the peer URL {advertised}, but the cluster records {} for node {}; \
+             restart it with that address (--listen-peer / --advertise-peer), or move the member with a \
+             membership change",
+            m.peer_url,
+            cfg.node_id
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `1=http://a:7380,2=http://b:7380`.

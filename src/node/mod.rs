@@ -1,107 +1,43 @@
-//! The one facade every front-end uses: write, linearizable or serializable reads, and
-//! cluster status. Owns the Raft instance, its storage and transport, and the node's
-//! identity on disk.
+//! The one facade every front-end uses: typed writes and reads, cluster status, health,
+//! and the serving of peer requests. Owns the [`Replica`] (consensus and the applied
+//! state), the transport to the other members, and the node's identity on disk; knows no
+//! openraft and no HTTP.
 //!
-//! Invariants: a write is proposed only on the leader; a follower forwards it once to
-//! the leader and never re-proposes it. A linearizable read is served only after a read
-//! index confirmed by a quorum (one round shared by every read that arrived before the
-//! round started) has been applied locally. Every call ends within the request deadline:
-//! `Unavailable` when no leader or quorum answered (nothing took effect), `Timeout` when
-//! a write may or may not have taken effect.
+//! Invariants: every request is checked against the node's policy (key rules, limits,
+//! quota) before anything is proposed, the same way whether a client sent it here or a
+//! follower forwarded it. A write is proposed only on the leader; a follower forwards it
+//! once to the leader and never re-proposes it. A linearizable read is served only after
+//! a read index confirmed by a quorum (one round shared by every read that arrived before
+//! the round started) has been applied locally. Every call ends within the request
+//! deadline: `Unavailable` when no leader or quorum answered (nothing took effect),
+//! `Timeout` when a write may or may not have taken effect.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use openraft::error::{InitializeError, RaftError};
-use openraft::{ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::raft::log_store::LogStore;
-use crate::raft::network::{Network, PeerError, PeerHandler, PeerRequest, PeerResponse, Transport};
-use crate::raft::state_machine::StateMachine;
-use crate::raft::{Member, NodeId, Raft};
+use crate::peer::{
+    HttpTransport, PeerError, PeerHandler, PeerKey, PeerRequest, PeerResponse, RaftOverPeers, Transport,
+};
+use crate::raft::{Leadership, Member, NodeId, Replica, ReplicaConfig, ReplicaStatus, Role};
 
 mod identity;
 mod peer;
+mod policy;
 mod reads;
 mod writes;
 
-use identity::resolve_identity;
 pub use identity::{format_cluster, Identity};
+pub use reads::{Consistency, KvRead, KvReadResult};
+
 use reads::ReadRounds;
 use writes::Proposals;
-
-/// Limits on what clients may send and ask for.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    pub max_body_bytes: usize,
-    /// Writes are refused once the store holds this many bytes (all versions).
-    pub quota_bytes: u64,
-    /// Largest `limit` a list may ask for (and the default page size).
-    pub max_list_limit: usize,
-    /// Key + value bytes after which a list page stops.
-    pub max_page_bytes: usize,
-    /// Client requests served at once; more get 429.
-    pub max_inflight_requests: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_key_bytes: 1024,
-            max_value_bytes: 1024 * 1024,
-            max_body_bytes: 2 * 1024 * 1024,
-            quota_bytes: 1024 * 1024 * 1024,
-            max_list_limit: 10_000,
-            max_page_bytes: 4 * 1024 * 1024,
-            max_inflight_requests: 2048,
-        }
-    }
-}
-
-/// Everything a node needs to start.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub id: NodeId,
-    pub data_dir: PathBuf,
-    /// This node's own addresses, as the others reach it.
-    pub advertise: Member,
-    /// The initial members, if given on the command line (`None`: this node alone, or
-    /// whatever the data dir recorded).
-    pub initial_cluster: Option<BTreeMap<NodeId, Member>>,
-    /// How long a request may wait for a leader, a quorum or a commit.
-    pub request_timeout: Duration,
-    pub heartbeat_ms: u64,
-    pub election_timeout_ms: u64,
-    /// Take a snapshot after this many log entries.
-    pub snapshot_every: u64,
-    pub limits: Limits,
-}
-
-impl NodeConfig {
-    /// A config with the defaults of `palisade serve`, for node `id` with `data_dir`.
-    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, advertise: Member) -> NodeConfig {
-        NodeConfig {
-            id,
-            data_dir: data_dir.into(),
-            advertise,
-            initial_cluster: None,
-            request_timeout: Duration::from_secs(5),
-            heartbeat_ms: 100,
-            election_timeout_ms: 1000,
-            snapshot_every: 10_000,
-            limits: Limits::default(),
-        }
-    }
-}
 
 /// A member's view of the cluster.
 #[derive(Debug, Clone, Serialize)]
@@ -129,100 +65,90 @@ pub struct MemberStatus {
 
 /// A running member.
 pub struct Node {
+    /// This member's id.
     id: NodeId,
+    /// What the data dir records: the cluster id and the initial members.
     identity: Identity,
-    raft: Raft,
-    sm: StateMachine,
-    transport: Transport,
-    cfg: NodeConfig,
+    /// Consensus and the applied state: the only way to propose, read or see leadership.
+    replica: Replica,
+    /// How forwarded writes, read-index calls and Raft RPCs reach the other members.
+    transport: Arc<dyn Transport>,
+    /// The proof peer requests to this node must carry (checked by the peer listener).
+    peer_key: PeerKey,
+    /// The settings this node runs with (validated).
+    cfg: Config,
+    /// Read-index requests waiting for the next quorum round.
     reads: Mutex<ReadRounds>,
+    /// Writes waiting to be proposed, and the proposers running (on the leader).
     proposals: Mutex<Proposals>,
-    /// When this node, as leader, last heard from a quorum (from openraft's metrics,
-    /// stamped when they arrive: the metric itself is only as fresh as its last report).
-    quorum_acked_at: Mutex<Option<Instant>>,
 }
 
 impl Node {
-    /// Opens the data dir, starts Raft, and bootstraps the cluster on first start.
-    pub async fn start(cfg: NodeConfig, transport: Transport) -> anyhow::Result<Arc<Node>> {
-        let identity = resolve_identity(&cfg)?;
-        let log = LogStore::open(&cfg.data_dir.join("raft"))?;
-        let sm = StateMachine::open(&cfg.data_dir.join("snapshot"))?;
-        let raft_cfg = openraft::Config {
+    /// Starts a node with the HTTP peer transport its config describes.
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
+        let key = match &cfg.peer_secret_file {
+            Some(path) => PeerKey::load(path).map_err(anyhow::Error::msg)?,
+            None => PeerKey::insecure(),
+        };
+        let transport = Arc::new(HttpTransport::new(cfg.node_id, key.clone()));
+        Self::start_with(cfg, transport, key).await
+    }
+
+    /// Opens the data dir, starts Raft over `transport`, and bootstraps the cluster on
+    /// first start. `peer_key` is what incoming peer requests must prove.
+    pub async fn start_with(
+        cfg: Config,
+        transport: Arc<dyn Transport>,
+        peer_key: PeerKey,
+    ) -> anyhow::Result<Arc<Node>> {
+        cfg.validate()?;
+        let identity = identity::resolve(&cfg)?;
+        let replica_cfg = ReplicaConfig {
+            id: cfg.node_id,
             cluster_name: format!("palisade-{}", identity.cluster_id),
-            heartbeat_interval: cfg.heartbeat_ms,
-            election_timeout_min: cfg.election_timeout_ms,
-            election_timeout_max: cfg.election_timeout_ms * 2,
-            // Members reach the same log index at about the same time; spreading their
-            // snapshot points (up to +20% by node id) keeps them from all serialising the
-            // whole store at once, which on shared hardware stalls the cluster together.
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(
-                cfg.snapshot_every + cfg.snapshot_every / 10 * (cfg.id % 3),
-            ),
-            // Few entries kept after a snapshot: the log store rewrites them when it compacts
-            // its file, and that rewrite holds up appends. A follower further behind gets
-            // the snapshot instead.
-            max_in_snapshot_log_to_keep: (cfg.snapshot_every / 10).max(100),
-            max_payload_entries: 300,
-            ..Default::default()
+            log_dir: cfg.data_dir.join("raft"),
+            snapshot_dir: cfg.data_dir.join("snapshot"),
+            heartbeat_ms: cfg.heartbeat_ms,
+            election_timeout_ms: cfg.election_timeout_ms,
+            snapshot_every: cfg.snapshot_every,
+        };
+        let replica = Replica::open(&replica_cfg, Arc::new(RaftOverPeers(transport.clone()))).await?;
+        if !replica.is_initialized().await? {
+            replica.initialize(identity.initial_cluster.clone()).await?;
         }
-        .validate()?;
-        let network = Network { transport: transport.clone() };
-        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone()).await?;
-        if !raft.is_initialized().await? {
-            let members: BTreeMap<NodeId, Member> = identity.initial_cluster.clone();
-            match raft.initialize(members).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        identity::check_recorded_address(&replica, &cfg)?;
         let node = Arc::new(Node {
-            id: cfg.id,
+            id: cfg.node_id,
             identity,
-            raft,
-            sm,
+            replica,
             transport,
+            peer_key,
             cfg,
             reads: Mutex::default(),
             proposals: Mutex::default(),
-            quorum_acked_at: Mutex::default(),
         });
         tokio::spawn(Self::publish_client_url(Arc::downgrade(&node)));
-        tokio::spawn(Self::track_quorum_acks(Arc::downgrade(&node), node.raft.metrics()));
         Ok(node)
     }
 
-    /// Keeps `quorum_acked_at` current from the metrics stream.
-    async fn track_quorum_acks(
-        node: std::sync::Weak<Node>,
-        mut rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
-    ) {
-        while rx.changed().await.is_ok() {
-            let Some(node) = node.upgrade() else { return };
-            let ms = rx.borrow_and_update().millis_since_quorum_ack;
-            let at = ms.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
-            *node.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
-        }
-    }
-
-    /// Makes sure the membership config carries this node's client URL (the initial
-    /// cluster flag names only peer URLs), so every member can list where clients go.
+    /// Makes sure the membership carries this node's client URL (the initial cluster flag
+    /// names only peer URLs), so every member can list where clients go.
     async fn publish_client_url(node: std::sync::Weak<Node>) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let Some(node) = node.upgrade() else { return };
-            let want = node.cfg.advertise.client_url.clone();
-            match node.member(node.id) {
+            let want = node.cfg.advertise().client_url;
+            match node.replica.member(node.id) {
                 Some(m) if m.client_url == want => return,
                 None => continue,
                 Some(_) => {}
             }
-            let (Some(leader), _) = node.leader_and_term() else { continue };
-            let req = PeerRequest::SetClientUrl { id: node.id, client_url: want };
+            let Some(leader) = node.replica.leadership().borrow().leader else { continue };
+            let req = PeerRequest::SetClientUrl { client_url: want };
             let r = if leader == node.id {
-                Ok(node.clone().handle_peer(req).await)
-            } else if let Some(member) = node.member(leader) {
-                node.transport.call(leader, &member, req, node.cfg.request_timeout).await
+                Ok(node.clone().handle_peer(node.id, req).await)
+            } else if let Some(member) = node.replica.member(leader) {
+                node.transport.call(leader, &member, req, node.cfg.request_timeout()).await
             } else {
                 continue;
             };
@@ -234,40 +160,42 @@ impl Node {
         self.id
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.cfg.limits
+    /// The settings this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
-    /// The Raft handle, for the peer endpoints and tests.
-    pub fn raft(&self) -> &Raft {
-        &self.raft
+    /// What incoming peer requests must prove.
+    pub fn peer_key(&self) -> &PeerKey {
+        &self.peer_key
     }
 
-    fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
-        self.raft.metrics().borrow().clone()
+    /// Whether `id` is a member (voter or learner) in this node's view.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.replica.member(id).is_some()
     }
 
-    /// The leader this node knows of, and the current term.
-    pub fn leader_and_term(&self) -> (Option<NodeId>, u64) {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        (m.current_leader, m.current_term)
+    /// Who leads; a change is published as it happens. `is_self` turns true only once
+    /// this node leads and has applied an entry of its own term.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.replica.leadership()
     }
 
     /// The current term, for response headers.
     pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.replica.term()
     }
 
-    fn member(&self, id: NodeId) -> Option<Member> {
-        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
+    /// The store revision applied here (no quorum round).
+    pub fn applied_revision(&self) -> u64 {
+        self.replica.applied().state.revision()
     }
 
     /// Waits (until `deadline`) for a known leader other than `not`.
     async fn wait_leader(&self, deadline: Instant, not: Option<NodeId>) -> Result<NodeId> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.replica.leadership();
         loop {
-            let leader = rx.borrow_and_update().current_leader;
+            let leader = rx.borrow_and_update().leader;
             if let Some(l) = leader.filter(|l| Some(*l) != not) {
                 return Ok(l);
             }
@@ -286,65 +214,80 @@ impl Node {
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + self.cfg.request_timeout
+        Instant::now() + self.cfg.request_timeout()
     }
 
-    /// The store revision applied here (no quorum round).
-    pub fn applied_revision(&self) -> u64 {
-        self.sm.read().store.revision()
+    /// The replica's view: term, role, log and applied indexes, members.
+    pub fn replica_status(&self) -> ReplicaStatus {
+        self.replica.status()
     }
 
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| MemberStatus {
-                id: *id,
-                client_url: n.client_url.clone(),
-                peer_url: n.peer_url.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" },
-                is_leader: m.current_leader == Some(*id),
+        let s = self.replica.status();
+        let members = s
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                id: m.id,
+                client_url: m.addr.client_url.clone(),
+                peer_url: m.addr.peer_url.clone(),
+                role: if m.voter { "voter" } else { "learner" },
+                is_leader: s.leader == Some(m.id),
             })
             .collect();
         let (revision, compact_revision) = {
-            let a = self.sm.read();
-            (a.store.revision(), a.store.compact_revision())
+            let a = self.replica.applied();
+            (a.state.revision(), a.state.kv().compact_revision())
         };
         ClusterStatus {
             cluster_id: self.identity.cluster_id.clone(),
             node_id: self.id,
-            leader: m.current_leader,
-            term: m.current_term,
+            leader: s.leader,
+            term: s.term,
             revision,
             compact_revision,
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            applied_index: s.applied_index,
             members,
         }
     }
 
-    /// Ready: a leader is known and this node has applied what its log holds.
-    pub fn is_ready(&self) -> std::result::Result<(), String> {
-        let m = self.metrics();
-        if m.current_leader.is_none() {
+    /// Alive: the Raft core and storage are running. Never depends on quorum.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        let s = self.replica.status();
+        if let Some(why) = s.failure {
+            return Err(format!("the raft core stopped: {why}"));
+        }
+        if s.role == Role::Shutdown {
+            return Err("the raft core is shut down".into());
+        }
+        Ok(())
+    }
+
+    /// Ready: alive, a leader is known and this node has applied what its log holds.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        self.health()?;
+        let s = self.replica.status();
+        if s.leader.is_none() {
             return Err("no leader is known".into());
         }
-        if m.state == ServerState::Learner && m.last_applied.is_none() {
+        if s.role == Role::Learner && s.applied_index == 0 {
             return Err("this learner has not caught up".into());
         }
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        let last = m.last_log_index.unwrap_or(0);
-        if last > applied + 1000 {
-            return Err(format!("catching up: applied {applied} of {last}"));
+        if s.last_log_index > s.applied_index + 1000 {
+            return Err(format!("catching up: applied {} of {}", s.applied_index, s.last_log_index));
         }
         Ok(())
     }
 
     /// Stops Raft; the data dir stays as it is.
     pub async fn shutdown(&self) {
-        let _ = self.raft.shutdown().await;
+        self.replica.shutdown().await;
+    }
+
+    /// The addresses of member `id`, if it is one.
+    fn member(&self, id: NodeId) -> Option<Member> {
+        self.replica.member(id)
     }
 }
 
@@ -355,15 +298,13 @@ fn peer_error(e: PeerError) -> Error {
         PeerError::Timeout => Error::Timeout(
             "the leader did not finish within the deadline; a write may or may not take effect".into(),
         ),
+        PeerError::Refused(e) => e,
         PeerError::Internal(m) => Error::Internal(m),
     }
 }
 
-/// Lets the simulated network call into a node.
-pub struct NodePeer(pub Arc<Node>);
-
-impl PeerHandler for NodePeer {
-    fn handle(&self, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
-        self.0.clone().handle_peer(req).boxed()
+impl PeerHandler for Arc<Node> {
+    fn handle(&self, from: NodeId, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        self.clone().handle_peer(from, req).boxed()
     }
 }

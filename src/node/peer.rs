@@ -1,55 +1,70 @@
-//! Serving peer requests: Raft RPCs, forwarded writes, read-index and membership calls.
+//! Serving peer requests: Raft calls (checked by the replica), forwarded writes (checked
+//! here exactly like a client's), read-index calls and client-URL updates. The sender has
+//! been proven by the transport; a sender that is not a member is refused outright.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Node;
-use crate::raft::network::{PeerError, PeerRequest, PeerResponse};
+use crate::error::Error;
+use crate::peer::{PeerError, PeerRequest, PeerResponse};
+use crate::raft::{NodeId, RaftReply};
 
 impl Node {
-    /// Serves a peer request (from the peer listener or the simulated network).
-    pub async fn handle_peer(self: Arc<Self>, req: PeerRequest) -> PeerResponse {
+    /// Serves a request from member `from` (the peer listener or a test network).
+    pub async fn handle_peer(self: Arc<Self>, from: NodeId, req: PeerRequest) -> PeerResponse {
+        let not_member = || format!("node {from} is not a member of this cluster");
         match req {
-            PeerRequest::Append(r) => PeerResponse::Append(self.raft.append_entries(r).await),
-            PeerRequest::Vote(r) => PeerResponse::Vote(self.raft.vote(r).await),
-            PeerRequest::Snapshot { vote, meta, data } => {
-                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(data)) };
-                PeerResponse::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
-            }
+            PeerRequest::Raft(rpc) => PeerResponse::Raft(self.replica.handle(from, rpc).await),
+            _ if from != self.id && !self.is_member(from) => match req {
+                PeerRequest::Forward(_) => PeerResponse::Forward(Err(PeerError::Unavailable(not_member()))),
+                PeerRequest::ReadIndex => PeerResponse::ReadIndex(Err(PeerError::Unavailable(not_member()))),
+                PeerRequest::SetClientUrl { .. } => {
+                    PeerResponse::SetClientUrl(Err(PeerError::Unavailable(not_member())))
+                }
+                PeerRequest::Raft(_) => PeerResponse::Raft(RaftReply::Refused(not_member())),
+            },
             PeerRequest::Forward(cmd) => {
-                let (leader, _) = self.leader_and_term();
-                if leader != Some(self.id) {
+                if self.replica.leadership().borrow().leader != Some(self.id) {
+                    let leader = self.replica.leadership().borrow().leader;
                     return PeerResponse::Forward(Err(PeerError::NotLeader { leader }));
                 }
-                let r = match tokio::time::timeout(self.cfg.request_timeout, self.propose(cmd)).await {
+                // The leader checks a forwarded write as it would a client's.
+                if let Err(e) = self.check_write(&cmd) {
+                    return PeerResponse::Forward(Err(PeerError::Refused(e)));
+                }
+                let r = match tokio::time::timeout(self.cfg.request_timeout(), self.propose(cmd)).await {
                     Ok(r) => r,
                     Err(_) => Err(PeerError::Timeout),
                 };
                 PeerResponse::Forward(r)
             }
-            PeerRequest::SetClientUrl { id, client_url } => {
-                let Some(mut member) = self.member(id) else {
-                    return PeerResponse::SetClientUrl(Err(PeerError::Internal(format!(
-                        "{id} is not a member"
-                    ))));
+            PeerRequest::SetClientUrl { client_url } => {
+                // A member sets only its own address, and only to a URL.
+                let client_url = match crate::config::normalize_url(&client_url) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        return PeerResponse::SetClientUrl(Err(PeerError::Refused(Error::InvalidArgument(e))))
+                    }
+                };
+                let Some(mut member) = self.replica.member(from) else {
+                    return PeerResponse::SetClientUrl(Err(PeerError::Unavailable(not_member())));
                 };
                 member.client_url = client_url;
-                // Only the client URL changes; peer addresses, voters and learners stay.
-                let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
                 let r = match tokio::time::timeout(
-                    self.cfg.request_timeout,
-                    self.raft.change_membership(change, false),
+                    self.cfg.request_timeout(),
+                    self.replica.set_member_addr(from, member),
                 )
                 .await
                 {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(PeerError::Unavailable(e.to_string())),
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(PeerError::Unavailable(e)),
                     Err(_) => Err(PeerError::Timeout),
                 };
                 PeerResponse::SetClientUrl(r)
             }
             PeerRequest::ReadIndex => {
-                let r = match tokio::time::timeout(self.cfg.request_timeout, self.local_read_index()).await {
+                let r = match tokio::time::timeout(self.cfg.request_timeout(), self.local_read_index()).await
+                {
                     Ok(r) => r,
                     Err(_) => Err(PeerError::Timeout),
                 };

@@ -1,17 +1,65 @@
-//! Linearizable reads: read-index rounds shared by every read that arrived before the
+//! Reads: typed key-value reads served from the applied state, after a read index for
+//! linearizable ones. Read-index rounds are shared by every read that arrived before the
 //! round started, confirmed locally on the leader or by asking it from a follower.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{peer_error, Node};
 use crate::error::{Error, Result};
-use crate::raft::network::{PeerError, PeerRequest, PeerResponse, TransportError};
-use crate::raft::state_machine::Applied;
+use crate::peer::{PeerError, PeerRequest, PeerResponse, TransportError};
+use crate::raft::ReadIndexError;
+use crate::store::{ChildrenPage, KeyValue, ListOptions, ListPage, ReadError};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (a quorum round).
+    #[default]
+    Linearizable,
+    /// This node's applied state, possibly behind the leader; no round trip.
+    Serializable,
+}
+
+/// A key-value read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvRead {
+    /// One key, now or at a past revision.
+    Get { key: String, revision: Option<u64> },
+    /// The key and its subtree, sorted, one page.
+    List { key: String, opts: ListOptions },
+    /// How many keys the key and its subtree hold.
+    Count { key: String, revision: Option<u64> },
+    /// One level below the key, one page of names after `after`.
+    Children { key: String, revision: Option<u64>, after: Option<String>, limit: usize },
+}
+
+/// What a [`KvRead`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvReadResult {
+    /// `kv` is `None` when the key does not exist at `revision`.
+    Get {
+        revision: u64,
+        kv: Option<KeyValue>,
+    },
+    List(ListPage),
+    Count {
+        revision: u64,
+        count: u64,
+    },
+    Children(ChildrenPage),
+}
+
+fn read_error(e: ReadError, requested: Option<u64>) -> Error {
+    let requested = requested.unwrap_or(0);
+    match e {
+        ReadError::Compacted { compact_revision } => Error::Compacted { requested, compact_revision },
+        ReadError::FutureRevision { revision } => Error::FutureRevision { requested, revision },
+    }
+}
 
 /// Read-index requests waiting for the next quorum round.
 #[derive(Default)]
@@ -42,7 +90,7 @@ impl Node {
                 return Err(Error::Unavailable("no quorum confirmed the read within the deadline".into()))
             }
         };
-        tokio::time::timeout_at(deadline, self.sm.wait_applied(index)).await.map_err(|_| {
+        tokio::time::timeout_at(deadline, self.replica.wait_applied(index)).await.map_err(|_| {
             Error::Unavailable("this node did not catch up with the leader within the deadline".into())
         })?;
         Ok(())
@@ -115,26 +163,77 @@ impl Node {
         }
     }
 
-    /// The leader's read index: its commit index once a quorum confirmed it still leads.
+    /// The leader's read index, for a follower that asks (see [`Self::linearize`]).
     pub(super) async fn local_read_index(&self) -> std::result::Result<u64, PeerError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(PeerError::NotLeader { leader: f.leader_id })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(PeerError::Unavailable(format!("no quorum: {q}")))
-            }
-            Err(RaftError::Fatal(e)) => Err(PeerError::Unavailable(format!("raft stopped: {e}"))),
+        match self.replica.read_index().await {
+            Ok(i) => Ok(i),
+            Err(ReadIndexError::NotLeader { leader }) => Err(PeerError::NotLeader { leader }),
+            Err(ReadIndexError::NoQuorum(q)) => Err(PeerError::Unavailable(format!("no quorum: {q}"))),
+            Err(ReadIndexError::Stopped(e)) => Err(PeerError::Unavailable(format!("raft stopped: {e}"))),
         }
     }
 
-    /// Reads the applied state, after a read index for linearizable reads.
-    pub async fn read<T>(self: &Arc<Self>, linearizable: bool, f: impl FnOnce(&Applied) -> T) -> Result<T> {
-        if linearizable {
+    /// Answers a key-value read from the applied state, after a read index for a
+    /// linearizable one.
+    pub async fn read(self: &Arc<Self>, read: KvRead, consistency: Consistency) -> Result<KvReadResult> {
+        match &read {
+            KvRead::Get { key, revision } => {
+                self.check_key(key)?;
+                check_revision(*revision)?;
+            }
+            KvRead::List { key, opts } => {
+                self.check_read_key(key)?;
+                check_revision(opts.revision)?;
+                self.check_limit(opts.limit)?;
+            }
+            KvRead::Count { key, revision } => {
+                self.check_read_key(key)?;
+                check_revision(*revision)?;
+            }
+            KvRead::Children { key, revision, limit, .. } => {
+                self.check_read_key(key)?;
+                check_revision(*revision)?;
+                self.check_limit(*limit)?;
+            }
+        }
+        if consistency == Consistency::Linearizable {
             self.linearize().await?;
         }
-        let applied = self.sm.read();
-        Ok(f(&applied))
+        let applied = self.replica.applied();
+        let kv = applied.state.kv();
+        match read {
+            KvRead::Get { key, revision } => {
+                let (rev, found) = kv.get(&key, revision).map_err(|e| read_error(e, revision))?;
+                Ok(KvReadResult::Get { revision: rev, kv: found })
+            }
+            KvRead::List { key, opts } => {
+                let opts = ListOptions { max_bytes: opts.max_bytes.min(self.cfg.max_page_bytes), ..opts };
+                kv.list(&key, &opts).map(KvReadResult::List).map_err(|e| read_error(e, opts.revision))
+            }
+            KvRead::Count { key, revision } => {
+                let count = kv.count(&key, revision).map_err(|e| read_error(e, revision))?;
+                Ok(KvReadResult::Count { revision: revision.unwrap_or(kv.revision()), count })
+            }
+            KvRead::Children { key, revision, after, limit } => kv
+                .children(&key, revision, after.as_deref(), limit)
+                .map(KvReadResult::Children)
+                .map_err(|e| read_error(e, revision)),
+        }
     }
+
+    /// A page size a listing may ask for.
+    fn check_limit(&self, limit: usize) -> Result<()> {
+        let max = self.cfg.max_list_limit;
+        if limit == 0 || limit > max {
+            return Err(Error::InvalidArgument(format!("limit must be between 1 and {max}, not {limit}")));
+        }
+        Ok(())
+    }
+}
+
+fn check_revision(revision: Option<u64>) -> Result<()> {
+    if revision == Some(0) {
+        return Err(Error::InvalidArgument("revision must be at least 1".into()));
+    }
+    Ok(())
 }

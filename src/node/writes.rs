@@ -1,17 +1,18 @@
-//! Writes: forwarding to the leader, and on the leader, batching concurrent writes into
-//! one proposal (one log entry, one fsync) with a bounded number of proposals in flight.
+//! Writes: checked against the policy, forwarded to the leader, and on the leader batched
+//! with concurrent writes into one proposal (one log entry, one fsync) with a bounded
+//! number of proposals in flight. The leader stamps each proposal with its wall clock.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{peer_error, Node};
 use crate::error::{Error, Result};
-use crate::raft::network::{PeerError, PeerRequest, PeerResponse, TransportError};
-use crate::store::{Command, Outcome};
+use crate::peer::{PeerError, PeerRequest, PeerResponse, TransportError};
+use crate::raft::ProposeError;
+use crate::store::{Command, Outcome, Proposal};
 
 /// Writes waiting to be proposed, and how many proposers are running.
 #[derive(Default)]
@@ -24,13 +25,30 @@ pub(super) struct Proposals {
 /// openraft 0.9 fsyncs each proposal inline in its core loop, so more proposers only
 /// split the waiting writes into smaller batches (measured: 4 was slower than 1 or 2).
 const MAX_PROPOSERS: usize = 2;
-/// At most this many commands go into one log entry.
+/// At most this many commands go into one log entry...
 const MAX_BATCH: usize = 512;
+/// ...and at most about this many key and value bytes (a batch is one peer message).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Key and value bytes of a command, for the batch size.
+fn weight(cmd: &Command) -> usize {
+    match cmd {
+        Command::Put { key, value, .. } => key.len() + value.len(),
+        Command::Delete { key, .. } => key.len(),
+        Command::Batch { cmds } => cmds.iter().map(weight).sum(),
+    }
+}
 
 impl Node {
-    /// Proposes `cmd` (forwarding it to the leader when this node is a follower) and
-    /// returns what applying it decided.
+    /// Checks `cmd` against the policy, proposes it (forwarding it to the leader when this
+    /// node is a follower) and returns what applying it decided.
     pub async fn write(self: &Arc<Self>, cmd: Command) -> Result<Outcome> {
+        self.check_write(&cmd)?;
         let deadline = self.deadline();
         let mut not = None;
         loop {
@@ -98,17 +116,16 @@ impl Node {
     /// nothing happened) instead of timing out on it (504, outcome unknown).
     async fn quorum_contact(&self, deadline: Instant) -> bool {
         let fresh = self
-            .quorum_acked_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .replica
+            .quorum_acked_at()
             .is_some_and(|at| at.elapsed() <= Duration::from_millis(self.cfg.election_timeout_ms));
         if fresh {
             return true;
         }
-        match tokio::time::timeout_at(deadline, self.local_read_index()).await {
+        match tokio::time::timeout_at(deadline, self.replica.read_index()).await {
             Ok(Ok(_)) => true,
             // Deposed: openraft refuses the proposal itself, and the write goes elsewhere.
-            Ok(Err(PeerError::NotLeader { .. })) => true,
+            Ok(Err(crate::raft::ReadIndexError::NotLeader { .. })) => true,
             Ok(Err(_)) | Err(_) => false,
         }
     }
@@ -143,7 +160,15 @@ impl Node {
                     p.running -= 1;
                     return;
                 }
-                let n = p.waiting.len().min(MAX_BATCH);
+                let mut n = 0;
+                let mut bytes = 0;
+                for (cmd, _) in p.waiting.iter().take(MAX_BATCH) {
+                    bytes += weight(cmd);
+                    if n > 0 && bytes > MAX_BATCH_BYTES {
+                        break;
+                    }
+                    n += 1;
+                }
                 p.waiting.drain(..n).collect()
             };
             let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
@@ -152,17 +177,17 @@ impl Node {
                 if single { cmds.into_iter().next().expect("one command") } else { Command::Batch { cmds } };
             let t0 = std::time::Instant::now();
             let n = waiters.len();
-            let result = self.raft.client_write(payload).await;
+            let result = self.replica.propose(Proposal::new(payload, wall_clock_ms())).await;
             tracing::debug!(batch = n, micros = t0.elapsed().as_micros() as u64, "proposal decided");
             let result = match result {
-                Ok(resp) => Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(PeerError::NotLeader { leader: f.leader_id })
-                }
-                Err(RaftError::APIError(e)) => Err(PeerError::Internal(e.to_string())),
+                Ok(outcome) => Ok(outcome),
+                Err(ProposeError::NotLeader { leader }) => Err(PeerError::NotLeader { leader }),
                 // The entry may already be replicated and commit under the next leader:
                 // the outcome is unknown, never "did not happen".
-                Err(RaftError::Fatal(_)) => Err(PeerError::Timeout),
+                Err(ProposeError::Unknown(why)) => {
+                    tracing::warn!(%why, "a proposal's outcome is unknown");
+                    Err(PeerError::Timeout)
+                }
             };
             match result {
                 Ok(Outcome::Batch { outcomes, .. }) if !single && outcomes.len() == waiters.len() => {

@@ -940,7 +940,7 @@ mod tests {
 
     use super::*;
     use crate::raft::types::{Snapshot, SnapshotMeta, StoredMembership};
-    use crate::store::{Command, Outcome};
+    use crate::store::{Command, Outcome, Proposal};
 
     fn lid(term: u64, index: u64) -> LogId {
         openraft::LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -953,12 +953,15 @@ mod tests {
     fn put(term: u64, index: u64, size: usize) -> Entry {
         openraft::Entry {
             log_id: lid(term, index),
-            payload: EntryPayload::Normal(Command::Put {
-                key: format!("/k/{index}"),
-                value: (0..size).map(|i| (i as u64 ^ index) as u8).collect(),
-                cond: Default::default(),
-                prev_kv: false,
-            }),
+            payload: EntryPayload::Normal(Proposal::new(
+                Command::Put {
+                    key: format!("/k/{index}"),
+                    value: (0..size).map(|i| (i as u64 ^ index) as u8).collect(),
+                    cond: Default::default(),
+                    prev_kv: false,
+                },
+                0,
+            )),
         }
     }
 

@@ -1,10 +1,25 @@
-//! openraft glue only: the type config, the durable log store, the state machine adapter
-//! and the peer network. Every openraft type stays behind this module.
+//! openraft glue, and the boundary around it: [`Replica`] is the only way in. Every
+//! openraft type stays behind this module; what crosses it is ours ([`Proposal`],
+//! [`Outcome`], [`Leadership`], [`RaftRpc`] as an opaque value for the peer layer).
+//!
+//! - `replica`: propose, read index, leadership, membership, and checked peer RPCs.
+//! - `log_store`: openraft's log storage over the write-ahead log.
+//! - `state_machine`: openraft's state machine over the pure [`State`], and snapshots.
+//! - `network`: the Raft RPCs as values and openraft's network over a [`RaftSender`].
+//!
+//! [`Proposal`]: crate::store::Proposal
+//! [`Outcome`]: crate::store::Outcome
+//! [`State`]: crate::store::State
 
 pub mod log_store;
 pub mod network;
-pub mod sim_network;
+pub mod replica;
 pub mod state_machine;
 pub mod types;
 
-pub use types::*;
+pub use network::{CallError, RaftReply, RaftRpc, RaftSender};
+pub use replica::{
+    Leadership, MemberInfo, ProposeError, ReadIndexError, Replica, ReplicaConfig, ReplicaStatus, Role,
+};
+pub use state_machine::Applied;
+pub use types::{Member, NodeId};

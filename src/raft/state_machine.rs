@@ -1,6 +1,6 @@
-//! The openraft state machine adapter over the pure [`Store`], and its snapshot files.
+//! The openraft state machine adapter over the pure [`State`], and its snapshot files.
 //!
-//! Owns: the in-memory store, the last applied log id and membership, and the newest
+//! Owns: the in-memory state, the last applied log id and membership, and the newest
 //! snapshot on disk (`dir/snapshot.bin`). Invariants: a snapshot is on disk (tmp file,
 //! fsync, rename, fsync of the directory) before `build_snapshot` or `install_snapshot`
 //! returns, because openraft purges the log it covers right after; after every applied
@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::types::*;
-use crate::store::{Outcome, Store};
+use crate::store::{Outcome, State};
 
-/// What is applied: the store and the Raft bookkeeping that must travel with it.
+/// What is applied: the replicated state and the Raft bookkeeping that must travel with it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Applied {
-    pub store: Store,
+    pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -104,7 +104,7 @@ impl StateMachine {
     }
 
     fn position_of(a: &Applied) -> AppliedPosition {
-        AppliedPosition { index: a.last_applied.map_or(0, |l| l.index), revision: a.store.revision() }
+        AppliedPosition { index: a.last_applied.map_or(0, |l| l.index), revision: a.state.revision() }
     }
 
     /// Read access to the applied state. Never hold it across an await.
@@ -115,6 +115,11 @@ impl StateMachine {
     /// Subscribes to the applied position.
     pub fn position(&self) -> watch::Receiver<AppliedPosition> {
         self.shared.position.subscribe()
+    }
+
+    /// Checks that `bytes` are a snapshot this binary can install.
+    pub(crate) fn validate_snapshot(bytes: &[u8]) -> Result<(), String> {
+        serde_json::from_slice::<SnapshotFile>(bytes).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Waits until the entry at `index` is applied.
@@ -203,11 +208,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
-                    EntryPayload::Blank => Outcome::Nothing { revision: a.store.revision() },
-                    EntryPayload::Normal(cmd) => a.store.apply(&cmd),
+                    EntryPayload::Blank => a.state.nothing(),
+                    EntryPayload::Normal(p) => a.state.apply(&p),
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Outcome::Nothing { revision: a.store.revision() }
+                        a.state.nothing()
                     }
                 };
                 out.push(outcome);

@@ -1,13 +1,72 @@
 //! The replicated log payload and what applying it decided.
 //!
-//! `Command` is what the leader proposes; it is serialised into the Raft log, so variants
-//! and fields may be added (with serde defaults) but never changed in meaning. `apply`
-//! is deterministic: the same store and command give the same outcome on every node.
+//! A [`Proposal`] is what the leader puts into one Raft log entry: a [`Command`] plus what
+//! apply may need but must never compute itself (the leader's wall-clock stamp, the
+//! client's idempotency key). It is serialised into the log and sent to peers, so its
+//! format is versioned: fields and variants may be added (with serde defaults) but never
+//! change meaning, and a proposal of a newer format than this binary knows is refused when
+//! it is decoded, never guessed at. `apply` is deterministic: the same state and proposal
+//! give the same outcome on every node.
 
 use serde::{Deserialize, Serialize};
 
 use super::kv::KeyValue;
 use super::mvcc::Store;
+
+/// The proposal format this binary writes, and the newest it can read.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One log entry's business payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ProposalRepr")]
+pub struct Proposal {
+    /// Format version ([`FORMAT_VERSION`] when written by this binary).
+    pub v: u32,
+    /// The proposing leader's wall clock (ms since the Unix epoch) when it proposed; apply
+    /// uses it instead of a clock of its own (lease checkpoints, idempotency expiry).
+    pub leader_time_ms: u64,
+    /// The client's idempotency key, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub cmd: Command,
+}
+
+/// What the log holds before the version is checked.
+#[derive(Deserialize)]
+struct ProposalRepr {
+    v: u32,
+    leader_time_ms: u64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    cmd: Command,
+}
+
+impl TryFrom<ProposalRepr> for Proposal {
+    type Error = String;
+
+    fn try_from(r: ProposalRepr) -> Result<Proposal, String> {
+        if r.v == 0 || r.v > FORMAT_VERSION {
+            return Err(format!(
+                "a log entry has format version {}, but this binary reads versions 1 to {FORMAT_VERSION}: \
+                 upgrade palisade on this node",
+                r.v
+            ));
+        }
+        Ok(Proposal {
+            v: r.v,
+            leader_time_ms: r.leader_time_ms,
+            idempotency_key: r.idempotency_key,
+            cmd: r.cmd,
+        })
+    }
+}
+
+impl Proposal {
+    /// A proposal of `cmd` in the current format, stamped with `leader_time_ms`.
+    pub fn new(cmd: Command, leader_time_ms: u64) -> Proposal {
+        Proposal { v: FORMAT_VERSION, leader_time_ms, idempotency_key: None, cmd }
+    }
+}
 
 /// Conditions a write carries; all given ones must hold for it to apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,8 +156,10 @@ impl Outcome {
 }
 
 impl Store {
-    /// Applies one command. Never panics on any input: commands are validated before they
-    /// are proposed, and anything odd that still arrives is decided like any other input.
+    /// Applies one key-value command. Each command is one write transaction: everything
+    /// it changes lands at one revision (a batch is a list of commands, one revision each).
+    /// Never panics on any input: commands are validated before they are proposed, and
+    /// anything odd that still arrives is decided like any other input.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd {
             Command::Put { key, value, cond, prev_kv } => {
@@ -106,7 +167,7 @@ impl Store {
                 if !cond.holds(current.as_ref()) {
                     return Outcome::ConditionFailed { revision: self.revision(), current };
                 }
-                let (kv, prev) = self.put(key, value.clone(), None);
+                let (kv, prev) = self.write().put(key, value.clone(), None);
                 Outcome::Put { revision: self.revision(), kv, prev_kv: if *prev_kv { prev } else { None } }
             }
             Command::Delete { key, recursive, cond, prev_kv } => {
@@ -116,7 +177,7 @@ impl Store {
                         return Outcome::ConditionFailed { revision: self.revision(), current };
                     }
                 }
-                let deleted = self.delete(key, *recursive);
+                let deleted = self.write().delete(key, *recursive);
                 Outcome::Deleted {
                     revision: self.revision(),
                     deleted: deleted.len() as u64,

@@ -1,18 +1,26 @@
 //! The replicated state machine: pure and deterministic.
 //!
 //! Nothing in here knows of tokio, openraft, axum, the clock or the disk. Every node
-//! applies the same [`Command`]s in the same order and so reaches the same [`Store`],
+//! applies the same [`Proposal`]s in the same order and so reaches the same [`State`],
 //! byte for byte; reads are answered from it without side effects. A business outcome
 //! such as a failed compare is an [`Outcome`] value, never an error.
+//!
+//! The apply contract: `State::apply` depends on nothing but the state and the proposal
+//! (no clock, randomness, I/O or configuration of the node), so it decides the same on
+//! every node and again when a node re-applies its log after a restart. Anything that
+//! varies by node (limits, quota, the time) is checked before proposing or carried in
+//! the proposal.
 
 pub mod command;
 pub mod key;
 pub mod kv;
 pub mod mvcc;
+pub mod state;
 
-pub use command::{Command, Condition, Outcome};
+pub use command::{Command, Condition, Outcome, Proposal, FORMAT_VERSION};
 pub use kv::KeyValue;
 pub use mvcc::{Child, ChildrenPage, ListOptions, ListPage, ReadError, Store};
+pub use state::State;
 
 /// Serde helper: bytes as a base64 string (compact in JSON, unlike a number array).
 pub mod bytes_b64 {

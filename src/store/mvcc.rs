@@ -2,7 +2,8 @@
 //! revision at or above the compaction floor can be read exactly as it was.
 //!
 //! Invariants:
-//! - `revision` is the store's logical clock; it only grows, by one per applied change.
+//! - `revision` is the store's logical clock; it only grows, by one per applied change
+//!   (a [`WriteTxn`]: every key one command changes lands at the same revision).
 //! - each key's version list is sorted by `mod_revision`, and a tombstone (`value: None`)
 //!   ends an incarnation; a key with no versions is never kept.
 //! - reads never change anything.
@@ -39,7 +40,7 @@ pub enum ReadError {
 }
 
 /// Options of a recursive listing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListOptions {
     /// Revision to read at; `None` = the current one.
     pub revision: Option<u64>,
@@ -279,48 +280,75 @@ impl Store {
         Ok(ChildrenPage { revision: rev, children, more })
     }
 
-    /// Writes `value` under `key` at the next revision; returns the new and previous kv.
-    pub(crate) fn put(
-        &mut self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<u64>,
-    ) -> (KeyValue, Option<KeyValue>) {
-        self.revision += 1;
-        let rev = self.revision;
-        let versions = self.keys.entry(key.to_string()).or_default();
+    /// Starts a write transaction: every change made through it lands at one revision,
+    /// the next one, taken at the first change (a transaction that changes nothing leaves
+    /// the revision as it is).
+    pub(crate) fn write(&mut self) -> WriteTxn<'_> {
+        let rev = self.revision + 1;
+        WriteTxn { store: self, rev, changed: false }
+    }
+}
+
+/// A write transaction over the store (etcd's `kvstore_txn` is the model): reads inside it
+/// see its own changes, and all of its changes share one revision.
+pub(crate) struct WriteTxn<'a> {
+    store: &'a mut Store,
+    /// The revision the changes get.
+    rev: u64,
+    /// Whether anything changed (then `store.revision == rev`).
+    changed: bool,
+}
+
+impl WriteTxn<'_> {
+    /// Takes the transaction's revision on the first change.
+    fn change(&mut self) {
+        if !self.changed {
+            self.changed = true;
+            self.store.revision = self.rev;
+        }
+    }
+
+    /// The key as it is now, this transaction's changes included.
+    pub fn current(&self, key: &str) -> Option<KeyValue> {
+        self.store.current(key)
+    }
+
+    /// Writes `value` under `key`; returns the new and previous kv.
+    pub fn put(&mut self, key: &str, value: Vec<u8>, lease: Option<u64>) -> (KeyValue, Option<KeyValue>) {
+        self.change();
+        let rev = self.rev;
+        let store = &mut *self.store;
+        let versions = store.keys.entry(key.to_string()).or_default();
         let prev = versions.last().and_then(|v| to_kv(key, v));
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev, 1),
         };
         if prev.is_none() {
-            self.live += 1;
+            store.live += 1;
         }
-        self.bytes += (key.len() + value.len()) as u64;
+        store.bytes += (key.len() + value.len()) as u64;
         versions.push(Version { mod_revision: rev, create_revision, version, value: Some(value), lease });
         let kv = to_kv(key, versions.last().expect("just pushed")).expect("has a value");
         (kv, prev)
     }
 
-    /// Deletes `key` (and with `recursive` its whole subtree) at the next revision, if
-    /// anything exists there; returns the deleted kvs (none: nothing changed).
-    pub(crate) fn delete(&mut self, key: &str, recursive: bool) -> Vec<KeyValue> {
+    /// Deletes `key` (and with `recursive` its whole subtree), if anything exists there;
+    /// returns the deleted kvs (none: nothing changed).
+    pub fn delete(&mut self, key: &str, recursive: bool) -> Vec<KeyValue> {
         let targets: Vec<KeyValue> = if recursive {
-            let rev = self.revision;
-            self.subtree(key, None)
-                .filter_map(|(k, vs)| visible_at(vs, rev).and_then(|v| to_kv(k, v)))
-                .collect()
+            self.store.subtree(key, None).filter_map(|(k, vs)| vs.last().and_then(|v| to_kv(k, v))).collect()
         } else {
             self.current(key).into_iter().collect()
         };
         if targets.is_empty() {
             return targets;
         }
-        self.revision += 1;
-        let rev = self.revision;
+        self.change();
+        let rev = self.rev;
+        let store = &mut *self.store;
         for kv in &targets {
-            let versions = self.keys.get_mut(&kv.key).expect("target exists");
+            let versions = store.keys.get_mut(&kv.key).expect("target exists");
             versions.push(Version {
                 mod_revision: rev,
                 create_revision: 0,
@@ -328,8 +356,8 @@ impl Store {
                 value: None,
                 lease: None,
             });
-            self.bytes += kv.key.len() as u64;
-            self.live -= 1;
+            store.bytes += kv.key.len() as u64;
+            store.live -= 1;
         }
         targets
     }

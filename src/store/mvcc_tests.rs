@@ -322,6 +322,56 @@ fn recursive_delete_takes_the_subtree_in_one_revision_and_nothing_else() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+fn a_write_transaction_lands_every_change_at_one_revision() {
+    let mut s = Store::new();
+    put(&mut s, "/a", "1"); // rev 1
+    put(&mut s, "/gone", "x"); // rev 2
+    {
+        let mut txn = s.write();
+        let (a, prev) = txn.put("/a", b"2".to_vec(), None);
+        assert_eq!((a.mod_revision, a.version, a.create_revision), (3, 2, 1));
+        assert_eq!(prev.map(|p| p.mod_revision), Some(1));
+        let (b, _) = txn.put("/b", b"new".to_vec(), Some(7));
+        assert_eq!((b.mod_revision, b.create_revision, b.version, b.lease), (3, 3, 1, Some(7)));
+        // Reads inside the transaction see its own changes.
+        assert_eq!(txn.current("/b").map(|kv| kv.value), Some(b"new".to_vec()));
+        assert_eq!(txn.delete("/gone", false).len(), 1);
+        // The same key twice: the later change wins, still at the same revision.
+        let (a2, prev2) = txn.put("/a", b"3".to_vec(), None);
+        assert_eq!((a2.mod_revision, a2.version), (3, 3));
+        assert_eq!(prev2.map(|p| p.value), Some(b"2".to_vec()));
+    }
+    assert_eq!(s.revision(), 3);
+    assert_eq!(s.live_keys(), 2);
+    assert_eq!(at(&s, "/a", 3).map(|kv| kv.value), Some(b"3".to_vec()));
+    assert_eq!(at(&s, "/a", 2).map(|kv| kv.value), Some(b"1".to_vec()));
+    assert_eq!(at(&s, "/gone", 2).map(|kv| kv.value), Some(b"x".to_vec()));
+    assert_eq!(at(&s, "/gone", 3), None);
+    assert_eq!(at(&s, "/b", 2), None);
+    // A transaction that changes nothing takes no revision.
+    {
+        let mut txn = s.write();
+        assert!(txn.delete("/missing", true).is_empty());
+    }
+    assert_eq!(s.revision(), 3);
+    assert_eq!(put_kv(&put(&mut s, "/c", "c")).mod_revision, 4);
+}
+
+#[test]
+fn proposals_of_a_newer_format_are_refused_when_decoded() {
+    use crate::store::{Proposal, FORMAT_VERSION};
+    let p = Proposal::new(put_cmd("/k", b"v", Condition::default(), false), 1_700_000_000_000);
+    let json = serde_json::to_string(&p).unwrap();
+    assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
+    assert!(json.contains(&format!("\"v\":{FORMAT_VERSION}")), "{json}");
+    let newer = json.replace(&format!("\"v\":{FORMAT_VERSION}"), &format!("\"v\":{}", FORMAT_VERSION + 1));
+    let e = serde_json::from_str::<Proposal>(&newer).unwrap_err().to_string();
+    assert!(e.contains("upgrade palisade"), "{e}");
+    let zero = json.replace(&format!("\"v\":{FORMAT_VERSION}"), "\"v\":0");
+    assert!(serde_json::from_str::<Proposal>(&zero).is_err());
+}
+
+#[test]
 fn reads_at_old_revisions_see_old_state() {
     let mut s = Store::new();
     put(&mut s, "/d/a", "1"); // 1

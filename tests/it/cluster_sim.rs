@@ -13,10 +13,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use palisade::error::Error;
-use palisade::raft::network::{PeerHandler, PeerRequest, PeerResponse};
-use palisade::raft::sim_network::{LinkFaults, SimNet};
+use palisade::peer::{PeerHandler, PeerRequest, PeerResponse};
 use palisade::raft::NodeId;
-use sim::{put_cmd, Cluster, Handles, Ledger};
+use sim::{put_cmd, Cluster, Handles, Ledger, LinkFaults, SimNet};
 use tokio::time::Instant;
 
 /// Upper bound for a single facade call: it must end within its request deadline (1 s); this
@@ -271,7 +270,7 @@ async fn interrupted_write(forwarded: bool) {
     for f in &followers {
         c.set_link_faults(leader, *f, LinkFaults { drop_response: 1.0, ..Default::default() });
     }
-    let last_index = |id: NodeId| c.node(id).raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let last_index = |id: NodeId| c.node(id).replica_status().last_log_index;
     let before = last_index(leader);
     let node = c.node(if forwarded { followers[0] } else { leader });
     let write = tokio::spawn(async move { node.write(put_cmd("/ghost", "boo")).await });
@@ -306,7 +305,7 @@ async fn interrupted_write(forwarded: bool) {
 struct Counter(AtomicU64);
 
 impl PeerHandler for Counter {
-    fn handle(&self, _req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+    fn handle(&self, _from: NodeId, _req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
         let n = self.0.fetch_add(1, Ordering::SeqCst);
         async move { PeerResponse::ReadIndex(Ok(n)) }.boxed()
     }

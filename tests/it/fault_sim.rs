@@ -33,12 +33,11 @@ use std::time::Duration;
 use jepsen::history::{Call, History, Op, Outcome};
 use jepsen::linearizability;
 use jepsen::recorder::{run_register, Endpoints, Recorder, RegisterWorkload};
-use palisade::raft::sim_network::LinkFaults;
 use palisade::raft::NodeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use sim::{Cluster, ClusterOptions};
+use sim::{Cluster, ClusterOptions, LinkFaults};
 use tokio::time::Instant;
 
 /// A history with fewer `Ok` ops than this checked nothing worth a pass.

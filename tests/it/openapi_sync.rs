@@ -28,9 +28,9 @@ use axum::Router;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use palisade::config::Config;
 use palisade::http::{client_router, CLIENT_ROUTES};
-use palisade::node::{Node, NodeConfig};
-use palisade::raft::network::Transport;
+use palisade::node::Node;
 use palisade::raft::Member;
 
 const HTTP_METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options", "trace"];
@@ -599,11 +599,14 @@ fn member() -> Member {
 }
 
 impl TestNode {
-    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    async fn start(configure: impl FnOnce(&mut Config)) -> TestNode {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let mut cfg = NodeConfig::new(1, dir.path().join("data"), member());
+        let mut cfg = Config::new(1, dir.path().join("data"));
+        let me = member();
+        cfg.listen_client = me.client_url.trim_start_matches("http://").into();
+        cfg.listen_peer = me.peer_url.trim_start_matches("http://").into();
         configure(&mut cfg);
-        let node = Node::start(cfg, Transport::http()).await.expect("the node starts");
+        let node = Node::start(cfg).await.expect("the node starts");
         let router = client_router(node.clone());
         TestNode { node, router, _dir: dir }
     }
@@ -801,7 +804,7 @@ const QUOTA: u64 = 256 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_serves_the_spec_and_nothing_else() {
     let spec = load_spec();
-    let n = TestNode::start(|cfg| cfg.limits.quota_bytes = QUOTA).await;
+    let n = TestNode::start(|cfg| cfg.quota_bytes = QUOTA).await;
     let r = &n.router;
     let mut errs: Vec<String> = Vec::new();
     wait_ready(&spec, r, &mut errs).await;
@@ -1011,8 +1014,8 @@ async fn router_serves_the_spec_and_nothing_else() {
 async fn leaderless_replies_match_the_spec() {
     let spec = load_spec();
     let n = TestNode::start(|cfg| {
-        cfg.request_timeout = Duration::from_millis(300);
-        cfg.initial_cluster = Some(BTreeMap::from([(1, cfg.advertise.clone()), (2, member())]));
+        cfg.request_timeout_ms = 300;
+        cfg.initial_cluster = Some(format!("1={},2={}", cfg.advertise().peer_url, member().peer_url));
     })
     .await;
     let mut errs = Vec::new();

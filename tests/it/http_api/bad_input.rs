@@ -337,16 +337,9 @@ async fn overload_is_refused_with_429() {
     use tower::ServiceExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = palisade::node::NodeConfig::new(
-        1,
-        dir.path(),
-        palisade::raft::Member {
-            client_url: "http://127.0.0.1:1".into(),
-            peer_url: "http://127.0.0.1:2".into(),
-        },
-    );
-    cfg.limits.max_inflight_requests = 1;
-    let node = palisade::node::Node::start(cfg, palisade::raft::network::Transport::http()).await.unwrap();
+    let mut cfg = crate::http_api::harness::test_config(dir.path());
+    cfg.max_inflight_requests = 1;
+    let node = palisade::node::Node::start(cfg).await.unwrap();
     let router = palisade::http::client_router(node.clone());
     // Wait for leadership (readyz takes the only slot only while it runs).
     for _ in 0..200 {

@@ -9,9 +9,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use futures::FutureExt;
-use palisade::node::{Node, NodeConfig};
-use palisade::raft::network::Transport;
-use palisade::raft::Member;
+use palisade::config::Config;
+use palisade::node::Node;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -103,6 +102,15 @@ pub struct Snapshot {
     pub kvs: Value,
 }
 
+/// A one-node config in `dir` that advertises [`CLIENT_URL`] and [`PEER_URL`] (nothing
+/// listens: requests go through the router directly).
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::new(1, dir);
+    cfg.listen_client = CLIENT_URL.trim_start_matches("http://").into();
+    cfg.listen_peer = PEER_URL.trim_start_matches("http://").into();
+    cfg
+}
+
 /// A handle on the node under test.
 #[derive(Clone)]
 pub struct Api {
@@ -113,10 +121,7 @@ pub struct Api {
 /// `test`, then shuts the node down and removes the dir, also when `test` panics.
 pub async fn with_node<Fut: Future<Output = ()>>(test: impl FnOnce(Api) -> Fut) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let member = Member { client_url: CLIENT_URL.into(), peer_url: PEER_URL.into() };
-    let node = Node::start(NodeConfig::new(1, dir.path(), member), Transport::http())
-        .await
-        .expect("the node starts");
+    let node = Node::start(test_config(dir.path())).await.expect("the node starts");
     let api = Api { router: palisade::http::client_router(node.clone()) };
     let result = AssertUnwindSafe(async {
         api.wait_ready().await;

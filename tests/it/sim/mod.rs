@@ -34,6 +34,10 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
+pub use net::{LinkFaults, SimNet, SimTransport};
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
@@ -43,13 +47,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use openraft::ServerState;
+use palisade::config::Config;
 use palisade::error::{Error, Result};
-use palisade::node::{ClusterStatus, Node, NodeConfig, NodePeer};
-use palisade::raft::network::Transport;
-use palisade::raft::sim_network::{LinkFaults, SimNet};
-use palisade::raft::state_machine::Applied;
-use palisade::raft::{Member, NodeId};
+use palisade::node::{ClusterStatus, Consistency, KvRead, KvReadResult, Node};
+use palisade::peer::PeerKey;
+use palisade::raft::{Member, NodeId, Role};
 use palisade::store::{Command, Condition, KeyValue, ListOptions, Outcome};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -116,7 +118,7 @@ pub fn init_tracing() {
 struct Slot {
     id: NodeId,
     /// The config of the first start (a restart may listen for clients on another port).
-    cfg: NodeConfig,
+    cfg: Config,
     /// Kept across crashes; removed when the cluster is dropped.
     _dir: tempfile::TempDir,
 }
@@ -158,16 +160,30 @@ pub struct Dump {
 }
 
 impl Dump {
-    fn of(applied: &Applied) -> Dump {
-        let opts = ListOptions {
+    /// Node `node`'s whole key space, paged through typed reads pinned to one revision.
+    async fn of(node: &Arc<Node>, consistency: Consistency) -> Result<Dump> {
+        let mut opts = ListOptions {
             revision: None,
             after: None,
-            limit: usize::MAX,
+            limit: node.config().max_list_limit,
             max_bytes: usize::MAX,
             keys_only: false,
         };
-        let page = applied.store.list("/", &opts).expect("the current revision is always readable");
-        Dump { revision: page.revision, kvs: page.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect() }
+        let mut dump = Dump { revision: 0, kvs: BTreeMap::new() };
+        loop {
+            let KvReadResult::List(page) =
+                node.read(KvRead::List { key: "/".into(), opts: opts.clone() }, consistency).await?
+            else {
+                unreachable!("a list read answers with a page")
+            };
+            dump.revision = page.revision;
+            opts.revision = Some(page.revision);
+            opts.after = page.kvs.last().map(|kv| kv.key.clone());
+            dump.kvs.extend(page.kvs.into_iter().map(|kv| (kv.key.clone(), kv)));
+            if !page.more {
+                return Ok(dump);
+            }
+        }
     }
 
     /// The value of `key`, as UTF-8 (lossy).
@@ -233,17 +249,32 @@ impl Cluster {
         let client_url = |id: &NodeId| listeners.get(id).map(url_of).unwrap_or_default();
         let members: BTreeMap<NodeId, Member> =
             ids.iter().map(|id| (*id, sim_member(*id, client_url(id)))).collect();
+        let initial = members
+            .iter()
+            .map(|(id, m)| match m.client_url.as_str() {
+                "" => format!("{id}={}", m.peer_url),
+                client => format!("{id}={}|{client}", m.peer_url),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         let mut slots = Vec::new();
         for id in &ids {
             let dir = tempfile::Builder::new()
                 .prefix(&format!("palisade-sim-{id}-"))
                 .tempdir()
                 .expect("a temp dir for the node");
-            let mut cfg = NodeConfig::new(*id, dir.path().join("data"), sim_member(*id, client_url(id)));
-            cfg.initial_cluster = Some(members.clone());
+            let mut cfg = Config::new(*id, dir.path().join("data"));
+            // Never bound: the simulated network carries peer traffic, and a client
+            // listener (with `http`) is bound by the harness itself.
+            cfg.listen_client = "127.0.0.1:1".into();
+            cfg.listen_peer = "127.0.0.1:2".into();
+            let me = sim_member(*id, client_url(id));
+            cfg.advertise_peer = Some(me.peer_url);
+            cfg.advertise_client = (!me.client_url.is_empty()).then_some(me.client_url);
+            cfg.initial_cluster = Some(initial.clone());
             cfg.heartbeat_ms = opts.heartbeat_ms;
             cfg.election_timeout_ms = opts.election_timeout_ms;
-            cfg.request_timeout = opts.request_timeout;
+            cfg.request_timeout_ms = opts.request_timeout.as_millis() as u64;
             cfg.snapshot_every = opts.snapshot_every;
             slots.push(Slot { id: *id, cfg, _dir: dir });
         }
@@ -272,12 +303,12 @@ impl Cluster {
     async fn boot(&self, id: NodeId, listener: Option<TcpListener>) -> anyhow::Result<()> {
         let mut cfg = self.slot(id).cfg.clone();
         if let Some(l) = &listener {
-            cfg.advertise.client_url = url_of(l);
+            cfg.advertise_client = Some(url_of(l));
         }
         let give_up = Instant::now() + WAIT;
         let node = loop {
-            let transport = Transport::Sim { net: self.net.clone(), from: id };
-            match Node::start(cfg.clone(), transport).await {
+            let transport = Arc::new(SimTransport { net: self.net.clone(), from: id });
+            match Node::start_with(cfg.clone(), transport, PeerKey::insecure()).await {
                 Ok(node) => break node,
                 Err(e) if Instant::now() < give_up => {
                     tracing::debug!("node {id} did not start yet: {e:#}");
@@ -287,7 +318,7 @@ impl Cluster {
             }
         };
         self.handles.insert(id, node.clone());
-        self.net.register(id, Arc::new(NodePeer(node.clone())));
+        self.net.register(id, Arc::new(node.clone()));
         if let Some(l) = listener {
             let server = HttpServer::start(node, l);
             self.urls.set(id, server.url.clone(), true);
@@ -329,8 +360,8 @@ impl Cluster {
         self.live()
             .into_iter()
             .filter_map(|id| {
-                let m = self.try_node(id)?.raft().metrics().borrow().clone();
-                (m.state == ServerState::Leader).then_some((id, m.current_term))
+                let s = self.try_node(id)?.replica_status();
+                (s.role == Role::Leader).then_some((id, s.term))
             })
             .max_by_key(|(_, term)| *term)
     }
@@ -378,7 +409,7 @@ impl Cluster {
 
     /// Whether node `id` currently acts as leader (its own view).
     pub fn is_leader(&self, id: NodeId) -> bool {
-        self.try_node(id).is_some_and(|n| n.raft().metrics().borrow().state == ServerState::Leader)
+        self.try_node(id).is_some_and(|n| n.replica_status().role == Role::Leader)
     }
 
     pub fn status(&self, id: NodeId) -> ClusterStatus {
@@ -392,15 +423,15 @@ impl Cluster {
             match self.try_node(id) {
                 None => writeln!(s, "  node {id}: down").unwrap(),
                 Some(n) => {
-                    let m = n.raft().metrics().borrow().clone();
+                    let m = n.replica_status();
                     writeln!(
                         s,
-                        "  node {id}: {:?} leader={:?} term={} last_log={:?} applied={:?} revision={}",
-                        m.state,
-                        m.current_leader,
-                        m.current_term,
+                        "  node {id}: {:?} leader={:?} term={} last_log={} applied={} revision={}",
+                        m.role,
+                        m.leader,
+                        m.term,
                         m.last_log_index,
-                        m.last_applied.map(|l| l.index),
+                        m.applied_index,
                         n.applied_revision()
                     )
                     .unwrap()
@@ -442,13 +473,17 @@ impl Cluster {
     fn agreed_leader(&self, group: &[NodeId]) -> Option<(NodeId, u64)> {
         let nodes: Vec<Arc<Node>> = group.iter().filter_map(|id| self.try_node(*id)).collect();
         let first = nodes.first()?;
-        let (leader, term) = first.leader_and_term();
+        let view = |n: &Arc<Node>| {
+            let s = n.replica_status();
+            (s.leader, s.term)
+        };
+        let (leader, term) = view(first);
         let leader = leader.filter(|l| group.contains(l))?;
-        if !nodes.iter().all(|n| n.leader_and_term() == (Some(leader), term)) {
+        if !nodes.iter().all(|n| view(n) == (Some(leader), term)) {
             return None;
         }
-        let m = self.try_node(leader)?.raft().metrics().borrow().clone();
-        (m.state == ServerState::Leader && m.current_term == term).then_some((leader, term))
+        let s = self.try_node(leader)?.replica_status();
+        (s.role == Role::Leader && s.term == term).then_some((leader, term))
     }
 
     /// A write through node `id`'s facade (forwarded if it is a follower).
@@ -475,24 +510,19 @@ impl Cluster {
         }
     }
 
-    /// Reads node `id`'s applied state through the facade (`Node::read`).
-    pub async fn read<T>(&self, id: NodeId, linearizable: bool, f: impl FnOnce(&Applied) -> T) -> Result<T> {
-        self.node(id).read(linearizable, f).await
-    }
-
-    /// One key as node `id` sees it: the revision the read reflects and the key, if present.
+    /// One key as node `id` sees it (`Node::read`): the revision the read reflects and the
+    /// key, if present.
     pub async fn get(&self, id: NodeId, key: &str, linearizable: bool) -> Result<(u64, Option<KeyValue>)> {
-        let key = key.to_string();
-        self.read(id, linearizable, move |a| {
-            let rev = a.store.revision();
-            (rev, a.store.current(&key))
-        })
-        .await
+        let read = KvRead::Get { key: key.to_string(), revision: None };
+        match self.node(id).read(read, consistency(linearizable)).await? {
+            KvReadResult::Get { revision, kv } => Ok((revision, kv)),
+            other => unreachable!("a get answers with one key, not {other:?}"),
+        }
     }
 
     /// Node `id`'s whole key space.
     pub async fn dump(&self, id: NodeId, linearizable: bool) -> Result<Dump> {
-        self.read(id, linearizable, Dump::of).await
+        Dump::of(&self.node(id), consistency(linearizable)).await
     }
 
     /// A linearizable read of `key` on node `id`, retried (reads change nothing) until it
@@ -651,8 +681,18 @@ impl Drop for Cluster {
     }
 }
 
+/// A member's addresses in the simulation: the peer URL only names it (the simulated
+/// network ignores it).
 fn sim_member(id: NodeId, client_url: String) -> Member {
-    Member { client_url, peer_url: format!("sim://{id}") }
+    Member { client_url, peer_url: format!("http://sim-node-{id}:7380") }
+}
+
+fn consistency(linearizable: bool) -> Consistency {
+    if linearizable {
+        Consistency::Linearizable
+    } else {
+        Consistency::Serializable
+    }
 }
 
 fn url_of(l: &TcpListener) -> String {

@@ -251,6 +251,10 @@ impl Cluster {
             assert_eq!(opts.hosts.len(), n, "ClusterOptions::hosts needs one entry per node");
             opts.hosts.clone()
         };
+        // Every cluster runs with a peer secret, as a real deployment off loopback must.
+        let secret_path = dir.path().join("peer-secret");
+        let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
+        std::fs::write(&secret_path, format!("{secret}\n")).expect("write the peer secret");
         let initial_cluster = (1..=n)
             .map(|id| format!("{id}=http://{}:{}", hosts[id - 1].ip, hosts[id - 1].peer_port))
             .collect::<Vec<_>>()
@@ -282,6 +286,8 @@ impl Cluster {
                     &opts.request_timeout_ms.to_string(),
                     "--log-level",
                     &opts.log_level,
+                    "--peer-secret-file",
+                    &secret_path.to_string_lossy(),
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -431,6 +437,11 @@ impl Cluster {
     /// SIGCONTs node `id` after [`Cluster::pause`].
     pub fn resume(&self, id: u64) {
         self.signal(id, "CONT");
+    }
+
+    /// The file with the cluster's peer secret (every node runs with `--peer-secret-file`).
+    pub fn peer_secret_path(&self) -> PathBuf {
+        self.dir.as_ref().expect("the cluster dir lives as long as the cluster").path().join("peer-secret")
     }
 
     pub fn data_dir(&self, id: u64) -> &Path {

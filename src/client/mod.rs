@@ -21,12 +21,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+mod cluster;
+mod kv;
+
+pub use crate::wire::{
+    decode_value, put_body, Child, ChildrenResponse, ClusterResponse, CountResponse, DeleteResponse,
+    GetResponse, KeyValue, ListResponse, MemberResponse, PutResponse,
+};
+pub use kv::{ChildrenOptions, Conditions, DeleteOptions, GetOptions, ListOptions, PutOptions};
 
 /// The request timeout when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +101,34 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A reply: its body (what the call returns, through `Deref`) and what its headers said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply<T> {
+    pub body: T,
+    pub meta: ResponseMeta,
+}
+
+impl<T> std::ops::Deref for Reply<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+impl<T> std::ops::DerefMut for Reply<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.body
+    }
+}
+
+/// A reply serialises as its body (the server's JSON).
+impl<T: Serialize> Serialize for Reply<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.body.serialize(s)
+    }
+}
+
 /// What the reply's headers said: the state it reflects and who answered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseMeta {
@@ -103,279 +138,6 @@ pub struct ResponseMeta {
     pub term: Option<u64>,
     /// The endpoint that answered.
     pub endpoint: String,
-}
-
-/// One key as the server reports it. `value` is `None` only in `keys_only` listings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "WireKv", into = "WireKv")]
-pub struct KeyValue {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
-    pub create_revision: u64,
-    pub mod_revision: u64,
-    pub version: u64,
-    pub lease: Option<u64>,
-}
-
-impl KeyValue {
-    /// The value's bytes (empty when the listing left values out).
-    pub fn value_bytes(&self) -> &[u8] {
-        self.value.as_deref().unwrap_or_default()
-    }
-
-    /// The value as text, when it is UTF-8.
-    pub fn value_str(&self) -> Option<&str> {
-        std::str::from_utf8(self.value.as_deref()?).ok()
-    }
-}
-
-/// The wire shape of a key-value: `value` when UTF-8, else `value_base64`.
-#[derive(Serialize, Deserialize)]
-struct WireKv {
-    key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    value_base64: Option<String>,
-    #[serde(default)]
-    create_revision: u64,
-    #[serde(default)]
-    mod_revision: u64,
-    #[serde(default)]
-    version: u64,
-    #[serde(default)]
-    lease: Option<u64>,
-}
-
-impl TryFrom<WireKv> for KeyValue {
-    type Error = String;
-
-    fn try_from(w: WireKv) -> Result<KeyValue, String> {
-        let value = decode_value(w.value, w.value_base64)?;
-        Ok(KeyValue {
-            key: w.key,
-            value,
-            create_revision: w.create_revision,
-            mod_revision: w.mod_revision,
-            version: w.version,
-            lease: w.lease,
-        })
-    }
-}
-
-impl From<KeyValue> for WireKv {
-    fn from(kv: KeyValue) -> WireKv {
-        let (value, value_base64) = match kv.value {
-            None => (None, None),
-            Some(bytes) => match String::from_utf8(bytes) {
-                Ok(s) => (Some(s), None),
-                Err(e) => (None, Some(STANDARD.encode(e.as_bytes()))),
-            },
-        };
-        WireKv {
-            key: kv.key,
-            value,
-            value_base64,
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-            lease: kv.lease,
-        }
-    }
-}
-
-/// Bytes from a reply's `value` / `value_base64` (at most one of them is present).
-pub fn decode_value(value: Option<String>, value_base64: Option<String>) -> Result<Option<Vec<u8>>, String> {
-    match (value, value_base64) {
-        (Some(_), Some(_)) => Err("a key-value carries both value and value_base64".into()),
-        (Some(v), None) => Ok(Some(v.into_bytes())),
-        (None, Some(b)) => STANDARD
-            .decode(b.as_bytes())
-            .map(Some)
-            .map_err(|e| format!("value_base64 is not valid base64: {e}")),
-        (None, None) => Ok(None),
-    }
-}
-
-/// The JSON body of a put: `{"value": ...}` for UTF-8 bytes, else `{"value_base64": ...}`.
-pub fn put_body(value: &[u8], lease: Option<u64>) -> Value {
-    let mut body = match std::str::from_utf8(value) {
-        Ok(s) => json!({ "value": s }),
-        Err(_) => json!({ "value_base64": STANDARD.encode(value) }),
-    };
-    if let Some(lease) = lease {
-        body["lease"] = json!(lease);
-    }
-    body
-}
-
-/// `GET /v1/kv/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GetResponse {
-    pub revision: u64,
-    pub kv: KeyValue,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// `PUT /v1/kv/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PutResponse {
-    pub revision: u64,
-    pub kv: KeyValue,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_kv: Option<KeyValue>,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// `DELETE /v1/kv/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeleteResponse {
-    pub revision: u64,
-    pub deleted: u64,
-    /// The deleted keys, when `prev_kv` was asked for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub prev_kvs: Vec<KeyValue>,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// One page of `GET /v1/kv/{key}?recursive`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListPage {
-    pub revision: u64,
-    pub kvs: Vec<KeyValue>,
-    /// Keys in the whole range at `revision` (not only this page).
-    pub count: u64,
-    pub more: bool,
-    /// The `after` token of the next page.
-    #[serde(default)]
-    pub next: Option<String>,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// `GET /v1/kv/{key}?recursive&count_only`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountResponse {
-    pub revision: u64,
-    pub count: u64,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// One direct child of a path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Child {
-    pub name: String,
-    pub key: String,
-    pub has_children: bool,
-    /// The child itself, when it is a key (and not only a path to keys below it).
-    #[serde(default)]
-    pub kv: Option<KeyValue>,
-}
-
-/// One page of `GET /v1/kv/{key}?children`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChildrenPage {
-    pub revision: u64,
-    pub children: Vec<Child>,
-    pub more: bool,
-    #[serde(default)]
-    pub next: Option<String>,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// A member in `GET /v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub id: u64,
-    pub client_url: String,
-    pub peer_url: String,
-    /// `voter` or `learner`.
-    pub role: String,
-}
-
-/// `GET /v1/cluster`: the answering node's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub cluster_id: String,
-    #[serde(default)]
-    pub node_id: u64,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub revision: u64,
-    #[serde(default)]
-    pub compact_revision: u64,
-    #[serde(default)]
-    pub applied_index: u64,
-    pub members: Vec<Member>,
-    #[serde(skip)]
-    pub meta: ResponseMeta,
-}
-
-/// Options of [`Client::get`].
-#[derive(Debug, Clone, Default)]
-pub struct GetOptions {
-    /// Read the key as of this revision (history).
-    pub revision: Option<u64>,
-    /// Read the local replica (`?consistency=serializable`): fast, possibly stale.
-    pub consistency_serializable: bool,
-}
-
-/// Options of [`Client::put`]. The conditions all must hold, or the reply is 409
-/// `condition_failed` (see [`Error::current_kv`]).
-#[derive(Debug, Clone, Default)]
-pub struct PutOptions {
-    /// `Some(0)`: create only.
-    pub if_version: Option<u64>,
-    pub if_mod_revision: Option<u64>,
-    pub if_value: Option<String>,
-    /// Return the previous key-value.
-    pub prev_kv: bool,
-    /// Attach the key to this lease.
-    pub lease: Option<u64>,
-}
-
-/// Conditions of a write.
-#[derive(Debug, Clone, Default)]
-pub struct Conditions {
-    pub if_version: Option<u64>,
-    pub if_mod_revision: Option<u64>,
-    pub if_value: Option<String>,
-}
-
-/// Options of [`Client::delete`].
-#[derive(Debug, Clone, Default)]
-pub struct DeleteOptions {
-    /// Delete the key and everything below it.
-    pub recursive: bool,
-    pub conditions: Conditions,
-    /// Return the deleted key-values.
-    pub prev_kv: bool,
-}
-
-/// Options of [`Client::list`] (a recursive listing).
-#[derive(Debug, Clone, Default)]
-pub struct ListOptions {
-    /// Keys per page (server default and maximum apply).
-    pub limit: Option<u64>,
-    /// A page token: the `next` of the previous page.
-    pub after: Option<String>,
-    pub keys_only: bool,
-    pub revision: Option<u64>,
-    pub serializable: bool,
-}
-
-/// Options of [`Client::children`].
-#[derive(Debug, Clone, Default)]
-pub struct ChildrenOptions {
-    pub limit: Option<u64>,
-    pub after: Option<String>,
-    pub revision: Option<u64>,
-    pub serializable: bool,
 }
 
 /// Normalises an endpoint: adds `http://` when there is no scheme, drops a trailing `/`.
@@ -433,20 +195,12 @@ pub fn query_string(params: &[(&str, Option<String>)]) -> String {
     q
 }
 
-fn flag(on: bool) -> Option<String> {
+pub(crate) fn flag(on: bool) -> Option<String> {
     on.then(String::new)
 }
 
-fn num(n: Option<u64>) -> Option<String> {
+pub(crate) fn num(n: Option<u64>) -> Option<String> {
     n.map(|n| n.to_string())
-}
-
-fn conditions(c: &Conditions) -> [(&'static str, Option<String>); 3] {
-    [
-        ("if_version", num(c.if_version)),
-        ("if_mod_revision", num(c.if_mod_revision)),
-        ("if_value", c.if_value.clone()),
-    ]
 }
 
 /// A Palisade client over one or more endpoints. Cheap to clone; clones share the
@@ -490,142 +244,6 @@ impl Client {
         &self.endpoints
     }
 
-    /// `GET /v1/kv/{key}`: one key. A missing key is `Error::Api` with code `key_not_found`.
-    pub async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResponse, Error> {
-        let q = query_string(&[
-            ("revision", num(opts.revision)),
-            ("consistency", opts.consistency_serializable.then(|| "serializable".to_string())),
-        ]);
-        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
-        let mut r: GetResponse = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
-    /// `PUT /v1/kv/{key}`: writes `value` (sent as `value` when UTF-8, else `value_base64`).
-    pub async fn put(&self, key: &str, value: &[u8], opts: PutOptions) -> Result<PutResponse, Error> {
-        let c = Conditions {
-            if_version: opts.if_version,
-            if_mod_revision: opts.if_mod_revision,
-            if_value: opts.if_value,
-        };
-        let mut params = conditions(&c).to_vec();
-        params.push(("prev_kv", flag(opts.prev_kv)));
-        let path = format!("{}{}", kv_path(key)?, query_string(&params));
-        let (body, meta) = self.call(Method::PUT, &path, Some(put_body(value, opts.lease))).await?;
-        let mut r: PutResponse = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
-    /// `DELETE /v1/kv/{key}`: `deleted` is 0 (not an error) when nothing matched.
-    pub async fn delete(&self, key: &str, opts: DeleteOptions) -> Result<DeleteResponse, Error> {
-        let mut params = vec![("recursive", flag(opts.recursive))];
-        params.extend(conditions(&opts.conditions));
-        params.push(("prev_kv", flag(opts.prev_kv)));
-        let path = format!("{}{}", kv_path(key)?, query_string(&params));
-        let (body, meta) = self.call(Method::DELETE, &path, None).await?;
-        let mut r: DeleteResponse = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
-    /// `GET /v1/kv/{key}?recursive`: one page of the key and everything below it, sorted.
-    pub async fn list(&self, key: &str, opts: ListOptions) -> Result<ListPage, Error> {
-        let q = query_string(&[
-            ("recursive", flag(true)),
-            ("limit", num(opts.limit)),
-            ("after", opts.after),
-            ("keys_only", flag(opts.keys_only)),
-            ("revision", num(opts.revision)),
-            ("consistency", opts.serializable.then(|| "serializable".to_string())),
-        ]);
-        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
-        let mut r: ListPage = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
-    /// Every page of a recursive listing, merged (all pages read at the first page's
-    /// revision). `opts.limit` is the page size.
-    pub async fn list_all(&self, key: &str, mut opts: ListOptions) -> Result<ListPage, Error> {
-        let mut all = self.list(key, opts.clone()).await?;
-        while all.more {
-            let Some(next) = all.next.take() else {
-                return Err(Error::Other("the server said more keys follow but gave no page token".into()));
-            };
-            opts.after = Some(next);
-            let page = self.list(key, opts.clone()).await?;
-            all.kvs.extend(page.kvs);
-            all.more = page.more;
-            all.next = page.next;
-            all.meta = page.meta;
-        }
-        Ok(all)
-    }
-
-    /// `GET /v1/kv/{key}?recursive&count_only`: how many keys the subtree holds.
-    pub async fn count(
-        &self,
-        key: &str,
-        revision: Option<u64>,
-        serializable: bool,
-    ) -> Result<CountResponse, Error> {
-        let q = query_string(&[
-            ("recursive", flag(true)),
-            ("count_only", flag(true)),
-            ("revision", num(revision)),
-            ("consistency", serializable.then(|| "serializable".to_string())),
-        ]);
-        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
-        let mut r: CountResponse = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
-    /// `GET /v1/kv/{key}?children`: one page of the direct children (an empty list when
-    /// nothing is below `key`).
-    pub async fn children(&self, key: &str, opts: ChildrenOptions) -> Result<ChildrenPage, Error> {
-        let q = query_string(&[
-            ("children", flag(true)),
-            ("limit", num(opts.limit)),
-            ("after", opts.after),
-            ("revision", num(opts.revision)),
-            ("consistency", opts.serializable.then(|| "serializable".to_string())),
-        ]);
-        let (body, meta) = self.call(Method::GET, &format!("{}{q}", kv_path(key)?), None).await?;
-        let mut r: ChildrenPage = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
-    /// Every page of the direct children, merged.
-    pub async fn children_all(&self, key: &str, mut opts: ChildrenOptions) -> Result<ChildrenPage, Error> {
-        let mut all = self.children(key, opts.clone()).await?;
-        while all.more {
-            let Some(next) = all.next.take() else {
-                return Err(Error::Other(
-                    "the server said more children follow but gave no page token".into(),
-                ));
-            };
-            opts.after = Some(next);
-            let page = self.children(key, opts.clone()).await?;
-            all.children.extend(page.children);
-            all.more = page.more;
-            all.next = page.next;
-            all.meta = page.meta;
-        }
-        Ok(all)
-    }
-
-    /// `GET /v1/cluster`: the answering node's view of the cluster.
-    pub async fn cluster(&self) -> Result<ClusterStatus, Error> {
-        let (body, meta) = self.call(Method::GET, "/v1/cluster", None).await?;
-        let mut r: ClusterStatus = parse(body)?;
-        r.meta = meta;
-        Ok(r)
-    }
-
     /// Any request: `path_and_query` starts with `/` and must already be encoded. Returns
     /// the JSON body of a 2xx reply (`Null` for an empty one) and the reply's headers.
     pub async fn request_json(
@@ -635,6 +253,17 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(Value, ResponseMeta), Error> {
         self.call(method, path_and_query, body).await
+    }
+
+    /// One call, typed: the 2xx body parsed as `T`.
+    pub(crate) async fn call_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply<T>, Error> {
+        let (body, meta) = self.call(method, path, body).await?;
+        Ok(Reply { body: parse(body)?, meta })
     }
 
     async fn call(
@@ -754,6 +383,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn key_paths() {
@@ -838,7 +468,7 @@ mod tests {
             {"key": "/a", "value": "x", "create_revision": 2, "mod_revision": 3, "version": 2, "lease": null},
             {"key": "/b", "value_base64": "/wCA", "create_revision": 4, "mod_revision": 4, "version": 1, "lease": 5},
         ], "count": 3, "more": true, "next": "OTovYg"});
-        let page: ListPage = serde_json::from_value(wire.clone()).unwrap();
+        let page: ListResponse = serde_json::from_value(wire.clone()).unwrap();
         assert_eq!(page.kvs[0].value_bytes(), b"x");
         assert_eq!(page.kvs[0].value_str(), Some("x"));
         assert_eq!(page.kvs[1].value.as_deref(), Some(&[0xff, 0x00, 0x80][..]));
@@ -850,7 +480,7 @@ mod tests {
         let keys_only = json!({"revision": 9, "kvs": [
             {"key": "/a", "create_revision": 2, "mod_revision": 3, "version": 2, "lease": null}],
             "count": 1, "more": false, "next": null});
-        let page: ListPage = serde_json::from_value(keys_only.clone()).unwrap();
+        let page: ListResponse = serde_json::from_value(keys_only.clone()).unwrap();
         assert_eq!(page.kvs[0].value, None);
         assert_eq!(serde_json::to_value(&page).unwrap(), keys_only);
 
@@ -859,7 +489,7 @@ mod tests {
             {"name": "b", "key": "/x/b", "has_children": false,
              "kv": {"key": "/x/b", "value": "", "create_revision": 4, "mod_revision": 4, "version": 1, "lease": null}}],
             "more": false, "next": null});
-        let page: ChildrenPage = serde_json::from_value(children.clone()).unwrap();
+        let page: ChildrenResponse = serde_json::from_value(children.clone()).unwrap();
         assert!(page.children[0].has_children && page.children[0].kv.is_none());
         assert_eq!(page.children[1].kv.as_ref().unwrap().value_bytes(), b"");
         assert_eq!(serde_json::to_value(&page).unwrap(), children);
@@ -867,7 +497,7 @@ mod tests {
         let cluster = json!({"cluster_id": "c1", "node_id": 1, "leader": null, "term": 0, "revision": 0,
             "compact_revision": 0, "applied_index": 0,
             "members": [{"id": 1, "client_url": "http://a", "peer_url": "http://b", "role": "voter"}]});
-        let c: ClusterStatus = serde_json::from_value(cluster.clone()).unwrap();
+        let c: ClusterResponse = serde_json::from_value(cluster.clone()).unwrap();
         assert_eq!(c.leader, None);
         assert_eq!(serde_json::to_value(&c).unwrap(), cluster);
 

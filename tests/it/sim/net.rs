@@ -1,4 +1,5 @@
-//! An in-process network for clusters inside one test process: the fault seam.
+//! An in-process network for clusters inside one test process: the fault seam, plugged
+//! into each node as its peer [`Transport`] (a test-only implementation of it).
 //!
 //! Members register a [`PeerHandler`]; every call goes through a directed link whose
 //! faults the test sets: cut (partition, one-way or both), a probability of losing the
@@ -10,11 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use palisade::peer::{PeerHandler, PeerRequest, PeerResponse, Transport, TransportError};
+use palisade::raft::{Member, NodeId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-use super::network::{PeerHandler, PeerRequest, PeerResponse, TransportError};
-use super::types::NodeId;
 
 /// Faults of one directed link.
 #[derive(Debug, Clone, Default)]
@@ -165,7 +167,7 @@ impl SimNet {
             if lose_request {
                 std::future::pending::<()>().await;
             }
-            let resp = handler.handle(req).await;
+            let resp = handler.handle(from, req).await;
             tokio::time::sleep(back).await;
             if lose_response || cut_back {
                 std::future::pending::<()>().await;
@@ -174,5 +176,25 @@ impl SimNet {
             serde_json::from_slice(&wire).map_err(|e| TransportError::Unreachable(e.to_string()))
         };
         tokio::time::timeout(timeout, exchange).await.map_err(|_| TransportError::Timeout)?
+    }
+}
+
+/// One member's view of the network: its [`Transport`].
+pub struct SimTransport {
+    pub net: Arc<SimNet>,
+    /// The member this transport speaks for.
+    pub from: NodeId,
+}
+
+impl Transport for SimTransport {
+    fn call(
+        &self,
+        target: NodeId,
+        _member: &Member,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
+        let (net, from) = (self.net.clone(), self.from);
+        async move { net.call(from, target, req, timeout).await }.boxed()
     }
 }

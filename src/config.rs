@@ -1,0 +1,597 @@
+//! [`Config`]: every setting of a node, its default, and where it came from.
+//!
+//! Each setting is declared once, in the table below, with its type, default and help.
+//! Layers, weakest first: the defaults, an optional TOML file (`--config palisade.toml`,
+//! keys named like the flags with `_`: `data_dir = "..."`), `PALISADE_*` environment
+//! variables, then command-line flags. [`Config::validate`] checks every value once,
+//! before anything starts; a bad value stops the node with a message naming the setting
+//! and where it was set. Nothing is ever silently clamped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::raft::{Member, NodeId};
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+/// A setting that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub source: Source,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = self.setting.replace('_', "-");
+        let env = format!("PALISADE_{}", self.setting.to_uppercase());
+        let from = match self.source {
+            Source::Default => "its default".to_string(),
+            Source::File => format!("`{}` in the config file", self.setting),
+            Source::Env => env,
+            Source::Flag => format!("--{flag}"),
+        };
+        write!(f, "invalid setting {} (from {from}): {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A value a setting can hold, parsed from text (a flag, a variable, a file entry).
+trait SettingValue: Sized {
+    /// Whether the flag takes no value (`--insecure-peer` alone means true).
+    const SWITCH: bool = false;
+    fn parse_setting(raw: &str) -> Result<Self, String>;
+}
+
+macro_rules! numbers {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn parse_setting(raw: &str) -> Result<Self, String> {
+                // Digits only: `+1`, `1e3` and `0x10` are refused, not reinterpreted.
+                if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("{raw:?} is not a non-negative integer"));
+                }
+                raw.parse().map_err(|_| format!("{raw:?} is too large"))
+            }
+        }
+    )*};
+}
+numbers!(u64, usize);
+
+impl SettingValue for bool {
+    const SWITCH: bool = true;
+    fn parse_setting(raw: &str) -> Result<Self, String> {
+        match raw {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(format!("{raw:?} is not true or false")),
+        }
+    }
+}
+
+impl SettingValue for String {
+    fn parse_setting(raw: &str) -> Result<Self, String> {
+        Ok(raw.to_string())
+    }
+}
+
+impl SettingValue for PathBuf {
+    fn parse_setting(raw: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(raw))
+    }
+}
+
+impl<T: SettingValue> SettingValue for Option<T> {
+    fn parse_setting(raw: &str) -> Result<Self, String> {
+        T::parse_setting(raw).map(Some)
+    }
+}
+
+/// One setting as the command line and the file know it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The name in the config file (`data_dir`); the flag is `--data-dir`, the
+    /// environment variable `PALISADE_DATA_DIR`.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A flag without a value (`--insecure-peer`).
+    pub switch: bool,
+}
+
+impl Setting {
+    pub fn flag(&self) -> String {
+        self.name.replace('_', "-")
+    }
+
+    pub fn env(&self) -> String {
+        format!("PALISADE_{}", self.name.to_uppercase())
+    }
+}
+
+/// Declares the settings once: the [`Config`] struct, its defaults, and how each setting
+/// is parsed from text.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
+        /// Every setting of a node. Build it with [`Config::new`] (the defaults) or
+        /// [`ServeFlags::config`] (defaults < file < environment < flags).
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            /// Where each setting came from (for messages); absent = the default.
+            pub sources: BTreeMap<&'static str, Source>,
+        }
+
+        /// Every setting, in the order of `palisade serve --help`.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting {
+                name: stringify!($name),
+                help: concat!($($doc, "\n"),*),
+                switch: <$ty as SettingValue>::SWITCH,
+            }, )*
+        ];
+
+        impl Config {
+            /// The defaults.
+            pub fn defaults() -> Config {
+                Config { $( $name: $default, )* sources: BTreeMap::new() }
+            }
+
+            /// Sets `name` from its text form; the error says what is wrong with the value.
+            fn set(&mut self, name: &str, raw: &str, source: Source) -> Result<(), String> {
+                match name {
+                    $( stringify!($name) => {
+                        self.$name = <$ty as SettingValue>::parse_setting(raw.trim())?;
+                        self.sources.insert(stringify!($name), source);
+                        Ok(())
+                    } )*
+                    _ => Err(format!("there is no setting {name:?}")),
+                }
+            }
+        }
+    };
+}
+
+const MIB: usize = 1024 * 1024;
+
+settings! {
+    /// This node's id (unique in the cluster, never reused).
+    node_id: NodeId = 1;
+    /// Where the Raft log, snapshots and identity live.
+    data_dir: PathBuf = PathBuf::from("./palisade-data");
+    /// Address of the client API listener.
+    listen_client: String = "127.0.0.1:7379".into();
+    /// Address of the peer (Raft) listener.
+    listen_peer: String = "127.0.0.1:7380".into();
+    /// Client URL the other members and clients use for this node (default: from listen_client).
+    advertise_client: Option<String> = None;
+    /// Peer URL the other members use for this node (default: from listen_peer).
+    advertise_peer: Option<String> = None;
+    /// Initial members: `1=http://127.0.0.1:7380,2=http://127.0.0.1:17380,...` (a member's
+    /// client URL may follow its peer URL after `|`). Default: this node alone.
+    initial_cluster: Option<String> = None;
+    /// A file holding the cluster's shared peer secret (at least 16 bytes); every member
+    /// needs the same one. Required when the peer listener is not on a loopback address.
+    peer_secret_file: Option<PathBuf> = None;
+    /// Run the peer listener on a non-loopback address without a peer secret (anyone who
+    /// reaches the peer port can then rewrite the store).
+    insecure_peer: bool = false;
+    /// Log filter (`info`, `debug`, `palisade=debug,openraft=warn`); RUST_LOG wins if set.
+    log_level: String = "info,openraft=warn".into();
+    /// How long a request may wait for a leader, quorum or commit (ms).
+    request_timeout_ms: u64 = 5000;
+    /// Raft heartbeat interval (ms).
+    heartbeat_ms: u64 = 100;
+    /// Minimum election timeout (ms, at least 3 heartbeats); the maximum is twice this.
+    election_timeout_ms: u64 = 1000;
+    /// Take a snapshot every this many log entries (at least 100).
+    snapshot_every: u64 = 10_000;
+    /// Longest key (bytes).
+    max_key_bytes: usize = 1024;
+    /// Largest value (bytes).
+    max_value_bytes: usize = MIB;
+    /// Largest request body (bytes).
+    max_body_bytes: usize = 2 * MIB;
+    /// Refuse writes once the store holds this many bytes over all versions.
+    quota_bytes: u64 = 1024 * 1024 * 1024;
+    /// Largest page of a listing (and the default page size).
+    max_list_limit: usize = 10_000;
+    /// Key and value bytes after which a listing page stops.
+    max_page_bytes: usize = 4 * MIB;
+    /// Client requests served at once; more are refused with 429 `overloaded`.
+    max_inflight_requests: usize = 2048;
+    /// Open client connections; a connection past this is answered 503 and closed.
+    max_client_connections: usize = 10_000;
+    /// Time a client has to send a request's headers (ms).
+    header_timeout_ms: u64 = 10_000;
+    /// Time a client has to send a request's body (ms).
+    body_timeout_ms: u64 = 30_000;
+    /// An idle keep-alive connection is closed after this long (ms).
+    idle_timeout_ms: u64 = 120_000;
+    /// Largest peer message (bytes); bigger appends are split, snapshots travel in chunks.
+    max_peer_message_bytes: usize = 64 * MIB;
+    /// Peer requests served at once; more are refused (the sender backs off).
+    max_peer_inflight: usize = 256;
+}
+
+impl Config {
+    /// The defaults for node `node_id` with its data in `data_dir`.
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Config {
+        Config { node_id, data_dir: data_dir.into(), ..Config::defaults() }
+    }
+
+    fn source(&self, setting: &'static str) -> Source {
+        self.sources.get(setting).copied().unwrap_or(Source::Default)
+    }
+
+    fn error(&self, setting: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError { setting, source: self.source(setting), message: message.into() }
+    }
+
+    /// Checks every setting; the first bad one is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least = |setting: &'static str, value: u64, min: u64| {
+            if value < min {
+                Err(self.error(setting, format!("must be at least {min}, not {value}")))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("node_id", self.node_id, 1)?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(self.error("data_dir", "must not be empty"));
+        }
+        at_least("request_timeout_ms", self.request_timeout_ms, 1)?;
+        at_least("heartbeat_ms", self.heartbeat_ms, 1)?;
+        at_least("election_timeout_ms", self.election_timeout_ms, 3 * self.heartbeat_ms)
+            .map_err(|e| ConfigError { message: format!("{} (3 x heartbeat_ms)", e.message), ..e })?;
+        at_least("snapshot_every", self.snapshot_every, 100)?;
+        at_least("max_key_bytes", self.max_key_bytes as u64, 2)?;
+        at_least("max_value_bytes", self.max_value_bytes as u64, 1)?;
+        at_least("max_body_bytes", self.max_body_bytes as u64, 64)?;
+        at_least("max_list_limit", self.max_list_limit as u64, 1)?;
+        at_least("max_page_bytes", self.max_page_bytes as u64, 1)?;
+        at_least("max_inflight_requests", self.max_inflight_requests as u64, 1)?;
+        at_least("max_client_connections", self.max_client_connections as u64, 1)?;
+        at_least("header_timeout_ms", self.header_timeout_ms, 1)?;
+        at_least("body_timeout_ms", self.body_timeout_ms, 1)?;
+        at_least("idle_timeout_ms", self.idle_timeout_ms, 1)?;
+        at_least("max_peer_inflight", self.max_peer_inflight as u64, 1)?;
+        // One write (key, value, JSON and base64 overhead) must fit a peer message with
+        // room to spare, or it could never be replicated.
+        let one_write = (self.max_key_bytes + self.max_value_bytes) as u64 * 2 + 4096;
+        at_least(
+            "max_peer_message_bytes",
+            self.max_peer_message_bytes as u64,
+            (one_write * 4).max(MIB as u64),
+        )?;
+        at_least("quota_bytes", self.quota_bytes, 1)?;
+        for (setting, addr) in [("listen_client", &self.listen_client), ("listen_peer", &self.listen_peer)] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|_| self.error(setting, format!("{addr:?} is not an IP:port address")))?;
+        }
+        for (setting, url) in
+            [("advertise_client", &self.advertise_client), ("advertise_peer", &self.advertise_peer)]
+        {
+            if let Some(url) = url {
+                check_url(url).map_err(|m| self.error(setting, m))?;
+            }
+        }
+        if self.listen_client == self.listen_peer {
+            return Err(self.error("listen_peer", "must differ from listen_client"));
+        }
+        if let Some(c) = &self.initial_cluster {
+            let members = parse_cluster(c).map_err(|m| self.error("initial_cluster", m))?;
+            let me = members.get(&self.node_id).ok_or_else(|| {
+                self.error(
+                    "initial_cluster",
+                    format!("{c:?} does not include this node (node_id {})", self.node_id),
+                )
+            })?;
+            let advertised = self.advertise().peer_url;
+            if me.peer_url != advertised {
+                return Err(self.error(
+                    "initial_cluster",
+                    format!(
+                        "gives node {} the peer URL {}, but this node advertises {advertised} (set advertise_peer)",
+                        self.node_id, me.peer_url
+                    ),
+                ));
+            }
+        }
+        if self.peer_secret_file.is_none() && !self.insecure_peer && !self.peer_is_loopback() {
+            return Err(self.error(
+                "listen_peer",
+                format!(
+                    "{} is not a loopback address, and no peer_secret_file is set: anyone who reaches the peer \
+                     port could rewrite the store. Give every member the same secret (--peer-secret-file), or \
+                     accept the risk with --insecure-peer",
+                    self.listen_peer
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the peer listener only listens on a loopback address.
+    fn peer_is_loopback(&self) -> bool {
+        self.listen_peer.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+    }
+
+    /// This node's addresses, as the others reach it.
+    pub fn advertise(&self) -> Member {
+        Member {
+            client_url: url_of(self.advertise_client.as_deref().unwrap_or(&self.listen_client)),
+            peer_url: url_of(self.advertise_peer.as_deref().unwrap_or(&self.listen_peer)),
+        }
+    }
+
+    /// The initial members, if given (validated: `validate` has checked it parses).
+    pub fn initial_members(&self) -> Option<BTreeMap<NodeId, Member>> {
+        self.initial_cluster.as_deref().and_then(|c| parse_cluster(c).ok())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The settings given to `palisade serve` on its command line and in its environment,
+/// still as text: [`ServeFlags::config`] layers them over the file and the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFlags {
+    /// `--config FILE` (or `PALISADE_CONFIG`).
+    pub config: Option<PathBuf>,
+    /// `(setting, value, source)` for every setting given.
+    pub given: Vec<(&'static str, String, Source)>,
+}
+
+impl ServeFlags {
+    /// Flags as a test or a program would give them: `[("heartbeat_ms", "50")]`.
+    pub fn from_flags(config: Option<PathBuf>, flags: &[(&'static str, &str)]) -> ServeFlags {
+        ServeFlags { config, given: flags.iter().map(|(n, v)| (*n, v.to_string(), Source::Flag)).collect() }
+    }
+
+    /// The config these settings describe: defaults < `--config` file < environment <
+    /// flags, validated.
+    pub fn config(&self) -> Result<Config, String> {
+        let mut c = Config::defaults();
+        if let Some(path) = &self.config {
+            load_file(path, &mut c)?;
+        }
+        // The environment first, so a flag given too wins.
+        for source in [Source::Env, Source::Flag] {
+            for (name, raw, _) in self.given.iter().filter(|(_, _, s)| *s == source) {
+                let setting = SETTINGS.iter().find(|s| s.name == *name).expect("flags come from SETTINGS");
+                c.set(name, raw, source).map_err(|m| {
+                    let from =
+                        if source == Source::Env { setting.env() } else { format!("--{}", setting.flag()) };
+                    format!("invalid setting {name} (from {from}): {m}")
+                })?;
+            }
+        }
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
+
+impl clap::FromArgMatches for ServeFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags =
+            ServeFlags { config: m.get_one::<String>("config").map(PathBuf::from), given: Vec::new() };
+        for s in SETTINGS {
+            if let Some(v) = m.get_one::<String>(s.name) {
+                let source = match m.value_source(s.name) {
+                    Some(clap::parser::ValueSource::EnvVariable) => Source::Env,
+                    _ => Source::Flag,
+                };
+                flags.given.push((s.name, v.clone(), source));
+            }
+        }
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for ServeFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd.arg(
+            clap::Arg::new("config")
+                .long("config")
+                .env("PALISADE_CONFIG")
+                .value_name("FILE")
+                .help("A TOML file of settings (keys named like the flags, with `_`); the environment and flags override it"),
+        );
+        for s in SETTINGS {
+            let mut arg =
+                clap::Arg::new(s.name).long(s.flag()).env(s.env()).help(s.help.trim_end().replace('\n', " "));
+            if s.switch {
+                arg = arg.num_args(0..=1).default_missing_value("true").value_name("BOOL");
+            }
+            cmd = cmd.arg(arg);
+        }
+        cmd.after_help("Every flag is also an environment variable (--data-dir is PALISADE_DATA_DIR) and a key of the --config file (data_dir). Flags win over the environment, which wins over the file.")
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+fn load_file(path: &Path, c: &mut Config) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| format!("the config file {} is not valid TOML: {e}", path.display()))?;
+    for (key, value) in table {
+        let raw = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "the config file {}: {key} must be a string, an integer or a boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                ))
+            }
+        };
+        c.set(&key, &raw, Source::File).map_err(|m| {
+            format!("invalid setting {key} (from `{key}` in the config file {}): {m}", path.display())
+        })?;
+    }
+    Ok(())
+}
+
+fn url_of(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    normalize_url(url).map(drop)
+}
+
+/// `url` as members store it (`http://` added when there is no scheme, no trailing `/`),
+/// if it is an http(s) URL with a host and a port.
+pub(crate) fn normalize_url(url: &str) -> Result<String, String> {
+    let full = url_of(url);
+    match reqwest::Url::parse(&full) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.port_or_known_default().is_some()
+                && u.path() == "/"
+                && u.query().is_none() =>
+        {
+            Ok(full)
+        }
+        _ => Err(format!("{url:?} is not a URL with a host and port")),
+    }
+}
+
+/// Parses `1=http://a:7380,2=http://b:7380|http://b:7379`.
+pub fn parse_cluster(s: &str) -> Result<BTreeMap<NodeId, Member>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, urls) = part.split_once('=').ok_or_else(|| format!("entry {part:?} is not ID=PEER_URL"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("node ids start at 1".into());
+        }
+        let (peer, client) = match urls.split_once('|') {
+            Some((p, c)) => (p.trim(), c.trim()),
+            None => (urls.trim(), ""),
+        };
+        check_url(peer).map_err(|m| format!("node {id}: {m}"))?;
+        if !client.is_empty() {
+            check_url(client).map_err(|m| format!("node {id}: {m}"))?;
+        }
+        let client_url = if client.is_empty() { String::new() } else { url_of(client) };
+        if out.insert(id, Member { client_url, peer_url: url_of(peer) }).is_some() {
+            return Err(format!("names node {id} twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::defaults().validate().unwrap();
+        Config::new(3, "/tmp/x").validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_its_source() {
+        let mut c = Config::defaults();
+        c.heartbeat_ms = 0;
+        c.sources.insert("heartbeat_ms", Source::Flag);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("heartbeat_ms") && e.contains("--heartbeat-ms"), "{e}");
+        let mut c = Config::defaults();
+        c.snapshot_every = 10;
+        c.sources.insert("snapshot_every", Source::Env);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("PALISADE_SNAPSHOT_EVERY") && e.contains("at least 100"), "{e}");
+        let mut c = Config::defaults();
+        c.election_timeout_ms = 200;
+        assert!(c.validate().unwrap_err().to_string().contains("3 x heartbeat_ms"));
+        let mut c = Config::defaults();
+        c.listen_peer = "0.0.0.0:7380".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("peer-secret-file") && e.contains("insecure-peer"), "{e}");
+        c.insecure_peer = true;
+        c.validate().unwrap();
+        let mut c = Config::defaults();
+        c.initial_cluster = Some("1=http://127.0.0.1:9999".into());
+        assert!(c.validate().unwrap_err().to_string().contains("advertises"));
+        c.initial_cluster = Some("2=http://127.0.0.1:7380".into());
+        assert!(c.validate().unwrap_err().to_string().contains("does not include this node"));
+        let mut c = Config::defaults();
+        c.listen_client = "localhost".into();
+        assert!(c.validate().unwrap_err().to_string().contains("listen_client"));
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palisade.toml");
+        std::fs::write(&file, "heartbeat_ms = 50\nelection_timeout_ms = 400\ndata_dir = \"/var/lib/p\"\n")
+            .unwrap();
+        let flags = ServeFlags::from_flags(Some(file.clone()), &[("election_timeout_ms", "600")]);
+        let c = flags.config().unwrap();
+        assert_eq!(c.heartbeat_ms, 50);
+        assert_eq!(c.election_timeout_ms, 600);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/p"));
+        assert_eq!(c.request_timeout_ms, 5000);
+        assert_eq!(c.sources.get("heartbeat_ms"), Some(&Source::File));
+        assert_eq!(c.sources.get("election_timeout_ms"), Some(&Source::Flag));
+        std::fs::write(&file, "heartbeat_ms = 50\nheartbeat = 5\n").unwrap();
+        let e = flags.config().unwrap_err();
+        assert!(e.contains("no setting \"heartbeat\"") && e.contains(&file.display().to_string()), "{e}");
+        std::fs::write(&file, "heartbeat_ms = \"fast\"\n").unwrap();
+        assert!(flags.config().unwrap_err().contains("not a non-negative integer"));
+        std::fs::write(&file, "heartbeat_ms = 0\n").unwrap();
+        let e = ServeFlags::from_flags(Some(file.clone()), &[]).config().unwrap_err();
+        assert!(e.contains("in the config file"), "{e}");
+        let e = ServeFlags::from_flags(None, &[("heartbeat_ms", "+1")]).config().unwrap_err();
+        assert!(e.contains("--heartbeat-ms") && e.contains("not a non-negative integer"), "{e}");
+        let mut env = ServeFlags::from_flags(None, &[("node_id", "4")]);
+        env.given.push(("node_id", "3".into(), Source::Env));
+        assert_eq!(env.config().unwrap().node_id, 4, "a flag wins over the environment");
+    }
+
+    #[test]
+    fn clusters_parse() {
+        let c = parse_cluster("1=http://a:7380, 2=b:7380|b:7379").unwrap();
+        assert_eq!(c[&1].peer_url, "http://a:7380");
+        assert_eq!(c[&2].client_url, "http://b:7379");
+        for bad in ["", "x", "0=http://a:1", "1=http://a:1,1=http://b:1", "a=http://a:1", "1=", "1=http://"] {
+            assert!(parse_cluster(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! How members talk to each other: the peer protocol ([`PeerRequest`] / [`PeerResponse`]),
+//! the [`Transport`] that carries it (HTTP between processes; tests plug in a faulty
+//! in-process one), and the proof every peer request carries ([`PeerKey`]).
+//!
+//! Nothing here decides anything: the node facade serves the requests ([`PeerHandler`])
+//! and the Raft replica checks the Raft calls. This layer only moves bytes, signs them
+//! and checks the signature.
+
+mod auth;
+mod protocol;
+mod transport;
+
+pub use auth::{PeerAuthError, PeerKey, SIGNATURE_HEADERS};
+pub use protocol::{PeerError, PeerHandler, PeerRequest, PeerResponse};
+pub use transport::{HttpTransport, RaftOverPeers, Transport};
+
+pub use crate::raft::CallError as TransportError;

@@ -1,0 +1,58 @@
+//! The messages members exchange: one [`PeerRequest`], answered by one [`PeerResponse`].
+//! Every request is made on behalf of one member (`from`), which the transport proves.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::raft::{NodeId, RaftReply, RaftRpc};
+use crate::store::{Command, Outcome};
+
+/// A call from one member to another.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// A Raft call (append, vote, snapshot).
+    Raft(RaftRpc),
+    /// A client write that reached a follower, for the leader to check and propose.
+    Forward(Command),
+    /// Ask the leader for a read index (it confirms its leadership with a quorum first).
+    ReadIndex,
+    /// Ask the leader to record the caller's client URL in the membership.
+    SetClientUrl { client_url: String },
+}
+
+/// Why a forwarded write or a read-index call failed on the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The outcome of a write is unknown.
+    #[error("timed out")]
+    Timeout,
+    /// The leader refused the request as it would refuse a client's (a bad key, a value
+    /// over its limit, the quota); nothing was proposed.
+    #[error("refused: {0}")]
+    Refused(Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerResponse {
+    Raft(RaftReply),
+    Forward(Result<Outcome, PeerError>),
+    ReadIndex(Result<u64, PeerError>),
+    SetClientUrl(Result<(), PeerError>),
+}
+
+/// What serves peer requests on a member (the node facade implements it). `from` is the
+/// member the transport proved the request comes from.
+pub trait PeerHandler: Send + Sync + 'static {
+    fn handle(&self, from: NodeId, req: PeerRequest) -> BoxFuture<'static, PeerResponse>;
+}

@@ -1,0 +1,397 @@
+//! [`Replica`]: the one door to consensus. Everything above `raft/` (the node facade,
+//! HTTP, tests) proposes, reads, watches leadership and serves peer RPCs through it, and
+//! none of it names an openraft type.
+//!
+//! Owns the openraft instance, its log store and its state machine. Invariants:
+//! - a proposal's outcome is reported only once it is applied here; when Raft stopped
+//!   under a proposal the outcome is unknown, never "did not happen";
+//! - a read index is handed out only after a quorum confirmed this node still leads;
+//! - [`Leadership::is_self`] turns true only once this node has applied an entry of its own
+//!   term (so everything an earlier leader committed is applied before a leader-only task
+//!   starts: etcd promotes its lessor at the same point), and false the moment it is not
+//!   leader any more;
+//! - a peer RPC reaches openraft only from a member (a voter, for a vote) speaking for
+//!   itself, with a term that cannot overflow, entries that form a sequence, and, for a
+//!   snapshot, data that decodes; anything else is refused and changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLockReadGuard};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::log_store::LogStore;
+use super::network::{Network, RaftReply, RaftRpc, RaftSender};
+use super::state_machine::{Applied, StateMachine};
+use super::types::*;
+use crate::store::{Outcome, Proposal};
+
+/// Who leads, as this node sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// This node leads and has applied an entry of its own term.
+    pub is_self: bool,
+}
+
+/// This node's part in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Candidate,
+    Follower,
+    Learner,
+    Shutdown,
+}
+
+/// One member of the replicated membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub addr: Member,
+    /// A voter (else a learner).
+    pub voter: bool,
+}
+
+/// A snapshot of this replica's view, cheap to take.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub id: NodeId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub role: Role,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberInfo>,
+    /// As leader: when a quorum last acknowledged this node's leadership (stamped when
+    /// openraft reported it, so only as fresh as its last report).
+    pub quorum_acked_at: Option<Instant>,
+    /// As leader: the highest log index each member is known to hold.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// Why the Raft core stopped, if it did (a storage failure, a bug).
+    pub failure: Option<String>,
+}
+
+/// Why a proposal was not decided here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; nothing was proposed.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Raft stopped or refused in a way that leaves the outcome unknown: the entry may
+    /// still commit under the next leader.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// Why no read index could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadIndexError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+}
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: NodeId,
+    /// Names the cluster in openraft's messages.
+    pub cluster_name: String,
+    /// Where the Raft log lives.
+    pub log_dir: PathBuf,
+    /// Where snapshots live.
+    pub snapshot_dir: PathBuf,
+    pub heartbeat_ms: u64,
+    /// The minimum election timeout; the maximum is twice this.
+    pub election_timeout_ms: u64,
+    /// Take a snapshot after this many log entries.
+    pub snapshot_every: u64,
+}
+
+/// Terms a peer may claim above ours: far beyond any real run of elections (2^32 of them),
+/// far below overflow.
+const MAX_TERM_LEAD: u64 = 1 << 32;
+
+/// One member's consensus engine and the state it applies.
+pub struct Replica {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachine,
+    leadership: watch::Receiver<Leadership>,
+    /// When the quorum last acknowledged this leader (see [`ReplicaStatus::quorum_acked_at`]).
+    quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Replica {
+    /// Opens the log and snapshots under the configured dirs and starts Raft.
+    pub async fn open(cfg: &ReplicaConfig, sender: Arc<dyn RaftSender>) -> anyhow::Result<Replica> {
+        let log = LogStore::open(&cfg.log_dir)?;
+        let sm = StateMachine::open(&cfg.snapshot_dir)?;
+        let raft_cfg = openraft::Config {
+            cluster_name: cfg.cluster_name.clone(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            // Members reach the same log index at about the same time; spreading their
+            // snapshot points (up to +20% by node id) keeps them from all serialising the
+            // whole state at once, which on shared hardware stalls the cluster together.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(
+                cfg.snapshot_every + cfg.snapshot_every / 10 * (cfg.id % 3),
+            ),
+            // Few entries kept after a snapshot: a follower further behind gets the
+            // snapshot instead.
+            max_in_snapshot_log_to_keep: (cfg.snapshot_every / 10).max(100),
+            max_payload_entries: 300,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network { sender };
+        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone()).await?;
+        let (tx, leadership) = watch::channel(Leadership::default());
+        let quorum_acked_at = Arc::new(Mutex::new(None));
+        tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone()));
+        Ok(Replica { id: cfg.id, raft, sm, leadership, quorum_acked_at })
+    }
+
+    /// Whether this replica's log holds any state (a membership, at least).
+    pub async fn is_initialized(&self) -> anyhow::Result<bool> {
+        Ok(self.raft.is_initialized().await?)
+    }
+
+    /// Bootstraps a new cluster with `members` as its voters. Harmless when every member
+    /// does it with the same members, and a no-op once the log holds anything.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> anyhow::Result<()> {
+        match self.raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes `p` (on the leader) and returns what applying it decided.
+    pub async fn propose(&self, p: Proposal) -> Result<Outcome, ProposeError> {
+        match self.raft.client_write(p).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader { leader: f.leader_id })
+            }
+            // A membership change in progress: the proposal itself did not go in.
+            Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_))) => {
+                Err(ProposeError::Unknown(e.to_string()))
+            }
+            // The entry may already be replicated and commit under the next leader.
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Unknown(format!("raft stopped: {e}"))),
+        }
+    }
+
+    /// The leader's read index: its commit index once a quorum confirmed it still leads.
+    pub async fn read_index(&self) -> Result<u64, ReadIndexError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ReadIndexError::NotLeader { leader: f.leader_id })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(ReadIndexError::NoQuorum(q.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ReadIndexError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Waits until the entry at `index` is applied here.
+    pub async fn wait_applied(&self, index: u64) {
+        self.sm.wait_applied(index).await;
+    }
+
+    /// Read access to the applied state. Never hold it across an await.
+    pub fn applied(&self) -> RwLockReadGuard<'_, Applied> {
+        self.sm.read()
+    }
+
+    /// Who leads; changes are published as they happen.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// This replica's view of the cluster.
+    pub fn status(&self) -> ReplicaStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| MemberInfo { id: *id, addr: n.clone(), voter: voters.contains(id) })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Follower => Role::Follower,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        ReplicaStatus {
+            id: self.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            role,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+            quorum_acked_at: self.quorum_acked_at(),
+            matched,
+            failure: m.running_state.err().map(|e| e.to_string()),
+        }
+    }
+
+    /// As leader: when a quorum last acknowledged this node's leadership (cheap).
+    pub fn quorum_acked_at(&self) -> Option<Instant> {
+        *self.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The addresses of member `id`, if it is one.
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The current term (cheap: for response headers).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Records new addresses for member `id` (voters and learners stay as they are).
+    pub async fn set_member_addr(&self, id: NodeId, addr: Member) -> Result<(), String> {
+        let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, addr)]));
+        self.raft.change_membership(change, false).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Serves a Raft call from member `from`, after checking it may be handed to Raft.
+    pub async fn handle(&self, from: NodeId, rpc: RaftRpc) -> RaftReply {
+        if let Err(why) = self.check(from, &rpc) {
+            tracing::warn!(from, %why, "refused a raft call");
+            return RaftReply::Refused(why);
+        }
+        match rpc {
+            RaftRpc::Append(r) => RaftReply::Append(self.raft.append_entries(r).await),
+            RaftRpc::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
+            RaftRpc::Snapshot { vote, meta, data } => {
+                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(data)) };
+                RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
+            }
+        }
+    }
+
+    /// Why `rpc` from `from` must not reach Raft, if it must not.
+    fn check(&self, from: NodeId, rpc: &RaftRpc) -> Result<(), String> {
+        let (term, membership) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.membership_config.clone())
+        };
+        let membership = membership.membership();
+        if from == self.id {
+            return Err("a member does not call itself".into());
+        }
+        if membership.get_node(&from).is_none() {
+            return Err(format!("node {from} is not a member of this cluster"));
+        }
+        let vote = match rpc {
+            RaftRpc::Append(r) => &r.vote,
+            RaftRpc::Vote(r) => &r.vote,
+            RaftRpc::Snapshot { vote, .. } => vote,
+        };
+        if vote.leader_id.node_id != from {
+            return Err(format!("node {from} speaks for node {}", vote.leader_id.node_id));
+        }
+        let claimed = vote.leader_id.term;
+        if claimed > term.saturating_add(MAX_TERM_LEAD) || claimed > u64::MAX / 2 {
+            return Err(format!("term {claimed} is impossibly far ahead of this node's term {term}"));
+        }
+        match rpc {
+            RaftRpc::Vote(r) => {
+                if !membership.voter_ids().any(|v| v == from) {
+                    return Err(format!("node {from} is not a voter"));
+                }
+                if r.last_log_id.is_some_and(|l| l.leader_id.term > claimed) {
+                    return Err("the candidate's last log term is above its own term".into());
+                }
+            }
+            RaftRpc::Append(r) => {
+                let mut expect = r.prev_log_id.map_or(0, |l| l.index + 1);
+                let mut last_term = r.prev_log_id.map_or(0, |l| l.leader_id.term);
+                if last_term > claimed {
+                    return Err("the previous log term is above the leader's term".into());
+                }
+                for e in &r.entries {
+                    if e.log_id.index != expect {
+                        return Err(format!(
+                            "entries are not a sequence (index {} where {expect} was due)",
+                            e.log_id.index
+                        ));
+                    }
+                    if e.log_id.leader_id.term < last_term || e.log_id.leader_id.term > claimed {
+                        return Err(format!("entry {} has an impossible term", e.log_id.index));
+                    }
+                    expect = expect.saturating_add(1);
+                    last_term = e.log_id.leader_id.term;
+                }
+            }
+            RaftRpc::Snapshot { meta, data, .. } => {
+                if meta.last_log_id.is_some_and(|l| l.leader_id.term > claimed) {
+                    return Err("the snapshot's last log term is above the leader's term".into());
+                }
+                StateMachine::validate_snapshot(data).map_err(|e| format!("the snapshot is damaged: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops Raft; the data dirs stay as they are.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Publishes [`Leadership`] and stamps quorum acknowledgements from openraft's metrics.
+async fn follow_metrics(
+    mut rx: watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    tx: watch::Sender<Leadership>,
+    quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+) {
+    loop {
+        let (leadership, acked) = {
+            let m = rx.borrow_and_update();
+            let own_term_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+            let l = Leadership {
+                term: m.current_term,
+                leader: m.current_leader,
+                is_self: m.state == ServerState::Leader && own_term_applied,
+            };
+            let acked = m
+                .millis_since_quorum_ack
+                .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+            (l, acked)
+        };
+        *quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner()) = acked;
+        tx.send_if_modified(|cur| std::mem::replace(cur, leadership) != leadership);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Cluster status and health on the wire.
+
+use serde::{Deserialize, Serialize};
+
+/// A member in `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberResponse {
+    pub id: u64,
+    pub client_url: String,
+    pub peer_url: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// `GET /v1/cluster`: the answering node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterResponse {
+    pub cluster_id: String,
+    #[serde(default)]
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub revision: u64,
+    #[serde(default)]
+    pub compact_revision: u64,
+    #[serde(default)]
+    pub applied_index: u64,
+    pub members: Vec<MemberResponse>,
+}
+
+/// `GET /healthz` and `GET /readyz` when all is well: `{"status": "ok"}` / `"ready"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+}
