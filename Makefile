@@ -32,8 +32,10 @@ run:
 cluster: build
 	./scripts/cluster.sh
 
-# Side by side with etcd under ../shared/bench (needs wrk and etcd-server: see README).
-bench: build
+# Palisade and etcd side by side under the same wrk load; writes BENCHMARKS.md. Builds
+# Palisade and installs wrk and etcd when missing (apt-get, as root). Knobs in
+# benches/run.sh, e.g. `make bench DURATION=2 ROUNDS=1` for a quick look.
+bench:
 	./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a

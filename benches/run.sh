@@ -1,23 +1,311 @@
 #!/usr/bin/env bash
-# benches/run.sh: Palisade side by side with etcd under the shared wrk harness
-# (../shared/bench), interleaved so machine drift spreads over both.
+# benches/run.sh (`make bench`): Palisade and etcd under the same wrk load, one after
+# the other, on 127.0.0.1; writes BENCHMARKS.md at the top of the repository.
 #
-#   benches/run.sh                      # etcd:1 palisade:1 etcd:3 palisade:3, 3 interleaved rounds
-#   SPECS="palisade:3" benches/run.sh   # just one
-#   DURATION=5 ROUNDS=1 benches/run.sh  # quick look
-# Needs wrk, etcd-server, curl, python3 (apt-get install -y wrk etcd-server curl).
+#   make bench                                      # everything, ~8 s per cell, 3 rounds
+#   DURATION=2 ROUNDS=1 make bench                  # quick look
+#   TARGETS=palisade NODES=3 LOADS=put CONNS=16 benches/run.sh
+#
+# Knobs (environment):
+#   TARGETS   products, in this order within a round  (palisade etcd)
+#   NODES     cluster sizes                            (1 3)
+#   LOADS     put get get-serializable (wrk scripts in benches/<product>/)
+#   CONNS     connection counts                        (1 16 64)
+#   DURATION  seconds per cell (8);  ROUNDS  rounds, each cell's figures are medians (3)
+#   WARMUP    seconds of checked load before each group's cells (2)
+#   KEYS      size of the key space every load works on (10000)
+#   OUT       the report (BENCHMARKS.md at the top of the repository)
+#   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
+#   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
+#   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
+#   PALISADE_EXTRA_FLAGS, ETCD_EXTRA_FLAGS  more server flags for every member
+#
+# Needs cargo, python3, wrk and etcd 3.4+ (as root on Debian/Ubuntu it installs the last
+# two with apt-get). Every group of cells starts fresh servers with empty data dirs;
+# only processes this script started are ever signalled, and they are stopped on exit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-bench=${BENCH_DIR:-$root/../shared/bench}
-[[ -x $bench/run-target.sh ]] || { echo "no bench harness at $bench (set BENCH_DIR)" >&2; exit 2; }
-[[ -x $root/target/release/palisade ]] || (cd "$root" && cargo build --release)
-export PATH="$root/target/release:$PATH"
-export BENCH_TARGETS_PATH="$here${BENCH_TARGETS_PATH:+:$BENCH_TARGETS_PATH}"
-: "${ROUNDS:=3}"
-: "${SPECS:=etcd:1 palisade:1 etcd:3 palisade:3}"
-specs=()
-for ((r = 0; r < ROUNDS; r++)); do
-  for s in $SPECS; do specs+=("$s"); done
+
+knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALISADE_BIN ETCD_BIN
+  PALISADE_PORTS ETCD_PORTS PALISADE_EXTRA_FLAGS ETCD_EXTRA_FLAGS)
+set_knobs=""
+for k in "${knobs[@]}"; do
+  v=${!k:-}
+  if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
+  if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
 done
-REPEATS=${REPEATS:-1} exec "$bench/run-target.sh" "${specs[@]}"
+: "${TARGETS:=palisade etcd}"
+: "${NODES:=1 3}"
+: "${LOADS:=put get get-serializable}"
+: "${CONNS:=1 16 64}"
+: "${DURATION:=8}"
+: "${ROUNDS:=3}"
+: "${WARMUP:=2}"
+: "${KEYS:=10000}"
+: "${OUT:=$root/BENCHMARKS.md}"
+: "${KEEP_DATA:=0}"
+: "${ETCD_BIN:=etcd}"
+: "${PALISADE_PORTS:=7379:7380 17379:17380 27379:27380}"
+: "${ETCD_PORTS:=2379:2380 22379:22380 32379:32380}"
+: "${PALISADE_EXTRA_FLAGS:=}"
+: "${ETCD_EXTRA_FLAGS:=}"
+READY_TIMEOUT=30
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# --- tools ------------------------------------------------------------------------------
+command -v python3 >/dev/null || die "python3 is needed (apt-get install -y python3)"
+pkgs=()
+command -v wrk >/dev/null || pkgs+=(wrk)
+[[ " $TARGETS " != *" etcd "* ]] || command -v "$ETCD_BIN" >/dev/null || pkgs+=(etcd-server)
+if ((${#pkgs[@]})); then
+  if [[ $EUID == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing ${pkgs[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${pkgs[@]}" >&2 || { apt-get update -qq && apt-get install -y -qq "${pkgs[@]}" >&2; }
+  else
+    die "missing ${pkgs[*]}: install wrk and etcd 3.4 or newer (Debian/Ubuntu: sudo apt-get install -y wrk etcd-server; elsewhere https://github.com/wg/wrk and https://github.com/etcd-io/etcd/releases, or set ETCD_BIN)"
+  fi
+fi
+for t in $TARGETS; do
+  [[ $t == palisade || $t == etcd ]] || die "TARGETS: unknown product $t (palisade, etcd)"
+done
+for n in $NODES; do
+  [[ $n == 1 || $n == 3 ]] || die "NODES: $n (1 or 3)"
+done
+for t in $TARGETS; do
+  for l in $LOADS; do
+    [[ -f $here/$t/$l.lua ]] || die "LOADS: no benches/$t/$l.lua"
+  done
+done
+
+if [[ -z ${PALISADE_BIN:-} ]]; then
+  log "building Palisade (cargo build --release)"
+  (cd "$root" && cargo build --release --bin palisade)
+  PALISADE_BIN=$root/target/release/palisade
+fi
+
+# --- processes and cleanup --------------------------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/palisade-bench.XXXXXX")
+PIDS=()     # every server process this script started and has not reaped yet
+URLS=()     # client URLs of the running members
+
+alive() { # running and not a zombie
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [[ ${st%% *} != Z ]]
+}
+
+stop_servers() { # TERM, 10 s grace, then KILL; reap
+  local pid i
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && { log "PID $pid ignored TERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+  URLS=()
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_servers
+  if [[ $KEEP_DATA == 1 ]]; then
+    log "kept $work"
+  else
+    ((rc == 0)) || log "deleted $work with the server and wrk logs (KEEP_DATA=1 keeps them)"
+    rm -rf -- "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { # port_free PORT KNOB
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    local hint=""
+    [[ $2 == ETCD_PORTS ]] && hint="; the etcd-server package may have started a system etcd"
+    die "port $1 on 127.0.0.1 is in use by another process (set $2 to other ports$hint)"
+  fi
+}
+
+# --- the products -----------------------------------------------------------------------
+
+# The one place that knows how to start a Palisade member.
+# palisade_member ID DATA_DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER LOG
+palisade_member() {
+  # shellcheck disable=SC2086 # PALISADE_EXTRA_FLAGS is a word list on purpose
+  "$PALISADE_BIN" serve --node-id "$1" --data-dir "$2" \
+    --listen-client "127.0.0.1:$3" --listen-peer "127.0.0.1:$4" \
+    --initial-cluster "$5" --log-level warn $PALISADE_EXTRA_FLAGS \
+    >"$6" 2>&1 </dev/null &
+  PIDS+=("$!")
+}
+
+# etcd_member NAME DATA_DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER LOG
+etcd_member() {
+  # shellcheck disable=SC2086 # ETCD_EXTRA_FLAGS is a word list on purpose
+  "$ETCD_BIN" --name "$1" --data-dir "$2" \
+    --listen-client-urls "http://127.0.0.1:$3" --advertise-client-urls "http://127.0.0.1:$3" \
+    --listen-peer-urls "http://127.0.0.1:$4" --initial-advertise-peer-urls "http://127.0.0.1:$4" \
+    --initial-cluster "$5" --initial-cluster-state new --initial-cluster-token "bench-$$" \
+    --logger zap --log-outputs stderr --log-level warn $ETCD_EXTRA_FLAGS \
+    >"$6" 2>&1 </dev/null &
+  PIDS+=("$!")
+}
+
+# start PRODUCT NODES DIR: start the members and wait for a leader; sets LEADER_URL.
+start() {
+  local product=$1 nodes=$2 dir=$3 i cluster="" ports var=${1^^}_PORTS
+  read -r -a ports <<<"${!var}"
+  ((${#ports[@]} >= nodes)) || die "$var has fewer than $nodes client:peer pairs"
+  for ((i = 0; i < nodes; i++)); do
+    port_free "${ports[i]%:*}" "$var"
+    port_free "${ports[i]#*:}" "$var"
+    if [[ $product == palisade ]]; then
+      cluster+="${cluster:+,}$((i + 1))=http://127.0.0.1:${ports[i]#*:}"
+    else
+      cluster+="${cluster:+,}m$((i + 1))=http://127.0.0.1:${ports[i]#*:}"
+    fi
+  done
+  for ((i = 0; i < nodes; i++)); do
+    if [[ $product == palisade ]]; then
+      palisade_member "$((i + 1))" "$dir/n$((i + 1))" "${ports[i]%:*}" "${ports[i]#*:}" "$cluster" "$dir/n$((i + 1)).log"
+    else
+      etcd_member "m$((i + 1))" "$dir/n$((i + 1))" "${ports[i]%:*}" "${ports[i]#*:}" "$cluster" "$dir/n$((i + 1)).log"
+    fi
+    URLS+=("http://127.0.0.1:${ports[i]%:*}")
+  done
+  local deadline=$((SECONDS + READY_TIMEOUT)) pid
+  until LEADER_URL=$(python3 "$here/bench.py" leader "$product" "${URLS[@]}"); do
+    for pid in "${PIDS[@]}"; do
+      alive "$pid" || { tail -n 20 "$dir"/n*.log >&2; die "$product PID $pid exited during start-up"; }
+    done
+    ((SECONDS < deadline)) || { tail -n 20 "$dir"/n*.log >&2; die "$product: no leader after ${READY_TIMEOUT}s"; }
+    sleep 0.2
+  done
+}
+
+# --- measuring --------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+
+cpu_ticks() { # user+system ticks of the given PIDs
+  local pid total=0 f
+  for pid in "$@"; do
+    read -r -a f <<<"$(sed 's/.*) //' "/proc/$pid/stat")"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8; exit}' /proc/stat; }
+
+rss_kib() { # "max sum" of VmHWM (peak RSS) over the given PIDs
+  local pid h max=0 sum=0
+  for pid in "$@"; do
+    h=$(awk '/^VmHWM:/{print $2}' "/proc/$pid/status")
+    ((h > max)) && max=$h
+    sum=$((sum + h))
+  done
+  echo "rss_max_kib=$max rss_sum_kib=$sum"
+}
+
+# run_wrk PRODUCT LOAD CONNS SECONDS LOG [ENV=VALUE...]: one wrk run against LEADER_URL;
+# prints its BENCHRESULT line plus server/client/machine CPU figures.
+run_wrk() {
+  local product=$1 load=$2 conns=$3 secs=$4 logf=$5 t0 t1 b0 b1 w0 w1 cu cs res
+  shift 5
+  t0=$(cpu_ticks "${PIDS[@]}")
+  b0=$(busy_ticks)
+  w0=$(date +%s.%N)
+  local TIMEFORMAT='%U %S'
+  { time env LUA_PATH="$here/?.lua;;" BENCH_KEYS="$KEYS" "$@" \
+      wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$here/$product/$load.lua" "$LEADER_URL" \
+      >"$logf" 2>&1; } 2>"$logf.time" || die "wrk failed (see $logf)"
+  w1=$(date +%s.%N)
+  b1=$(busy_ticks)
+  t1=$(cpu_ticks "${PIDS[@]}")
+  read -r cu cs <"$logf.time"
+  res=$(grep '^BENCHRESULT' "$logf") || die "no result from wrk (see $logf)"
+  echo "${res#BENCHRESULT } server_ticks=$((t1 - t0)) busy_ticks=$((b1 - b0))" \
+    "client_cpu_s=$(awk -v a="$cu" -v b="$cs" 'BEGIN{print a+b}')" \
+    "wall_s=$(awk -v a="$w0" -v b="$w1" 'BEGIN{printf "%.3f", b-a}')"
+}
+
+bc_s() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; } # seconds from $1 to $2
+
+field() { sed -n "s/.*\<$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+# group ROUND PRODUCT NODES LOAD: fresh servers, preload, checked warm-up, every CONNS cell.
+group() {
+  local round=$1 product=$2 nodes=$3 load=$4 conns res pid
+  local dir="$work/r$round-$product-$nodes-$load"
+  mkdir -p "$dir"
+  local t0=$EPOCHREALTIME t1
+  start "$product" "$nodes" "$dir"
+  t1=$EPOCHREALTIME
+  python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" || die "$product: preload failed"
+  log "$product, $nodes node(s): leader $LEADER_URL after $(bc_s "$t0" "$t1") s, $KEYS keys written in $(bc_s "$t1" "$EPOCHREALTIME") s"
+  res=$(run_wrk "$product" "$load" 16 "$WARMUP" "$dir/warmup.log" BENCH_VERIFY=1)
+  [[ $(field requests "$res") -gt 0 && $(field errors "$res") == 0 && $(field bad "$res") == 0 ]] ||
+    die "$product $load: warm-up got wrong answers ($res; see $dir/warmup.log)"
+  for conns in $CONNS; do
+    res=$(run_wrk "$product" "$load" "$conns" "$DURATION" "$dir/c$conns.log")
+    for pid in "${PIDS[@]}"; do
+      alive "$pid" || { tail -n 20 "$dir"/n*.log >&2; die "$product PID $pid exited during the $load load"; }
+    done
+    echo "round=$round target=$product nodes=$nodes load=$load conns=$conns $res $(rss_kib "${PIDS[@]}")" >>"$work/results.txt"
+    log "$(printf '%-8s %s node(s) %-16s c=%-3s %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms' "$product" "$nodes" "$load" "$conns" \
+      "$(awk -v n="$(field requests "$res")" -v d="$(field duration_s "$res")" 'BEGIN{print n/d}')" \
+      "$(awk -v u="$(field p50_us "$res")" 'BEGIN{print u/1000}')" "$(awk -v u="$(field p99_us "$res")" 'BEGIN{print u/1000}')")"
+  done
+  t0=$EPOCHREALTIME
+  stop_servers
+  log "$product, $nodes node(s): stopped in $(bc_s "$t0" "$EPOCHREALTIME") s"
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
+# --- machine, versions, the run ---------------------------------------------------------
+command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make bench" || echo "benches/run.sh")"
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "command=$command"
+  echo "cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
+  echo "cores=$(nproc)"
+  echo "ram=$(awk '/^MemTotal:/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)"
+  echo "kernel=$(uname -sr)"
+  echo "disk=$(df -PT "$work" | awk 'NR==2{print $2 " (" $1 ")"}'), under ${TMPDIR:-/tmp}"
+  echo "fsync=$(python3 "$here/bench.py" fsync "$work")"
+  echo "version_palisade=$("$PALISADE_BIN" --version)"
+  [[ " $TARGETS " != *" etcd "* ]] || echo "version_etcd=$("$ETCD_BIN" --version | sed -n 's/^etcd Version: /etcd /p')"
+  echo "desc_palisade=Palisade"
+  echo "desc_etcd=etcd"
+  echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), 1 thread"
+  echo "clk_tck=$CLK_TCK"
+  echo "keys=$KEYS"
+  echo "warmup=$WARMUP"
+  echo "duration=$DURATION"
+} >"$work/machine.txt"
+log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
+
+ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * $(wc -w <<<"$TARGETS")))
+est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
+log "$ROUNDS round(s) of $ngroups load groups; about $((est / 60 + 1)) min; work dir $work"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for nodes in $NODES; do
+    for load in $LOADS; do
+      for product in $TARGETS; do
+        group "$round" "$product" "$nodes" "$load"
+      done
+    done
+  done
+done
+
+python3 "$here/bench.py" report "$work" "$OUT"
+log "wrote $OUT"

@@ -1,10 +1,13 @@
--- benches/palisade/get-serializable.lua: local (possibly stale) read of a preloaded key.
-local bench = require("bench")
+-- Palisade: serializable read of one key from the local replica, no quorum round
+-- (GET /v1/kv/<key>?consistency=serializable).
+local bench = require("common")
 
 wrk.method = "GET"
 
-bench.check = function(status, headers, body) return status == 200 end
+bench.check = function(status, body)
+  return status == 200 and body:find(bench.value, 1, true) ~= nil
+end
 
 function request()
-  return wrk.format(nil, "/v1/kv/" .. bench.existing_key() .. "?consistency=serializable")
+  return wrk.format(nil, "/v1/kv/" .. bench.key() .. "?consistency=serializable")
 end

@@ -1,12 +1,12 @@
--- benches/palisade/put.lua: one write of a fresh unique key per request.
-local bench = require("bench")
+-- Palisade: write one key of the key space (PUT /v1/kv/<key> {"value": ...}).
+local bench = require("common")
 
 wrk.method = "PUT"
 wrk.headers["Content-Type"] = "application/json"
-local value_json = bench.json_str(bench.value)
+local body = '{"value":"' .. bench.value .. '"}'
 
-bench.check = function(status, headers, body) return status == 200 end
+bench.check = function(status, body) return status == 200 end
 
 function request()
-  return wrk.format(nil, "/v1/kv/" .. bench.next_key(), nil, '{"value":' .. value_json .. '}')
+  return wrk.format(nil, "/v1/kv/" .. bench.key(), nil, body)
 end
