@@ -111,6 +111,7 @@ impl Node {
             heartbeat_ms: cfg.heartbeat_ms,
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_every: cfg.snapshot_every,
+            max_message_bytes: cfg.max_peer_message_bytes,
         };
         let replica = Replica::open(&replica_cfg, Arc::new(RaftOverPeers(transport.clone()))).await?;
         if !replica.is_initialized().await? {

@@ -27,21 +27,13 @@ pub(super) struct Proposals {
 const MAX_PROPOSERS: usize = 2;
 /// At most this many commands go into one log entry...
 const MAX_BATCH: usize = 512;
-/// ...and at most about this many key and value bytes (a batch is one peer message).
+/// ...and at most about this many key and value bytes (and a quarter of the peer message
+/// limit, so an entry always fits a message).
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// The wall clock in ms since the Unix epoch (0 if the clock is before it).
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Key and value bytes of a command, for the batch size.
-fn weight(cmd: &Command) -> usize {
-    match cmd {
-        Command::Put { key, value, .. } => key.len() + value.len(),
-        Command::Delete { key, .. } => key.len(),
-        Command::Batch { cmds } => cmds.iter().map(weight).sum(),
-    }
 }
 
 impl Node {
@@ -160,11 +152,12 @@ impl Node {
                     p.running -= 1;
                     return;
                 }
+                let max_bytes = MAX_BATCH_BYTES.min(self.cfg.max_peer_message_bytes / 4);
                 let mut n = 0;
                 let mut bytes = 0;
                 for (cmd, _) in p.waiting.iter().take(MAX_BATCH) {
-                    bytes += weight(cmd);
-                    if n > 0 && bytes > MAX_BATCH_BYTES {
+                    bytes += cmd.data_bytes();
+                    if n > 0 && bytes > max_bytes {
                         break;
                     }
                     n += 1;

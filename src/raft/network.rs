@@ -1,11 +1,15 @@
 //! The Raft RPCs as values, and openraft's network over whatever carries them.
 //!
-//! [`RaftRpc`] and [`RaftReply`] are the three calls Raft makes between members (append,
-//! vote, snapshot) in a form the peer protocol can carry without knowing openraft. They
-//! travel through a [`RaftSender`], which the peer layer implements (HTTP between
-//! processes, or a test network). Failures that should back off map to `Unreachable`
-//! (openraft retries plain network errors at once); a call never waits longer than the
-//! timeout it is given.
+//! [`RaftRpc`] and [`RaftReply`] are the calls Raft makes between members (append, vote,
+//! snapshot) in a form the peer protocol can carry without knowing openraft. They travel
+//! through a [`RaftSender`], which the peer layer implements (HTTP between processes, or a
+//! test network). Failures that should back off map to `Unreachable` (openraft retries
+//! plain network errors at once); a call never waits longer than the timeout it is given.
+//!
+//! Every message stays under the peer message limit: an append that would pass it is
+//! refused before sending with openraft's `PayloadTooLarge` and a hint of how many entries
+//! fit (openraft then sends fewer), and a snapshot travels as a sequence of chunks that
+//! the receiver assembles before installing.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +17,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -29,10 +34,14 @@ use super::types::*;
 pub enum RaftRpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
-    /// A whole snapshot (openraft's `full_snapshot`).
-    Snapshot {
+    /// Part of a snapshot (openraft's `full_snapshot`, sent in order): `data` goes at
+    /// `offset`; with `done` the receiver installs the `total` bytes it assembled.
+    SnapshotChunk {
         vote: Vote,
         meta: SnapshotMeta,
+        offset: u64,
+        total: u64,
+        done: bool,
         #[serde(with = "crate::store::bytes_b64")]
         data: Vec<u8>,
     },
@@ -45,7 +54,10 @@ pub enum RaftRpc {
 pub enum RaftReply {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// The answer to the last chunk of a snapshot.
     Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    /// A chunk before the last was stored.
+    ChunkStored,
     Refused(String),
 }
 
@@ -77,13 +89,20 @@ pub trait RaftSender: Send + Sync + 'static {
 #[derive(Clone)]
 pub(crate) struct Network {
     pub sender: Arc<dyn RaftSender>,
+    /// The largest message a peer accepts (bytes).
+    pub max_message_bytes: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        PeerClient { target, member: node.clone(), sender: self.sender.clone() }
+        PeerClient {
+            target,
+            member: node.clone(),
+            sender: self.sender.clone(),
+            max_message_bytes: self.max_message_bytes,
+        }
     }
 }
 
@@ -92,6 +111,35 @@ pub(crate) struct PeerClient {
     target: NodeId,
     member: Member,
     sender: Arc<dyn RaftSender>,
+    max_message_bytes: usize,
+}
+
+/// Room in a message for everything but the entries or the snapshot bytes.
+const ENVELOPE_BYTES: usize = 64 << 10;
+
+/// An upper estimate of an entry's size on the wire (JSON, values in base64).
+fn wire_bytes(e: &Entry) -> usize {
+    use openraft::EntryPayload;
+    let payload = match &e.payload {
+        EntryPayload::Blank => 0,
+        EntryPayload::Normal(p) => p.cmd.data_bytes() * 4 / 3 + 64 * p.cmd.count(),
+        EntryPayload::Membership(m) => 256 * m.nodes().count(),
+    };
+    256 + payload
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes (at least one).
+fn entries_that_fit(entries: &[Entry], budget: usize) -> usize {
+    let mut used = 0;
+    let mut n = 0;
+    for e in entries {
+        used += wire_bytes(e);
+        if n > 0 && used > budget {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 fn unreachable<E: std::error::Error>(e: CallError) -> RPCError<NodeId, Member, E> {
@@ -114,8 +162,8 @@ fn refused<E: std::error::Error>(r: &RaftReply) -> RPCError<NodeId, Member, E> {
     })))
 }
 
-/// Time allowed for a whole snapshot transfer.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for one snapshot chunk (the last one includes installing the snapshot).
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
@@ -123,6 +171,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let fit = entries_that_fit(&rpc.entries, self.max_message_bytes.saturating_sub(ENVELOPE_BYTES));
+        if fit < rpc.entries.len() {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
+        }
         let resp = self
             .sender
             .send(self.target, &self.member, RaftRpc::Append(rpc), option.hard_ttl())
@@ -157,27 +209,51 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let rpc = RaftRpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
-        let call = self.sender.send(self.target, &self.member, rpc, SNAPSHOT_TIMEOUT);
-        let resp = tokio::select! {
-            r = call => r,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+        let data = snapshot.snapshot.into_inner();
+        let meta = snapshot.meta;
+        let total = data.len() as u64;
+        // Base64 takes 4 bytes for 3.
+        let chunk = (self.max_message_bytes.saturating_sub(ENVELOPE_BYTES) / 4 * 3).max(1);
+        let send_all = async {
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + chunk).min(data.len());
+                let done = end == data.len();
+                let rpc = RaftRpc::SnapshotChunk {
+                    vote,
+                    meta: meta.clone(),
+                    offset: offset as u64,
+                    total,
+                    done,
+                    data: data[offset..end].to_vec(),
+                };
+                let reply = self.sender.send(self.target, &self.member, rpc, CHUNK_TIMEOUT).await;
+                match reply {
+                    Ok(RaftReply::ChunkStored) if !done => offset = end,
+                    Ok(RaftReply::Snapshot(Ok(r))) if done => return Ok(r),
+                    Ok(RaftReply::Snapshot(Err(fatal))) => {
+                        return Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+                    }
+                    Ok(other) => {
+                        return Err(StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(
+                            format!("snapshot chunk at {offset}: {other:?}"),
+                        ))))
+                    }
+                    Err(CallError::Unreachable(m) | CallError::Failed(m)) => {
+                        return Err(StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(m))))
+                    }
+                    Err(CallError::Timeout) => {
+                        return Err(StreamingError::Network(NetworkError::new(&std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "a snapshot chunk timed out",
+                        ))))
+                    }
+                }
+            }
         };
-        match resp {
-            Ok(RaftReply::Snapshot(Ok(r))) => Ok(r),
-            Ok(RaftReply::Snapshot(Err(fatal))) => {
-                Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
-            }
-            Ok(other) => Err(StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
-                "{other:?}"
-            ))))),
-            Err(CallError::Unreachable(m) | CallError::Failed(m)) => {
-                Err(StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(m))))
-            }
-            Err(CallError::Timeout) => Err(StreamingError::Network(NetworkError::new(&std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "snapshot transfer timed out",
-            )))),
+        tokio::select! {
+            r = send_all => r,
+            closed = cancel => Err(StreamingError::Closed(closed)),
         }
     }
 }

@@ -12,7 +12,8 @@
 //!   leader any more;
 //! - a peer RPC reaches openraft only from a member (a voter, for a vote) speaking for
 //!   itself, with a term that cannot overflow, entries that form a sequence, and, for a
-//!   snapshot, data that decodes; anything else is refused and changes nothing.
+//!   snapshot, chunks that arrive in order and add up to data that decodes; anything else
+//!   is refused and changes nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,6 +116,17 @@ pub struct ReplicaConfig {
     pub election_timeout_ms: u64,
     /// Take a snapshot after this many log entries.
     pub snapshot_every: u64,
+    /// The largest message a peer accepts (bytes): appends are split and snapshots
+    /// chunked to stay under it.
+    pub max_message_bytes: usize,
+}
+
+/// A snapshot being received, chunk by chunk.
+struct Incoming {
+    from: NodeId,
+    snapshot_id: String,
+    total: u64,
+    data: Vec<u8>,
 }
 
 /// Terms a peer may claim above ours: far beyond any real run of elections (2^32 of them),
@@ -129,6 +141,8 @@ pub struct Replica {
     leadership: watch::Receiver<Leadership>,
     /// When the quorum last acknowledged this leader (see [`ReplicaStatus::quorum_acked_at`]).
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    /// The snapshot a leader is sending this node, as far as it has arrived.
+    incoming: tokio::sync::Mutex<Option<Incoming>>,
 }
 
 impl Replica {
@@ -154,12 +168,12 @@ impl Replica {
             ..Default::default()
         }
         .validate()?;
-        let network = Network { sender };
+        let network = Network { sender, max_message_bytes: cfg.max_message_bytes };
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone()).await?;
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
         tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone()));
-        Ok(Replica { id: cfg.id, raft, sm, leadership, quorum_acked_at })
+        Ok(Replica { id: cfg.id, raft, sm, leadership, quorum_acked_at, incoming: Default::default() })
     }
 
     /// Whether this replica's log holds any state (a membership, at least).
@@ -290,7 +304,48 @@ impl Replica {
         match rpc {
             RaftRpc::Append(r) => RaftReply::Append(self.raft.append_entries(r).await),
             RaftRpc::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
-            RaftRpc::Snapshot { vote, meta, data } => {
+            RaftRpc::SnapshotChunk { vote, meta, offset, total, done, data } => {
+                let mut incoming = self.incoming.lock().await;
+                if offset == 0 {
+                    *incoming = Some(Incoming {
+                        from,
+                        snapshot_id: meta.snapshot_id.clone(),
+                        total,
+                        data: Vec::new(),
+                    });
+                }
+                let Some(inc) = incoming.as_mut() else {
+                    return RaftReply::Refused(format!(
+                        "no snapshot is being received (a chunk at {offset})"
+                    ));
+                };
+                let expected = inc.data.len() as u64;
+                if inc.from != from
+                    || inc.snapshot_id != meta.snapshot_id
+                    || inc.total != total
+                    || offset != expected
+                {
+                    *incoming = None;
+                    return RaftReply::Refused(format!(
+                        "out of order: a chunk at {offset} of snapshot {} where {expected} of {} was due",
+                        meta.snapshot_id, total
+                    ));
+                }
+                if expected + data.len() as u64 > total || (done && expected + data.len() as u64 != total) {
+                    *incoming = None;
+                    return RaftReply::Refused(format!("the chunks do not add up to {total} bytes"));
+                }
+                inc.data.extend_from_slice(&data);
+                if !done {
+                    return RaftReply::ChunkStored;
+                }
+                let data = std::mem::take(&mut inc.data);
+                *incoming = None;
+                drop(incoming);
+                if let Err(e) = StateMachine::validate_snapshot(&data) {
+                    tracing::warn!(from, error = %e, "refused a damaged snapshot");
+                    return RaftReply::Refused(format!("the snapshot is damaged: {e}"));
+                }
                 let snapshot = openraft::Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(data)) };
                 RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
             }
@@ -314,7 +369,7 @@ impl Replica {
         let vote = match rpc {
             RaftRpc::Append(r) => &r.vote,
             RaftRpc::Vote(r) => &r.vote,
-            RaftRpc::Snapshot { vote, .. } => vote,
+            RaftRpc::SnapshotChunk { vote, .. } => vote,
         };
         if vote.leader_id.node_id != from {
             return Err(format!("node {from} speaks for node {}", vote.leader_id.node_id));
@@ -352,11 +407,13 @@ impl Replica {
                     last_term = e.log_id.leader_id.term;
                 }
             }
-            RaftRpc::Snapshot { meta, data, .. } => {
+            RaftRpc::SnapshotChunk { meta, .. } => {
                 if meta.last_log_id.is_some_and(|l| l.leader_id.term > claimed) {
                     return Err("the snapshot's last log term is above the leader's term".into());
                 }
-                StateMachine::validate_snapshot(data).map_err(|e| format!("the snapshot is damaged: {e}"))?;
+                if meta.last_log_id.is_none() {
+                    return Err("a snapshot without a last log id".into());
+                }
             }
         }
         Ok(())

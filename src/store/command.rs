@@ -126,6 +126,27 @@ pub enum Command {
     Batch { cmds: Vec<Command> },
 }
 
+impl Command {
+    /// Key and value bytes the command carries (for message and batch sizes).
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value, cond, .. } => {
+                key.len() + value.len() + cond.if_value.as_ref().map_or(0, Vec::len)
+            }
+            Command::Delete { key, cond, .. } => key.len() + cond.if_value.as_ref().map_or(0, Vec::len),
+            Command::Batch { cmds } => cmds.iter().map(Command::data_bytes).sum(),
+        }
+    }
+
+    /// How many single commands this is (a batch counts its members).
+    pub fn count(&self) -> usize {
+        match self {
+            Command::Batch { cmds } => cmds.iter().map(Command::count).sum(),
+            _ => 1,
+        }
+    }
+}
+
 /// What applying a command decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

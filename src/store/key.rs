@@ -1,8 +1,9 @@
 //! Key paths: validation and the prefix arithmetic that hierarchical listing needs.
 //!
 //! A key is an absolute UTF-8 path (`/app/db/leader`): it starts with `/`, has no empty,
-//! `.` or `..` segment, no trailing `/`, no control characters, and is at most
-//! `max_len` bytes. `/` alone is the root: it can be listed but never written.
+//! `.` or `..` segment, no trailing `/`, no control characters, no invisible or
+//! direction-changing characters (so two keys that look the same are the same), and is at
+//! most `max_len` bytes. `/` alone is the root: it can be listed but never written.
 //! Keys sort byte-wise, so everything strictly below `/a` lies in the half-open
 //! range `["/a/", "/a0")` (`'0'` is the byte after `'/'`).
 
@@ -36,6 +37,12 @@ pub fn validate(key: &str, max_len: usize) -> Result<(), KeyError> {
             c as u32
         )));
     }
+    if let Some(c) = key.chars().find(|c| is_invisible(*c)) {
+        return Err(KeyError(format!(
+            "a key must not contain invisible or bidirectional-control characters (found U+{:04X})",
+            c as u32
+        )));
+    }
     if key == ROOT {
         return Ok(());
     }
@@ -50,6 +57,15 @@ pub fn validate(key: &str, max_len: usize) -> Result<(), KeyError> {
         }
     }
     Ok(())
+}
+
+/// Characters that render as nothing or reorder the text around them, so a key holding
+/// one looks like another key: zero-width spaces and joiners and the directional marks
+/// (U+200B–U+200F), the bidirectional embeddings and overrides (U+202A–U+202E), the
+/// bidirectional isolates (U+2066–U+2069), the word joiner and invisible operators
+/// (U+2060–U+2064), and the byte-order mark (U+FEFF).
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// True for the root path, which cannot be written.
@@ -99,6 +115,18 @@ mod tests {
     fn refuses_bad_paths() {
         for k in ["", "a", "a/b", "/a/", "//", "/a//b", "/.", "/a/..", "/a/./b", "/a\n", "/\u{7f}"] {
             assert!(validate(k, 1024).is_err(), "{k:?}");
+        }
+        for c in [
+            '\u{200B}', '\u{200D}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2060}', '\u{2066}', '\u{2069}',
+            '\u{FEFF}',
+        ] {
+            let k = format!("/locks/db{c}-main");
+            let e = validate(&k, 1024).unwrap_err();
+            assert!(e.0.contains("invisible"), "{k:?}: {e}");
+        }
+        // Visible non-ASCII stays fine.
+        for k in ["/ключ", "/مفتاح", "/a\u{00A0}b", "/emoji-🔒"] {
+            assert_eq!(validate(k, 1024), Ok(()), "{k:?}");
         }
         assert!(validate(&format!("/{}", "x".repeat(1024)), 1024).is_err());
         assert!(validate(&format!("/{}", "x".repeat(1023)), 1024).is_ok());

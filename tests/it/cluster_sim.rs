@@ -341,3 +341,43 @@ async fn a_seed_replays_the_same_fault_decisions() {
     assert!(a.contains(&(true, true)), "nothing was answered: {a:?}");
     assert!(!a.contains(&(false, true)), "an answer without a delivery: {a:?}");
 }
+
+/// With a small peer message limit (enforced by the network), a follower that was cut off
+/// catches up through appends split to fit, and a crashed one through a snapshot sent in
+/// chunks: no message ever passes the limit, and no write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_catch_ups_travel_in_messages_under_the_limit() {
+    const LIMIT: usize = 1 << 20;
+    let mut opts = sim::ClusterOptions::new(3);
+    opts.snapshot_every = 100;
+    opts.configure = |cfg| {
+        cfg.max_peer_message_bytes = LIMIT;
+        cfg.max_value_bytes = 64 << 10;
+    };
+    let c = Cluster::start_with(opts).await;
+    c.net().set_max_message_bytes(LIMIT);
+    let (leader, _) = c.leader().await;
+    let lagging = others(&c, &[leader])[0];
+    let value = "v".repeat(16 << 10);
+    // Cut off: 80 entries of 16 KiB (1.3 MiB) wait for it.
+    c.isolate(lagging);
+    for i in 0..80 {
+        c.put_ok(leader, &format!("/cut/{i}"), &value).await;
+    }
+    c.heal();
+    let state = c.converge().await;
+    assert_eq!(state.kvs.keys().filter(|k| k.starts_with("/cut/")).count(), 80);
+    // Crashed: 300 more entries, so the leader's log no longer reaches back; the snapshot
+    // (about 6 MiB) must travel in chunks.
+    c.crash(lagging).await;
+    for i in 0..300 {
+        c.put_ok(leader, &format!("/down/{i}"), &value).await;
+    }
+    c.restart(lagging).await;
+    let state = c.converge().await;
+    assert_eq!(state.kvs.len(), 380, "{}", c.describe());
+    let largest = c.net().largest_delivered();
+    assert!(largest <= LIMIT, "a message of {largest} bytes passed the limit of {LIMIT}");
+    assert!(largest > LIMIT / 2, "the test premise failed: no large message was needed ({largest} bytes)");
+    c.shutdown().await;
+}

@@ -30,33 +30,37 @@ async fn invalid_keys() {
         // 512 two-byte characters: 1 + 1024 = 1025 bytes once decoded.
         let too_long_encoded = format!("/v1/kv/{}", "%C3%A9".repeat(512));
         let bad_paths = [
-            "/v1/kv//a",         // empty first segment
-            "/v1/kv/a//b",       // empty segment
-            "/v1/kv/a/",         // trailing '/'
-            "/v1/kv/a/b/",       // trailing '/' below an existing key
-            "/v1/kv//",          // '//'
-            "/v1/kv/.",          // '.' segment
-            "/v1/kv/a/.",        // '.' segment
-            "/v1/kv/a/./b",      // '.' segment
-            "/v1/kv/..",         // '..' segment
-            "/v1/kv/a/..",       // '..' segment
-            "/v1/kv/a/../b",     // '..' segment
-            "/v1/kv/a/%2E%2E",   // '..' once decoded
-            "/v1/kv/a/%2e",      // '.' once decoded
-            "/v1/kv/a%2F..%2Fb", // '/a/../b' once decoded
-            "/v1/kv/a%2F",       // trailing '/' once decoded
-            "/v1/kv/a%2F%2Fb",   // '//' once decoded
-            "/v1/kv/%2F",        // '//' once decoded
-            "/v1/kv/a%01",       // control character
-            "/v1/kv/a%00b",      // NUL
-            "/v1/kv/a%0A",       // newline
-            "/v1/kv/a%7F",       // DEL
-            "/v1/kv/a%C2%85",    // U+0085, a C1 control
-            "/v1/kv/a%FF",       // not UTF-8
-            "/v1/kv/a%C3",       // truncated UTF-8
-            "/v1/kv/%ED%A0%80",  // an encoded surrogate: not UTF-8
-            &too_long,           // 1025 bytes
-            &too_long_encoded,   // 1025 bytes once decoded
+            "/v1/kv//a",          // empty first segment
+            "/v1/kv/a//b",        // empty segment
+            "/v1/kv/a/",          // trailing '/'
+            "/v1/kv/a/b/",        // trailing '/' below an existing key
+            "/v1/kv//",           // '//'
+            "/v1/kv/.",           // '.' segment
+            "/v1/kv/a/.",         // '.' segment
+            "/v1/kv/a/./b",       // '.' segment
+            "/v1/kv/..",          // '..' segment
+            "/v1/kv/a/..",        // '..' segment
+            "/v1/kv/a/../b",      // '..' segment
+            "/v1/kv/a/%2E%2E",    // '..' once decoded
+            "/v1/kv/a/%2e",       // '.' once decoded
+            "/v1/kv/a%2F..%2Fb",  // '/a/../b' once decoded
+            "/v1/kv/a%2F",        // trailing '/' once decoded
+            "/v1/kv/a%2F%2Fb",    // '//' once decoded
+            "/v1/kv/%2F",         // '//' once decoded
+            "/v1/kv/a%01",        // control character
+            "/v1/kv/a%00b",       // NUL
+            "/v1/kv/a%0A",        // newline
+            "/v1/kv/a%7F",        // DEL
+            "/v1/kv/a%C2%85",     // U+0085, a C1 control
+            "/v1/kv/a%FF",        // not UTF-8
+            "/v1/kv/a%C3",        // truncated UTF-8
+            "/v1/kv/%ED%A0%80",   // an encoded surrogate: not UTF-8
+            "/v1/kv/db%E2%80%8B", // U+200B zero-width space: looks like /db
+            "/v1/kv/a%E2%80%AEb", // U+202E right-to-left override
+            "/v1/kv/a%E2%81%A6b", // U+2066 left-to-right isolate
+            "/v1/kv/%EF%BB%BFa",  // U+FEFF byte-order mark
+            &too_long,            // 1025 bytes
+            &too_long_encoded,    // 1025 bytes once decoded
         ];
         for path in bad_paths {
             api.refused_put(path, value_body(), BAD, "invalid_key").await;

@@ -78,6 +78,8 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// Also serve every node's client API over HTTP on `127.0.0.1` (see [`Cluster::client_urls`]).
     pub http: bool,
+    /// Changes every node's config after the harness has set it up.
+    pub configure: fn(&mut Config),
 }
 
 impl ClusterOptions {
@@ -90,6 +92,7 @@ impl ClusterOptions {
             request_timeout: Duration::from_millis(1000),
             snapshot_every: 10_000,
             http: false,
+            configure: |_| {},
         }
     }
 }
@@ -276,6 +279,7 @@ impl Cluster {
             cfg.election_timeout_ms = opts.election_timeout_ms;
             cfg.request_timeout_ms = opts.request_timeout.as_millis() as u64;
             cfg.snapshot_every = opts.snapshot_every;
+            (opts.configure)(&mut cfg);
             slots.push(Slot { id: *id, cfg, _dir: dir });
         }
         let cluster = Cluster {

@@ -37,6 +37,10 @@ struct State {
     faults: HashMap<(NodeId, NodeId), LinkFaults>,
     /// Applied to every link without its own entry.
     default_faults: LinkFaults,
+    /// Requests larger than this (JSON bytes) are refused, as a peer listener refuses them.
+    max_message_bytes: Option<usize>,
+    /// The largest request delivered so far (JSON bytes).
+    largest_delivered: usize,
 }
 
 /// The simulated network.
@@ -118,6 +122,16 @@ impl SimNet {
         self.state().faults.insert((from, to), faults);
     }
 
+    /// Refuses requests larger than `bytes` (JSON), as a member's peer listener does.
+    pub fn set_max_message_bytes(&self, bytes: usize) {
+        self.state().max_message_bytes = Some(bytes);
+    }
+
+    /// The largest request delivered so far (JSON bytes).
+    pub fn largest_delivered(&self) -> usize {
+        self.state().largest_delivered
+    }
+
     /// Sets the faults of every link that has none of its own.
     pub fn set_default_faults(&self, faults: LinkFaults) {
         self.state().default_faults = faults;
@@ -156,6 +170,16 @@ impl SimNet {
         }
         // Round-trip through JSON, as the wire does.
         let wire = serde_json::to_vec(&req).map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        {
+            let mut st = self.state();
+            if st.max_message_bytes.is_some_and(|max| wire.len() > max) {
+                return Err(TransportError::Unreachable(format!(
+                    "a message of {} bytes is over the limit",
+                    wire.len()
+                )));
+            }
+            st.largest_delivered = st.largest_delivered.max(wire.len());
+        }
         let req: PeerRequest =
             serde_json::from_slice(&wire).map_err(|e| TransportError::Unreachable(e.to_string()))?;
         let lose_request = self.draw(faults.drop_request);
