@@ -333,6 +333,7 @@ impl Config {
         Member {
             client_url: url_of(self.advertise_client.as_deref().unwrap_or(&self.listen_client)),
             peer_url: url_of(self.advertise_peer.as_deref().unwrap_or(&self.listen_peer)),
+            incarnation: 0,
         }
     }
 
@@ -505,7 +506,7 @@ pub fn parse_cluster(s: &str) -> Result<BTreeMap<NodeId, Member>, String> {
             check_url(client).map_err(|m| format!("node {id}: {m}"))?;
         }
         let client_url = if client.is_empty() { String::new() } else { url_of(client) };
-        if out.insert(id, Member { client_url, peer_url: url_of(peer) }).is_some() {
+        if out.insert(id, Member { client_url, peer_url: url_of(peer), incarnation: 0 }).is_some() {
             return Err(format!("names node {id} twice"));
         }
     }

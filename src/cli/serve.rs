@@ -48,10 +48,26 @@ async fn serve(cfg: crate::config::Config) -> anyhow::Result<()> {
         data_dir = %cfg.data_dir.display(),
         "palisade node serving"
     );
-    crate::http::serve(node.clone(), client, peer, shutdown_signal()).await?;
+    // Stop on a signal, or when the node cannot go on (a replaced disk refused, a storage
+    // failure): then the process exits with an error, so an orchestrator sees it.
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let stop = {
+        let (node, failed) = (node.clone(), failed.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                why = node.failed() => *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why),
+            }
+        }
+    };
+    crate::http::serve(node.clone(), client, peer, stop).await?;
     tracing::info!("shutting down");
     node.shutdown().await;
-    Ok(())
+    let why = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match why {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,7 @@
-//! The node's identity on disk: which node a data dir belongs to and the cluster it was
-//! bootstrapped with, so a restart resumes them and contradicting flags are refused.
+//! The node's identity on disk: which node a data dir belongs to, the cluster it was
+//! bootstrapped with, the data dir's incarnation and whether the node has bootstrapped,
+//! so a restart resumes them, contradicting flags are refused, and a data dir that lost
+//! its log is told apart from a new one.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,12 @@ pub struct Identity {
     pub node_id: NodeId,
     pub cluster_id: String,
     pub initial_cluster: BTreeMap<NodeId, Member>,
+    /// Drawn at random when the data dir was created (never 0).
+    pub incarnation: u64,
+    /// The Raft log has been bootstrapped (initialized or joined): from then on an empty
+    /// log means lost data, not a new member.
+    #[serde(default)]
+    pub bootstrapped: bool,
 }
 
 const IDENTITY_FILE: &str = "identity.json";
@@ -74,14 +82,22 @@ pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
             cfg.node_id
         );
     }
-    let id = Identity { node_id: cfg.node_id, cluster_id: cluster_id_of(&initial), initial_cluster: initial };
+    let id = Identity {
+        node_id: cfg.node_id,
+        cluster_id: cluster_id_of(&initial),
+        initial_cluster: initial,
+        incarnation: rand::random::<u64>().max(1),
+        bootstrapped: false,
+    };
     std::fs::create_dir_all(&cfg.data_dir)?;
-    crate::raft::state_machine::write_durably(
-        &cfg.data_dir,
-        IDENTITY_FILE,
-        &serde_json::to_vec_pretty(&id)?,
-    )?;
+    save(cfg, &id)?;
     Ok(id)
+}
+
+/// Writes the identity file durably.
+pub(super) fn save(cfg: &Config, id: &Identity) -> anyhow::Result<()> {
+    crate::raft::state_machine::write_durably(&cfg.data_dir, IDENTITY_FILE, &serde_json::to_vec_pretty(id)?)?;
+    Ok(())
 }
 
 /// Refuses to run as a member whose peer URL differs from the one the cluster records for

@@ -27,6 +27,7 @@ use crate::peer::{
 };
 use crate::raft::{Leadership, Member, NodeId, Replica, ReplicaConfig, ReplicaStatus, Role};
 
+mod bootstrap;
 mod identity;
 mod peer;
 mod policy;
@@ -81,6 +82,11 @@ pub struct Node {
     reads: Mutex<ReadRounds>,
     /// Writes waiting to be proposed, and the proposers running (on the leader).
     proposals: Mutex<Proposals>,
+    /// While a new data dir waits to bootstrap: why (see `bootstrap`).
+    bootstrap_wait: Mutex<Option<String>>,
+    /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
+    /// process serving it should stop (see [`Node::failed`]).
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -114,10 +120,26 @@ impl Node {
             max_message_bytes: cfg.max_peer_message_bytes,
         };
         let replica = Replica::open(&replica_cfg, Arc::new(RaftOverPeers(transport.clone()))).await?;
-        if !replica.is_initialized().await? {
-            replica.initialize(identity.initial_cluster.clone()).await?;
+        let initialized = replica.is_initialized().await?;
+        if !initialized && identity.bootstrapped {
+            anyhow::bail!(
+                "the data dir {} belongs to node {} of cluster {}, but its raft log and snapshots are gone: \
+                 starting from nothing could lose acknowledged writes. Restore the data dir, or remove node {} \
+                 from the cluster and add it again as a new member with a new data dir (see README, \
+                 \"Replacing a failed member's disk\")",
+                cfg.data_dir.display(),
+                identity.node_id,
+                identity.cluster_id,
+                identity.node_id
+            );
         }
-        identity::check_recorded_address(&replica, &cfg)?;
+        if initialized {
+            identity::check_recorded_address(&replica, &cfg)?;
+            if !identity.bootstrapped {
+                // Bootstrapped before a crash kept the identity file from saying so.
+                identity::save(&cfg, &Identity { bootstrapped: true, ..identity.clone() })?;
+            }
+        }
         let node = Arc::new(Node {
             id: cfg.node_id,
             identity,
@@ -127,25 +149,51 @@ impl Node {
             cfg,
             reads: Mutex::default(),
             proposals: Mutex::default(),
+            bootstrap_wait: Mutex::default(),
+            fatal: tokio::sync::watch::Sender::new(None),
         });
-        tokio::spawn(Self::publish_client_url(Arc::downgrade(&node)));
+        if !initialized {
+            tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
+        }
+        tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         Ok(node)
     }
 
+    /// Stops the node for good: health fails and [`Node::failed`] tells the process.
+    pub(super) fn fail(&self, why: String) {
+        tracing::error!("{why}");
+        self.fatal.send_replace(Some(why));
+    }
+
+    /// Resolves with the reason once the node cannot go on; the process should then stop.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Makes sure the membership carries this node's client URL (the initial cluster flag
-    /// names only peer URLs), so every member can list where clients go.
-    async fn publish_client_url(node: std::sync::Weak<Node>) {
+    /// names only peer URLs), so every member can list where clients go, and its data
+    /// dir's incarnation, so the cluster knows it ran with data (see `bootstrap`).
+    async fn publish_member(node: std::sync::Weak<Node>) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let Some(node) = node.upgrade() else { return };
             let want = node.cfg.advertise().client_url;
+            let incarnation = node.identity.incarnation;
             match node.replica.member(node.id) {
-                Some(m) if m.client_url == want => return,
+                Some(m) if m.client_url == want && m.incarnation == incarnation => return,
                 None => continue,
                 Some(_) => {}
             }
             let Some(leader) = node.replica.leadership().borrow().leader else { continue };
-            let req = PeerRequest::SetClientUrl { client_url: want };
+            let req = PeerRequest::PublishMember { client_url: want, incarnation };
             let r = if leader == node.id {
                 Ok(node.clone().handle_peer(node.id, req).await)
             } else if let Some(member) = node.replica.member(leader) {
@@ -171,9 +219,14 @@ impl Node {
         &self.peer_key
     }
 
-    /// Whether `id` is a member (voter or learner) in this node's view.
+    /// Whether `id` is a member (voter or learner) in this node's view; before this node
+    /// has bootstrapped, the initial members count.
     pub fn is_member(&self, id: NodeId) -> bool {
-        self.replica.member(id).is_some()
+        if self.replica.has_membership() {
+            self.replica.member(id).is_some()
+        } else {
+            self.identity.initial_cluster.contains_key(&id)
+        }
     }
 
     /// Who leads; a change is published as it happens. `is_self` turns true only once
@@ -255,6 +308,9 @@ impl Node {
 
     /// Alive: the Raft core and storage are running. Never depends on quorum.
     pub fn health(&self) -> std::result::Result<(), String> {
+        if let Some(why) = self.fatal.borrow().clone() {
+            return Err(why);
+        }
         let s = self.replica.status();
         if let Some(why) = s.failure {
             return Err(format!("the raft core stopped: {why}"));
@@ -268,6 +324,9 @@ impl Node {
     /// Ready: alive, a leader is known and this node has applied what its log holds.
     pub fn readiness(&self) -> std::result::Result<(), String> {
         self.health()?;
+        if let Some(why) = self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(why);
+        }
         let s = self.replica.status();
         if s.leader.is_none() {
             return Err("no leader is known".into());

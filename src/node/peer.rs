@@ -1,6 +1,6 @@
 //! Serving peer requests: Raft calls (checked by the replica), forwarded writes (checked
-//! here exactly like a client's), read-index calls and client-URL updates. The sender has
-//! been proven by the transport; a sender that is not a member is refused outright.
+//! here exactly like a client's), read-index calls, member records and probes. The sender
+//! has been proven by the transport; a sender that is not a member is refused outright.
 
 use std::sync::Arc;
 
@@ -18,9 +18,10 @@ impl Node {
             _ if from != self.id && !self.is_member(from) => match req {
                 PeerRequest::Forward(_) => PeerResponse::Forward(Err(PeerError::Unavailable(not_member()))),
                 PeerRequest::ReadIndex => PeerResponse::ReadIndex(Err(PeerError::Unavailable(not_member()))),
-                PeerRequest::SetClientUrl { .. } => {
-                    PeerResponse::SetClientUrl(Err(PeerError::Unavailable(not_member())))
+                PeerRequest::PublishMember { .. } => {
+                    PeerResponse::PublishMember(Err(PeerError::Unavailable(not_member())))
                 }
+                PeerRequest::Probe => PeerResponse::Probe(self.probe_reply(from)),
                 PeerRequest::Raft(_) => PeerResponse::Raft(RaftReply::Refused(not_member())),
             },
             PeerRequest::Forward(cmd) => {
@@ -38,18 +39,22 @@ impl Node {
                 };
                 PeerResponse::Forward(r)
             }
-            PeerRequest::SetClientUrl { client_url } => {
-                // A member sets only its own address, and only to a URL.
+            PeerRequest::Probe => PeerResponse::Probe(self.probe_reply(from)),
+            PeerRequest::PublishMember { client_url, incarnation } => {
+                // A member sets only its own record, and only to a URL.
                 let client_url = match crate::config::normalize_url(&client_url) {
                     Ok(u) => u,
                     Err(e) => {
-                        return PeerResponse::SetClientUrl(Err(PeerError::Refused(Error::InvalidArgument(e))))
+                        return PeerResponse::PublishMember(Err(PeerError::Refused(Error::InvalidArgument(
+                            e,
+                        ))))
                     }
                 };
                 let Some(mut member) = self.replica.member(from) else {
-                    return PeerResponse::SetClientUrl(Err(PeerError::Unavailable(not_member())));
+                    return PeerResponse::PublishMember(Err(PeerError::Unavailable(not_member())));
                 };
                 member.client_url = client_url;
+                member.incarnation = incarnation;
                 let r = match tokio::time::timeout(
                     self.cfg.request_timeout(),
                     self.replica.set_member_addr(from, member),
@@ -60,7 +65,7 @@ impl Node {
                     Ok(Err(e)) => Err(PeerError::Unavailable(e)),
                     Err(_) => Err(PeerError::Timeout),
                 };
-                PeerResponse::SetClientUrl(r)
+                PeerResponse::PublishMember(r)
             }
             PeerRequest::ReadIndex => {
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), self.local_read_index()).await

@@ -11,7 +11,7 @@ mod protocol;
 mod transport;
 
 pub use auth::{PeerAuthError, PeerKey, SIGNATURE_HEADERS};
-pub use protocol::{PeerError, PeerHandler, PeerRequest, PeerResponse};
+pub use protocol::{PeerError, PeerHandler, PeerRequest, PeerResponse, ProbeReply};
 pub use transport::{HttpTransport, RaftOverPeers, Transport};
 
 pub use crate::raft::CallError as TransportError;

@@ -18,8 +18,22 @@ pub enum PeerRequest {
     Forward(Command),
     /// Ask the leader for a read index (it confirms its leadership with a quorum first).
     ReadIndex,
-    /// Ask the leader to record the caller's client URL in the membership.
-    SetClientUrl { client_url: String },
+    /// Ask the leader to record the caller's client URL and data dir incarnation in the
+    /// membership.
+    PublishMember { client_url: String, incarnation: u64 },
+    /// Asked by a member starting on a new data dir: what does the cluster know of it?
+    Probe,
+}
+
+/// What a member answers a [`PeerRequest::Probe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeReply {
+    /// The answering member has no state yet (it is new too, or waiting to bootstrap).
+    Fresh { cluster_id: String },
+    /// The answering member runs; `incarnation` is what its membership records for the
+    /// caller's data dir (0: nothing, the caller never ran with data).
+    Member { cluster_id: String, incarnation: u64 },
 }
 
 /// Why a forwarded write or a read-index call failed on the peer.
@@ -48,7 +62,8 @@ pub enum PeerResponse {
     Raft(RaftReply),
     Forward(Result<Outcome, PeerError>),
     ReadIndex(Result<u64, PeerError>),
-    SetClientUrl(Result<(), PeerError>),
+    PublishMember(Result<(), PeerError>),
+    Probe(ProbeReply),
 }
 
 /// What serves peer requests on a member (the node facade implements it). `from` is the

@@ -279,6 +279,11 @@ impl Replica {
         *self.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether this replica knows a membership (it has bootstrapped or been joined).
+    pub fn has_membership(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+    }
+
     /// The addresses of member `id`, if it is one.
     pub fn member(&self, id: NodeId) -> Option<Member> {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()

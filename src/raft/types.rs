@@ -13,6 +13,15 @@ pub struct Member {
     pub client_url: String,
     /// Base URL of the member's peer (Raft) listener (`http://host:7380`).
     pub peer_url: String,
+    /// A random number the member's data dir drew when it was created, published by the
+    /// member once it runs (0: not yet). A new data dir draws a new one, so the cluster
+    /// can tell a member that lost its disk from one that never had data.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl fmt::Display for Member {

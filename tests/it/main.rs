@@ -5,6 +5,7 @@
 //! - `http_api`, `openapi_sync`, `cli`: the client API, its spec and the CLI.
 //! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
 //! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
+//! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
 
 mod jepsen;
 mod sim;
@@ -14,7 +15,9 @@ mod checkers;
 mod cli;
 mod cluster_process;
 mod cluster_sim;
+mod disk_faults;
 mod fault_process;
 mod fault_sim;
+mod hostile_peer;
 mod http_api;
 mod openapi_sync;

@@ -595,6 +595,7 @@ fn member() -> Member {
     Member {
         client_url: format!("http://127.0.0.1:{}", free_port()),
         peer_url: format!("http://127.0.0.1:{}", free_port()),
+        incarnation: 0,
     }
 }
 

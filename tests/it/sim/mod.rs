@@ -688,7 +688,7 @@ impl Drop for Cluster {
 /// A member's addresses in the simulation: the peer URL only names it (the simulated
 /// network ignores it).
 fn sim_member(id: NodeId, client_url: String) -> Member {
-    Member { client_url, peer_url: format!("http://sim-node-{id}:7380") }
+    Member { client_url, peer_url: format!("http://sim-node-{id}:7380"), incarnation: 0 }
 }
 
 fn consistency(linearizable: bool) -> Consistency {

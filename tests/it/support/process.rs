@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     /// Where each node lives, one entry per node (id 1 first). Empty (the default): every
     /// node on 127.0.0.1 with ports the OS picks, run directly.
     pub hosts: Vec<NodeHost>,
+    /// Members not started with the others (start them with [`Cluster::start_node`]).
+    pub delayed: Vec<u64>,
 }
 
 /// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
@@ -83,6 +85,7 @@ impl Default for ClusterOptions {
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(20),
             hosts: Vec::new(),
+            delayed: Vec::new(),
         }
     }
 }
@@ -307,10 +310,12 @@ impl Cluster {
             .collect();
         let http = Http::new(Duration::from_secs(5));
         let cluster = Cluster { opts, nodes, http, dir: Some(dir) };
-        for id in cluster.ids() {
+        let first: Vec<u64> =
+            cluster.ids().into_iter().filter(|id| !cluster.opts.delayed.contains(id)).collect();
+        for &id in &first {
             cluster.spawn(id);
         }
-        for id in cluster.ids() {
+        for id in first {
             if let Err(why) = cluster.wait_healthy(id).await {
                 if tail(cluster.log_path(id), 50).contains("cannot listen") {
                     cluster.kill_all_9();
@@ -520,6 +525,32 @@ impl Cluster {
         self.spawn(id);
         if let Err(why) = self.wait_healthy(id).await {
             panic!("node {id} did not restart: {why}\n{}", self.logs());
+        }
+    }
+
+    /// Starts node `id` (one of [`ClusterOptions::delayed`], or one that exited) and waits
+    /// until it answers `/healthz`.
+    pub async fn start_node(&self, id: u64) {
+        self.restart(id).await
+    }
+
+    /// Starts node `id` with its command line and waits (at most `within`) for it to exit
+    /// by itself; returns its exit status and the tail of its log. Panics if it keeps running.
+    pub async fn start_expecting_exit(&self, id: u64, within: Duration) -> (ExitStatus, String) {
+        assert!(!self.is_live(id), "node {id} is still running");
+        let _ = self.exit_status(id);
+        self.node(id).child.lock().unwrap().take();
+        self.spawn(id);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exit_status(id) {
+                return (status, self.log_tail(id, 40));
+            }
+            if Instant::now() >= deadline {
+                self.kill_9(id);
+                panic!("node {id} kept running for {within:?}; its log:\n{}", self.log_tail(id, 60));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -1,0 +1,105 @@
+//! Replaced and damaged disks, with real processes: a member whose data dir was wiped or
+//! lost its log must not rejoin as itself (it was counted in quorums; its empty vote could
+//! elect a leader missing acknowledged writes), while a member that never ran (a late
+//! start of a new cluster) joins; a member restarted with another peer address is refused.
+//! In every case no acknowledged write goes missing.
+
+use std::time::Duration;
+
+use crate::support::process::{
+    free_ports, run_to_exit, with_flag, without_flag, Cluster, ClusterOptions, Consistency,
+};
+
+/// Writes `n` keys through the leader; every one acknowledged.
+async fn write_keys(c: &Cluster, prefix: &str, n: usize) {
+    let (leader, _) = c.leader().await;
+    for i in 0..n {
+        let r =
+            c.http().put(&c.client_url(leader), &format!("{prefix}/{i}"), &format!("v{i}")).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+/// Every acknowledged key is there, read linearizably through node `via`.
+async fn assert_keys(c: &Cluster, via: u64, prefix: &str, n: usize) {
+    let listing =
+        c.http().list(&c.client_url(via), prefix, Consistency::Linearizable).await.expect("a listing");
+    assert_eq!(listing.kvs.len(), n, "node {via} lost acknowledged keys under {prefix}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_refuses_to_rejoin_as_itself() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    write_keys(&c, "/acked", 100).await;
+    let (leader, _) = c.leader().await;
+    let victim = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    c.kill_9(victim);
+    std::fs::remove_dir_all(c.data_dir(victim)).unwrap();
+    let (status, log) = c.start_expecting_exit(victim, Duration::from_secs(20)).await;
+    assert!(!status.success(), "a wiped member exited with {status}");
+    assert!(log.contains("disk was replaced or wiped"), "{log}");
+    assert!(log.contains(&format!("remove node {victim}")), "{log}");
+    // The others still hold (and serve) every acknowledged write, and still have a quorum.
+    for id in c.live_ids() {
+        assert_keys(&c, id, "/acked", 100).await;
+    }
+    write_keys(&c, "/later", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_log_refuses_to_start() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    write_keys(&c, "/acked", 30).await;
+    let (leader, _) = c.leader().await;
+    let victim = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    c.kill_9(victim);
+    // The identity file stays; the log and snapshots go.
+    std::fs::remove_dir_all(c.data_dir(victim).join("raft")).unwrap();
+    let _ = std::fs::remove_dir_all(c.data_dir(victim).join("snapshot"));
+    let (status, log) = c.start_expecting_exit(victim, Duration::from_secs(20)).await;
+    assert!(!status.success());
+    assert!(log.contains("its raft log and snapshots are gone"), "{log}");
+    for id in c.live_ids() {
+        assert_keys(&c, id, "/acked", 30).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_start_of_a_new_cluster_joins() {
+    let c = Cluster::start(ClusterOptions { delayed: vec![3], ..Default::default() }).await;
+    write_keys(&c, "/early", 20).await;
+    c.start_node(3).await;
+    // Node 3 had no data, so it may join; it catches up with everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let l = c.http().list(&c.client_url(3), "/early", Consistency::Serializable).await;
+        if l.as_ref().is_ok_and(|l| l.kvs.len() == 20) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 3 did not catch up: {l:?}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it is a full member: with node 1 down, 2 and 3 are a quorum.
+    c.kill_9(1);
+    let (leader, _) = c.leader().await;
+    assert_ne!(leader, 1);
+    write_keys(&c, "/after", 5).await;
+    assert_keys(&c, 3, "/early", 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_another_peer_address_is_refused() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    write_keys(&c, "/acked", 10).await;
+    let victim = 2;
+    c.stop(victim, Duration::from_secs(5));
+    let port = free_ports(1)[0];
+    let args = without_flag(&c.command_line(victim), "--initial-cluster");
+    let args = with_flag(&args, "--listen-peer", &format!("127.0.0.1:{port}"));
+    let out = run_to_exit(&args, Duration::from_secs(20));
+    assert!(out.status.is_some_and(|s| !s.success()), "{out:?}");
+    assert!(out.stderr.contains("but the cluster records"), "{}", out.stderr);
+    // The same command line as before still works.
+    c.restart(victim).await;
+    assert_keys(&c, victim, "/acked", 10).await;
+}
