@@ -262,6 +262,31 @@ async fn invalid_bodies() {
         let b64 = STANDARD.encode(vec![0xffu8; mib + 1]);
         api.refused_put(uri, json!({ "value_base64": b64 }).to_string(), too_large, "too_large").await;
 
+        // A body in an encoding the server does not decode: 415, nothing read or changed.
+        let before = api.snapshot().await;
+        for encoding in ["gzip", "deflate", "br", "identity, gzip"] {
+            let r = api
+                .send_with_headers(
+                    Method::PUT,
+                    uri,
+                    Body::from(json!({"value": "x"}).to_string()),
+                    &[("content-type", "application/json"), ("content-encoding", encoding)],
+                )
+                .await;
+            r.error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding");
+        }
+        assert_eq!(api.snapshot().await, before, "a body in an unknown encoding changed the store");
+        let r = api
+            .send_with_headers(
+                Method::PUT,
+                "/v1/kv/enc",
+                Body::from(json!({"value": "plain"}).to_string()),
+                &[("content-encoding", "identity")],
+            )
+            .await;
+        r.expect(StatusCode::OK);
+        api.delete("/v1/kv/enc").await;
+
         // Bodies over 2 MiB: 413 too_large, before any parsing.
         let body = json!({"value": "v".repeat(2 * mib)}).to_string();
         assert!(body.len() > 2 * mib);

@@ -165,6 +165,25 @@ impl Api {
         Resp { status: parts.status, headers: parts.headers, body, what: format!("{method} {uri}") }
     }
 
+    /// A request with these exact headers.
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Body,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(body).unwrap_or_else(|e| panic!("{method} {uri}: bad request: {e}"));
+        let resp = self.router.clone().oneshot(req).await.expect("the router is infallible");
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.expect("the body reads");
+        Resp { status: parts.status, headers: parts.headers, body, what: format!("{method} {uri}") }
+    }
+
     pub async fn get(&self, uri: &str) -> Resp {
         self.send(Method::GET, uri, Body::empty(), None).await
     }
