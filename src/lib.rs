@@ -19,3 +19,4 @@ pub mod http;
 pub mod node;
 pub mod raft;
 pub mod store;
+pub mod wal;
