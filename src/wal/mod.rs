@@ -98,6 +98,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use record::Kind;
+#[cfg(test)]
+pub(crate) use replay::{max_entry_index, segment_paths};
 pub(crate) use segment::Disk;
 #[cfg(test)]
 pub(crate) use writer::Point;

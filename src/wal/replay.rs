@@ -518,3 +518,18 @@ fn finish_newest(seg: &Loaded, sc: &Scan<'_>, state: &mut State) -> io::Result<(
 pub(crate) fn segment_paths(dir: &Path) -> Vec<std::path::PathBuf> {
     segment::list(dir).unwrap().segments.into_iter().map(|s| segment::segment_path(dir, s)).collect()
 }
+
+/// The largest entry index recorded in the segment at `path` (for tests).
+#[cfg(test)]
+pub(crate) fn max_entry_index(path: &Path) -> Option<u64> {
+    let buf = std::fs::read(path).unwrap();
+    let mut off = 0;
+    let mut max = None;
+    while let Ok(f) = record::parse(&buf, off) {
+        if f.header.kind == Kind::Entry {
+            max = max.max(Some(f.header.arg));
+        }
+        off = f.end;
+    }
+    max
+}
