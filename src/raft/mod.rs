@@ -4,6 +4,7 @@
 pub mod log_store;
 pub mod network;
 pub mod sim_network;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
