@@ -13,7 +13,7 @@
 //! 32  n  payload
 //! ```
 //!
-//! [`write`] is atomic and durable: a tmp file, fsync, rename, fsync of the directory, so a
+//! [`write()`] is atomic and durable: a tmp file, fsync, rename, fsync of the directory, so a
 //! reader sees the old file or the new one, whole. A full disk (ENOSPC/EDQUOT) or no file
 //! descriptors (EMFILE/ENFILE) while creating or writing the tmp file or renaming it is
 //! retried with a backoff (50 ms to 1 s) until it succeeds, as the WAL does; any other

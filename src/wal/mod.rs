@@ -22,7 +22,7 @@
 //! `wal-<seq>.log` segments (seq from 1, contiguous), a `LOCK` file (exclusively locked while
 //! open; once a segment exists it says so, so a directory that lost every segment is not
 //! taken for a fresh one) and, briefly, `wal-<seq>.log.tmp` while a segment is created.
-//! Layout of a record: [`record`]. A segment is preallocated (`fallocate`) to its size
+//! Layout of a record: `record.rs`. A segment is preallocated (`fallocate`) to its size
 //! (64 MiB by default, larger for a record that does not fit) and starts with a `Begin`
 //! record (format version, seq, size) followed by the meta records (vote, purge,
 //! committed) restating what older segments said, so older segments can be deleted once
@@ -32,7 +32,7 @@
 //! file system still records the first write into each preallocated extent), a full disk
 //! shows up at segment creation rather than mid-batch, and a truncated file is detectable.
 //!
-//! # Writing ([`writer`])
+//! # Writing (`writer.rs`)
 //! One writer thread drains the queue, writes the batch with one positioned vectored
 //! write, issues one `fdatasync`, and only then acknowledges, in order. Every record
 //! carries its batch number (epoch), and the last record before each fsync is flagged
@@ -47,7 +47,7 @@
 //! created before the current segment is sealed, not after: the other order makes a crash
 //! between the two look exactly like a deleted newest segment.
 //!
-//! # Recovery ([`replay`])
+//! # Recovery (`replay.rs`)
 //! - Segment numbers must be contiguous; every segment must begin with a valid `Begin`
 //!   naming its own seq and a known version, and be exactly its recorded size.
 //! - Every segment but the newest must be intact and end with a `Seal` naming its
