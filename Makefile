@@ -16,6 +16,10 @@ test verify:
 	@if grep -rnE '(tokio|openraft|axum|reqwest)::|SystemTime|Instant|std::(fs|net|thread)' src/store/ --include='*.rs' \
 		| grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then \
 		echo 'src/store/ must stay pure: no runtime, consensus, HTTP, clock or I/O (see src/store/mod.rs)'; exit 1; fi
+	@# The WAL stores opaque bytes and needs no runtime: no openraft, tokio or HTTP in src/wal/.
+	@if grep -rnE '(tokio|openraft|axum|reqwest)::' src/wal/ --include='*.rs' \
+		| grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then \
+		echo 'src/wal/ must stay free of openraft and the async runtime (see src/wal/mod.rs)'; exit 1; fi
 	$(CARGO) build --bin palisade
 	$(CARGO) test --all-targets -- --test-threads=2
 

@@ -21,4 +21,5 @@ pub mod node;
 pub mod peer;
 pub mod raft;
 pub mod store;
+pub mod wal;
 pub mod wire;

@@ -16,6 +16,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot_file;
 use super::types::*;
 use crate::store::{Outcome, State};
 
@@ -84,7 +85,7 @@ impl StateMachine {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(SNAPSHOT_FILE);
         let (applied, current) = if path.exists() {
-            let bytes = std::fs::read(&path)?;
+            let bytes = snapshot_file::read(&path)?;
             let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(io_err)?;
             (file.applied, Some(file.meta))
         } else {
@@ -141,7 +142,7 @@ impl StateMachine {
     fn load_current(&self) -> std::io::Result<Option<Snapshot<TypeConfig>>> {
         let meta = self.shared.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(meta) = meta else { return Ok(None) };
-        let bytes = std::fs::read(self.shared.dir.join(SNAPSHOT_FILE))?;
+        let bytes = snapshot_file::read(&self.shared.dir.join(SNAPSHOT_FILE))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
 }
@@ -171,7 +172,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let t0 = std::time::Instant::now();
             let bytes = Self::encode(&applied, &meta2);
             let t1 = t0.elapsed();
-            write_durably(&dir, SNAPSHOT_FILE, &bytes)?;
+            snapshot_file::write(&dir, SNAPSHOT_FILE, &bytes)?;
             tracing::info!(
                 bytes = bytes.len(),
                 encode_ms = t1.as_millis() as u64,
@@ -243,7 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Store the snapshot under the metadata openraft gave us.
         let bytes = Self::encode(&file.applied, meta);
         let dir = self.shared.dir.clone();
-        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &bytes))
+        tokio::task::spawn_blocking(move || snapshot_file::write(&dir, SNAPSHOT_FILE, &bytes))
             .await
             .map_err(io_err)
             .and_then(|r| r)
