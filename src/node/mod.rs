@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::peer::{
     HttpTransport, PeerError, PeerHandler, PeerKey, PeerRequest, PeerResponse, RaftOverPeers, Transport,
 };
-use crate::raft::{Leadership, Member, NodeId, Replica, ReplicaConfig, ReplicaStatus, Role};
+use crate::raft::{
+    Leadership, Member, NodeId, Replica, ReplicaConfig, ReplicaStatus, Role, Stall, StorageHealth,
+};
 
 mod bootstrap;
 mod identity;
@@ -109,6 +111,7 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         cfg.validate()?;
         let identity = identity::resolve(&cfg)?;
+        let fatal = tokio::sync::watch::Sender::new(None);
         let replica_cfg = ReplicaConfig {
             id: cfg.node_id,
             cluster_name: format!("palisade-{}", identity.cluster_id),
@@ -118,6 +121,13 @@ impl Node {
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_every: cfg.snapshot_every,
             max_message_bytes: cfg.max_peer_message_bytes,
+            on_fatal: Some({
+                let fatal = fatal.clone();
+                Arc::new(move |why: &str| {
+                    tracing::error!("{why}; this node stops");
+                    fatal.send_if_modified(|f| f.is_none() && f.replace(why.to_string()).is_none());
+                })
+            }),
         };
         let replica = Replica::open(&replica_cfg, Arc::new(RaftOverPeers(transport.clone()))).await?;
         let initialized = replica.is_initialized().await?;
@@ -150,7 +160,7 @@ impl Node {
             reads: Mutex::default(),
             proposals: Mutex::default(),
             bootstrap_wait: Mutex::default(),
-            fatal: tokio::sync::watch::Sender::new(None),
+            fatal,
         });
         if !initialized {
             tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
@@ -311,6 +321,9 @@ impl Node {
         if let Some(why) = self.fatal.borrow().clone() {
             return Err(why);
         }
+        if let StorageHealth::Failed(why) = self.replica.storage_health() {
+            return Err(format!("storage failed: {why}"));
+        }
         let s = self.replica.status();
         if let Some(why) = s.failure {
             return Err(format!("the raft core stopped: {why}"));
@@ -324,6 +337,7 @@ impl Node {
     /// Ready: alive, a leader is known and this node has applied what its log holds.
     pub fn readiness(&self) -> std::result::Result<(), String> {
         self.health()?;
+        self.check_storage()?;
         if let Some(why) = self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(why);
         }
@@ -338,6 +352,29 @@ impl Node {
             return Err(format!("catching up: applied {} of {}", s.applied_index, s.last_log_index));
         }
         Ok(())
+    }
+
+    /// Refuses while the log's storage is stalled (disk full, out of file descriptors):
+    /// nothing new could be made durable here until the condition clears.
+    pub(super) fn check_storage(&self) -> std::result::Result<(), String> {
+        match self.replica.storage_health() {
+            StorageHealth::Ok => Ok(()),
+            StorageHealth::Stalled { reason, detail, since } => {
+                let what = match reason {
+                    Stall::DiskFull => "this node's data disk is full",
+                    Stall::OutOfFileDescriptors => "this node is out of file descriptors",
+                };
+                Err(format!(
+                    "{what} (for {} s: {detail}); it resumes by itself once {}",
+                    since.elapsed().as_secs(),
+                    match reason {
+                        Stall::DiskFull => "space is freed",
+                        Stall::OutOfFileDescriptors => "descriptors are freed",
+                    }
+                ))
+            }
+            StorageHealth::Failed(why) => Err(format!("storage failed: {why}")),
+        }
     }
 
     /// Stops Raft; the data dir stays as it is.

@@ -33,6 +33,9 @@ impl Node {
                 if let Err(e) = self.check_write(&cmd) {
                     return PeerResponse::Forward(Err(PeerError::Refused(e)));
                 }
+                if let Err(why) = self.check_storage() {
+                    return PeerResponse::Forward(Err(PeerError::Unavailable(why)));
+                }
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), self.propose(cmd)).await {
                     Ok(r) => r,
                     Err(_) => Err(PeerError::Timeout),

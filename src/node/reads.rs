@@ -72,6 +72,9 @@ impl Node {
     /// Waits until this node can serve a linearizable read: a read index confirmed by a
     /// quorum is applied here.
     pub async fn linearize(self: &Arc<Self>) -> Result<()> {
+        // While this node's log cannot be written (disk full), its Raft core waits on the
+        // write and applies nothing: a linearizable read could only time out.
+        self.check_storage().map_err(Error::Unavailable)?;
         let deadline = self.deadline();
         let (tx, rx) = oneshot::channel();
         let start = {

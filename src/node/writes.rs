@@ -46,6 +46,7 @@ impl Node {
         loop {
             let leader = self.wait_leader(deadline, not).await?;
             if leader == self.id {
+                self.check_storage().map_err(Error::Unavailable)?;
                 if !self.quorum_contact(deadline).await {
                     return Err(Error::Unavailable(
                         "this leader has not heard from a quorum within an election timeout; nothing was proposed".into(),

@@ -102,7 +102,7 @@ pub enum ReadIndexError {
 }
 
 /// How a replica runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReplicaConfig {
     pub id: NodeId,
     /// Names the cluster in openraft's messages.
@@ -119,7 +119,13 @@ pub struct ReplicaConfig {
     /// The largest message a peer accepts (bytes): appends are split and snapshots
     /// chunked to stay under it.
     pub max_message_bytes: usize,
+    /// Called once with the reason when storage or the Raft core fails for good (the
+    /// process should then stop, so an orchestrator restarts it).
+    pub on_fatal: Option<crate::wal::OnFatal>,
 }
+
+/// The condition of this replica's storage (see [`crate::wal::Health`]).
+pub use crate::wal::{Health as StorageHealth, Stall};
 
 /// A snapshot being received, chunk by chunk.
 struct Incoming {
@@ -143,12 +149,15 @@ pub struct Replica {
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
     /// The snapshot a leader is sending this node, as far as it has arrived.
     incoming: tokio::sync::Mutex<Option<Incoming>>,
+    /// The log store, for its health.
+    log: LogStore,
 }
 
 impl Replica {
     /// Opens the log and snapshots under the configured dirs and starts Raft.
     pub async fn open(cfg: &ReplicaConfig, sender: Arc<dyn RaftSender>) -> anyhow::Result<Replica> {
-        let log = LogStore::open(&cfg.log_dir)?;
+        let opts = crate::wal::Options { on_fatal: cfg.on_fatal.clone(), ..Default::default() };
+        let log = LogStore::open_with(&cfg.log_dir, opts)?;
         let sm = StateMachine::open(&cfg.snapshot_dir)?;
         let raft_cfg = openraft::Config {
             cluster_name: cfg.cluster_name.clone(),
@@ -169,11 +178,11 @@ impl Replica {
         }
         .validate()?;
         let network = Network { sender, max_message_bytes: cfg.max_message_bytes };
-        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone()).await?;
+        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log.clone(), sm.clone()).await?;
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
-        tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone()));
-        Ok(Replica { id: cfg.id, raft, sm, leadership, quorum_acked_at, incoming: Default::default() })
+        tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone(), cfg.on_fatal.clone()));
+        Ok(Replica { id: cfg.id, raft, sm, leadership, quorum_acked_at, incoming: Default::default(), log })
     }
 
     /// Whether this replica's log holds any state (a membership, at least).
@@ -277,6 +286,12 @@ impl Replica {
     /// As leader: when a quorum last acknowledged this node's leadership (cheap).
     pub fn quorum_acked_at(&self) -> Option<Instant> {
         *self.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The condition of the log's storage: `Stalled` while the disk is full or file
+    /// descriptors ran out (writes wait, and resume by themselves), `Failed` for good.
+    pub fn storage_health(&self) -> StorageHealth {
+        self.log.health()
     }
 
     /// Whether this replica knows a membership (it has bootstrapped or been joined).
@@ -430,15 +445,21 @@ impl Replica {
     }
 }
 
-/// Publishes [`Leadership`] and stamps quorum acknowledgements from openraft's metrics.
+/// Publishes [`Leadership`] and stamps quorum acknowledgements from openraft's metrics;
+/// reports a stopped Raft core through `on_fatal`.
 async fn follow_metrics(
     mut rx: watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
     tx: watch::Sender<Leadership>,
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    on_fatal: Option<crate::wal::OnFatal>,
 ) {
     loop {
         let (leadership, acked) = {
             let m = rx.borrow_and_update();
+            if let (Err(e), Some(on_fatal)) = (&m.running_state, &on_fatal) {
+                on_fatal(&format!("the raft core stopped: {e}"));
+                return;
+            }
             let own_term_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
             let l = Leadership {
                 term: m.current_term,

@@ -59,6 +59,10 @@ enum Failure {
     Fatal(io::Error),
 }
 
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error().map(Errno::from_raw_os_error), Some(Errno::NOSPC | Errno::DQUOT))
+}
+
 fn classify(e: io::Error) -> Failure {
     let stall = match e.raw_os_error().map(Errno::from_raw_os_error) {
         Some(Errno::NOSPC | Errno::DQUOT) => Some(Stall::DiskFull),
@@ -296,13 +300,26 @@ impl Writer {
     fn rotate(&mut self, need: u64) -> Result<(), Stop> {
         let seq = self.seq + 1;
         let header_len = segment::header_bytes(seq, 0, 0, &self.meta.records()).len() as u64;
-        let size = self.segment_bytes.max((header_len + need + SEAL_LEN).div_ceil(4096) * 4096);
-        let header = segment::header_bytes(seq, size, self.epoch, &self.meta.records());
-        let file = self.retry("creating", seq, |w| {
-            segment::create_segment(&*w.disk, &w.dir, seq, size, &header).map_err(Failure::from)
+        let least = (header_len + need + SEAL_LEN).div_ceil(4096) * 4096;
+        let full = self.segment_bytes.max(least);
+        // With the disk nearly full, a smaller segment (down to what the waiting records
+        // need) lets writes go on as soon as some space is free; its size is in its
+        // header, so truncation is still detected.
+        let created = self.retry("creating", seq, |w| {
+            let mut size = full;
+            loop {
+                let header = segment::header_bytes(seq, size, w.epoch, &w.meta.records());
+                match segment::create_segment(&*w.disk, &w.dir, seq, size, &header) {
+                    Ok(file) => return Ok((file, size, header)),
+                    Err(segment::Failed::Op(e)) if size > least && is_disk_full(&e) => {
+                        size = (size / 2 / 4096 * 4096).max(least);
+                    }
+                    Err(e) => return Err(Failure::from(e)),
+                }
+            }
         });
-        let file = match file {
-            Ok(file) => file,
+        let (file, size, header) = match created {
+            Ok(created) => created,
             Err(stop) => {
                 let _ = self.disk.remove(&segment::tmp_path(&self.dir, seq));
                 return Err(stop);

@@ -24,6 +24,8 @@ struct Faults {
     fail_sync: bool,
     /// Writes fail with EIO.
     eio: bool,
+    /// Preallocating more than this fails with ENOSPC (a nearly full disk).
+    free: Option<u64>,
 }
 
 #[derive(Default)]
@@ -45,7 +47,7 @@ impl Disk for FaultyDisk {
         if f.no_fds {
             return Err(os(rustix::io::Errno::MFILE));
         }
-        if f.full {
+        if f.full || f.free.is_some_and(|free| size > free) {
             // As a real fallocate can: the file exists, the space is not there.
             File::create(path)?;
             return Err(os(rustix::io::Errno::NOSPC));
@@ -187,6 +189,26 @@ fn no_fds_or_no_space_for_a_new_segment_stalls_then_resumes() {
         assert_eq!(indexes(&rec), (0..10).collect::<Vec<_>>());
         assert_eq!(super::replay::segment_paths(dir.path()).len(), 2);
     }
+}
+
+#[test]
+fn a_nearly_full_disk_gets_a_smaller_segment_instead_of_a_stall() {
+    let dir = TempDir::new().unwrap();
+    let (wal, disk, fatal) = faulty(dir.path(), 64 << 10);
+    put(&wal, entries(0..6, 10_000)).unwrap();
+    // Room for 20 KiB, not for a whole 64 KiB segment (nor for 32 KiB).
+    disk.faults.lock().unwrap().free = Some(20 << 10);
+    put(&wal, entries(6..8, 5_000)).unwrap();
+    assert_eq!(wal.health(), Health::Ok);
+    assert!(fatal.lock().unwrap().is_empty());
+    drop(wal);
+    let segments = super::replay::segment_paths(dir.path());
+    assert_eq!(segments.len(), 2);
+    let newest = std::fs::metadata(segments.last().unwrap()).unwrap().len();
+    assert!(newest <= 20 << 10, "the new segment is {newest} bytes");
+    // Its smaller size is in its header: it reopens cleanly, and a cut is still noticed.
+    let (_wal, rec) = open(dir.path()).unwrap();
+    assert_eq!(indexes(&rec), (0..8).collect::<Vec<_>>());
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! start of a new cluster) joins; a member restarted with another peer address is refused.
 //! In every case no acknowledged write goes missing.
 
-use std::time::Duration;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::support::process::{
     free_ports, run_to_exit, with_flag, without_flag, Cluster, ClusterOptions, Consistency,
@@ -102,4 +105,119 @@ async fn a_restart_with_another_peer_address_is_refused() {
     // The same command line as before still works.
     c.restart(victim).await;
     assert_keys(&c, victim, "/acked", 10).await;
+}
+
+/// A small tmpfs mounted on a temp dir, unmounted on drop. Needs root (CI runs as root).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Tmpfs {
+        let dir = tempfile::Builder::new().prefix("palisade-tmpfs-").tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "this test mounts a small tmpfs and needs root (mount exited with {st})");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills the file system holding `path` until a write fails with ENOSPC.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 256 << 10];
+    loop {
+        match f.write_all(&chunk).and_then(|_| f.sync_data()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => return,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
+    let fs = Tmpfs::mount(96);
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        data_root: Some(fs.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let url = c.client_url(1);
+    let (leader, _) = c.leader().await;
+    assert_eq!(leader, 1);
+    write_keys(&c, "/before", 5).await;
+    fill(&fs.path().join("filler"));
+    // Writes go on into the log's preallocated segment, then stop at the next segment.
+    let value = "v".repeat(900 << 10);
+    let mut acked = 0;
+    let mut refused = None;
+    for i in 0..200 {
+        let r = c.http().put(&url, &format!("/big/{i}"), &value).await.unwrap();
+        match r.status {
+            200 => acked += 1,
+            503 | 504 => {
+                refused = Some(r);
+                break;
+            }
+            other => panic!("put {i}: {other} {}", r.text),
+        }
+    }
+    let first = refused.expect("the disk never filled up");
+    eprintln!("disk full after {acked} writes; first refusal: {} {}", first.status, first.text);
+    // From now on writes are refused at once, saying why; health holds, readiness does not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.http().put(&url, "/during", "x").await.unwrap();
+        if r.status == 503 && r.text.contains("data disk is full") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes are not refused as a full disk: {} {}", r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = c.http().get_path(&url, "/readyz").await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert!(ready.text.contains("data disk is full"), "{}", ready.text);
+    assert_eq!(c.http().get_path(&url, "/healthz").await.unwrap().status, 200);
+    // Serializable reads still work; a linearizable one says why it cannot be served.
+    let l = c.http().list(&url, "/before", Consistency::Serializable).await.unwrap();
+    assert_eq!(l.kvs.len(), 5);
+    let r = c.http().get(&url, "/before/0", Consistency::Linearizable).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.text.contains("data disk is full"), "{}", r.text);
+    // Space comes back: the node serves writes again without a restart.
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c.http().put(&url, "/after", "x").await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume: {} {}", r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.http().get_path(&url, "/readyz").await.unwrap().status, 200);
+    // Every acknowledged write is there.
+    let listing = c.http().list(&url, "/big", Consistency::Linearizable).await.unwrap();
+    for i in 0..acked {
+        assert!(listing.kvs.contains_key(&format!("/big/{i}")), "acknowledged /big/{i} is missing");
+    }
+    assert_keys(&c, 1, "/before", 5).await;
+    c.stop_all();
+    drop(c);
+    drop(fs);
 }

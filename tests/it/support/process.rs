@@ -59,6 +59,8 @@ pub struct ClusterOptions {
     pub hosts: Vec<NodeHost>,
     /// Members not started with the others (start them with [`Cluster::start_node`]).
     pub delayed: Vec<u64>,
+    /// Where the nodes' data dirs go (`<root>/node<id>`); default: the cluster's temp dir.
+    pub data_root: Option<PathBuf>,
 }
 
 /// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
@@ -86,6 +88,7 @@ impl Default for ClusterOptions {
             start_timeout: Duration::from_secs(20),
             hosts: Vec::new(),
             delayed: Vec::new(),
+            data_root: None,
         }
     }
 }
@@ -267,7 +270,7 @@ impl Cluster {
                 let host = &hosts[id - 1];
                 let client_addr = format!("{}:{}", host.ip, host.client_port);
                 let peer_addr = format!("{}:{}", host.ip, host.peer_port);
-                let data_dir = dir.path().join(format!("node{id}"));
+                let data_dir = opts.data_root.as_deref().unwrap_or(dir.path()).join(format!("node{id}"));
                 let log_path = dir.path().join(format!("node{id}.log"));
                 let mut args: Vec<String> = [
                     "serve",
