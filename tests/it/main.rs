@@ -5,6 +5,8 @@
 //! - `http_api`, `openapi_sync`, `cli`: the client API, its spec and the CLI.
 //! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
 //! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
+//! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
+//!   out of file descriptors).
 
 mod jepsen;
 mod sim;
@@ -16,5 +18,6 @@ mod cluster_process;
 mod cluster_sim;
 mod fault_process;
 mod fault_sim;
+mod hardening;
 mod http_api;
 mod openapi_sync;
