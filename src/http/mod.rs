@@ -6,7 +6,7 @@
 //! in-flight limit. Body limits are enforced by each handler as it reads the body, so an
 //! oversized body gets our JSON 413.
 //!
-//! Under the routers, [`serve`] runs our own server ([`server`], [`connection`]): a cap on
+//! Under the routers, [`serve`] runs our own server (`server.rs`, `connection.rs`): a cap on
 //! open connections, deadlines for request heads, bodies and idle connections, accept
 //! loops that survive running out of file descriptors, and graceful shutdown.
 
