@@ -34,6 +34,7 @@ pub fn run(flags: ServeFlags) -> ExitCode {
 }
 
 async fn serve(cfg: crate::config::Config) -> anyhow::Result<()> {
+    raise_open_file_limit(&cfg);
     let client = tokio::net::TcpListener::bind(&cfg.listen_client)
         .await
         .with_context(|| format!("cannot listen on {} (--listen-client)", cfg.listen_client))?;
@@ -67,6 +68,34 @@ async fn serve(cfg: crate::config::Config) -> anyhow::Result<()> {
     match why {
         Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection is a file, and
+/// running out of them makes accepts (and file opens) fail. Logs the limit, and warns when
+/// it is below what the connection caps allow.
+fn raise_open_file_limit(cfg: &crate::config::Config) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(soft = ?limit.current, hard = ?limit.maximum, "cannot raise the open-file limit: {e}");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    tracing::info!(soft = %show(limit.current), hard = %show(limit.maximum), "open-file limit");
+    // Connections, plus a margin for the data dir, peers' outgoing connections and the runtime.
+    let wanted = (cfg.max_client_connections + cfg.max_peer_inflight) as u64 + 128;
+    if let Some(soft) = limit.current.filter(|&soft| soft < wanted) {
+        tracing::warn!(
+            "the open-file limit ({soft}) is below max_client_connections ({}) + max_peer_inflight ({}) + 128: \
+             accepts may fail for want of file descriptors before the caps refuse connections \
+             (raise the limit, e.g. `ulimit -n`, or lower the caps)",
+            cfg.max_client_connections,
+            cfg.max_peer_inflight,
+        );
     }
 }
 

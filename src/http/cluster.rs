@@ -5,9 +5,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::ApiError;
 use super::query::Query;
+use super::server::ServerHealth;
 use crate::node::Node;
 use crate::wire;
 
@@ -56,10 +58,16 @@ pub async fn healthz(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response
     })
 }
 
-/// `GET /readyz`: healthy, a leader is known and this node has caught up.
-pub async fn readyz(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+/// `GET /readyz`: healthy, a leader is known, this node has caught up, and its server can
+/// accept connections (absent from a bare router, as in tests without a socket).
+pub async fn readyz(
+    State(node): State<Arc<Node>>,
+    server: Option<Extension<Arc<ServerHealth>>>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     Query::parse(uri.query(), &[])?;
-    Ok(match node.readiness() {
+    let ready = node.readiness().and_then(|()| server.map_or(Ok(()), |s| s.readiness()));
+    Ok(match ready {
         Ok(()) => status("ready"),
         Err(why) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("not ready: {why}"))

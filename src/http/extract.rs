@@ -4,11 +4,13 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 
+use super::connection::is_body_timeout;
 use super::error::ApiError;
 use crate::error::Error;
 
 /// Reads the whole body, refusing one over `limit` with 413 and one in an encoding we do
-/// not decode (`Content-Encoding: gzip`, ...) with 415, before reading any of it.
+/// not decode (`Content-Encoding: gzip`, ...) with 415, before reading any of it. A body
+/// that does not arrive in time (`--body-timeout-ms`) is a 408.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let v = value.to_str().unwrap_or("?").trim();
@@ -21,6 +23,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         }
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_body_timeout(&e) {
+            return body_timeout(&e);
+        }
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
@@ -30,6 +35,11 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             ApiError::invalid(format!("could not read the request body: {e}"))
         }
     })
+}
+
+/// The 408 for a body that did not arrive in time (`e` says how long it had).
+pub fn body_timeout(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", format!("{e}; nothing was done"))
 }
 
 /// Parses a JSON body: an empty one is `invalid_json`, a syntax error `invalid_json`, a

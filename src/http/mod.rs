@@ -5,13 +5,19 @@
 //! health routes, which must answer an orchestrator even under overload) sit behind the
 //! in-flight limit. Body limits are enforced by each handler as it reads the body, so an
 //! oversized body gets our JSON 413.
+//!
+//! Under the routers, [`serve`] runs our own server (`server.rs`, `connection.rs`): a cap on
+//! open connections, deadlines for request heads, bodies and idle connections, accept
+//! loops that survive running out of file descriptors, and graceful shutdown.
 
 mod cluster;
+mod connection;
 pub mod error;
 mod extract;
 mod kv;
 mod peer;
 mod query;
+mod server;
 
 use std::sync::Arc;
 
@@ -104,33 +110,43 @@ pub(crate) fn state_headers(h: &mut HeaderMap, revision: u64, term: u64) {
     h.insert("x-palisade-term", HeaderValue::from(term));
 }
 
-/// Serves the client and peer routers on the given listeners until `shutdown` resolves.
+/// Serves the client and peer routers on the given listeners until `shutdown` resolves,
+/// then lets the requests being served finish for up to `--request-timeout-ms` (the
+/// longest a request waits for a leader, quorum or commit) before closing what is left.
+///
+/// The client listener takes at most `--max-client-connections` connections; the peer
+/// listener at most `--max-peer-inflight` (HTTP/1.1 serves one request per connection at
+/// a time, so more peer connections than peer requests served at once would only wait).
+/// Both apply `--header-timeout-ms`, `--body-timeout-ms` and `--idle-timeout-ms`.
 pub async fn serve(
     node: Arc<Node>,
     client: tokio::net::TcpListener,
     peer: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small request/response exchanges: never let Nagle hold a reply back.
-    let nodelay = |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
+    let cfg = node.config();
+    let timeouts = connection::Timeouts {
+        header: std::time::Duration::from_millis(cfg.header_timeout_ms),
+        body: std::time::Duration::from_millis(cfg.body_timeout_ms),
+        idle: std::time::Duration::from_millis(cfg.idle_timeout_ms),
     };
-    let client = client.tap_io(nodelay);
-    let peer = peer.tap_io(nodelay);
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut rx2 = rx.clone();
-    let mut rx1 = rx;
-    let c = axum::serve(client, client_router(node.clone())).with_graceful_shutdown(async move {
-        let _ = rx1.wait_for(|s| *s).await;
-    });
-    let p = axum::serve(peer, peer_router(node.clone())).with_graceful_shutdown(async move {
-        let _ = rx2.wait_for(|s| *s).await;
-    });
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    });
-    let (a, b) = tokio::join!(async { c.await }, async { p.await });
-    a.and(b)
+    let health = Arc::new(server::ServerHealth::default());
+    let listeners = vec![
+        server::Listener {
+            name: "client",
+            tcp: client,
+            app: client_router(node.clone()).layer(axum::Extension(health.clone())),
+            max_connections: cfg.max_client_connections,
+            cap_setting: "max_client_connections",
+        },
+        server::Listener {
+            name: "peer",
+            tcp: peer,
+            app: peer_router(node.clone()),
+            max_connections: cfg.max_peer_inflight,
+            cap_setting: "max_peer_inflight",
+        },
+    ];
+    server::run(listeners, timeouts, cfg.request_timeout(), health, shutdown).await;
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! In order, each step before any work of the next: the signature headers (sender,
 //! receiver, time) are checked, the sender must be a member, the request must get one of
-//! the bounded peer slots, the body must fit the peer message limit, the signature must
-//! match the body, the JSON must parse. Only then does the node see the request.
+//! the bounded peer slots, the body must fit the peer message limit and arrive within
+//! `--body-timeout-ms` (else 408, which frees the slot), the signature must match the
+//! body, the JSON must parse. Only then does the node see the request.
 
 use std::sync::Arc;
 
@@ -57,6 +58,9 @@ pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) ->
     let limit = node.config().max_peer_message_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
+        Err(e) if super::connection::is_body_timeout(&e) => {
+            return super::extract::body_timeout(&e).into_response()
+        }
         Err(e) => {
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -6,6 +6,8 @@
 //! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
 //! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
 //! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
+//! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
+//!   out of file descriptors).
 
 mod jepsen;
 mod sim;
@@ -18,6 +20,7 @@ mod cluster_sim;
 mod disk_faults;
 mod fault_process;
 mod fault_sim;
+mod hardening;
 mod hostile_peer;
 mod http_api;
 mod openapi_sync;

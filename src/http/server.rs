@@ -1,0 +1,363 @@
+//! The HTTP server under both routers: our own accept loops, a cap on open connections,
+//! the client deadlines of [`super::connection`], and graceful shutdown.
+//!
+//! Each listener has one accept loop, a task of its own (nothing here shares a task with
+//! Raft), and each accepted connection a task of its own. The accept loop never ends
+//! before shutdown, and never spins:
+//! - an accept error that concerns one connection (`ECONNABORTED`, `ECONNRESET`, ...) is
+//!   skipped at once: it used up that connection;
+//! - any other (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, ...) pauses accepting for 10 ms,
+//!   doubling to 1 s while they go on; the connections wait in the kernel's backlog. While
+//!   they go on, [`ServerHealth::readiness`] fails with the cause, so `/readyz` does not
+//!   claim the node can serve what it cannot accept; the first accept that works clears it.
+//! - past the listener's connection cap, a new connection is answered 503 `overloaded`
+//!   (`Connection: close`) and closed; the connections already open are not touched.
+//!
+//! Errors, refusals and deadline closes are counted and logged at most once a second per
+//! listener, never per event: a flood cannot flood the log.
+//!
+//! Shutdown: the accept loops stop (the listeners close), every connection finishes the
+//! request it is serving and closes (an idle one closes at once), and after the grace
+//! period whatever is left is closed.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use super::connection::{Activity, CloseCounts, Closed, ConnService, Timeouts, WatchedIo};
+
+/// The first pause after an accept error that is not about one connection.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest pause between accept attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Refused connections being answered at once per listener; past this, a refused
+/// connection gets its reply only if the socket takes it at once.
+const REFUSALS_AT_ONCE: usize = 64;
+/// How long a refused connection may take to read its 503 and close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// What the server knows of its own health that the node does not: for `/readyz`.
+#[derive(Debug, Default)]
+pub struct ServerHealth {
+    /// Per listener: since when its accepts have failed for want of resources, and the
+    /// last such error.
+    cannot_accept: Mutex<BTreeMap<&'static str, (Instant, String)>>,
+}
+
+impl ServerHealth {
+    /// `Err(why)` while a listener cannot accept connections (out of file descriptors,
+    /// socket buffers or memory).
+    pub fn readiness(&self) -> Result<(), String> {
+        let failing = self.cannot_accept.lock().unwrap_or_else(|e| e.into_inner());
+        match failing.iter().next() {
+            None => Ok(()),
+            Some((listener, (since, error))) => Err(format!(
+                "the {listener} listener cannot accept connections ({error}) for {:.1?}",
+                since.elapsed()
+            )),
+        }
+    }
+
+    fn accept_failed(&self, listener: &'static str, e: &io::Error) {
+        let mut failing = self.cannot_accept.lock().unwrap_or_else(|e| e.into_inner());
+        let why = match rustix::io::Errno::from_io_error(e) {
+            Some(rustix::io::Errno::MFILE) => format!("out of file descriptors: {e}"),
+            Some(rustix::io::Errno::NFILE) => format!("the system is out of file descriptors: {e}"),
+            _ => e.to_string(),
+        };
+        let since = failing.get(listener).map_or_else(Instant::now, |(since, _)| *since);
+        failing.insert(listener, (since, why));
+    }
+
+    fn accepted(&self, listener: &'static str) {
+        let mut failing = self.cannot_accept.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.remove(listener).is_some() {
+            tracing::info!(listener, "accepting connections again");
+        }
+    }
+}
+
+/// One listener and what it serves.
+pub struct Listener {
+    /// `client` or `peer`, for logs and readiness messages.
+    pub name: &'static str,
+    pub tcp: TcpListener,
+    pub app: Router,
+    /// Open connections at most; more are refused with 503.
+    pub max_connections: usize,
+    /// The setting `max_connections` comes from, named in the refusal.
+    pub cap_setting: &'static str,
+}
+
+/// Where the server is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish the requests being served, then close.
+    Draining,
+    /// The grace period is over: close now.
+    Closing,
+}
+
+/// Serves `listeners` until `shutdown` resolves, then drains their connections for at
+/// most `grace`.
+pub async fn run(
+    listeners: Vec<Listener>,
+    timeouts: Timeouts,
+    grace: Duration,
+    health: Arc<ServerHealth>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (phase, watching) = watch::channel(Phase::Serving);
+    // Every accept loop and connection holds a sender; `recv` gives `None` once all are gone.
+    let (alive, mut all_gone) = mpsc::channel::<()>(1);
+    for l in listeners {
+        tokio::spawn(accept_loop(l, timeouts, health.clone(), watching.clone(), alive.clone()));
+    }
+    drop(alive);
+    shutdown.await;
+    let _ = phase.send(Phase::Draining);
+    if tokio::time::timeout(grace, all_gone.recv()).await.is_err() {
+        tracing::warn!(?grace, "closing the connections still open after the shutdown grace period");
+        let _ = phase.send(Phase::Closing);
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_gone.recv()).await;
+    }
+}
+
+/// Counts of what happened on one listener since its last log line.
+#[derive(Default)]
+struct Tally {
+    refused: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+async fn accept_loop(
+    l: Listener,
+    timeouts: Timeouts,
+    health: Arc<ServerHealth>,
+    mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
+) {
+    let name = l.name;
+    let slots = Arc::new(Semaphore::new(l.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let refusal: Arc<[u8]> = overloaded_reply(&format!(
+        "this node has too many open {name} connections ({} = {}); retry shortly",
+        l.cap_setting, l.max_connections
+    ))
+    .into();
+    let closes = Arc::new(CloseCounts::default());
+    let mut tally = Tally::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = MIN_BACKOFF;
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = phase.wait_for(|p| *p != Phase::Serving) => break,
+            _ = tick.tick() => {
+                report(name, &mut tally, &closes, l.max_connections, l.cap_setting);
+                continue;
+            }
+            () = sleep_until_some(paused_until), if paused_until.is_some() => {
+                paused_until = None;
+                continue;
+            }
+            r = l.tcp.accept(), if paused_until.is_none() => r,
+        };
+        match accepted {
+            Ok((tcp, from)) => {
+                backoff = MIN_BACKOFF;
+                health.accepted(name);
+                // Small request/reply exchanges: never let Nagle hold a reply back.
+                let _ = tcp.set_nodelay(true);
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let (app, closes, phase, alive) =
+                            (l.app.clone(), closes.clone(), phase.clone(), alive.clone());
+                        tokio::spawn(async move {
+                            serve_connection(tcp, app, timeouts, closes, phase).await;
+                            tracing::trace!(%from, "connection closed");
+                            drop((slot, alive));
+                        });
+                    }
+                    Err(_) => {
+                        tally.refused += 1;
+                        refuse(tcp, refusal.clone(), &refusing);
+                    }
+                }
+            }
+            Err(e) => {
+                tally.errors += 1;
+                tally.last_error = Some(e.to_string());
+                if !is_per_connection(&e) {
+                    health.accept_failed(name, &e);
+                    paused_until = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+    report(name, &mut tally, &closes, l.max_connections, l.cap_setting);
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// An accept error that used up one connection (the next accept may well work).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// The once-a-second log line of a listener, if anything happened.
+fn report(name: &'static str, tally: &mut Tally, closes: &CloseCounts, cap: usize, cap_setting: &str) {
+    let t = std::mem::take(tally);
+    if t.refused > 0 {
+        tracing::warn!(
+            listener = name,
+            refused = t.refused,
+            "refused {} connections over the cap of {cap} open connections ({cap_setting})",
+            t.refused
+        );
+    }
+    if t.errors > 0 {
+        tracing::warn!(
+            listener = name,
+            errors = t.errors,
+            last_error = t.last_error.as_deref().unwrap_or(""),
+            "{} accept errors; accepting more slowly until they stop",
+            t.errors
+        );
+    }
+    let [header, body, idle, write_stall] = closes.take();
+    if header + body + write_stall > 0 {
+        tracing::warn!(
+            listener = name,
+            header,
+            body,
+            write_stall,
+            "closed connections of clients too slow to send a request head ({header}), to send a body ({body}) \
+             or to read a reply ({write_stall})"
+        );
+    }
+    if idle > 0 {
+        tracing::debug!(listener = name, idle, "closed idle keep-alive connections");
+    }
+}
+
+/// A 503 `overloaded` reply in our error shape that closes the connection.
+fn overloaded_reply(message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": { "code": "overloaded", "message": message } }).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Writes `reply` on a connection over the cap and closes it. The client's request is read
+/// and thrown away until it closes (at most [`REFUSAL_LINGER`]): closing a socket with
+/// unread input resets it, and a reset can destroy the reply before the client reads it.
+fn refuse(mut tcp: TcpStream, reply: Arc<[u8]>, refusing: &Arc<Semaphore>) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        let _ = tcp.try_write(&reply);
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            tcp.write_all(&reply).await?;
+            tcp.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while tcp.read(&mut sink).await? > 0 {}
+            io::Result::Ok(())
+        })
+        .await;
+    });
+}
+
+/// Serves one connection until it ends, breaks a deadline, or shutdown closes it.
+async fn serve_connection(
+    tcp: TcpStream,
+    app: Router,
+    timeouts: Timeouts,
+    closes: Arc<CloseCounts>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(WatchedIo { io: tcp, activity: activity.clone() });
+    let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body };
+    let conn = hyper::server::conn::http1::Builder::new()
+        // Our deadlines replace hyper's header timeout, which also runs while a
+        // keep-alive connection is idle.
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let timer = tokio::time::sleep(far);
+    tokio::pin!(timer);
+    let mut draining = false;
+    let missed = loop {
+        let due = activity.deadline(&timeouts);
+        timer.as_mut().reset(due.map_or_else(|| Instant::now() + far, |(at, _)| at));
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection ended: {e}");
+                }
+                // Closed after a 408: the client was too slow with a body.
+                break activity.body_timed_out().then_some(Closed::Body);
+            }
+            () = activity.changed() => {}
+            () = timer.as_mut(), if due.is_some() => {
+                // Decide on the state as it is now, not as it was when the timer was set.
+                if let Some((at, why)) = activity.deadline(&timeouts) {
+                    if at <= Instant::now() {
+                        if why != Closed::Idle {
+                            tracing::debug!(?why, "closing a connection whose client missed a deadline");
+                        }
+                        break Some(why);
+                    }
+                }
+            }
+            r = phase.changed() => {
+                // The sender gone means the server is gone: close.
+                match r.map_or(Phase::Closing, |()| *phase.borrow()) {
+                    Phase::Serving => {}
+                    Phase::Draining if activity.is_quiet() => break None,
+                    Phase::Draining => {
+                        if !draining {
+                            conn.as_mut().graceful_shutdown();
+                            draining = true;
+                        }
+                    }
+                    Phase::Closing => break None,
+                }
+            }
+        }
+    };
+    if let Some(why) = missed {
+        closes.add(why);
+    }
+}
