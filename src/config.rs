@@ -222,6 +222,11 @@ settings! {
     max_peer_message_bytes: usize = 64 * MIB;
     /// Peer requests served at once; more are refused (the sender backs off).
     max_peer_inflight: usize = 256;
+    /// Size of a write-ahead log segment (bytes, preallocated; at least 64 KiB).
+    wal_segment_bytes: u64 = 64 << 20;
+    /// Start this member on an empty data dir and rebuild its state from its peers (after
+    /// its disk was lost or damaged); it votes again only once it has caught up.
+    rebuild_from_peers: bool = false;
 }
 
 impl Config {
@@ -267,6 +272,7 @@ impl Config {
         at_least("body_timeout_ms", self.body_timeout_ms, 1)?;
         at_least("idle_timeout_ms", self.idle_timeout_ms, 1)?;
         at_least("max_peer_inflight", self.max_peer_inflight as u64, 1)?;
+        at_least("wal_segment_bytes", self.wal_segment_bytes, 64 << 10)?;
         // One write (key, value, JSON and base64 overhead) must fit a peer message with
         // room to spare, or it could never be replicated.
         let one_write = (self.max_key_bytes + self.max_value_bytes) as u64 * 2 + 4096;

@@ -10,12 +10,20 @@
 //! its id there with an incarnation is a replaced disk. The decision:
 //! - any member records an incarnation for this id: refuse, and stop the node with a
 //!   message saying how to bring it back;
-//! - a majority of the cluster (this node included) has no state: a new cluster, go on;
+//! - a majority of the cluster (this node included) has no state (a member whose log holds
+//!   nothing beyond the bootstrap entry counts as having none): a new cluster, go on;
 //! - every other member answered and none records this id: a late start, go on;
 //! - otherwise wait (an unreachable member may hold the record).
 //!
 //! Until it bootstraps, the node's Raft has no membership, so it refuses every Raft call
 //! (see `Replica::handle`) and only answers probes.
+//!
+//! Rebuilding (`--rebuild-from-peers`, the explicit step after a lost or damaged disk): a
+//! member the cluster knows may start on an empty data dir if it first learns the
+//! cluster's commit index (a read index from the leader) and then neither votes nor
+//! campaigns until it has applied that index. From then on it holds every entry that was
+//! committed before it lost its data, and counting it again is safe. The index is kept in
+//! the identity file, so a restart during the rebuild keeps holding its votes.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{identity, Node};
-use crate::peer::{PeerRequest, PeerResponse, ProbeReply};
+use crate::peer::{PeerError, PeerRequest, PeerResponse, ProbeReply};
 use crate::raft::NodeId;
 
 /// What a round of probes decided.
@@ -42,14 +50,15 @@ pub(super) fn decide(
     answers: &[(NodeId, Option<ProbeReply>)],
 ) -> Decision {
     for (id, answer) in answers {
-        if let Some(ProbeReply::Member { cluster_id: c, incarnation }) = answer {
+        if let Some(ProbeReply::Member { cluster_id: c, incarnation, .. }) = answer {
             if c == cluster_id && *incarnation != 0 {
                 return Decision::Refuse(format!(
                     "node {me} starts on a new data dir, but the cluster (node {id}) records that node {me} ran \
                      with data before: its disk was replaced or wiped. Rejoining as node {me} without that data \
-                     could lose acknowledged writes, so this node stops. To bring it back, remove node {me} from \
-                     the cluster and add it again as a new member (see README, \"Replacing a failed member's disk\"); \
-                     if the old data dir still exists, restart with it instead"
+                     could lose acknowledged writes, so this node stops. If the old data dir still exists, restart \
+                     with it. Otherwise rebuild node {me} from its peers: start it again on this empty data dir \
+                     with --rebuild-from-peers (it rejoins, and votes again only once it has caught up; see \
+                     README, \"Replacing a failed member's disk\")"
                 ));
             }
         }
@@ -65,6 +74,8 @@ pub(super) fn decide(
                 ))
             }
             Some(ProbeReply::Fresh { .. }) => fresh += 1,
+            // Bootstrapped, but nothing happened since (it cannot have led anything alone).
+            Some(ProbeReply::Member { last_log_index: 0, .. }) => fresh += 1,
             Some(ProbeReply::Member { .. }) => {}
         }
     }
@@ -89,11 +100,21 @@ impl Node {
             let decision = n.probe_round().await;
             match decision {
                 Decision::Proceed => {
-                    if let Err(e) = n.finish_bootstrap().await {
+                    if let Err(e) = n.finish_bootstrap(None).await {
                         n.fail(format!("bootstrapping failed: {e:#}"));
                     }
                     return;
                 }
+                Decision::Refuse(_) if n.cfg.rebuild_from_peers => match n.begin_rebuild().await {
+                    Ok(()) => return,
+                    Err(why) => {
+                        *n.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                            tracing::warn!("{why}");
+                            last_log = Some(Instant::now());
+                        }
+                    }
+                },
                 Decision::Refuse(why) => {
                     n.fail(why);
                     return;
@@ -140,15 +161,83 @@ impl Node {
         decide(self.id, &self.identity.cluster_id, self.identity.initial_cluster.len(), &answers)
     }
 
-    /// Bootstraps Raft with the initial members and records it in the identity file.
-    async fn finish_bootstrap(&self) -> anyhow::Result<()> {
-        self.replica.initialize(self.identity.initial_cluster.clone()).await?;
+    /// Starts rebuilding this member from its peers: learns the cluster's commit index,
+    /// records it, holds votes until it is applied, and bootstraps. An error means "not
+    /// yet" (no leader answered), and the caller tries again.
+    async fn begin_rebuild(self: &Arc<Self>) -> Result<(), String> {
+        let index = self.cluster_read_index().await?;
+        tracing::warn!(
+            node_id = self.id,
+            index,
+            "rebuilding this member from its peers: it votes again once it has applied entry {index}"
+        );
+        self.finish_bootstrap(Some(index)).await.map_err(|e| format!("rebuilding failed: {e:#}"))?;
+        Ok(())
+    }
+
+    /// A read index confirmed by the current leader, asked of the other members.
+    async fn cluster_read_index(&self) -> Result<u64, String> {
+        let mut hint = None;
+        let members: Vec<_> =
+            self.identity.initial_cluster.iter().filter(|(id, _)| **id != self.id).collect();
+        for attempt in 0..members.len() + 1 {
+            let (id, member) = match hint.and_then(|h| self.identity.initial_cluster.get_key_value(&h)) {
+                Some((id, m)) if *id != self.id => (id, m),
+                _ => match members.get(attempt.min(members.len().saturating_sub(1))) {
+                    Some(x) => *x,
+                    None => return Err("no other member to rebuild from".into()),
+                },
+            };
+            match self.transport.call(*id, member, PeerRequest::ReadIndex, self.cfg.request_timeout()).await {
+                Ok(PeerResponse::ReadIndex(Ok(i))) => return Ok(i),
+                Ok(PeerResponse::ReadIndex(Err(PeerError::NotLeader { leader }))) => hint = leader,
+                other => tracing::debug!(id, ?other, "no read index for the rebuild"),
+            }
+        }
+        Err("waiting for a leader to tell the commit index this member must catch up to".into())
+    }
+
+    /// Bootstraps Raft with the initial members and records it in the identity file;
+    /// with `rebuild_until`, holds votes until that index is applied.
+    async fn finish_bootstrap(self: &Arc<Self>, rebuild_until: Option<u64>) -> anyhow::Result<()> {
         let mut id = self.identity.clone();
         id.bootstrapped = true;
+        id.rebuild_until = rebuild_until;
+        if let Some(index) = rebuild_until {
+            // Recorded before Raft can take part in anything.
+            identity::save(&self.cfg, &id)?;
+            self.replica.hold_votes_until(index);
+            tokio::spawn(Self::finish_rebuild(Arc::downgrade(self), index));
+        }
+        self.replica.initialize(self.identity.initial_cluster.clone()).await?;
         identity::save(&self.cfg, &id)?;
         *self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(node_id = self.id, "bootstrapped");
         Ok(())
+    }
+
+    /// Releases the votes of a rebuilt member once it has applied `index`, and records it.
+    pub(super) async fn finish_rebuild(node: Weak<Node>, index: u64) {
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            if n.replica.applied_index() >= index {
+                let id = identity::Identity { rebuild_until: None, bootstrapped: true, ..n.identity.clone() };
+                match identity::save(&n.cfg, &id) {
+                    Ok(()) => {
+                        n.replica.hold_votes_until(0);
+                        tracing::info!(
+                            node_id = n.id,
+                            index,
+                            "rebuilt from the peers: caught up, votes again"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not record the end of the rebuild; retrying"),
+                }
+            }
+            drop(n);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// What this node answers a probe from `from`.
@@ -158,7 +247,7 @@ impl Node {
             return ProbeReply::Fresh { cluster_id };
         }
         let incarnation = self.replica.member(from).map_or(0, |m| m.incarnation);
-        ProbeReply::Member { cluster_id, incarnation }
+        ProbeReply::Member { cluster_id, incarnation, last_log_index: self.replica.status().last_log_index }
     }
 }
 
@@ -171,7 +260,11 @@ mod tests {
     }
 
     fn member(incarnation: u64) -> Option<ProbeReply> {
-        Some(ProbeReply::Member { cluster_id: "c".into(), incarnation })
+        Some(ProbeReply::Member { cluster_id: "c".into(), incarnation, last_log_index: 40 })
+    }
+
+    fn pristine() -> Option<ProbeReply> {
+        Some(ProbeReply::Member { cluster_id: "c".into(), incarnation: 0, last_log_index: 0 })
     }
 
     #[test]
@@ -185,6 +278,8 @@ mod tests {
             decide(1, "c", 5, &[(2, fresh()), (3, None), (4, None), (5, None)]),
             Decision::Wait(_)
         ));
+        // A member that bootstrapped a moment earlier, alone, counts as new.
+        assert_eq!(decide(1, "c", 3, &[(2, pristine()), (3, None)]), Decision::Proceed);
         // A late start: everyone answered and nobody records this node.
         assert_eq!(decide(3, "c", 3, &[(1, member(0)), (2, member(0))]), Decision::Proceed);
         // Someone may hold the record: wait for it.

@@ -121,6 +121,7 @@ impl Node {
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_every: cfg.snapshot_every,
             max_message_bytes: cfg.max_peer_message_bytes,
+            wal_segment_bytes: cfg.wal_segment_bytes,
             on_fatal: Some({
                 let fatal = fatal.clone();
                 Arc::new(move |why: &str| {
@@ -129,7 +130,14 @@ impl Node {
                 })
             }),
         };
-        let replica = Replica::open(&replica_cfg, Arc::new(RaftOverPeers(transport.clone()))).await?;
+        let replica = Replica::open(&replica_cfg, Arc::new(RaftOverPeers(transport.clone()))).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\nThe data dir {} cannot be used as it is. Nothing was changed; keep it for a post-mortem. \
+                 To rebuild this member from its peers: stop it, move the data dir aside, and start it on an \
+                 empty data dir with --rebuild-from-peers (see README, \"Replacing a failed member's disk\")",
+                cfg.data_dir.display()
+            )
+        })?;
         let initialized = replica.is_initialized().await?;
         if !initialized && identity.bootstrapped {
             anyhow::bail!(
@@ -141,6 +149,15 @@ impl Node {
                 identity.node_id,
                 identity.cluster_id,
                 identity.node_id
+            );
+        }
+        if let Some(index) = identity.rebuild_until {
+            // A rebuild that a restart interrupted: go on holding votes.
+            replica.hold_votes_until(index);
+        } else if initialized && cfg.rebuild_from_peers {
+            tracing::warn!(
+                "--rebuild-from-peers has nothing to do: the data dir {} holds this member's data",
+                cfg.data_dir.display()
             );
         }
         if initialized {
@@ -164,6 +181,8 @@ impl Node {
         });
         if !initialized {
             tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
+        } else if let Some(index) = node.identity.rebuild_until {
+            tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), index));
         }
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         Ok(node)
@@ -340,6 +359,13 @@ impl Node {
         self.check_storage()?;
         if let Some(why) = self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(why);
+        }
+        let held = self.replica.votes_held_until();
+        if held > 0 && self.replica.applied_index() < held {
+            return Err(format!(
+                "rebuilding from the peers: applied {} of {held}",
+                self.replica.applied_index()
+            ));
         }
         let s = self.replica.status();
         if s.leader.is_none() {

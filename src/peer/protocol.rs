@@ -32,8 +32,9 @@ pub enum ProbeReply {
     /// The answering member has no state yet (it is new too, or waiting to bootstrap).
     Fresh { cluster_id: String },
     /// The answering member runs; `incarnation` is what its membership records for the
-    /// caller's data dir (0: nothing, the caller never ran with data).
-    Member { cluster_id: String, incarnation: u64 },
+    /// caller's data dir (0: nothing, the caller never ran with data), `last_log_index`
+    /// how far its log reaches (0: nothing beyond the bootstrap entry).
+    Member { cluster_id: String, incarnation: u64, last_log_index: u64 },
 }
 
 /// Why a forwarded write or a read-index call failed on the peer.

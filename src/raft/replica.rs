@@ -122,6 +122,8 @@ pub struct ReplicaConfig {
     /// Called once with the reason when storage or the Raft core fails for good (the
     /// process should then stop, so an orchestrator restarts it).
     pub on_fatal: Option<crate::wal::OnFatal>,
+    /// Size of a write-ahead log segment (bytes).
+    pub wal_segment_bytes: u64,
 }
 
 /// The condition of this replica's storage (see [`crate::wal::Health`]).
@@ -151,12 +153,19 @@ pub struct Replica {
     incoming: tokio::sync::Mutex<Option<Incoming>>,
     /// The log store, for its health.
     log: LogStore,
+    /// While non-zero: this member was rebuilt from its peers and neither votes nor
+    /// campaigns until it has applied this index (see [`Replica::hold_votes_until`]).
+    votes_held_until: std::sync::atomic::AtomicU64,
 }
 
 impl Replica {
     /// Opens the log and snapshots under the configured dirs and starts Raft.
     pub async fn open(cfg: &ReplicaConfig, sender: Arc<dyn RaftSender>) -> anyhow::Result<Replica> {
-        let opts = crate::wal::Options { on_fatal: cfg.on_fatal.clone(), ..Default::default() };
+        let opts = crate::wal::Options {
+            on_fatal: cfg.on_fatal.clone(),
+            segment_bytes: cfg.wal_segment_bytes,
+            ..Default::default()
+        };
         let log = LogStore::open_with(&cfg.log_dir, opts)?;
         let sm = StateMachine::open(&cfg.snapshot_dir)?;
         let raft_cfg = openraft::Config {
@@ -182,7 +191,16 @@ impl Replica {
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
         tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone(), cfg.on_fatal.clone()));
-        Ok(Replica { id: cfg.id, raft, sm, leadership, quorum_acked_at, incoming: Default::default(), log })
+        Ok(Replica {
+            id: cfg.id,
+            raft,
+            sm,
+            leadership,
+            quorum_acked_at,
+            incoming: Default::default(),
+            log,
+            votes_held_until: Default::default(),
+        })
     }
 
     /// Whether this replica's log holds any state (a membership, at least).
@@ -286,6 +304,25 @@ impl Replica {
     /// As leader: when a quorum last acknowledged this node's leadership (cheap).
     pub fn quorum_acked_at(&self) -> Option<Instant> {
         *self.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds this member's votes and candidacy until it has applied `index` (0: releases
+    /// them). A member rebuilt on an empty disk must not help elect anyone before it holds
+    /// every entry the cluster had committed when the rebuild began: its empty log would
+    /// let a candidate missing acknowledged writes win.
+    pub fn hold_votes_until(&self, index: u64) {
+        self.votes_held_until.store(index, std::sync::atomic::Ordering::SeqCst);
+        self.raft.runtime_config().elect(index == 0);
+    }
+
+    /// The index until which votes are held (0: not held).
+    pub fn votes_held_until(&self) -> u64 {
+        self.votes_held_until.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The index of the last entry applied here.
+    pub fn applied_index(&self) -> u64 {
+        self.sm.applied_index()
     }
 
     /// The condition of the log's storage: `Stalled` while the disk is full or file
@@ -400,6 +437,14 @@ impl Replica {
         }
         match rpc {
             RaftRpc::Vote(r) => {
+                let held = self.votes_held_until();
+                if held > 0 && self.sm.applied_index() < held {
+                    return Err(format!(
+                        "this member is being rebuilt from its peers and votes again once it has applied entry \
+                         {held} (it is at {})",
+                        self.sm.applied_index()
+                    ));
+                }
                 if !membership.voter_ids().any(|v| v == from) {
                     return Err(format!("node {from} is not a voter"));
                 }

@@ -123,6 +123,11 @@ impl StateMachine {
         serde_json::from_slice::<SnapshotFile>(bytes).map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// The index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.shared.position.borrow().index
+    }
+
     /// Waits until the entry at `index` is applied.
     pub async fn wait_applied(&self, index: u64) -> AppliedPosition {
         let mut rx = self.position();

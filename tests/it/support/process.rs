@@ -104,7 +104,8 @@ struct NodeProc {
     wrapper: Vec<String>,
     data_dir: PathBuf,
     log_path: PathBuf,
-    args: Vec<String>,
+    /// The command line (a test may change it between runs: [`Cluster::set_command_line`]).
+    args: Mutex<Vec<String>>,
     child: Mutex<Option<Child>>,
 }
 
@@ -306,7 +307,7 @@ impl Cluster {
                     wrapper: host.wrapper.clone(),
                     data_dir,
                     log_path,
-                    args,
+                    args: Mutex::new(args),
                     child: Mutex::new(None),
                 }
             })
@@ -343,8 +344,9 @@ impl Cluster {
         assert!(slot.is_none(), "node {id} is already running");
         let mut log = OpenOptions::new().create(true).append(true).open(&n.log_path).expect("open the log");
         let via = n.wrapper.iter().map(|w| format!("{w} ")).collect::<String>();
-        let _ = writeln!(log, "=== harness: starting node {id}: {via}{BIN} {}", n.args.join(" "));
-        let child = palisade_command_via(&n.wrapper, &n.args)
+        let args = n.args.lock().unwrap().clone();
+        let _ = writeln!(log, "=== harness: starting node {id}: {via}{BIN} {}", args.join(" "));
+        let child = palisade_command_via(&n.wrapper, &args)
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
             .spawn()
@@ -461,8 +463,13 @@ impl Cluster {
     }
 
     /// The arguments node `id` is started with (after the binary name; starts with `serve`).
+    /// Replaces node `id`'s command line for its next start.
+    pub fn set_command_line(&self, id: u64, args: Vec<String>) {
+        *self.node(id).args.lock().unwrap() = args;
+    }
+
     pub fn command_line(&self, id: u64) -> Vec<String> {
-        self.node(id).args.clone()
+        self.node(id).args.lock().unwrap().clone()
     }
 
     /// The shared HTTP client.
