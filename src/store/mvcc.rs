@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - `revision` is the store's logical clock; it only grows, by one per applied change
-//!   (a [`WriteTxn`]: every key one command changes lands at the same revision).
+//!   (a `WriteTxn`: every key one command changes lands at the same revision).
 //! - each key's version list is sorted by `mod_revision`, and a tombstone (`value: None`)
 //!   ends an incarnation; a key with no versions is never kept.
 //! - reads never change anything.
