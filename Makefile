@@ -8,7 +8,7 @@ DURATION ?= 300
 build:
 	$(CARGO) build --release
 
-# Read-only gate: formatting, lints, layering, every test.
+# Read-only gate: formatting, lints, layering, docs, every test.
 test verify:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -20,6 +20,14 @@ test verify:
 	@if grep -rnE '(tokio|openraft|axum|reqwest)::' src/wal/ --include='*.rs' \
 		| grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then \
 		echo 'src/wal/ must stay free of openraft and the async runtime (see src/wal/mod.rs)'; exit 1; fi
+	@# openraft stays behind src/raft/ (Replica is the door), axum inside src/http/.
+	@if grep -rnE 'openraft::|use openraft' src/ --include='*.rs' | grep -v '^src/raft/' \
+		| grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then \
+		echo 'only src/raft/ may use openraft (see src/raft/mod.rs)'; exit 1; fi
+	@if grep -rnE 'axum::|use axum' src/ --include='*.rs' | grep -v '^src/http/' \
+		| grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then \
+		echo 'only src/http/ may use axum (see src/http/mod.rs)'; exit 1; fi
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
 	$(CARGO) build --bin palisade
 	$(CARGO) test --all-targets -- --test-threads=2
 
