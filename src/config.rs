@@ -52,6 +52,8 @@ trait SettingValue: Sized {
     /// Whether the flag takes no value (`--insecure-peer` alone means true).
     const SWITCH: bool = false;
     fn parse_setting(raw: &str) -> Result<Self, String>;
+    /// The value as a flag would give it (`None`: unset).
+    fn show(&self) -> Option<String>;
 }
 
 macro_rules! numbers {
@@ -63,6 +65,10 @@ macro_rules! numbers {
                     return Err(format!("{raw:?} is not a non-negative integer"));
                 }
                 raw.parse().map_err(|_| format!("{raw:?} is too large"))
+            }
+
+            fn show(&self) -> Option<String> {
+                Some(self.to_string())
             }
         }
     )*};
@@ -78,11 +84,19 @@ impl SettingValue for bool {
             _ => Err(format!("{raw:?} is not true or false")),
         }
     }
+
+    fn show(&self) -> Option<String> {
+        Some(self.to_string())
+    }
 }
 
 impl SettingValue for String {
     fn parse_setting(raw: &str) -> Result<Self, String> {
         Ok(raw.to_string())
+    }
+
+    fn show(&self) -> Option<String> {
+        Some(self.clone())
     }
 }
 
@@ -90,11 +104,19 @@ impl SettingValue for PathBuf {
     fn parse_setting(raw: &str) -> Result<Self, String> {
         Ok(PathBuf::from(raw))
     }
+
+    fn show(&self) -> Option<String> {
+        Some(self.display().to_string())
+    }
 }
 
 impl<T: SettingValue> SettingValue for Option<T> {
     fn parse_setting(raw: &str) -> Result<Self, String> {
         T::parse_setting(raw).map(Some)
+    }
+
+    fn show(&self) -> Option<String> {
+        self.as_ref().and_then(T::show)
     }
 }
 
@@ -145,6 +167,14 @@ macro_rules! settings {
             /// The defaults.
             pub fn defaults() -> Config {
                 Config { $( $name: $default, )* sources: BTreeMap::new() }
+            }
+
+            /// The value of setting `name` as a flag would give it (`None`: unset or unknown).
+            pub fn show(&self, name: &str) -> Option<String> {
+                match name {
+                    $( stringify!($name) => <$ty as SettingValue>::show(&self.$name), )*
+                    _ => None,
+                }
             }
 
             /// Sets `name` from its text form; the error says what is wrong with the value.
@@ -423,9 +453,18 @@ impl clap::Args for ServeFlags {
                 .value_name("FILE")
                 .help("A TOML file of settings (keys named like the flags, with `_`); the environment and flags override it"),
         );
+        let defaults = Config::defaults();
         for s in SETTINGS {
-            let mut arg =
-                clap::Arg::new(s.name).long(s.flag()).env(s.env()).help(s.help.trim_end().replace('\n', " "));
+            let mut help =
+                s.help.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+            if let Some(d) = defaults.show(s.name) {
+                help.push_str(&format!(" [default: {d}]"));
+            }
+            let mut arg = clap::Arg::new(s.name)
+                .long(s.flag())
+                .env(s.env())
+                .value_name(s.name.to_uppercase())
+                .help(help);
             if s.switch {
                 arg = arg.num_args(0..=1).default_missing_value("true").value_name("BOOL");
             }
