@@ -250,11 +250,7 @@ pub async fn put(
     let body: wire::PutBody = parse_json(&bytes)?;
     let lease = body.lease;
     let value = body.into_value().map_err(ApiError::invalid)?;
-    if let Some(lease) = lease {
-        // Leases are granted through /v1/leases; none exists that this key could join.
-        return Err(Error::LeaseNotFound(lease).into());
-    }
-    let outcome = node.write(Command::Put { key, value, cond, prev_kv }).await?;
+    let outcome = node.write(Command::Put { key, value, lease, cond, prev_kv }).await?;
     outcome_response(outcome, node.term())
 }
 

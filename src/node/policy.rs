@@ -32,8 +32,12 @@ impl Node {
     /// Everything a write must satisfy before it is proposed.
     pub(super) fn check_write(&self, cmd: &Command) -> Result<()> {
         match cmd {
-            Command::Put { key, value, cond, .. } => {
+            Command::Put { key, value, lease, cond, .. } => {
                 self.check_key(key)?;
+                if let Some(lease) = lease {
+                    // No lease can be granted yet, so none exists that this key could join.
+                    return Err(Error::LeaseNotFound(*lease));
+                }
                 let max = self.cfg.max_value_bytes;
                 if value.len() > max {
                     return Err(Error::TooLarge(format!(

@@ -30,6 +30,7 @@ fn put(term: u64, index: u64, size: usize) -> Entry {
         log_id: lid(term, index),
         payload: EntryPayload::Normal(Proposal::new(
             Command::Put {
+                lease: None,
                 key: format!("/k/{index}"),
                 value: (0..size).map(|i| (i as u64 ^ index) as u8).collect(),
                 cond: Default::default(),

@@ -101,11 +101,13 @@ impl Condition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Write one key.
+    /// Write one key (attached to `lease`, if given).
     Put {
         key: String,
         #[serde(with = "super::bytes_b64")]
         value: Vec<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
         #[serde(default, skip_serializing_if = "Condition::is_empty")]
         cond: Condition,
         #[serde(default)]
@@ -183,12 +185,12 @@ impl Store {
     /// anything odd that still arrives is decided like any other input.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd {
-            Command::Put { key, value, cond, prev_kv } => {
+            Command::Put { key, value, lease, cond, prev_kv } => {
                 let current = self.current(key);
                 if !cond.holds(current.as_ref()) {
                     return Outcome::ConditionFailed { revision: self.revision(), current };
                 }
-                let (kv, prev) = self.write().put(key, value.clone(), None);
+                let (kv, prev) = self.write().put(key, value.clone(), *lease);
                 Outcome::Put { revision: self.revision(), kv, prev_kv: if *prev_kv { prev } else { None } }
             }
             Command::Delete { key, recursive, cond, prev_kv } => {

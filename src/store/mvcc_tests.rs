@@ -11,7 +11,7 @@ use crate::store::{Command, Condition, Outcome};
 // ---------------------------------------------------------------------------------------
 
 fn put_cmd(k: &str, v: &[u8], cond: Condition, prev_kv: bool) -> Command {
-    Command::Put { key: k.to_string(), value: v.to_vec(), cond, prev_kv }
+    Command::Put { key: k.to_string(), value: v.to_vec(), lease: None, cond, prev_kv }
 }
 
 fn del_cmd(k: &str, recursive: bool, cond: Condition, prev_kv: bool) -> Command {
@@ -870,7 +870,7 @@ mod model {
 
         fn apply(&mut self, cmd: &Command) -> Outcome {
             match cmd {
-                Command::Put { key, value, cond, prev_kv } => {
+                Command::Put { key, value, cond, prev_kv, .. } => {
                     let prev = self.cur.get(key).cloned();
                     if !holds(cond, prev.as_ref()) {
                         return Outcome::ConditionFailed {
@@ -1058,6 +1058,7 @@ mod model {
         if rng.gen_bool(0.6) {
             let key = pick(rng, WRITE_KEYS);
             Command::Put {
+                lease: None,
                 key: key.to_string(),
                 value: pick(rng, VALUES).to_vec(),
                 cond: random_cond(rng, model, key),

@@ -48,7 +48,13 @@ fn vote(term: u64, candidate: u64) -> PeerRequest {
 }
 
 fn put(key: &str, value: &[u8]) -> Command {
-    Command::Put { key: key.into(), value: value.to_vec(), cond: Condition::default(), prev_kv: false }
+    Command::Put {
+        key: key.into(),
+        value: value.to_vec(),
+        lease: None,
+        cond: Condition::default(),
+        prev_kv: false,
+    }
 }
 
 /// An append from `leader` in `term` whose entries write `/evil`, starting at `first`.

@@ -202,6 +202,7 @@ impl Dump {
 /// A plain put command.
 pub fn put_cmd(key: &str, value: &str) -> Command {
     Command::Put {
+        lease: None,
         key: key.to_string(),
         value: value.as_bytes().to_vec(),
         cond: Condition::default(),
