@@ -312,6 +312,9 @@ impl Config {
             (one_write * 4).max(MIB as u64),
         )?;
         at_least("quota_bytes", self.quota_bytes, 1)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(self.error("log_level", format!("{:?} is not a log filter: {e}", self.log_level)));
+        }
         for (setting, addr) in [("listen_client", &self.listen_client), ("listen_peer", &self.listen_peer)] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|_| self.error(setting, format!("{addr:?} is not an IP:port address")))?;

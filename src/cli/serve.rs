@@ -17,11 +17,18 @@ pub fn run(flags: ServeFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log_level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let (filter, from) = match std::env::var("RUST_LOG") {
+        Ok(f) => (f, "RUST_LOG"),
+        Err(_) => (cfg.log_level.clone(), "log_level"),
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("palisade serve: {from} {filter:?} is not a valid log filter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match rt.block_on(serve(cfg)) {
         Ok(()) => ExitCode::SUCCESS,

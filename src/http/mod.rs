@@ -28,6 +28,7 @@ use axum::Router;
 use serde::Serialize;
 
 use crate::node::Node;
+use crate::peer::ReplayGuard;
 use error::ApiError;
 
 /// The client API routes, as the OpenAPI spec lists them (method, axum path).
@@ -71,7 +72,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .route("/raft/rpc", post(peer::rpc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(peer::PeerState { node, slots })
+        .with_state(peer::PeerState { node, slots, replays: Arc::new(ReplayGuard::new(peer::REPLAY_MEMORY)) })
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so

@@ -1,10 +1,11 @@
 //! The peer endpoint: one `POST /raft/rpc` carrying a signed [`PeerRequest`] as JSON.
 //!
-//! In order, each step before any work of the next: the signature headers (sender,
-//! receiver, time) are checked, the sender must be a member, the request must get one of
-//! the bounded peer slots, the body must fit the peer message limit and arrive within
-//! `--body-timeout-ms` (else 408, which frees the slot), the signature must match the
-//! body, the JSON must parse. Only then does the node see the request.
+//! In order, each step before any work of the next: the signed headers (sender, receiver,
+//! time, body digest) are checked, so a stranger never gets a byte of body read; the sender
+//! must be a member; the request must get one of the bounded peer slots; the body must fit
+//! the peer message limit and arrive within `--body-timeout-ms` (else 408, which frees the
+//! slot) and match its signed digest; the JSON must parse; a forwarded write must not be a
+//! replay. Only then does the node see the request. The answer is signed too.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::node::Node;
-use crate::peer::PeerRequest;
+use crate::peer::{PeerRequest, ReplayGuard, RESPONSE_SIGNATURE_HEADER};
 
 /// What the peer route needs besides the node.
 #[derive(Clone)]
@@ -23,7 +24,12 @@ pub struct PeerState {
     pub node: Arc<Node>,
     /// Peer requests served at once.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Forwarded writes seen lately, by signature.
+    pub replays: Arc<ReplayGuard>,
 }
+
+/// Forwarded writes remembered against replay (about 100 bytes each).
+pub const REPLAY_MEMORY: usize = 65_536;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -37,10 +43,11 @@ pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) ->
     let node = &st.node;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let key = node.peer_key();
-    let (from, time) = match key.check_headers(header, node.id(), now_ms()) {
-        Ok(x) => x,
+    let verified = match key.check_headers(header, node.id(), now_ms()) {
+        Ok(v) => v,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
     };
+    let from = verified.from;
     if from != node.id() && !node.is_member(from) {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -69,13 +76,22 @@ pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) ->
             )
         }
     };
-    if let Err(e) = key.verify(header, from, node.id(), time, &bytes) {
+    if let Err(e) = key.check_body(&verified, &bytes) {
         return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
     }
     let req: PeerRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     };
+    if matches!(req, PeerRequest::Forward(_)) && !st.replays.first_time(&verified.signature, now_ms()) {
+        return refuse(StatusCode::CONFLICT, "replayed", "this forwarded write was already received");
+    }
     let resp = node.clone().handle_peer(from, req).await;
-    super::json_body(&resp).into_response()
+    let body = serde_json::to_vec(&resp).expect("peer responses serialise");
+    let mut reply = ([(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response();
+    if let Some(sig) = key.sign_response(&verified, &body) {
+        let value = axum::http::HeaderValue::from_str(&sig).expect("hex is a valid header value");
+        reply.headers_mut().insert(RESPONSE_SIGNATURE_HEADER, value);
+    }
+    reply
 }

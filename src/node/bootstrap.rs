@@ -7,12 +7,16 @@
 //! new cluster, a late start of one, or a replaced disk; so before it bootstraps it asks
 //! the other members ([`PeerRequest::Probe`]). Every data dir draws a random incarnation,
 //! which a running member publishes into the replicated membership; a member that finds
-//! its id there with an incarnation is a replaced disk. The decision:
-//! - any member records an incarnation for this id: refuse, and stop the node with a
-//!   message saying how to bring it back;
-//! - a majority of the cluster (this node included) has no state (a member whose log holds
-//!   nothing beyond the bootstrap entry counts as having none): a new cluster, go on;
-//! - every other member answered and none records this id: a late start, go on;
+//! its id there with an incarnation (or whose leader has replicated entries to it) is a
+//! replaced disk. The decision, for a cluster of `n` whose quorum is `q = n/2 + 1`:
+//! - any member knows this node ran with data: refuse, and stop the node with a message
+//!   saying how to bring it back;
+//! - more than `n - q` of the *other* members have no data (a member whose log holds
+//!   nothing beyond the bootstrap entry has none): then no write can have been committed,
+//!   since a commit needs `q` members and at most `q - 1` others (plus, perhaps, this node
+//!   before it lost its disk) could hold one; a new cluster, go on. This node never counts
+//!   itself: an empty data dir may be a wiped one;
+//! - every other member answered and none knows this node: a late start, go on;
 //! - otherwise wait (an unreachable member may hold the record).
 //!
 //! Until it bootstraps, the node's Raft has no membership, so it refuses every Raft call
@@ -20,10 +24,13 @@
 //!
 //! Rebuilding (`--rebuild-from-peers`, the explicit step after a lost or damaged disk): a
 //! member the cluster knows may start on an empty data dir if it first learns the
-//! cluster's commit index (a read index from the leader) and then neither votes nor
-//! campaigns until it has applied that index. From then on it holds every entry that was
-//! committed before it lost its data, and counting it again is safe. The index is kept in
-//! the identity file, so a restart during the rebuild keeps holding its votes.
+//! cluster's commit index and the term of the leader that confirmed it (a read index).
+//! Until it has applied that index it neither votes nor campaigns, and it takes entries
+//! only from a leader of that term or later: its lost vote would have refused an older
+//! leader, which must not count it now. It bootstraps nothing itself; the leader sends it
+//! the log (or a snapshot) from the start. Once caught up it holds every entry that was
+//! committed before it lost its data, and counting it again is safe. The gate is kept in
+//! the identity file, so a restart during the rebuild keeps holding it.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,8 +38,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{identity, Node};
-use crate::peer::{PeerError, PeerRequest, PeerResponse, ProbeReply};
+use crate::peer::{PeerError, PeerRequest, PeerResponse, ProbeReply, ReadIndexReply};
 use crate::raft::NodeId;
+use crate::raft::RebuildGate;
 
 /// What a round of probes decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +58,8 @@ pub(super) fn decide(
     answers: &[(NodeId, Option<ProbeReply>)],
 ) -> Decision {
     for (id, answer) in answers {
-        if let Some(ProbeReply::Member { cluster_id: c, incarnation, .. }) = answer {
-            if c == cluster_id && *incarnation != 0 {
+        if let Some(ProbeReply::Member { cluster_id: c, knows_you: true, .. }) = answer {
+            if c == cluster_id {
                 return Decision::Refuse(format!(
                     "node {me} starts on a new data dir, but the cluster (node {id}) records that node {me} ran \
                      with data before: its disk was replaced or wiped. Rejoining as node {me} without that data \
@@ -63,7 +71,10 @@ pub(super) fn decide(
             }
         }
     }
-    let mut fresh = 1;
+    if size <= 1 {
+        return Decision::Proceed;
+    }
+    let mut empty_peers = 0;
     let mut silent = Vec::new();
     for (id, answer) in answers {
         match answer {
@@ -73,13 +84,12 @@ pub(super) fn decide(
                     "node {id} belongs to another cluster ({c}, this node's is {cluster_id}): check --initial-cluster"
                 ))
             }
-            Some(ProbeReply::Fresh { .. }) => fresh += 1,
-            // Bootstrapped, but nothing happened since (it cannot have led anything alone).
-            Some(ProbeReply::Member { last_log_index: 0, .. }) => fresh += 1,
+            Some(ProbeReply::Fresh { .. } | ProbeReply::Member { has_data: false, .. }) => empty_peers += 1,
             Some(ProbeReply::Member { .. }) => {}
         }
     }
-    if fresh * 2 > size {
+    let quorum = size / 2 + 1;
+    if empty_peers > size - quorum {
         return Decision::Proceed;
     }
     if silent.is_empty() {
@@ -100,7 +110,7 @@ impl Node {
             let decision = n.probe_round().await;
             match decision {
                 Decision::Proceed => {
-                    if let Err(e) = n.finish_bootstrap(None).await {
+                    if let Err(e) = n.finish_bootstrap().await {
                         n.fail(format!("bootstrapping failed: {e:#}"));
                     }
                     return;
@@ -161,22 +171,32 @@ impl Node {
         decide(self.id, &self.identity.cluster_id, self.identity.initial_cluster.len(), &answers)
     }
 
-    /// Starts rebuilding this member from its peers: learns the cluster's commit index,
-    /// records it, holds votes until it is applied, and bootstraps. An error means "not
-    /// yet" (no leader answered), and the caller tries again.
+    /// Starts rebuilding this member from its peers: learns the cluster's commit index and
+    /// its leader's term, records them, and holds votes and entries from older terms until
+    /// that index is applied. It does not bootstrap a membership of its own: the leader
+    /// sends it the log (or a snapshot) from the start. An error means "not yet" (no
+    /// leader answered), and the caller tries again.
     async fn begin_rebuild(self: &Arc<Self>) -> Result<(), String> {
-        let index = self.cluster_read_index().await?;
+        let read = self.cluster_read_index().await?;
+        let gate = RebuildGate { index: read.index, term: read.term };
         tracing::warn!(
             node_id = self.id,
-            index,
-            "rebuilding this member from its peers: it votes again once it has applied entry {index}"
+            index = gate.index,
+            term = gate.term,
+            "rebuilding this member from its peers: it votes again once it has applied entry {}",
+            gate.index
         );
-        self.finish_bootstrap(Some(index)).await.map_err(|e| format!("rebuilding failed: {e:#}"))?;
+        // Recorded before Raft can take part in anything.
+        let id = identity::Identity { bootstrapped: true, rebuild: Some(gate), ..self.identity.clone() };
+        identity::save(&self.cfg, &id).map_err(|e| format!("rebuilding failed: {e:#}"))?;
+        self.replica.hold_for_rebuild(Some(gate));
+        *self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tokio::spawn(Self::finish_rebuild(Arc::downgrade(self), gate));
         Ok(())
     }
 
     /// A read index confirmed by the current leader, asked of the other members.
-    async fn cluster_read_index(&self) -> Result<u64, String> {
+    async fn cluster_read_index(&self) -> Result<ReadIndexReply, String> {
         let mut hint = None;
         let members: Vec<_> =
             self.identity.initial_cluster.iter().filter(|(id, _)| **id != self.id).collect();
@@ -189,7 +209,7 @@ impl Node {
                 },
             };
             match self.transport.call(*id, member, PeerRequest::ReadIndex, self.cfg.request_timeout()).await {
-                Ok(PeerResponse::ReadIndex(Ok(i))) => return Ok(i),
+                Ok(PeerResponse::ReadIndex(Ok(r))) => return Ok(r),
                 Ok(PeerResponse::ReadIndex(Err(PeerError::NotLeader { leader }))) => hint = leader,
                 other => tracing::debug!(id, ?other, "no read index for the rebuild"),
             }
@@ -197,37 +217,27 @@ impl Node {
         Err("waiting for a leader to tell the commit index this member must catch up to".into())
     }
 
-    /// Bootstraps Raft with the initial members and records it in the identity file;
-    /// with `rebuild_until`, holds votes until that index is applied.
-    async fn finish_bootstrap(self: &Arc<Self>, rebuild_until: Option<u64>) -> anyhow::Result<()> {
-        let mut id = self.identity.clone();
-        id.bootstrapped = true;
-        id.rebuild_until = rebuild_until;
-        if let Some(index) = rebuild_until {
-            // Recorded before Raft can take part in anything.
-            identity::save(&self.cfg, &id)?;
-            self.replica.hold_votes_until(index);
-            tokio::spawn(Self::finish_rebuild(Arc::downgrade(self), index));
-        }
+    /// Bootstraps Raft with the initial members and records it in the identity file.
+    async fn finish_bootstrap(&self) -> anyhow::Result<()> {
         self.replica.initialize(self.identity.initial_cluster.clone()).await?;
-        identity::save(&self.cfg, &id)?;
+        identity::save(&self.cfg, &identity::Identity { bootstrapped: true, ..self.identity.clone() })?;
         *self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(node_id = self.id, "bootstrapped");
         Ok(())
     }
 
-    /// Releases the votes of a rebuilt member once it has applied `index`, and records it.
-    pub(super) async fn finish_rebuild(node: Weak<Node>, index: u64) {
+    /// Releases a rebuilt member once it has applied the gate's index, and records it.
+    pub(super) async fn finish_rebuild(node: Weak<Node>, gate: RebuildGate) {
         loop {
             let Some(n) = node.upgrade() else { return };
-            if n.replica.applied_index() >= index {
-                let id = identity::Identity { rebuild_until: None, bootstrapped: true, ..n.identity.clone() };
+            if n.replica.applied_index() >= gate.index && n.replica.has_membership() {
+                let id = identity::Identity { rebuild: None, bootstrapped: true, ..n.identity.clone() };
                 match identity::save(&n.cfg, &id) {
                     Ok(()) => {
-                        n.replica.hold_votes_until(0);
+                        n.replica.hold_for_rebuild(None);
                         tracing::info!(
                             node_id = n.id,
-                            index,
+                            index = gate.index,
                             "rebuilt from the peers: caught up, votes again"
                         );
                         return;
@@ -243,11 +253,18 @@ impl Node {
     /// What this node answers a probe from `from`.
     pub(super) fn probe_reply(&self, from: NodeId) -> ProbeReply {
         let cluster_id = self.identity.cluster_id.clone();
-        if !self.replica.has_membership() {
+        let rebuilding = self.replica.rebuild_gate().is_some();
+        if !self.replica.has_membership() && !rebuilding {
             return ProbeReply::Fresh { cluster_id };
         }
-        let incarnation = self.replica.member(from).map_or(0, |m| m.incarnation);
-        ProbeReply::Member { cluster_id, incarnation, last_log_index: self.replica.status().last_log_index }
+        let status = self.replica.status();
+        let published = self.replica.member(from).is_some_and(|m| m.incarnation != 0);
+        let replicated = status.matched.get(&from).is_some_and(|m| m.is_some_and(|i| i > 0));
+        ProbeReply::Member {
+            cluster_id,
+            knows_you: published || replicated,
+            has_data: status.last_log_index > 0 || rebuilding,
+        }
     }
 }
 
@@ -259,36 +276,41 @@ mod tests {
         Some(ProbeReply::Fresh { cluster_id: "c".into() })
     }
 
-    fn member(incarnation: u64) -> Option<ProbeReply> {
-        Some(ProbeReply::Member { cluster_id: "c".into(), incarnation, last_log_index: 40 })
+    fn member(knows_you: bool) -> Option<ProbeReply> {
+        Some(ProbeReply::Member { cluster_id: "c".into(), knows_you, has_data: true })
     }
 
     fn pristine() -> Option<ProbeReply> {
-        Some(ProbeReply::Member { cluster_id: "c".into(), incarnation: 0, last_log_index: 0 })
+        Some(ProbeReply::Member { cluster_id: "c".into(), knows_you: false, has_data: false })
     }
 
     #[test]
     fn decisions() {
+        let wait = |d: Decision| matches!(d, Decision::Wait(_));
         // Alone: go on.
         assert_eq!(decide(1, "c", 1, &[]), Decision::Proceed);
-        // A new cluster: a majority has no state.
-        assert_eq!(decide(1, "c", 3, &[(2, fresh()), (3, None)]), Decision::Proceed);
-        assert!(matches!(decide(1, "c", 3, &[(2, None), (3, None)]), Decision::Wait(_)));
-        assert!(matches!(
-            decide(1, "c", 5, &[(2, fresh()), (3, None), (4, None), (5, None)]),
-            Decision::Wait(_)
-        ));
-        // A member that bootstrapped a moment earlier, alone, counts as new.
-        assert_eq!(decide(1, "c", 3, &[(2, pristine()), (3, None)]), Decision::Proceed);
-        // A late start: everyone answered and nobody records this node.
-        assert_eq!(decide(3, "c", 3, &[(1, member(0)), (2, member(0))]), Decision::Proceed);
+        // A new cluster: enough of the others have no data that nothing can have been
+        // committed (2 of 3: both others; 2 nodes: the other one).
+        assert_eq!(decide(1, "c", 3, &[(2, fresh()), (3, fresh())]), Decision::Proceed);
+        assert_eq!(decide(1, "c", 2, &[(2, fresh())]), Decision::Proceed);
+        assert_eq!(
+            decide(1, "c", 5, &[(2, fresh()), (3, pristine()), (4, fresh()), (5, None)]),
+            Decision::Proceed
+        );
+        // This node never counts itself: it may be a wiped member of {1, 3}, and 3 is away.
+        assert!(wait(decide(1, "c", 3, &[(2, fresh()), (3, None)])));
+        assert!(wait(decide(1, "c", 3, &[(2, pristine()), (3, None)])));
+        assert!(wait(decide(1, "c", 3, &[(2, None), (3, None)])));
+        assert!(wait(decide(1, "c", 5, &[(2, fresh()), (3, fresh()), (4, None), (5, None)])));
+        // A late start: everyone answered and nobody knows this node.
+        assert_eq!(decide(3, "c", 3, &[(1, member(false)), (2, member(false))]), Decision::Proceed);
         // Someone may hold the record: wait for it.
-        assert!(matches!(decide(3, "c", 3, &[(1, member(0)), (2, None)]), Decision::Wait(_)));
+        assert!(wait(decide(3, "c", 3, &[(1, member(false)), (2, None)])));
         // A replaced disk: refused, whoever else answered.
-        assert!(matches!(decide(3, "c", 3, &[(1, member(0)), (2, member(77))]), Decision::Refuse(_)));
-        assert!(matches!(decide(3, "c", 3, &[(1, None), (2, member(77))]), Decision::Refuse(_)));
+        assert!(matches!(decide(3, "c", 3, &[(1, member(false)), (2, member(true))]), Decision::Refuse(_)));
+        assert!(matches!(decide(3, "c", 3, &[(1, None), (2, member(true))]), Decision::Refuse(_)));
         // Another cluster's member is never counted.
         let other = Some(ProbeReply::Fresh { cluster_id: "x".into() });
-        assert!(matches!(decide(1, "c", 3, &[(2, other), (3, fresh())]), Decision::Wait(_)));
+        assert!(wait(decide(1, "c", 3, &[(2, other), (3, fresh())])));
     }
 }

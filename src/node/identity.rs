@@ -22,10 +22,10 @@ pub struct Identity {
     /// log means lost data, not a new member.
     #[serde(default)]
     pub bootstrapped: bool,
-    /// While this member is rebuilt from its peers: the log index it must apply before it
-    /// may vote again (the cluster's commit index when the rebuild began).
+    /// While this member is rebuilt from its peers: what it must reach before it may vote
+    /// again (see `bootstrap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rebuild_until: Option<u64>,
+    pub rebuild: Option<crate::raft::RebuildGate>,
 }
 
 const IDENTITY_FILE: &str = "identity.json";
@@ -92,7 +92,7 @@ pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
         initial_cluster: initial,
         incarnation: rand::random::<u64>().max(1),
         bootstrapped: false,
-        rebuild_until: None,
+        rebuild: None,
     };
     std::fs::create_dir_all(&cfg.data_dir)?;
     save(cfg, &id)?;

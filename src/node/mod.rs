@@ -98,7 +98,7 @@ impl Node {
             Some(path) => PeerKey::load(path).map_err(anyhow::Error::msg)?,
             None => PeerKey::insecure(),
         };
-        let transport = Arc::new(HttpTransport::new(cfg.node_id, key.clone()));
+        let transport = Arc::new(HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes));
         Self::start_with(cfg, transport, key).await
     }
 
@@ -122,6 +122,7 @@ impl Node {
             snapshot_every: cfg.snapshot_every,
             max_message_bytes: cfg.max_peer_message_bytes,
             wal_segment_bytes: cfg.wal_segment_bytes,
+            initial_members: identity.initial_cluster.clone(),
             on_fatal: Some({
                 let fatal = fatal.clone();
                 Arc::new(move |why: &str| {
@@ -139,21 +140,20 @@ impl Node {
             )
         })?;
         let initialized = replica.is_initialized().await?;
-        if !initialized && identity.bootstrapped {
+        if !initialized && identity.bootstrapped && identity.rebuild.is_none() {
             anyhow::bail!(
                 "the data dir {} belongs to node {} of cluster {}, but its raft log and snapshots are gone: \
-                 starting from nothing could lose acknowledged writes. Restore the data dir, or remove node {} \
-                 from the cluster and add it again as a new member with a new data dir (see README, \
-                 \"Replacing a failed member's disk\")",
+                 starting from nothing could lose acknowledged writes. Restore the data dir, or rebuild this \
+                 member from its peers: move the data dir aside and start it on an empty one with \
+                 --rebuild-from-peers (see README, \"Replacing a failed member's disk\")",
                 cfg.data_dir.display(),
                 identity.node_id,
                 identity.cluster_id,
-                identity.node_id
             );
         }
-        if let Some(index) = identity.rebuild_until {
-            // A rebuild that a restart interrupted: go on holding votes.
-            replica.hold_votes_until(index);
+        if let Some(gate) = identity.rebuild {
+            // A rebuild that a restart interrupted: go on holding it.
+            replica.hold_for_rebuild(Some(gate));
         } else if initialized && cfg.rebuild_from_peers {
             tracing::warn!(
                 "--rebuild-from-peers has nothing to do: the data dir {} holds this member's data",
@@ -179,10 +179,10 @@ impl Node {
             bootstrap_wait: Mutex::default(),
             fatal,
         });
-        if !initialized {
+        if let Some(gate) = node.identity.rebuild {
+            tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), gate));
+        } else if !initialized {
             tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
-        } else if let Some(index) = node.identity.rebuild_until {
-            tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), index));
         }
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         Ok(node)
@@ -360,11 +360,11 @@ impl Node {
         if let Some(why) = self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(why);
         }
-        let held = self.replica.votes_held_until();
-        if held > 0 && self.replica.applied_index() < held {
+        if let Some(gate) = self.replica.rebuild_gate() {
             return Err(format!(
-                "rebuilding from the peers: applied {} of {held}",
-                self.replica.applied_index()
+                "rebuilding from the peers: applied {} of {}",
+                self.replica.applied_index(),
+                gate.index
             ));
         }
         let s = self.replica.status();

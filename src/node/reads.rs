@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{peer_error, Node};
 use crate::error::{Error, Result};
-use crate::peer::{PeerError, PeerRequest, PeerResponse, TransportError};
+use crate::peer::{PeerError, PeerRequest, PeerResponse, ReadIndexReply, TransportError};
 use crate::raft::ReadIndexError;
 use crate::store::{ChildrenPage, KeyValue, ListOptions, ListPage, ReadError};
 
@@ -130,7 +130,7 @@ impl Node {
                         not = Some(self.id);
                         continue;
                     }
-                    Ok(r) => return r.map_err(peer_error),
+                    Ok(r) => return r.map(|r| r.index).map_err(peer_error),
                     Err(_) => {
                         return Err(Error::Unavailable(
                             "no quorum confirmed the read within the deadline".into(),
@@ -144,7 +144,7 @@ impl Node {
             };
             let left = deadline.saturating_duration_since(Instant::now());
             match self.transport.call(leader, &member, PeerRequest::ReadIndex, left).await {
-                Ok(PeerResponse::ReadIndex(Ok(i))) => return Ok(i),
+                Ok(PeerResponse::ReadIndex(Ok(r))) => return Ok(r.index),
                 Ok(PeerResponse::ReadIndex(Err(PeerError::NotLeader { .. })))
                 | Err(TransportError::Unreachable(_)) => {
                     not = Some(leader);
@@ -167,9 +167,9 @@ impl Node {
     }
 
     /// The leader's read index, for a follower that asks (see [`Self::linearize`]).
-    pub(super) async fn local_read_index(&self) -> std::result::Result<u64, PeerError> {
+    pub(super) async fn local_read_index(&self) -> std::result::Result<ReadIndexReply, PeerError> {
         match self.replica.read_index().await {
-            Ok(i) => Ok(i),
+            Ok((index, term)) => Ok(ReadIndexReply { index, term }),
             Err(ReadIndexError::NotLeader { leader }) => Err(PeerError::NotLeader { leader }),
             Err(ReadIndexError::NoQuorum(q)) => Err(PeerError::Unavailable(format!("no quorum: {q}"))),
             Err(ReadIndexError::Stopped(e)) => Err(PeerError::Unavailable(format!("raft stopped: {e}"))),
@@ -202,15 +202,14 @@ impl Node {
         if consistency == Consistency::Linearizable {
             self.linearize().await?;
         }
-        let applied = self.replica.applied();
-        let kv = applied.state.kv();
-        match read {
+        let max_page_bytes = self.cfg.max_page_bytes;
+        let answer = move |kv: &crate::store::Store, read: KvRead| match read {
             KvRead::Get { key, revision } => {
                 let (rev, found) = kv.get(&key, revision).map_err(|e| read_error(e, revision))?;
                 Ok(KvReadResult::Get { revision: rev, kv: found })
             }
             KvRead::List { key, opts } => {
-                let opts = ListOptions { max_bytes: opts.max_bytes.min(self.cfg.max_page_bytes), ..opts };
+                let opts = ListOptions { max_bytes: opts.max_bytes.min(max_page_bytes), ..opts };
                 kv.list(&key, &opts).map(KvReadResult::List).map_err(|e| read_error(e, opts.revision))
             }
             KvRead::Count { key, revision } => {
@@ -221,7 +220,16 @@ impl Node {
                 .children(&key, revision, after.as_deref(), limit)
                 .map(KvReadResult::Children)
                 .map_err(|e| read_error(e, revision)),
+        };
+        if matches!(read, KvRead::Get { .. }) {
+            // One key: answered under the read lock, which is held for microseconds.
+            let applied = self.replica.applied();
+            return answer(applied.state.kv(), read);
         }
+        // A listing may walk much of the key space: it works on a snapshot of the state (an
+        // O(1) clone of the persistent map), so applying writes never waits for it.
+        let state = self.replica.applied().state.clone();
+        answer(state.kv(), read)
     }
 
     /// A page size a listing may ask for.

@@ -149,6 +149,9 @@ impl Node {
         loop {
             let batch: Vec<_> = {
                 let mut p = self.proposals.lock().unwrap_or_else(|e| e.into_inner());
+                // A write whose caller gave up (its deadline passed and it was told the
+                // outcome is unknown) is not proposed any more: nothing more to wait for.
+                p.waiting.retain(|(_, tx)| !tx.is_closed());
                 if p.waiting.is_empty() {
                     p.running -= 1;
                     return;

@@ -10,8 +10,8 @@ mod auth;
 mod protocol;
 mod transport;
 
-pub use auth::{PeerAuthError, PeerKey, SIGNATURE_HEADERS};
-pub use protocol::{PeerError, PeerHandler, PeerRequest, PeerResponse, ProbeReply};
+pub use auth::{PeerAuthError, PeerKey, ReplayGuard, Verified, RESPONSE_SIGNATURE_HEADER, SIGNATURE_HEADERS};
+pub use protocol::{PeerError, PeerHandler, PeerRequest, PeerResponse, ProbeReply, ReadIndexReply};
 pub use transport::{HttpTransport, RaftOverPeers, Transport};
 
 pub use crate::raft::CallError as TransportError;

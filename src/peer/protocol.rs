@@ -25,16 +25,24 @@ pub enum PeerRequest {
     Probe,
 }
 
+/// A leader's read index and the term it confirmed it leads in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexReply {
+    pub index: u64,
+    pub term: u64,
+}
+
 /// What a member answers a [`PeerRequest::Probe`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeReply {
     /// The answering member has no state yet (it is new too, or waiting to bootstrap).
     Fresh { cluster_id: String },
-    /// The answering member runs; `incarnation` is what its membership records for the
-    /// caller's data dir (0: nothing, the caller never ran with data), `last_log_index`
-    /// how far its log reaches (0: nothing beyond the bootstrap entry).
-    Member { cluster_id: String, incarnation: u64, last_log_index: u64 },
+    /// The answering member runs. `knows_you`: it has evidence that the caller ran with
+    /// data (its membership records the caller's incarnation, or, as leader, it has
+    /// replicated entries to the caller). `has_data`: its own log holds more than the
+    /// bootstrap entry, or it is being rebuilt (its data is elsewhere).
+    Member { cluster_id: String, knows_you: bool, has_data: bool },
 }
 
 /// Why a forwarded write or a read-index call failed on the peer.
@@ -62,7 +70,7 @@ pub enum PeerError {
 pub enum PeerResponse {
     Raft(RaftReply),
     Forward(Result<Outcome, PeerError>),
-    ReadIndex(Result<u64, PeerError>),
+    ReadIndex(Result<ReadIndexReply, PeerError>),
     PublishMember(Result<(), PeerError>),
     Probe(ProbeReply),
 }

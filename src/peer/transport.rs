@@ -2,7 +2,9 @@
 //! calls over it.
 //!
 //! Over HTTP a request is `POST {peer_url}/raft/rpc` with the JSON of a [`PeerRequest`]
-//! and the headers of [`PeerKey::sign`]; the answer is the JSON of a [`PeerResponse`].
+//! and the headers of [`PeerKey::sign`]; the answer is the JSON of a [`PeerResponse`],
+//! signed for that request (an answer whose signature does not check is a failed call)
+//! and no larger than the peer message limit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::auth::PeerKey;
+use super::auth::{PeerKey, RESPONSE_SIGNATURE_HEADER};
 use super::protocol::{PeerRequest, PeerResponse};
 use crate::raft::{CallError, Member, NodeId, RaftReply, RaftRpc, RaftSender};
 
@@ -32,18 +34,32 @@ pub struct HttpTransport {
     key: PeerKey,
     /// The member this transport speaks for.
     from: NodeId,
+    /// The largest answer accepted (bytes).
+    max_answer_bytes: usize,
 }
 
 impl HttpTransport {
-    pub fn new(from: NodeId, key: PeerKey) -> HttpTransport {
+    pub fn new(from: NodeId, key: PeerKey, max_answer_bytes: usize) -> HttpTransport {
         let client = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .build()
             .expect("a plain HTTP client builds");
-        HttpTransport { client, key, from }
+        HttpTransport { client, key, from, max_answer_bytes }
     }
+}
+
+/// Reads an answer's body, refusing more than `limit` bytes.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, CallError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| CallError::Failed(e.to_string()))? {
+        if out.len() + chunk.len() > limit {
+            return Err(CallError::Failed(format!("the answer is over {limit} bytes")));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 fn now_ms() -> u64 {
@@ -64,10 +80,13 @@ impl Transport for HttpTransport {
             Err(e) => return futures::future::ready(Err(CallError::Unreachable(e.to_string()))).boxed(),
         };
         let mut request = self.client.post(&url).header("content-type", "application/json");
-        for (name, value) in self.key.sign(self.from, target, now_ms(), &body) {
+        let headers = self.key.sign(self.from, target, now_ms(), &body);
+        let signature = headers[4].1.clone();
+        for (name, value) in headers {
             request = request.header(name, value);
         }
         let request = request.body(body);
+        let (key, limit) = (self.key.clone(), self.max_answer_bytes);
         async move {
             let exchange = async {
                 let resp = request.send().await.map_err(|e| {
@@ -78,7 +97,12 @@ impl Transport for HttpTransport {
                     }
                 })?;
                 let status = resp.status();
-                let bytes = resp.bytes().await.map_err(|e| CallError::Failed(e.to_string()))?;
+                let answer_signature = resp
+                    .headers()
+                    .get(RESPONSE_SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let bytes = read_limited(resp, limit).await?;
                 if !status.is_success() {
                     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
                     // Refused before anything happened (auth, limits): nothing arrived.
@@ -89,6 +113,9 @@ impl Transport for HttpTransport {
                         CallError::Failed(e)
                     });
                 }
+                // An answer nobody signed may be forged on the way: as good as none.
+                key.check_response(&signature, answer_signature.as_deref(), &bytes)
+                    .map_err(|e| CallError::Failed(format!("{url}: {e}")))?;
                 serde_json::from_slice(&bytes).map_err(|e| CallError::Failed(e.to_string()))
             };
             tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout)?

@@ -124,6 +124,9 @@ pub struct ReplicaConfig {
     pub on_fatal: Option<crate::wal::OnFatal>,
     /// Size of a write-ahead log segment (bytes).
     pub wal_segment_bytes: u64,
+    /// The members this node was bootstrapped with: while it is rebuilt and knows no
+    /// membership yet, these may send it Raft calls.
+    pub initial_members: BTreeMap<NodeId, Member>,
 }
 
 /// The condition of this replica's storage (see [`crate::wal::Health`]).
@@ -132,9 +135,19 @@ pub use crate::wal::{Health as StorageHealth, Stall};
 /// A snapshot being received, chunk by chunk.
 struct Incoming {
     from: NodeId,
+    /// The sending leader's vote.
+    vote: Vote,
     snapshot_id: String,
     total: u64,
     data: Vec<u8>,
+}
+
+/// What a member rebuilt on an empty disk must reach before it may vote again: the
+/// cluster's commit index when the rebuild began, and the term of the leader that told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RebuildGate {
+    pub index: u64,
+    pub term: u64,
 }
 
 /// Terms a peer may claim above ours: far beyond any real run of elections (2^32 of them),
@@ -153,9 +166,10 @@ pub struct Replica {
     incoming: tokio::sync::Mutex<Option<Incoming>>,
     /// The log store, for its health.
     log: LogStore,
-    /// While non-zero: this member was rebuilt from its peers and neither votes nor
-    /// campaigns until it has applied this index (see [`Replica::hold_votes_until`]).
-    votes_held_until: std::sync::atomic::AtomicU64,
+    /// While set: this member is rebuilt from its peers (see [`Replica::hold_for_rebuild`]).
+    rebuild: Mutex<Option<RebuildGate>>,
+    /// See [`ReplicaConfig::initial_members`].
+    initial_members: BTreeMap<NodeId, Member>,
 }
 
 impl Replica {
@@ -199,7 +213,8 @@ impl Replica {
             quorum_acked_at,
             incoming: Default::default(),
             log,
-            votes_held_until: Default::default(),
+            rebuild: Mutex::new(None),
+            initial_members: cfg.initial_members.clone(),
         })
     }
 
@@ -237,10 +252,11 @@ impl Replica {
         }
     }
 
-    /// The leader's read index: its commit index once a quorum confirmed it still leads.
-    pub async fn read_index(&self) -> Result<u64, ReadIndexError> {
+    /// The leader's read index: its commit index once a quorum confirmed it still leads,
+    /// with the term it leads in.
+    pub async fn read_index(&self) -> Result<(u64, u64), ReadIndexError> {
         match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Ok((read, _applied)) => Ok((read.map_or(0, |l| l.index), self.term())),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ReadIndexError::NotLeader { leader: f.leader_id })
             }
@@ -306,18 +322,19 @@ impl Replica {
         *self.quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Holds this member's votes and candidacy until it has applied `index` (0: releases
-    /// them). A member rebuilt on an empty disk must not help elect anyone before it holds
-    /// every entry the cluster had committed when the rebuild began: its empty log would
-    /// let a candidate missing acknowledged writes win.
-    pub fn hold_votes_until(&self, index: u64) {
-        self.votes_held_until.store(index, std::sync::atomic::Ordering::SeqCst);
-        self.raft.runtime_config().elect(index == 0);
+    /// While `gate` is set, this member is being rebuilt on an empty disk: it neither votes
+    /// nor campaigns, and takes entries only from a leader of the gate's term or later,
+    /// until it has applied the gate's index. Its empty log must not help elect a leader
+    /// missing acknowledged writes, and a stale leader (of an older term, which this
+    /// member's lost vote would have refused) must not count it. `None` releases it.
+    pub fn hold_for_rebuild(&self, gate: Option<RebuildGate>) {
+        *self.rebuild.lock().unwrap_or_else(|e| e.into_inner()) = gate;
+        self.raft.runtime_config().elect(gate.is_none());
     }
 
-    /// The index until which votes are held (0: not held).
-    pub fn votes_held_until(&self) -> u64 {
-        self.votes_held_until.load(std::sync::atomic::Ordering::SeqCst)
+    /// The rebuild this member is held for, if any.
+    pub fn rebuild_gate(&self) -> Option<RebuildGate> {
+        *self.rebuild.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The index of the last entry applied here.
@@ -364,8 +381,16 @@ impl Replica {
             RaftRpc::SnapshotChunk { vote, meta, offset, total, done, data } => {
                 let mut incoming = self.incoming.lock().await;
                 if offset == 0 {
+                    // A transfer from a leader of a later term replaces one from an older
+                    // leader; an older one never interrupts a newer one.
+                    if incoming.as_ref().is_some_and(|i| i.from != from && i.vote > vote) {
+                        return RaftReply::Refused(
+                            "a snapshot from a leader of a later term is being received".into(),
+                        );
+                    }
                     *incoming = Some(Incoming {
                         from,
+                        vote,
                         snapshot_id: meta.snapshot_id.clone(),
                         total,
                         data: Vec::new(),
@@ -399,10 +424,20 @@ impl Replica {
                 let data = std::mem::take(&mut inc.data);
                 *incoming = None;
                 drop(incoming);
-                if let Err(e) = StateMachine::validate_snapshot(&data) {
-                    tracing::warn!(from, error = %e, "refused a damaged snapshot");
-                    return RaftReply::Refused(format!("the snapshot is damaged: {e}"));
-                }
+                // Decoding the whole snapshot is CPU work: off the async runtime.
+                let checked = tokio::task::spawn_blocking(move || {
+                    let check = StateMachine::validate_snapshot(&data);
+                    (data, check)
+                })
+                .await;
+                let data = match checked {
+                    Ok((data, Ok(()))) => data,
+                    Ok((_, Err(e))) => {
+                        tracing::warn!(from, error = %e, "refused a damaged snapshot");
+                        return RaftReply::Refused(format!("the snapshot is damaged: {e}"));
+                    }
+                    Err(e) => return RaftReply::Refused(format!("checking the snapshot failed: {e}")),
+                };
                 let snapshot = openraft::Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(data)) };
                 RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
             }
@@ -417,10 +452,20 @@ impl Replica {
             (m.current_term, m.membership_config.clone())
         };
         let membership = membership.membership();
+        let rebuild = self.rebuild_gate();
         if from == self.id {
             return Err("a member does not call itself".into());
         }
-        if membership.get_node(&from).is_none() {
+        let known = match membership.get_node(&from) {
+            Some(_) => true,
+            // Rebuilding, before the first membership arrived: the initial members.
+            None => {
+                rebuild.is_some()
+                    && membership.nodes().next().is_none()
+                    && self.initial_members.contains_key(&from)
+            }
+        };
+        if !known {
             return Err(format!("node {from} is not a member of this cluster"));
         }
         let vote = match rpc {
@@ -435,16 +480,28 @@ impl Replica {
         if claimed > term.saturating_add(MAX_TERM_LEAD) || claimed > u64::MAX / 2 {
             return Err(format!("term {claimed} is impossibly far ahead of this node's term {term}"));
         }
+        if let Some(gate) = rebuild {
+            match rpc {
+                RaftRpc::Vote(_) => {
+                    return Err(format!(
+                        "this member is being rebuilt from its peers and votes again once it has applied entry {} \
+                         (it is at {})",
+                        gate.index,
+                        self.sm.applied_index()
+                    ))
+                }
+                _ if claimed < gate.term => {
+                    return Err(format!(
+                        "this member is being rebuilt and takes entries only from a leader of term {} or later \
+                         (this one is of term {claimed})",
+                        gate.term
+                    ))
+                }
+                _ => {}
+            }
+        }
         match rpc {
             RaftRpc::Vote(r) => {
-                let held = self.votes_held_until();
-                if held > 0 && self.sm.applied_index() < held {
-                    return Err(format!(
-                        "this member is being rebuilt from its peers and votes again once it has applied entry \
-                         {held} (it is at {})",
-                        self.sm.applied_index()
-                    ));
-                }
                 if !membership.voter_ids().any(|v| v == from) {
                     return Err(format!("node {from} is not a voter"));
                 }
@@ -453,7 +510,9 @@ impl Replica {
                 }
             }
             RaftRpc::Append(r) => {
-                let mut expect = r.prev_log_id.map_or(0, |l| l.index + 1);
+                let Some(mut expect) = r.prev_log_id.map_or(Some(0), |l| l.index.checked_add(1)) else {
+                    return Err("the previous log index is impossibly high".into());
+                };
                 let mut last_term = r.prev_log_id.map_or(0, |l| l.leader_id.term);
                 if last_term > claimed {
                     return Err("the previous log term is above the leader's term".into());
@@ -521,5 +580,97 @@ async fn follow_metrics(
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+    use crate::raft::network::CallError;
+
+    /// A network where every peer is away.
+    struct Nowhere;
+
+    impl RaftSender for Nowhere {
+        fn send(
+            &self,
+            _: NodeId,
+            _: &Member,
+            _: RaftRpc,
+            _: Duration,
+        ) -> BoxFuture<'static, Result<RaftReply, CallError>> {
+            async { Err(CallError::Unreachable("nowhere".into())) }.boxed()
+        }
+    }
+
+    fn member(id: NodeId) -> Member {
+        Member {
+            client_url: format!("http://127.0.0.1:{}", 7000 + id),
+            peer_url: format!("http://127.0.0.1:{}", 8000 + id),
+            incarnation: 0,
+        }
+    }
+
+    async fn replica(dir: &std::path::Path) -> Replica {
+        let cfg = ReplicaConfig {
+            id: 3,
+            cluster_name: "test".into(),
+            log_dir: dir.join("raft"),
+            snapshot_dir: dir.join("snapshot"),
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            snapshot_every: 1000,
+            max_message_bytes: 1 << 20,
+            on_fatal: None,
+            wal_segment_bytes: 1 << 20,
+            initial_members: (1..=3).map(|id| (id, member(id))).collect(),
+        };
+        Replica::open(&cfg, Arc::new(Nowhere)).await.unwrap()
+    }
+
+    fn append(term: u64, leader: NodeId) -> RaftRpc {
+        RaftRpc::Append(openraft::raft::AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(term, leader),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(term, leader), 0)),
+        })
+    }
+
+    fn refused(r: &RaftReply) -> &str {
+        match r {
+            RaftReply::Refused(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rebuilding_member_refuses_votes_strangers_and_stale_leaders() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        // New and not bootstrapped: nobody is a member yet.
+        assert!(refused(&r.handle(1, append(5, 1)).await).contains("not a member"));
+        r.hold_for_rebuild(Some(RebuildGate { index: 40, term: 5 }));
+        // Rebuilding: the initial members may send entries, from term 5 on...
+        let vote = openraft::raft::VoteRequest { vote: openraft::Vote::new(9, 1), last_log_id: None };
+        assert!(refused(&r.handle(1, RaftRpc::Vote(vote)).await)
+            .contains("votes again once it has applied entry 40"));
+        assert!(refused(&r.handle(2, append(4, 2)).await).contains("leader of term 5 or later"));
+        assert!(refused(&r.handle(7, append(6, 7)).await).contains("not a member"));
+        assert!(
+            matches!(r.handle(1, append(5, 1)).await, RaftReply::Append(_)),
+            "the current leader is heard"
+        );
+        // Released: votes reach raft again.
+        r.hold_for_rebuild(None);
+        let vote = openraft::raft::VoteRequest { vote: openraft::Vote::new(9, 1), last_log_id: None };
+        assert!(
+            !matches!(r.handle(1, RaftRpc::Vote(vote)).await, RaftReply::Refused(ref why) if why.contains("votes again"))
+        );
+        r.shutdown().await;
     }
 }

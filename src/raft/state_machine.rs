@@ -244,16 +244,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let _guard = self.shared.snapshot_lock.lock().await;
         let bytes = snapshot.into_inner();
-        let file: SnapshotFile = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
-        // Store the snapshot under the metadata openraft gave us.
-        let bytes = Self::encode(&file.applied, meta);
-        let dir = self.shared.dir.clone();
-        tokio::task::spawn_blocking(move || snapshot_file::write(&dir, SNAPSHOT_FILE, &bytes))
-            .await
-            .map_err(io_err)
-            .and_then(|r| r)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        // Decoding, re-encoding and writing the whole state is slow: off the async runtime.
+        let (dir, meta2) = (self.shared.dir.clone(), meta.clone());
+        let file = tokio::task::spawn_blocking(move || {
+            let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(io_err)?;
+            // Store the snapshot under the metadata openraft gave us.
+            let bytes = Self::encode(&file.applied, &meta2);
+            snapshot_file::write(&dir, SNAPSHOT_FILE, &bytes)?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(io_err)
+        .and_then(|r| r)
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let position = {
             let mut a = self.shared.applied.write().unwrap_or_else(|e| e.into_inner());
             *a = file.applied;

@@ -258,6 +258,16 @@ impl Store {
                 // No early stop: a later key can still add a smaller name (`/p/a/x`
                 // sorts after `/p/a.b`), so the whole range is scanned, one seek per
                 // child that has descendants.
+                // Only the smallest `limit + 1` names are kept (the page and whether more
+                // follow): a name pushed out can never come back into them.
+                if found.len() > limit && found.last_key_value().is_some_and(|(last, _)| last.as_str() < name)
+                {
+                    if k.len() > prefix.len() + name.len() {
+                        cursor = Bound::Included(key::prefix_end(&format!("{prefix}{name}/")));
+                        continue 'scan;
+                    }
+                    continue;
+                }
                 let child_key = format!("{prefix}{name}");
                 let entry = found.entry(name.to_string()).or_insert_with(|| Child {
                     name: name.to_string(),
@@ -265,10 +275,16 @@ impl Store {
                     has_children: false,
                     kv: None,
                 });
-                if k.len() == child_key.len() {
-                    entry.kv = visible_at(vs, rev).and_then(|v| to_kv(k, v));
-                } else {
+                let below = k.len() > child_key.len();
+                if below {
                     entry.has_children = true;
+                } else {
+                    entry.kv = visible_at(vs, rev).and_then(|v| to_kv(k, v));
+                }
+                if found.len() > limit.saturating_add(1) {
+                    found.pop_last();
+                }
+                if below {
                     // Skip the rest of this child's subtree.
                     cursor = Bound::Included(key::prefix_end(&format!("{child_key}/")));
                     continue 'scan;

@@ -306,7 +306,17 @@ impl Cluster {
     /// its client API there. Retries for a while when the previous incarnation still holds the
     /// data dir's lock.
     async fn boot(&self, id: NodeId, listener: Option<TcpListener>) -> anyhow::Result<()> {
+        self.boot_with(id, listener, |_| {}).await
+    }
+
+    async fn boot_with(
+        &self,
+        id: NodeId,
+        listener: Option<TcpListener>,
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<()> {
         let mut cfg = self.slot(id).cfg.clone();
+        configure(&mut cfg);
         if let Some(l) = &listener {
             cfg.advertise_client = Some(url_of(l));
         }
@@ -608,6 +618,24 @@ impl Cluster {
 
     /// Starts node `id` again on its data dir and puts it back on the network (links keep
     /// whatever cuts and faults they had).
+    /// Deletes crashed node `id`'s data dir (a lost disk).
+    pub fn wipe(&self, id: NodeId) {
+        assert!(self.try_node(id).is_none(), "node {id} is running; crash it first");
+        let dir = &self.slot(id).cfg.data_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).expect("remove the data dir");
+        }
+    }
+
+    /// Starts crashed node `id` again on its data dir with `--rebuild-from-peers`.
+    pub async fn rebuild(&self, id: NodeId) {
+        assert!(self.try_node(id).is_none(), "node {id} is running; crash it first");
+        let listener = if self.opts.http { Some(self.rebind(id).await) } else { None };
+        if let Err(e) = self.boot_with(id, listener, |cfg| cfg.rebuild_from_peers = true).await {
+            panic!("node {id} did not start to rebuild: {e:#}\n{}", self.describe());
+        }
+    }
+
     pub async fn restart(&self, id: NodeId) {
         assert!(self.try_node(id).is_none(), "node {id} is running; crash it first");
         let listener = if self.opts.http { Some(self.rebind(id).await) } else { None };
