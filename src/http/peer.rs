@@ -31,10 +31,6 @@ pub struct PeerState {
 /// Forwarded writes remembered against replay (about 100 bytes each).
 pub const REPLAY_MEMORY: usize = 65_536;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     ApiError::new(status, code, message).into_response()
 }
@@ -43,7 +39,7 @@ pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) ->
     let node = &st.node;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let key = node.peer_key();
-    let verified = match key.check_headers(header, node.id(), now_ms()) {
+    let verified = match key.check_headers(header, node.id(), crate::clock::wall_clock_ms()) {
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
     };
@@ -83,7 +79,9 @@ pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) ->
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     };
-    if matches!(req, PeerRequest::Forward(_)) && !st.replays.first_time(&verified.signature, now_ms()) {
+    if matches!(req, PeerRequest::Forward(_))
+        && !st.replays.first_time(&verified.signature, crate::clock::wall_clock_ms())
+    {
         return refuse(StatusCode::CONFLICT, "replayed", "this forwarded write was already received");
     }
     let resp = node.clone().handle_peer(from, req).await;

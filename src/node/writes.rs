@@ -31,11 +31,6 @@ const MAX_BATCH: usize = 512;
 /// limit, so an entry always fits a message).
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Node {
     /// Checks `cmd` against the policy, proposes it (forwarding it to the leader when this
     /// node is a follower) and returns what applying it decided.
@@ -174,7 +169,7 @@ impl Node {
                 if single { cmds.into_iter().next().expect("one command") } else { Command::Batch { cmds } };
             let t0 = std::time::Instant::now();
             let n = waiters.len();
-            let result = self.replica.propose(Proposal::new(payload, wall_clock_ms())).await;
+            let result = self.replica.propose(Proposal::new(payload, crate::clock::wall_clock_ms())).await;
             tracing::debug!(batch = n, micros = t0.elapsed().as_micros() as u64, "proposal decided");
             let result = match result {
                 Ok(outcome) => Ok(outcome),

@@ -62,10 +62,6 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
     Ok(out)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Transport for HttpTransport {
     fn call(
         &self,
@@ -80,7 +76,7 @@ impl Transport for HttpTransport {
             Err(e) => return futures::future::ready(Err(CallError::Unreachable(e.to_string()))).boxed(),
         };
         let mut request = self.client.post(&url).header("content-type", "application/json");
-        let headers = self.key.sign(self.from, target, now_ms(), &body);
+        let headers = self.key.sign(self.from, target, crate::clock::wall_clock_ms(), &body);
         let signature = headers[4].1.clone();
         for (name, value) in headers {
             request = request.header(name, value);
