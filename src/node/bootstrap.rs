@@ -11,12 +11,15 @@
 //! replaced disk. The decision, for a cluster of `n` whose quorum is `q = n/2 + 1`:
 //! - any member knows this node ran with data: refuse, and stop the node with a message
 //!   saying how to bring it back;
-//! - more than `n - q` of the *other* members have no data (a member whose log holds
-//!   nothing beyond the bootstrap entry has none): then no write can have been committed,
-//!   since a commit needs `q` members and at most `q - 1` others (plus, perhaps, this node
-//!   before it lost its disk) could hold one; a new cluster, go on. This node never counts
-//!   itself: an empty data dir may be a wiped one;
-//! - every other member answered and none knows this node: a late start, go on;
+//! - more than `n - q` of the *other* members answered, and none of them knows this node:
+//!   go on. Any write this node could have helped commit sits on a quorum, so on at least
+//!   `q - 1` others, and at least one of those answered; since logs agree on committed
+//!   entries, that member also holds this node's published incarnation (or, as leader,
+//!   has replicated to it) and would have said so. This covers a new cluster (the others
+//!   answer that they have no data) and a member that starts late alike. This node never
+//!   counts itself: an empty data dir may be a wiped one. (Left open: entries this node
+//!   acknowledged in the moments before its incarnation was published, under a leader
+//!   that has since changed.)
 //! - otherwise wait (an unreachable member may hold the record).
 //!
 //! Until it bootstraps, the node's Raft has no membership, so it refuses every Raft call
@@ -74,25 +77,21 @@ pub(super) fn decide(
     if size <= 1 {
         return Decision::Proceed;
     }
-    let mut empty_peers = 0;
+    let mut answered = 0;
     let mut silent = Vec::new();
     for (id, answer) in answers {
         match answer {
-            None => silent.push(*id),
+            None | Some(ProbeReply::Rebuilding { .. }) => silent.push(*id),
             Some(ProbeReply::Fresh { cluster_id: c } | ProbeReply::Member { cluster_id: c, .. }) if c != cluster_id => {
                 return Decision::Wait(format!(
                     "node {id} belongs to another cluster ({c}, this node's is {cluster_id}): check --initial-cluster"
                 ))
             }
-            Some(ProbeReply::Fresh { .. } | ProbeReply::Member { has_data: false, .. }) => empty_peers += 1,
-            Some(ProbeReply::Member { .. }) => {}
+            Some(_) => answered += 1,
         }
     }
     let quorum = size / 2 + 1;
-    if empty_peers > size - quorum {
-        return Decision::Proceed;
-    }
-    if silent.is_empty() {
+    if answered > size - quorum {
         return Decision::Proceed;
     }
     Decision::Wait(format!(
@@ -253,18 +252,16 @@ impl Node {
     /// What this node answers a probe from `from`.
     pub(super) fn probe_reply(&self, from: NodeId) -> ProbeReply {
         let cluster_id = self.identity.cluster_id.clone();
-        let rebuilding = self.replica.rebuild_gate().is_some();
-        if !self.replica.has_membership() && !rebuilding {
+        if self.replica.rebuild_gate().is_some() {
+            return ProbeReply::Rebuilding { cluster_id };
+        }
+        if !self.replica.has_membership() {
             return ProbeReply::Fresh { cluster_id };
         }
         let status = self.replica.status();
         let published = self.replica.member(from).is_some_and(|m| m.incarnation != 0);
         let replicated = status.matched.get(&from).is_some_and(|m| m.is_some_and(|i| i > 0));
-        ProbeReply::Member {
-            cluster_id,
-            knows_you: published || replicated,
-            has_data: status.last_log_index > 0 || rebuilding,
-        }
+        ProbeReply::Member { cluster_id, knows_you: published || replicated }
     }
 }
 
@@ -277,11 +274,11 @@ mod tests {
     }
 
     fn member(knows_you: bool) -> Option<ProbeReply> {
-        Some(ProbeReply::Member { cluster_id: "c".into(), knows_you, has_data: true })
+        Some(ProbeReply::Member { cluster_id: "c".into(), knows_you })
     }
 
     fn pristine() -> Option<ProbeReply> {
-        Some(ProbeReply::Member { cluster_id: "c".into(), knows_you: false, has_data: false })
+        Some(ProbeReply::Member { cluster_id: "c".into(), knows_you: false })
     }
 
     #[test]
@@ -302,13 +299,21 @@ mod tests {
         assert!(wait(decide(1, "c", 3, &[(2, pristine()), (3, None)])));
         assert!(wait(decide(1, "c", 3, &[(2, None), (3, None)])));
         assert!(wait(decide(1, "c", 5, &[(2, fresh()), (3, fresh()), (4, None), (5, None)])));
-        // A late start: everyone answered and nobody knows this node.
+        // A late start: a majority of the others answered and nobody knows this node.
         assert_eq!(decide(3, "c", 3, &[(1, member(false)), (2, member(false))]), Decision::Proceed);
+        assert_eq!(
+            decide(1, "c", 5, &[(2, member(false)), (3, member(false)), (4, member(false)), (5, None)]),
+            Decision::Proceed
+        );
+        assert!(wait(decide(1, "c", 5, &[(2, member(false)), (3, member(false)), (4, None), (5, None)])));
         // Someone may hold the record: wait for it.
         assert!(wait(decide(3, "c", 3, &[(1, member(false)), (2, None)])));
         // A replaced disk: refused, whoever else answered.
         assert!(matches!(decide(3, "c", 3, &[(1, member(false)), (2, member(true))]), Decision::Refuse(_)));
         assert!(matches!(decide(3, "c", 3, &[(1, None), (2, member(true))]), Decision::Refuse(_)));
+        // A member being rebuilt lost its data: its answer counts for nothing.
+        let rebuilding = Some(ProbeReply::Rebuilding { cluster_id: "c".into() });
+        assert!(wait(decide(1, "c", 3, &[(2, fresh()), (3, rebuilding)])));
         // Another cluster's member is never counted.
         let other = Some(ProbeReply::Fresh { cluster_id: "x".into() });
         assert!(wait(decide(1, "c", 3, &[(2, other), (3, fresh())])));

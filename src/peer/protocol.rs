@@ -40,9 +40,11 @@ pub enum ProbeReply {
     Fresh { cluster_id: String },
     /// The answering member runs. `knows_you`: it has evidence that the caller ran with
     /// data (its membership records the caller's incarnation, or, as leader, it has
-    /// replicated entries to the caller). `has_data`: its own log holds more than the
-    /// bootstrap entry, or it is being rebuilt (its data is elsewhere).
-    Member { cluster_id: String, knows_you: bool, has_data: bool },
+    /// replicated entries to the caller).
+    Member { cluster_id: String, knows_you: bool },
+    /// The answering member is being rebuilt from its peers: it lost its own data, so its
+    /// word counts for nothing.
+    Rebuilding { cluster_id: String },
 }
 
 /// Why a forwarded write or a read-index call failed on the peer.

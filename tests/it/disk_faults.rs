@@ -95,8 +95,9 @@ async fn a_member_that_lost_its_log_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cluster_forms_only_when_an_empty_majority_of_the_others_answers() {
-    // Of a new 3-node cluster, 1 and 2 start: neither may count itself as new (an empty
-    // data dir may be a wiped one), so they wait for node 3, saying so.
+    // Of a new 3-node cluster, 1 and 2 start: neither may count itself (an empty data dir
+    // may be a wiped one), and one answer is not more than half of the others: they wait
+    // for node 3, saying so.
     let c = Cluster::start(ClusterOptions { delayed: vec![3], ..Default::default() }).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     for id in [1, 2] {
@@ -194,10 +195,11 @@ fn fill(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
-    let fs = Tmpfs::mount(96);
+    let fs = Tmpfs::mount(32);
     let c = Cluster::start(ClusterOptions {
         nodes: 1,
         data_root: Some(fs.path().to_path_buf()),
+        extra_args: vec!["--wal-segment-bytes".into(), (8 << 20).to_string()],
         ..Default::default()
     })
     .await;
