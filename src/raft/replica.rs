@@ -425,8 +425,9 @@ impl Replica {
                 *incoming = None;
                 drop(incoming);
                 // Decoding the whole snapshot is CPU work: off the async runtime.
+                let meta2 = meta.clone();
                 let checked = tokio::task::spawn_blocking(move || {
-                    let check = StateMachine::validate_snapshot(&data);
+                    let check = StateMachine::validate_snapshot(&data, &meta2);
                     (data, check)
                 })
                 .await;

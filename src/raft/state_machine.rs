@@ -118,9 +118,26 @@ impl StateMachine {
         self.shared.position.subscribe()
     }
 
-    /// Checks that `bytes` are a snapshot this binary can install.
-    pub(crate) fn validate_snapshot(bytes: &[u8]) -> Result<(), String> {
-        serde_json::from_slice::<SnapshotFile>(bytes).map(|_| ()).map_err(|e| e.to_string())
+    /// Checks that `bytes` are a snapshot this binary can install,
+    /// and whose state is exactly what `meta` says it is. A state that holds more (or
+    /// less) than its metadata claims would make this node apply entries twice (or skip
+    /// them) after installing it, and diverge.
+    pub(crate) fn validate_snapshot(bytes: &[u8], meta: &SnapshotMeta) -> Result<(), String> {
+        let file = serde_json::from_slice::<SnapshotFile>(bytes).map_err(|e| e.to_string())?;
+        Self::check_matches(&file, meta)
+    }
+
+    fn check_matches(file: &SnapshotFile, meta: &SnapshotMeta) -> Result<(), String> {
+        if file.meta.last_log_id != meta.last_log_id || file.applied.last_applied != meta.last_log_id {
+            return Err(format!(
+                "the snapshot's data is of log id {:?} (applied {:?}), but it is sent as of {:?}",
+                file.meta.last_log_id, file.applied.last_applied, meta.last_log_id
+            ));
+        }
+        if file.meta.last_membership != meta.last_membership {
+            return Err("the snapshot's data carries another membership than it is sent with".into());
+        }
+        Ok(())
     }
 
     /// The index of the last applied entry (0 before any).
@@ -144,7 +161,11 @@ impl StateMachine {
         serde_json::to_vec(&SnapshotFileRef { meta, applied }).expect("serialisable")
     }
 
-    fn load_current(&self) -> std::io::Result<Option<Snapshot<TypeConfig>>> {
+    /// The snapshot on disk and its metadata, read together: under the snapshot lock, so a
+    /// build or install cannot replace the file between reading the metadata and the data
+    /// (which would send a state under the metadata of an older one).
+    async fn load_current(&self) -> std::io::Result<Option<Snapshot<TypeConfig>>> {
+        let _guard = self.shared.snapshot_lock.lock().await;
         let meta = self.shared.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(meta) = meta else { return Ok(None) };
         let bytes = snapshot_file::read(&self.shared.dir.join(SNAPSHOT_FILE))?;
@@ -248,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (dir, meta2) = (self.shared.dir.clone(), meta.clone());
         let file = tokio::task::spawn_blocking(move || {
             let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(io_err)?;
+            Self::check_matches(&file, &meta2).map_err(io_err)?;
             // Store the snapshot under the metadata openraft gave us.
             let bytes = Self::encode(&file.applied, &meta2);
             snapshot_file::write(&dir, SNAPSHOT_FILE, &bytes)?;
@@ -270,6 +292,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.load_current().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        self.load_current().await.map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_installed_only_as_what_it_is() {
+        let applied = Applied { last_applied: meta(40).last_log_id, ..Applied::default() };
+        let bytes = StateMachine::encode(&applied, &meta(40));
+        StateMachine::validate_snapshot(&bytes, &meta(40)).unwrap();
+        // The state of entry 40 sent as the snapshot of entry 30: the receiver would apply
+        // entries 31..40 a second time.
+        let e = StateMachine::validate_snapshot(&bytes, &meta(30)).unwrap_err();
+        assert!(e.contains("sent as of"), "{e}");
+        // Data whose own metadata disagrees with its state.
+        let lying = StateMachine::encode(
+            &Applied { last_applied: meta(20).last_log_id, ..Applied::default() },
+            &meta(40),
+        );
+        assert!(StateMachine::validate_snapshot(&lying, &meta(40)).is_err());
+        assert!(StateMachine::validate_snapshot(b"{}", &meta(40)).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_current_snapshot_is_always_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let mut builder = sm.clone();
+        let builds = tokio::spawn(async move {
+            for i in 1..=30u64 {
+                builder.shared.applied.write().unwrap().last_applied = meta(i).last_log_id;
+                builder.build_snapshot().await.unwrap();
+            }
+        });
+        while !builds.is_finished() {
+            if let Some(snap) = sm.get_current_snapshot().await.unwrap() {
+                let bytes = snap.snapshot.into_inner();
+                StateMachine::validate_snapshot(&bytes, &snap.meta).unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        builds.await.unwrap();
     }
 }
