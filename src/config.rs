@@ -238,6 +238,22 @@ settings! {
     max_list_limit: usize = 10_000;
     /// Key and value bytes after which a listing page stops.
     max_page_bytes: usize = 4 * MIB;
+    /// Most compares in one transaction.
+    max_txn_compares: usize = 128;
+    /// Most operations in one transaction (`success` and `failure` together).
+    max_txn_ops: usize = 128;
+    /// How long an idempotency key is remembered after its write (ms, at least 1 s).
+    idempotency_window_ms: u64 = 600_000;
+    /// Most idempotency keys remembered; past it the oldest are forgotten first.
+    idempotency_max_keys: u64 = 100_000;
+    /// Most bytes of remembered outcomes; past it the oldest keys are forgotten first.
+    idempotency_max_bytes: u64 = 64 * MIB as u64;
+    /// Automatic compaction keeps this much history (ms; 0 turns it off, and only
+    /// `POST /v1/maintenance/compact` drops history).
+    auto_compact_retention_ms: u64 = 600_000;
+    /// Automatic compaction also keeps no more than this many revisions, however young
+    /// (bounds memory under a fast writer).
+    auto_compact_max_revisions: u64 = 1_000_000;
     /// Client requests served at once; more are refused with 429 `overloaded`.
     max_inflight_requests: usize = 2048;
     /// Open client connections; a connection past this is answered 503 and closed.
@@ -296,6 +312,12 @@ impl Config {
         at_least("max_body_bytes", self.max_body_bytes as u64, 64)?;
         at_least("max_list_limit", self.max_list_limit as u64, 1)?;
         at_least("max_page_bytes", self.max_page_bytes as u64, 1)?;
+        at_least("max_txn_compares", self.max_txn_compares as u64, 1)?;
+        at_least("max_txn_ops", self.max_txn_ops as u64, 1)?;
+        at_least("idempotency_window_ms", self.idempotency_window_ms, 1000)?;
+        at_least("idempotency_max_keys", self.idempotency_max_keys, 1)?;
+        at_least("idempotency_max_bytes", self.idempotency_max_bytes, 1)?;
+        at_least("auto_compact_max_revisions", self.auto_compact_max_revisions, 1)?;
         at_least("max_inflight_requests", self.max_inflight_requests as u64, 1)?;
         at_least("max_client_connections", self.max_client_connections as u64, 1)?;
         at_least("header_timeout_ms", self.header_timeout_ms, 1)?;
@@ -309,7 +331,7 @@ impl Config {
         at_least(
             "max_peer_message_bytes",
             self.max_peer_message_bytes as u64,
-            (one_write * 4).max(MIB as u64),
+            (one_write * 4).max(self.max_body_bytes as u64 * 3).max(MIB as u64),
         )?;
         at_least("quota_bytes", self.quota_bytes, 1)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {

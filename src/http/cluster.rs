@@ -25,6 +25,9 @@ pub async fn cluster(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response
         revision: s.revision,
         compact_revision: s.compact_revision,
         applied_index: s.applied_index,
+        store_bytes: s.store_bytes,
+        quota_bytes: s.quota_bytes,
+        idempotency_keys: s.idempotency_keys,
         members: s
             .members
             .into_iter()

@@ -1,4 +1,4 @@
-//! The key-value routes: `GET`, `PUT` and `DELETE /v1/kv/{key}`.
+//! The key-value routes: `GET`, `PUT`, `DELETE` and `POST ?sequential` on `/v1/kv/{key}`.
 //!
 //! Each handler parses the request into a typed one (the key, a [`KvRead`] or a
 //! [`Command`], the options that only shape the reply), calls the node, and turns what it
@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::extract::{parse_json, read_body};
 use super::query::Query;
+use super::write;
 use crate::error::Error;
 use crate::node::{Consistency, KvRead, KvReadResult, Node};
 use crate::store::{Command, Condition, ListOptions, Outcome};
@@ -201,12 +202,19 @@ fn condition(q: &Query) -> Result<Condition, ApiError> {
     })
 }
 
-/// Turns a write's outcome into the reply, with 409 for a failed condition.
-fn outcome_response(outcome: Outcome, term: u64) -> Result<Response, ApiError> {
+/// Turns a write's outcome into the reply, with 409 for a failed condition (and the
+/// replay header or 422 for an idempotent write). `created` is the status of a put that
+/// created a key by `POST` (201).
+fn outcome_response(outcome: Outcome, term: u64, put_status: StatusCode) -> Result<Response, ApiError> {
+    let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
+    write::mark_replayed(single_write_response(outcome, term, put_status), replayed)
+}
+
+fn single_write_response(outcome: Outcome, term: u64, put_status: StatusCode) -> Result<Response, ApiError> {
     match outcome {
         Outcome::Put { revision, kv, prev_kv } => {
             let body = wire::PutResponse { revision, kv: kv.into(), prev_kv: prev_kv.map(Into::into) };
-            Ok(respond(StatusCode::OK, &body, revision, term))
+            Ok(respond(put_status, &body, revision, term))
         }
         Outcome::Deleted { revision, deleted, prev_kvs } => {
             let body = wire::DeleteResponse {
@@ -226,9 +234,7 @@ fn outcome_response(outcome: Outcome, term: u64) -> Result<Response, ApiError> {
             .with("current", current)
             .at(revision, term))
         }
-        Outcome::Nothing { .. } | Outcome::Batch { .. } => {
-            Err(Error::Internal(format!("a single write was decided as {outcome:?}")).into())
-        }
+        outcome => Err(Error::Internal(format!("a single write was decided as {outcome:?}")).into()),
     }
 }
 
@@ -246,24 +252,65 @@ pub async fn put(
     let q = Query::parse(uri.query(), PUT_PARAMS)?;
     let cond = condition(&q)?;
     let prev_kv = q.flag("prev_kv")?;
+    let once = write::idempotency_key(&headers)?;
     let bytes = read_body(&headers, body, node.config().max_body_bytes).await?;
     let body: wire::PutBody = parse_json(&bytes)?;
     let lease = body.lease;
     let value = body.into_value().map_err(ApiError::invalid)?;
-    let outcome = node.write(Command::Put { key, value, lease, cond, prev_kv }).await?;
-    outcome_response(outcome, node.term())
+    let cmd = node.idempotent(once, Command::Put { key, value, lease, cond, prev_kv, sequential: false })?;
+    let outcome = node.write(cmd).await?;
+    outcome_response(outcome, node.term(), StatusCode::OK)
+}
+
+const POST_PARAMS: &[&str] = &["sequential"];
+
+/// `POST /v1/kv/{key}?sequential`: creates the next sequential child of the key (201).
+pub async fn post(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let parent = key_of(&node, &uri)?;
+    let q = Query::parse(uri.query(), POST_PARAMS)?;
+    if !q.flag("sequential")? {
+        return Err(ApiError::invalid(
+            "POST on a key creates a sequential child and needs ?sequential (use PUT to write the key itself)",
+        ));
+    }
+    let once = write::idempotency_key(&headers)?;
+    let bytes = read_body(&headers, body, node.config().max_body_bytes).await?;
+    let body: wire::PutBody = parse_json(&bytes)?;
+    let lease = body.lease;
+    let value = body.into_value().map_err(ApiError::invalid)?;
+    let put = Command::Put {
+        key: parent,
+        value,
+        lease,
+        cond: Condition::default(),
+        prev_kv: false,
+        sequential: true,
+    };
+    let outcome = node.write(node.idempotent(once, put)?).await?;
+    outcome_response(outcome, node.term(), StatusCode::CREATED)
 }
 
 const DELETE_PARAMS: &[&str] = &["recursive", "if_version", "if_mod_revision", "if_value", "prev_kv"];
 
 /// `DELETE /v1/kv/{key}`: deletes a key, or with `?recursive` its subtree.
-pub async fn delete(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let key = key_of(&node, &uri)?;
     node.check_key(&key)?;
     let q = Query::parse(uri.query(), DELETE_PARAMS)?;
     let cond = condition(&q)?;
     let recursive = q.flag("recursive")?;
     let prev_kv = q.flag("prev_kv")?;
-    let outcome = node.write(Command::Delete { key, recursive, cond, prev_kv }).await?;
-    outcome_response(outcome, node.term())
+    let once = write::idempotency_key(&headers)?;
+    let outcome =
+        node.write(node.idempotent(once, Command::Delete { key, recursive, cond, prev_kv })?).await?;
+    outcome_response(outcome, node.term(), StatusCode::OK)
 }

@@ -15,9 +15,12 @@ mod connection;
 pub mod error;
 mod extract;
 mod kv;
+mod maintenance;
 mod peer;
 mod query;
 mod server;
+mod txn;
+mod write;
 
 use std::sync::Arc;
 
@@ -36,6 +39,9 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/kv/{*key}"),
     ("PUT", "/v1/kv/{*key}"),
     ("DELETE", "/v1/kv/{*key}"),
+    ("POST", "/v1/kv/{*key}"),
+    ("POST", "/v1/txn"),
+    ("POST", "/v1/maintenance/compact"),
     ("GET", "/v1/cluster"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -43,12 +49,14 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
 
 /// The client API.
 pub fn client_router(node: Arc<Node>) -> Router {
-    let kv = get(kv::get).put(kv::put).delete(kv::delete);
+    let kv = get(kv::get).put(kv::put).delete(kv::delete).post(kv::post);
     // The in-flight limit sheds load with a 429 before any work (or body buffering).
     let api = Router::new()
         .route("/v1/kv", kv.clone())
         .route("/v1/kv/", kv.clone())
         .route("/v1/kv/{*key}", kv)
+        .route("/v1/txn", post(txn::txn))
+        .route("/v1/maintenance/compact", post(maintenance::compact))
         .route("/v1/cluster", get(cluster::cluster))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(tokio::sync::Semaphore::new(node.config().max_inflight_requests)),

@@ -30,6 +30,7 @@ use crate::raft::{
 };
 
 mod bootstrap;
+mod compactor;
 mod identity;
 mod peer;
 mod policy;
@@ -37,6 +38,7 @@ mod reads;
 mod writes;
 
 pub use identity::{format_cluster, Identity};
+pub use policy::check_idempotency_key;
 pub use reads::{Consistency, KvRead, KvReadResult};
 
 use reads::ReadRounds;
@@ -52,6 +54,11 @@ pub struct ClusterStatus {
     pub revision: u64,
     pub compact_revision: u64,
     pub applied_index: u64,
+    /// Bytes of keys and values held over all versions (what the quota counts).
+    pub store_bytes: u64,
+    pub quota_bytes: u64,
+    /// Idempotency keys remembered.
+    pub idempotency_keys: u64,
     pub members: Vec<MemberStatus>,
 }
 
@@ -185,6 +192,7 @@ impl Node {
             tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
         }
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
+        tokio::spawn(Self::auto_compact(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -319,9 +327,10 @@ impl Node {
                 is_leader: s.leader == Some(m.id),
             })
             .collect();
-        let (revision, compact_revision) = {
+        let (revision, compact_revision, store_bytes, idempotency_keys) = {
             let a = self.replica.applied();
-            (a.state.revision(), a.state.kv().compact_revision())
+            let kv = a.state.kv();
+            (kv.revision(), kv.compact_revision(), kv.bytes(), a.state.dedup().len() as u64)
         };
         ClusterStatus {
             cluster_id: self.identity.cluster_id.clone(),
@@ -331,6 +340,9 @@ impl Node {
             revision,
             compact_revision,
             applied_index: s.applied_index,
+            store_bytes,
+            quota_bytes: self.cfg.quota_bytes,
+            idempotency_keys,
             members,
         }
     }

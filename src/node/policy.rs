@@ -7,7 +7,58 @@
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::store::{key, Command};
+use crate::store::{key, Command, CompareTarget, Retention, Txn, TxnOp, SEQUENCE_DIGITS};
+
+/// The longest idempotency window a write may carry (a week).
+const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// An idempotency key: 1 to 128 printable ASCII characters, no spaces.
+pub fn check_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument(
+            "an idempotency key is 1 to 128 printable ASCII characters without spaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What one write of a transaction branch touches.
+enum Target<'a> {
+    /// One key.
+    Key(&'a str),
+    /// A key and everything below it.
+    Subtree(&'a str),
+    /// A new child of this parent (a sequential create).
+    NewChild(&'a str),
+}
+
+impl Target<'_> {
+    /// Whether `k` is `root` or below it.
+    fn within(k: &str, root: &str) -> bool {
+        k == root || k.starts_with(&key::child_prefix(root))
+    }
+
+    fn overlaps(&self, other: &Target<'_>) -> bool {
+        use Target::*;
+        match (self, other) {
+            (Key(a), Key(b)) => a == b,
+            (Key(k), Subtree(s)) | (Subtree(s), Key(k)) => Self::within(k, s),
+            (Subtree(a), Subtree(b)) => Self::within(a, b) || Self::within(b, a),
+            // A new child of `p` is below `s` when `p` is `s` or below it.
+            (NewChild(p), Subtree(s)) | (Subtree(s), NewChild(p)) => Self::within(p, s),
+            // Sequential names never repeat, and a named key is never a new child.
+            (NewChild(_), _) | (_, NewChild(_)) => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Key(k) => k.to_string(),
+            Target::Subtree(k) => format!("{k} (recursively)"),
+            Target::NewChild(k) => format!("a new child of {k}"),
+        }
+    }
+}
 
 impl Node {
     /// A key a request reads: a valid path (the root included, for listings). Front-ends
@@ -32,33 +83,56 @@ impl Node {
     /// Everything a write must satisfy before it is proposed.
     pub(super) fn check_write(&self, cmd: &Command) -> Result<()> {
         match cmd {
-            Command::Put { key, value, lease, cond, .. } => {
-                self.check_key(key)?;
-                if let Some(lease) = lease {
-                    // No lease can be granted yet, so none exists that this key could join.
-                    return Err(Error::LeaseNotFound(*lease));
+            Command::Put { key, value, lease, cond, sequential, prev_kv } => {
+                if *sequential {
+                    self.check_sequential_parent(key)?;
+                    if !cond.is_empty() || *prev_kv {
+                        return Err(Error::InvalidArgument(
+                            "a sequential create takes no conditions and has no previous value".into(),
+                        ));
+                    }
+                } else {
+                    self.check_key(key)?;
                 }
-                let max = self.cfg.max_value_bytes;
-                if value.len() > max {
-                    return Err(Error::TooLarge(format!(
-                        "the value is {} bytes, over the limit of {max}",
-                        value.len()
-                    )));
-                }
-                if cond.if_value.as_ref().is_some_and(|v| v.len() > max) {
-                    return Err(Error::TooLarge(format!("if_value is over the value limit of {max} bytes")));
+                self.check_lease(*lease)?;
+                self.check_value("the value", value.len())?;
+                if let Some(v) = &cond.if_value {
+                    self.check_value("if_value", v.len())?;
                 }
                 self.check_quota((key.len() + value.len()) as u64)
             }
             Command::Delete { key, cond, .. } => {
                 self.check_key(key)?;
-                if cond.if_value.as_ref().is_some_and(|v| v.len() > self.cfg.max_value_bytes) {
-                    return Err(Error::TooLarge(format!(
-                        "if_value is over the value limit of {} bytes",
-                        self.cfg.max_value_bytes
-                    )));
+                if let Some(v) = &cond.if_value {
+                    self.check_value("if_value", v.len())?;
                 }
                 Ok(())
+            }
+            Command::Txn(txn) => self.check_txn(txn),
+            Command::Compact { revision } => {
+                let current = self.replica.applied().state.revision();
+                if *revision > current {
+                    return Err(Error::FutureRevision { requested: *revision, revision: current });
+                }
+                Ok(())
+            }
+            Command::Idempotent { key, retain, cmd } => {
+                check_idempotency_key(key)?;
+                if retain.window_ms > MAX_IDEMPOTENCY_WINDOW_MS
+                    || retain.max_entries == 0
+                    || retain.max_bytes == 0
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "idempotency retention {retain:?} is out of range"
+                    )));
+                }
+                match cmd.as_ref() {
+                    Command::Idempotent { .. } | Command::Batch { .. } => Err(Error::InvalidArgument(
+                        "an idempotent write holds one plain write, not another idempotent write or a batch"
+                            .into(),
+                    )),
+                    cmd => self.check_write(cmd),
+                }
             }
             Command::Batch { .. } => Err(Error::InvalidArgument(
                 "a batch is made by the leader's proposer, never sent by a client".into(),
@@ -66,6 +140,124 @@ impl Node {
         }
     }
 
+    /// Wraps `cmd` under the client's idempotency key (if any), with this node's retention.
+    pub fn idempotent(&self, key: Option<String>, cmd: Command) -> Result<Command> {
+        let Some(key) = key else { return Ok(cmd) };
+        check_idempotency_key(&key)?;
+        let retain = Retention {
+            window_ms: self.cfg.idempotency_window_ms,
+            max_entries: self.cfg.idempotency_max_keys,
+            max_bytes: self.cfg.idempotency_max_bytes,
+        };
+        Ok(Command::Idempotent { key, retain, cmd: Box::new(cmd) })
+    }
+
+    /// A parent a sequential key is created under: any valid path (the root included) with
+    /// room below it for a 20-digit name.
+    fn check_sequential_parent(&self, parent: &str) -> Result<()> {
+        self.check_read_key(parent)?;
+        let len = parent.len() + 1 + SEQUENCE_DIGITS;
+        if len > self.cfg.max_key_bytes {
+            return Err(Error::InvalidKey(format!(
+                "a sequential key under {parent:?} would be {len} bytes long, over the key limit of {}",
+                self.cfg.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_lease(&self, lease: Option<u64>) -> Result<()> {
+        match lease {
+            // No lease can be granted yet, so none exists that a key could join.
+            Some(lease) => Err(Error::LeaseNotFound(lease)),
+            None => Ok(()),
+        }
+    }
+
+    fn check_value(&self, what: &str, len: usize) -> Result<()> {
+        let max = self.cfg.max_value_bytes;
+        if len > max {
+            return Err(Error::TooLarge(format!("{what} is {len} bytes, over the value limit of {max}")));
+        }
+        Ok(())
+    }
+
+    /// A transaction: counts, keys, sizes, no key written twice in a branch, the quota.
+    fn check_txn(&self, txn: &Txn) -> Result<()> {
+        let (max_cmp, max_ops) = (self.cfg.max_txn_compares, self.cfg.max_txn_ops);
+        if txn.compare.len() > max_cmp {
+            return Err(Error::InvalidArgument(format!(
+                "the transaction has {} compares, over the limit of {max_cmp}",
+                txn.compare.len()
+            )));
+        }
+        let ops = txn.success.len() + txn.failure.len();
+        if ops > max_ops {
+            return Err(Error::InvalidArgument(format!(
+                "the transaction has {ops} operations in success and failure together, over the limit of {max_ops}"
+            )));
+        }
+        for c in &txn.compare {
+            self.check_key(&c.key)?;
+            if let CompareTarget::Value(v) = &c.target {
+                self.check_value("a compared value", v.len())?;
+            }
+        }
+        let mut adds = 0u64;
+        for (branch, ops) in [("success", &txn.success), ("failure", &txn.failure)] {
+            let mut writes: Vec<Target<'_>> = Vec::new();
+            for op in ops.iter() {
+                let target = match op {
+                    TxnOp::Put { key, value, lease, sequential, .. } => {
+                        if *sequential {
+                            self.check_sequential_parent(key)?;
+                        } else {
+                            self.check_key(key)?;
+                        }
+                        self.check_lease(*lease)?;
+                        self.check_value("the value", value.len())?;
+                        adds += (key.len() + value.len()) as u64;
+                        if *sequential {
+                            Target::NewChild(key)
+                        } else {
+                            Target::Key(key)
+                        }
+                    }
+                    TxnOp::Delete { key, recursive, .. } => {
+                        self.check_key(key)?;
+                        if *recursive {
+                            Target::Subtree(key)
+                        } else {
+                            Target::Key(key)
+                        }
+                    }
+                    TxnOp::Get { key, recursive, limit, .. } => {
+                        if *recursive {
+                            self.check_read_key(key)?;
+                        } else {
+                            self.check_key(key)?;
+                        }
+                        let max = self.cfg.max_list_limit as u64;
+                        if *limit == 0 || *limit > max {
+                            return Err(Error::InvalidArgument(format!(
+                                "a get's limit must be 1 to {max}, not {limit}"
+                            )));
+                        }
+                        continue;
+                    }
+                };
+                if let Some(other) = writes.iter().find(|w| w.overlaps(&target)) {
+                    return Err(Error::InvalidArgument(format!(
+                        "the {branch} branch writes {} and {}: a branch may write each key once",
+                        other.describe(),
+                        target.describe()
+                    )));
+                }
+                writes.push(target);
+            }
+        }
+        self.check_quota(adds)
+    }
     /// Refuses a write that would take the store past its quota.
     fn check_quota(&self, adds: u64) -> Result<()> {
         let used = self.replica.applied().state.kv().bytes();

@@ -31,6 +31,7 @@ fn put(term: u64, index: u64, size: usize) -> Entry {
         payload: EntryPayload::Normal(Proposal::new(
             Command::Put {
                 lease: None,
+                sequential: false,
                 key: format!("/k/{index}"),
                 value: (0..size).map(|i| (i as u64 ^ index) as u8).collect(),
                 cond: Default::default(),

@@ -10,8 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::dedup::Retention;
 use super::kv::KeyValue;
 use super::mvcc::Store;
+use super::txn::{Txn, TxnResult};
 
 /// The proposal format this binary writes, and the newest it can read.
 pub const FORMAT_VERSION: u32 = 1;
@@ -25,9 +27,8 @@ pub struct Proposal {
     /// The proposing leader's wall clock (ms since the Unix epoch) when it proposed; apply
     /// uses it instead of a clock of its own (lease checkpoints, idempotency expiry).
     pub leader_time_ms: u64,
-    /// The client's idempotency key, if it sent one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
+    /// What to apply. Idempotency keys travel per write ([`Command::Idempotent`]), since
+    /// one proposal batches many clients' writes.
     pub cmd: Command,
 }
 
@@ -36,8 +37,6 @@ pub struct Proposal {
 struct ProposalRepr {
     v: u32,
     leader_time_ms: u64,
-    #[serde(default)]
-    idempotency_key: Option<String>,
     cmd: Command,
 }
 
@@ -52,19 +51,14 @@ impl TryFrom<ProposalRepr> for Proposal {
                 r.v
             ));
         }
-        Ok(Proposal {
-            v: r.v,
-            leader_time_ms: r.leader_time_ms,
-            idempotency_key: r.idempotency_key,
-            cmd: r.cmd,
-        })
+        Ok(Proposal { v: r.v, leader_time_ms: r.leader_time_ms, cmd: r.cmd })
     }
 }
 
 impl Proposal {
     /// A proposal of `cmd` in the current format, stamped with `leader_time_ms`.
     pub fn new(cmd: Command, leader_time_ms: u64) -> Proposal {
-        Proposal { v: FORMAT_VERSION, leader_time_ms, idempotency_key: None, cmd }
+        Proposal { v: FORMAT_VERSION, leader_time_ms, cmd }
     }
 }
 
@@ -101,13 +95,16 @@ impl Condition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Write one key (attached to `lease`, if given).
+    /// Write one key (attached to `lease`, if given); with `sequential`, create the next
+    /// sequential child of `key` instead.
     Put {
         key: String,
         #[serde(with = "super::bytes_b64")]
         value: Vec<u8>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lease: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sequential: bool,
         #[serde(default, skip_serializing_if = "Condition::is_empty")]
         cond: Condition,
         #[serde(default)]
@@ -123,6 +120,13 @@ pub enum Command {
         #[serde(default)]
         prev_kv: bool,
     },
+    /// Compares, then one of two branches of operations, all at one revision.
+    Txn(Txn),
+    /// Drop the history below `revision` (no revision of its own).
+    Compact { revision: u64 },
+    /// `cmd` under a client's idempotency key: applied once; a retry with the same key and
+    /// the same `cmd` gets the first outcome.
+    Idempotent { key: String, retain: Retention, cmd: Box<Command> },
     /// Several independent commands proposed together (one log entry, one fsync), applied
     /// in order, each at its own revision as if proposed one by one. Batches do not nest.
     Batch { cmds: Vec<Command> },
@@ -136,6 +140,9 @@ impl Command {
                 key.len() + value.len() + cond.if_value.as_ref().map_or(0, Vec::len)
             }
             Command::Delete { key, cond, .. } => key.len() + cond.if_value.as_ref().map_or(0, Vec::len),
+            Command::Txn(txn) => txn.data_bytes(),
+            Command::Compact { .. } => 0,
+            Command::Idempotent { key, cmd, .. } => key.len() + cmd.data_bytes(),
             Command::Batch { cmds } => cmds.iter().map(Command::data_bytes).sum(),
         }
     }
@@ -159,6 +166,15 @@ pub enum Outcome {
     Deleted { revision: u64, deleted: u64, prev_kvs: Vec<KeyValue> },
     /// A condition did not hold; nothing changed. `current` is the key as it is.
     ConditionFailed { revision: u64, current: Option<KeyValue> },
+    /// A transaction ran: `succeeded` says which branch, `results` what its ops did.
+    Txn { revision: u64, succeeded: bool, results: Vec<TxnResult> },
+    /// A compaction was applied: history below `compact_revision` is gone (`compacted`:
+    /// whether the floor moved).
+    Compacted { revision: u64, compact_revision: u64, compacted: bool },
+    /// A retried idempotent write: the outcome the first one got; nothing applied now.
+    Replayed { first: Box<Outcome> },
+    /// The idempotency key was used for another request; nothing applied.
+    IdempotencyConflict { revision: u64 },
     /// An entry with no business payload (blank or membership) was applied.
     Nothing { revision: u64 },
     /// The outcomes of a [`Command::Batch`], in order; `revision` is the one after them all.
@@ -172,20 +188,46 @@ impl Outcome {
             Outcome::Put { revision, .. }
             | Outcome::Deleted { revision, .. }
             | Outcome::ConditionFailed { revision, .. }
+            | Outcome::Txn { revision, .. }
+            | Outcome::Compacted { revision, .. }
+            | Outcome::IdempotencyConflict { revision }
             | Outcome::Nothing { revision } => *revision,
+            Outcome::Replayed { first } => first.revision(),
             Outcome::Batch { revision, .. } => *revision,
+        }
+    }
+
+    /// Key and value bytes the outcome holds (what remembering it costs).
+    pub fn data_bytes(&self) -> usize {
+        let kv_bytes = |kv: &KeyValue| kv.key.len() + kv.value.len();
+        match self {
+            Outcome::Put { kv, prev_kv, .. } => kv_bytes(kv) + prev_kv.as_ref().map_or(0, kv_bytes),
+            Outcome::Deleted { prev_kvs, .. } => prev_kvs.iter().map(kv_bytes).sum(),
+            Outcome::ConditionFailed { current, .. } => current.as_ref().map_or(0, kv_bytes),
+            Outcome::Txn { results, .. } => results.iter().map(TxnResult::data_bytes).sum(),
+            Outcome::Replayed { first } => first.data_bytes(),
+            Outcome::Batch { outcomes, .. } => outcomes.iter().map(Outcome::data_bytes).sum(),
+            Outcome::Compacted { .. } | Outcome::IdempotencyConflict { .. } | Outcome::Nothing { .. } => 0,
         }
     }
 }
 
 impl Store {
+    fn nothing_outcome(&self) -> Outcome {
+        Outcome::Nothing { revision: self.revision() }
+    }
+
     /// Applies one key-value command. Each command is one write transaction: everything
     /// it changes lands at one revision (a batch is a list of commands, one revision each).
     /// Never panics on any input: commands are validated before they are proposed, and
     /// anything odd that still arrives is decided like any other input.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd {
-            Command::Put { key, value, lease, cond, prev_kv } => {
+            Command::Put { key, value, lease, sequential: true, .. } => {
+                let kv = self.write().put_sequential(key, value.clone(), *lease);
+                Outcome::Put { revision: self.revision(), kv, prev_kv: None }
+            }
+            Command::Put { key, value, lease, cond, prev_kv, sequential: false } => {
                 let current = self.current(key);
                 if !cond.holds(current.as_ref()) {
                     return Outcome::ConditionFailed { revision: self.revision(), current };
@@ -207,6 +249,24 @@ impl Store {
                     prev_kvs: if *prev_kv { deleted } else { Vec::new() },
                 }
             }
+            Command::Txn(txn) => {
+                let (succeeded, results) = self.apply_txn(txn);
+                Outcome::Txn { revision: self.revision(), succeeded, results }
+            }
+            Command::Compact { revision } => {
+                let compacted = self.compact(*revision);
+                Outcome::Compacted {
+                    revision: self.revision(),
+                    compact_revision: self.compact_revision(),
+                    compacted,
+                }
+            }
+            // The idempotency table is the state root's (see `State::apply`); the store
+            // alone applies the command itself.
+            Command::Idempotent { cmd, .. } => match cmd.as_ref() {
+                Command::Batch { .. } | Command::Idempotent { .. } => self.nothing_outcome(),
+                cmd => self.apply(cmd),
+            },
             Command::Batch { cmds } => {
                 let outcomes = cmds
                     .iter()

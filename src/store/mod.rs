@@ -12,15 +12,21 @@
 //! the proposal.
 
 pub mod command;
+pub mod dedup;
 pub mod key;
 pub mod kv;
 pub mod mvcc;
 pub mod state;
+pub mod txn;
 
 pub use command::{Command, Condition, Outcome, Proposal, FORMAT_VERSION};
+pub use dedup::Retention;
 pub use kv::KeyValue;
-pub use mvcc::{Child, ChildrenPage, ListOptions, ListPage, ReadError, Store};
+pub use mvcc::{
+    sequential_key, Child, ChildrenPage, ListOptions, ListPage, ReadError, Store, SEQUENCE_DIGITS,
+};
 pub use state::State;
+pub use txn::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnResult};
 
 /// Serde helper: bytes as a base64 string (compact in JSON, unlike a number array).
 pub mod bytes_b64 {

@@ -96,6 +96,22 @@ pub struct Store {
     bytes: u64,
     /// Keys that exist at the current revision.
     live: u64,
+    /// The last sequence number handed out under each parent (sequential keys); never
+    /// reset, so a number is never reused, even after its key was deleted.
+    #[serde(default)]
+    sequences: imbl::OrdMap<String, u64>,
+}
+
+/// The name width of a sequential key: every u64 fits, and names sort like numbers.
+pub const SEQUENCE_DIGITS: usize = 20;
+
+/// The key of sequence number `n` under `parent`.
+pub fn sequential_key(parent: &str, n: u64) -> String {
+    if key::is_root(parent) {
+        format!("/{n:020}")
+    } else {
+        format!("{parent}/{n:020}")
+    }
 }
 
 fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
@@ -107,6 +123,16 @@ fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
         version: v.version,
         lease: v.lease,
     })
+}
+
+/// How many of a key's oldest versions compaction to `floor` drops: those strictly below
+/// the floor, except the newest of them when it holds a value (a read at the floor sees it).
+fn droppable(versions: &[Version], floor: u64) -> usize {
+    let below = versions.partition_point(|v| v.mod_revision < floor);
+    match below.checked_sub(1).map(|i| &versions[i]) {
+        Some(v) if v.value.is_some() => below - 1,
+        _ => below,
+    }
 }
 
 /// The version of a key visible at `rev`, if the key existed then.
@@ -192,6 +218,14 @@ impl Store {
     /// `key` and everything below it, sorted, paged.
     pub fn list(&self, key: &str, opts: &ListOptions) -> Result<ListPage, ReadError> {
         let rev = self.check_revision(opts.revision)?;
+        let (kvs, more) = self.list_at(key, rev, opts);
+        let count = self.count(key, Some(rev))?;
+        Ok(ListPage { revision: rev, kvs, count, more })
+    }
+
+    /// One page of `key` and its subtree at `rev` (a checked revision), and whether more
+    /// keys follow.
+    fn list_at(&self, key: &str, rev: u64, opts: &ListOptions) -> (Vec<KeyValue>, bool) {
         let mut kvs = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
@@ -208,8 +242,7 @@ impl Store {
             bytes += kv.key.len() + kv.value.len();
             kvs.push(kv);
         }
-        let count = self.count(key, Some(rev))?;
-        Ok(ListPage { revision: rev, kvs, count, more })
+        (kvs, more)
     }
 
     /// How many keys `key` and its subtree hold at `rev`.
@@ -296,6 +329,48 @@ impl Store {
         Ok(ChildrenPage { revision: rev, children, more })
     }
 
+    /// The last sequence number handed out under `parent` (0: none yet).
+    pub fn sequence(&self, parent: &str) -> u64 {
+        self.sequences.get(parent).copied().unwrap_or(0)
+    }
+
+    /// Drops the history below `revision`: what a read at `revision` or later sees stays
+    /// exactly as it was (the newest version at or below it is kept, unless it is a
+    /// tombstone older than `revision`; a delete at `revision` itself stays, so history
+    /// reads at the floor still see it). Takes no revision of its own. Returns whether the
+    /// floor moved (it never moves down, nor past the current revision).
+    pub fn compact(&mut self, revision: u64) -> bool {
+        let revision = revision.min(self.revision);
+        if revision <= self.compact_revision {
+            return false;
+        }
+        self.compact_revision = revision;
+        let mut gone: Vec<String> = Vec::new();
+        let mut freed = 0u64;
+        // Only keys with an old version to drop are touched (a write through the shared
+        // map copies the path to the key).
+        let stale: Vec<String> =
+            self.keys.iter().filter(|(_, vs)| droppable(vs, revision) > 0).map(|(k, _)| k.clone()).collect();
+        for k in stale {
+            let Some(vs) = self.keys.get_mut(&k) else { continue };
+            let n = droppable(vs, revision);
+            for v in vs.drain(..n) {
+                freed += (k.len() + v.value.as_ref().map_or(0, Vec::len)) as u64;
+            }
+            if vs.capacity() > 2 * vs.len() + 4 {
+                vs.shrink_to_fit();
+            }
+            if vs.is_empty() {
+                gone.push(k);
+            }
+        }
+        for k in gone {
+            self.keys.remove(&k);
+        }
+        self.bytes = self.bytes.saturating_sub(freed);
+        true
+    }
+
     /// Starts a write transaction: every change made through it lands at one revision,
     /// the next one, taken at the first change (a transaction that changes nothing leaves
     /// the revision as it is).
@@ -347,6 +422,29 @@ impl WriteTxn<'_> {
         versions.push(Version { mod_revision: rev, create_revision, version, value: Some(value), lease });
         let kv = to_kv(key, versions.last().expect("just pushed")).expect("has a value");
         (kv, prev)
+    }
+
+    /// Creates the next sequential child of `parent` (skipping names that exist already,
+    /// so it always creates a key); returns it.
+    pub fn put_sequential(&mut self, parent: &str, value: Vec<u8>, lease: Option<u64>) -> KeyValue {
+        let mut n = self.store.sequence(parent);
+        let key = loop {
+            n = n.saturating_add(1);
+            let key = sequential_key(parent, n);
+            if self.store.current(&key).is_none() || n == u64::MAX {
+                break key;
+            }
+        };
+        if !self.store.sequences.contains_key(parent) {
+            self.store.bytes += (parent.len() + 8) as u64;
+        }
+        self.store.sequences.insert(parent.to_string(), n);
+        self.put(&key, value, lease).0
+    }
+
+    /// One page of `key` and its subtree as it is now, this transaction's changes included.
+    pub fn list_page(&self, key: &str, opts: &ListOptions) -> (Vec<KeyValue>, bool) {
+        self.store.list_at(key, self.store.revision, opts)
     }
 
     /// Deletes `key` (and with `recursive` its whole subtree), if anything exists there;

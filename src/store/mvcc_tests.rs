@@ -11,7 +11,7 @@ use crate::store::{Command, Condition, Outcome};
 // ---------------------------------------------------------------------------------------
 
 fn put_cmd(k: &str, v: &[u8], cond: Condition, prev_kv: bool) -> Command {
-    Command::Put { key: k.to_string(), value: v.to_vec(), lease: None, cond, prev_kv }
+    Command::Put { key: k.to_string(), value: v.to_vec(), lease: None, cond, prev_kv, sequential: false }
 }
 
 fn del_cmd(k: &str, recursive: bool, cond: Condition, prev_kv: bool) -> Command {
@@ -789,8 +789,10 @@ mod model {
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
-    use super::super::{Child, ChildrenPage, ListOptions, ListPage, ReadError, Store};
-    use crate::store::{Command, Condition, KeyValue, Outcome};
+    use super::super::{sequential_key, Child, ChildrenPage, ListOptions, ListPage, ReadError, Store};
+    use crate::store::{
+        Command, Compare, CompareOp, CompareTarget, Condition, KeyValue, Outcome, Txn, TxnOp, TxnResult,
+    };
 
     /// Keys that are written.
     const WRITE_KEYS: &[&str] = &[
@@ -814,13 +816,20 @@ mod model {
     }
 
     type Snapshot = BTreeMap<String, ModelKv>;
+    /// One change of a key: its revision, and the value put (None: deleted).
+    type Change = (u64, Option<Vec<u8>>);
 
     struct Model {
         cur: Snapshot,
         /// `history[r]` is the state after revision `r`.
         history: Vec<Snapshot>,
         revision: u64,
-        bytes: u64,
+        /// Every change of every key: (revision, value or None for a delete).
+        events: BTreeMap<String, Vec<Change>>,
+        /// Revisions below this cannot be read.
+        floor: u64,
+        /// Last sequence number per parent.
+        seqs: BTreeMap<String, u64>,
     }
 
     fn to_kv(k: &str, m: &ModelKv) -> KeyValue {
@@ -859,7 +868,14 @@ mod model {
 
     impl Model {
         fn new() -> Self {
-            Model { cur: BTreeMap::new(), history: vec![BTreeMap::new()], revision: 0, bytes: 0 }
+            Model {
+                cur: BTreeMap::new(),
+                history: vec![BTreeMap::new()],
+                revision: 0,
+                events: BTreeMap::new(),
+                floor: 0,
+                seqs: BTreeMap::new(),
+            }
         }
 
         fn commit(&mut self) {
@@ -868,8 +884,158 @@ mod model {
             assert_eq!(self.history.len() as u64, self.revision + 1);
         }
 
+        /// What the quota counts, by definition: every change still kept (those at or
+        /// above the floor, and the newest below it when it is a put), plus 8 bytes and
+        /// the name of every parent with a sequence.
+        fn bytes(&self) -> u64 {
+            let mut total = 0u64;
+            for (k, evs) in &self.events {
+                let below = evs.iter().filter(|(r, _)| *r < self.floor).count();
+                for (i, (r, v)) in evs.iter().enumerate() {
+                    let newest_below = i + 1 == below;
+                    if *r >= self.floor || (newest_below && v.is_some()) {
+                        total += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+                    }
+                }
+            }
+            total + self.seqs.keys().map(|p| p.len() as u64 + 8).sum::<u64>()
+        }
+
+        /// Writes `key` in the working state at revision `rev` (not committed).
+        fn put_at(&mut self, key: &str, value: &[u8], rev: u64) -> (KeyValue, Option<KeyValue>) {
+            let prev = self.cur.get(key).cloned();
+            let new = ModelKv {
+                value: value.to_vec(),
+                create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                mod_revision: rev,
+                version: prev.as_ref().map_or(1, |p| p.version + 1),
+            };
+            self.events.entry(key.to_string()).or_default().push((rev, Some(value.to_vec())));
+            self.cur.insert(key.to_string(), new.clone());
+            (to_kv(key, &new), prev.map(|p| to_kv(key, &p)))
+        }
+
+        fn put_sequential_at(&mut self, parent: &str, value: &[u8], rev: u64) -> KeyValue {
+            let mut n = self.seqs.get(parent).copied().unwrap_or(0);
+            let key = loop {
+                n += 1;
+                let k = sequential_key(parent, n);
+                if !self.cur.contains_key(&k) {
+                    break k;
+                }
+            };
+            self.seqs.insert(parent.to_string(), n);
+            self.put_at(&key, value, rev).0
+        }
+
+        fn delete_at(&mut self, key: &str, recursive: bool, rev: u64) -> Vec<KeyValue> {
+            let targets: Vec<String> = self
+                .cur
+                .keys()
+                .filter(|k| if recursive { in_subtree(key, k) } else { *k == key })
+                .cloned()
+                .collect();
+            let mut prev_kvs = Vec::new();
+            for k in &targets {
+                let old = self.cur.remove(k).expect("target exists");
+                self.events.entry(k.clone()).or_default().push((rev, None));
+                prev_kvs.push(to_kv(k, &old));
+            }
+            prev_kvs
+        }
+
+        fn compare(&self, c: &Compare) -> bool {
+            let cur = self.cur.get(&c.key);
+            let op = |a: u64, b: u64| match c.op {
+                CompareOp::Eq => a == b,
+                CompareOp::Ne => a != b,
+                CompareOp::Lt => a < b,
+                CompareOp::Gt => a > b,
+            };
+            match &c.target {
+                CompareTarget::Value(want) => cur.is_some_and(|m| match c.op {
+                    CompareOp::Eq => &m.value == want,
+                    CompareOp::Ne => &m.value != want,
+                    CompareOp::Lt => &m.value < want,
+                    CompareOp::Gt => &m.value > want,
+                }),
+                CompareTarget::Version(n) => op(cur.map_or(0, |m| m.version), *n),
+                CompareTarget::CreateRevision(n) => op(cur.map_or(0, |m| m.create_revision), *n),
+                CompareTarget::ModRevision(n) => op(cur.map_or(0, |m| m.mod_revision), *n),
+                CompareTarget::Lease(n) => op(0, *n),
+            }
+        }
+
+        fn apply_txn(&mut self, txn: &Txn) -> Outcome {
+            let succeeded = txn.compare.iter().all(|c| self.compare(c));
+            let ops = if succeeded { &txn.success } else { &txn.failure };
+            let rev = self.revision + 1;
+            let mut changed = false;
+            let mut budget = txn.max_read_bytes as usize;
+            let mut results = Vec::new();
+            for op in ops {
+                results.push(match op {
+                    TxnOp::Put { key, value, sequential: true, .. } => {
+                        changed = true;
+                        let kv = self.put_sequential_at(key, value, rev);
+                        TxnResult::Put { revision: rev, kv, prev_kv: None }
+                    }
+                    TxnOp::Put { key, value, prev_kv, .. } => {
+                        changed = true;
+                        let (kv, prev) = self.put_at(key, value, rev);
+                        TxnResult::Put { revision: rev, kv, prev_kv: if *prev_kv { prev } else { None } }
+                    }
+                    TxnOp::Delete { key, recursive, prev_kv } => {
+                        let gone = self.delete_at(key, *recursive, rev);
+                        changed |= !gone.is_empty();
+                        TxnResult::Delete {
+                            deleted: gone.len() as u64,
+                            prev_kvs: if *prev_kv { gone } else { Vec::new() },
+                        }
+                    }
+                    TxnOp::Get { key, recursive, limit, keys_only } => {
+                        let mut kvs: Vec<KeyValue> = self
+                            .cur
+                            .iter()
+                            .filter(|(k, _)| if *recursive { in_subtree(key, k) } else { *k == key })
+                            .map(|(k, m)| to_kv(k, m))
+                            .collect();
+                        let mut more = false;
+                        if *recursive {
+                            let mut page = Vec::new();
+                            let mut bytes = 0;
+                            for kv in kvs {
+                                if page.len() as u64 >= *limit || (bytes >= budget && !page.is_empty()) {
+                                    more = true;
+                                    break;
+                                }
+                                let kv = if *keys_only { KeyValue { value: Vec::new(), ..kv } } else { kv };
+                                bytes += kv.key.len() + kv.value.len();
+                                page.push(kv);
+                            }
+                            kvs = page;
+                        } else if *keys_only {
+                            kvs.iter_mut().for_each(|kv| kv.value.clear());
+                        }
+                        budget =
+                            budget.saturating_sub(kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum());
+                        TxnResult::Get { kvs, more }
+                    }
+                });
+            }
+            if changed {
+                self.commit();
+            }
+            Outcome::Txn { revision: self.revision, succeeded, results }
+        }
+
         fn apply(&mut self, cmd: &Command) -> Outcome {
             match cmd {
+                Command::Put { key, value, sequential: true, .. } => {
+                    let kv = self.put_sequential_at(key, value, self.revision + 1);
+                    self.commit();
+                    Outcome::Put { revision: self.revision, kv, prev_kv: None }
+                }
                 Command::Put { key, value, cond, prev_kv, .. } => {
                     let prev = self.cur.get(key).cloned();
                     if !holds(cond, prev.as_ref()) {
@@ -878,21 +1044,9 @@ mod model {
                             current: prev.map(|p| to_kv(key, &p)),
                         };
                     }
-                    let rev = self.revision + 1;
-                    let new = ModelKv {
-                        value: value.clone(),
-                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                        mod_revision: rev,
-                        version: prev.as_ref().map_or(1, |p| p.version + 1),
-                    };
-                    self.bytes += (key.len() + value.len()) as u64;
-                    self.cur.insert(key.clone(), new.clone());
+                    let (kv, prev) = self.put_at(key, value, self.revision + 1);
                     self.commit();
-                    Outcome::Put {
-                        revision: rev,
-                        kv: to_kv(key, &new),
-                        prev_kv: if *prev_kv { prev.map(|p| to_kv(key, &p)) } else { None },
-                    }
+                    Outcome::Put { revision: self.revision, kv, prev_kv: if *prev_kv { prev } else { None } }
                 }
                 Command::Delete { key, recursive, cond, prev_kv } => {
                     let current = self.cur.get(key);
@@ -902,27 +1056,26 @@ mod model {
                             current: current.map(|p| to_kv(key, p)),
                         };
                     }
-                    let targets: Vec<String> = self
-                        .cur
-                        .keys()
-                        .filter(|k| if *recursive { in_subtree(key, k) } else { *k == key })
-                        .cloned()
-                        .collect();
-                    let mut prev_kvs = Vec::new();
-                    for k in &targets {
-                        let old = self.cur.remove(k).expect("target exists");
-                        self.bytes += k.len() as u64;
-                        prev_kvs.push(to_kv(k, &old));
-                    }
-                    if !targets.is_empty() {
+                    let prev_kvs = self.delete_at(key, *recursive, self.revision + 1);
+                    if !prev_kvs.is_empty() {
                         self.commit();
                     }
                     Outcome::Deleted {
                         revision: self.revision,
-                        deleted: targets.len() as u64,
+                        deleted: prev_kvs.len() as u64,
                         prev_kvs: if *prev_kv { prev_kvs } else { Vec::new() },
                     }
                 }
+                Command::Txn(txn) => self.apply_txn(txn),
+                Command::Compact { revision } => {
+                    let r = (*revision).min(self.revision);
+                    let compacted = r > self.floor;
+                    if compacted {
+                        self.floor = r;
+                    }
+                    Outcome::Compacted { revision: self.revision, compact_revision: self.floor, compacted }
+                }
+                Command::Idempotent { cmd, .. } => self.apply(cmd),
                 Command::Batch { cmds } => {
                     let outcomes = cmds
                         .iter()
@@ -1055,10 +1208,29 @@ mod model {
     }
 
     fn random_single(rng: &mut StdRng, model: &Model) -> Command {
+        match rng.gen_range(0..100) {
+            0..15 => return random_txn(rng, model),
+            15..19 => {
+                let revision = rng.gen_range(0..=model.revision + 2);
+                return Command::Compact { revision };
+            }
+            19..24 => {
+                return Command::Put {
+                    key: pick(rng, PARENTS).to_string(),
+                    value: pick(rng, VALUES).to_vec(),
+                    lease: None,
+                    sequential: true,
+                    cond: Condition::default(),
+                    prev_kv: false,
+                }
+            }
+            _ => {}
+        }
         if rng.gen_bool(0.6) {
             let key = pick(rng, WRITE_KEYS);
             Command::Put {
                 lease: None,
+                sequential: false,
                 key: key.to_string(),
                 value: pick(rng, VALUES).to_vec(),
                 cond: random_cond(rng, model, key),
@@ -1084,8 +1256,71 @@ mod model {
         if rng.gen_bool(0.5) {
             None
         } else {
-            Some(rng.gen_range(0..=model.revision))
+            Some(rng.gen_range(model.floor..=model.revision))
         }
+    }
+
+    const PARENTS: &[&str] = &["/q", "/a", "/"];
+
+    fn random_compare(rng: &mut StdRng, model: &Model) -> Compare {
+        let key = pick(rng, WRITE_KEYS).to_string();
+        let cur = model.cur.get(&key);
+        let op = *[CompareOp::Eq, CompareOp::Ne, CompareOp::Lt, CompareOp::Gt].choose(rng).unwrap();
+        let near = |rng: &mut StdRng, n: u64| if rng.gen_bool(0.5) { n } else { rng.gen_range(0..=n + 1) };
+        let target = match rng.gen_range(0..5) {
+            0 => CompareTarget::Value(match (cur, rng.gen_bool(0.6)) {
+                (Some(c), true) => c.value.clone(),
+                _ => pick(rng, VALUES).to_vec(),
+            }),
+            1 => CompareTarget::Version(near(rng, cur.map_or(0, |c| c.version))),
+            2 => CompareTarget::CreateRevision(near(rng, cur.map_or(0, |c| c.create_revision))),
+            3 => CompareTarget::ModRevision(near(rng, cur.map_or(0, |c| c.mod_revision))),
+            _ => CompareTarget::Lease(rng.gen_range(0..2)),
+        };
+        Compare { key, op, target }
+    }
+
+    fn random_op(rng: &mut StdRng) -> TxnOp {
+        match rng.gen_range(0..6) {
+            0 | 1 => TxnOp::Put {
+                key: pick(rng, WRITE_KEYS).to_string(),
+                value: pick(rng, VALUES).to_vec(),
+                lease: None,
+                sequential: false,
+                prev_kv: rng.gen(),
+            },
+            2 => TxnOp::Put {
+                key: pick(rng, PARENTS).to_string(),
+                value: pick(rng, VALUES).to_vec(),
+                lease: None,
+                sequential: true,
+                prev_kv: false,
+            },
+            3 => TxnOp::Delete {
+                key: pick(rng, WRITE_KEYS).to_string(),
+                recursive: rng.gen_bool(0.3),
+                prev_kv: rng.gen(),
+            },
+            _ => {
+                let paths = all_paths();
+                let recursive = rng.gen_bool(0.5);
+                let key = if recursive { pick(rng, &paths) } else { pick(rng, WRITE_KEYS) };
+                TxnOp::Get {
+                    key: key.to_string(),
+                    recursive,
+                    limit: rng.gen_range(1..=6),
+                    keys_only: rng.gen_bool(0.2),
+                }
+            }
+        }
+    }
+
+    fn random_txn(rng: &mut StdRng, model: &Model) -> Command {
+        let compare = (0..rng.gen_range(0..=3)).map(|_| random_compare(rng, model)).collect();
+        let success = (0..rng.gen_range(0..=4)).map(|_| random_op(rng)).collect();
+        let failure = (0..rng.gen_range(0..=3)).map(|_| random_op(rng)).collect();
+        let max_read_bytes = *[u64::MAX, 0, 10, 60].choose(rng).unwrap();
+        Command::Txn(Txn { compare, success, failure, max_read_bytes })
     }
 
     fn check_list(rng: &mut StdRng, store: &Store, model: &Model, ctx: &str) {
@@ -1105,7 +1340,7 @@ mod model {
         let mut o = ListOptions { revision, after: start.clone(), limit, max_bytes, keys_only };
         let what = format!("{ctx}\n  list {path} {o:?}");
         let mut got = Vec::new();
-        for _ in 0..=WRITE_KEYS.len() + 1 {
+        for _ in 0..10_000 {
             let page = store.list(path, &o).unwrap_or_else(|e| panic!("{what}: {e:?}"));
             let want = model.list_page(path, &o);
             assert_eq!(page, want, "{what}");
@@ -1133,7 +1368,7 @@ mod model {
         let r = rev.unwrap_or(model.revision);
         let mut after = start.clone();
         let mut got = Vec::new();
-        for _ in 0..=WRITE_KEYS.len() + 1 {
+        for _ in 0..10_000 {
             let what = format!("{ctx}\n  children {path} rev {rev:?} after {after:?} limit {limit}");
             let page = store
                 .children(path, rev, after.as_deref(), limit)
@@ -1154,8 +1389,18 @@ mod model {
         let rev = model.revision;
         assert_eq!(store.revision(), rev, "{ctx}: revision");
         assert_eq!(store.live_keys(), model.cur.len() as u64, "{ctx}: live keys");
-        assert_eq!(store.bytes(), model.bytes, "{ctx}: bytes");
-        let old = rng.gen_range(0..=rev);
+        assert_eq!(store.bytes(), model.bytes(), "{ctx}: bytes");
+        assert_eq!(store.compact_revision(), model.floor, "{ctx}: compaction floor");
+        let old = rng.gen_range(model.floor..=rev);
+        if model.floor > 0 {
+            let below = rng.gen_range(0..model.floor);
+            let gone = ReadError::Compacted { compact_revision: model.floor };
+            assert_eq!(
+                store.get(pick(rng, &all_paths()), Some(below)),
+                Err(gone),
+                "{ctx}: read below the floor"
+            );
+        }
         let paths = all_paths();
         for path in &paths {
             assert_eq!(store.get(path, None), Ok((rev, model.get(path, rev))), "{ctx}: get {path}");
@@ -1238,6 +1483,13 @@ mod model {
                 let most = match &cmd {
                     Command::Batch { cmds } => cmds.len() as u64,
                     _ => 1,
+                };
+                // Compaction changes the store without a revision of its own.
+                let compacts = |c: &Command| matches!(c, Command::Compact { .. });
+                let untouched = match &cmd {
+                    Command::Batch { cmds } if cmds.iter().any(compacts) => None,
+                    c if compacts(c) => None,
+                    _ => untouched,
                 };
                 assert!(after >= before && after <= before + most, "{ctx}: revision {before} -> {after}");
                 if let Some(untouched) = untouched.filter(|_| after == before) {

@@ -25,6 +25,14 @@ pub struct ClusterResponse {
     pub compact_revision: u64,
     #[serde(default)]
     pub applied_index: u64,
+    /// Bytes of keys and values held over all versions (what the quota counts).
+    #[serde(default)]
+    pub store_bytes: u64,
+    #[serde(default)]
+    pub quota_bytes: u64,
+    /// Idempotency keys remembered.
+    #[serde(default)]
+    pub idempotency_keys: u64,
     pub members: Vec<MemberResponse>,
 }
 

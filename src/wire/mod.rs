@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod txn;
 
 pub use cluster::{ClusterResponse, HealthResponse, MemberResponse};
 pub use error::{ErrorBody, ErrorDetail};

@@ -50,6 +50,7 @@ fn vote(term: u64, candidate: u64) -> PeerRequest {
 fn put(key: &str, value: &[u8]) -> Command {
     Command::Put {
         key: key.into(),
+        sequential: false,
         value: value.to_vec(),
         lease: None,
         cond: Condition::default(),

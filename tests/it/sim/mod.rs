@@ -203,6 +203,7 @@ impl Dump {
 pub fn put_cmd(key: &str, value: &str) -> Command {
     Command::Put {
         lease: None,
+        sequential: false,
         key: key.to_string(),
         value: value.as_bytes().to_vec(),
         cond: Condition::default(),

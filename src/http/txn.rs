@@ -1,0 +1,142 @@
+//! `POST /v1/txn`: compares, then the `success` or the `failure` operations, at one revision.
+//!
+//! The handler turns the JSON into a [`Txn`] (shape and types checked here, with the get
+//! page size and read budget filled in from this node's settings); the node checks the
+//! policy (keys, sizes, counts, a key written twice in a branch, the quota) before
+//! proposing. A failed compare is not an error: 200 with `succeeded: false` and the
+//! failure branch's results.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::extract::{parse_json, read_body};
+use super::query::Query;
+use super::write;
+use crate::error::Error;
+use crate::node::Node;
+use crate::store::{Command, Compare, CompareOp, CompareTarget, Outcome, Txn, TxnOp, TxnResult};
+use crate::wire::{self, txn as w};
+
+/// Turns the request body into a transaction, refusing what is malformed.
+fn parse_txn(node: &Node, req: w::TxnRequest) -> Result<Txn, ApiError> {
+    let cfg = node.config();
+    let compare: Result<Vec<Compare>, ApiError> =
+        req.compare.iter().enumerate().map(|(i, c)| compare(c).map_err(|m| at("compare", i, m))).collect();
+    let ops = |branch: &'static str, ops: Vec<w::OpSpec>| -> Result<Vec<TxnOp>, ApiError> {
+        ops.into_iter()
+            .enumerate()
+            .map(|(i, op)| txn_op(op, cfg.max_list_limit as u64).map_err(|m| at(branch, i, m)))
+            .collect()
+    };
+    Ok(Txn {
+        compare: compare?,
+        success: ops("success", req.success)?,
+        failure: ops("failure", req.failure)?,
+        max_read_bytes: cfg.max_page_bytes as u64,
+    })
+}
+
+fn at(list: &str, i: usize, message: String) -> ApiError {
+    ApiError::invalid(format!("{list}[{i}]: {message}"))
+}
+
+fn compare(c: &w::CompareSpec) -> Result<Compare, String> {
+    if c.target == "fence" {
+        return Err(
+            "fence compares check a lock's fencing token, and locks are not available in this version".into(),
+        );
+    }
+    if c.lock.is_some() {
+        return Err("lock belongs to fence compares; a key compare names its key".into());
+    }
+    let key = c.key.clone().ok_or("a compare needs a key")?;
+    let op = match c.op.as_str() {
+        "==" => CompareOp::Eq,
+        "!=" => CompareOp::Ne,
+        "<" => CompareOp::Lt,
+        ">" => CompareOp::Gt,
+        other => return Err(format!("unknown compare op {other:?}: one of ==, !=, <, >")),
+    };
+    let target = match (c.target.as_str(), c.operand()?) {
+        ("value", w::Operand::Value(v)) => CompareTarget::Value(v),
+        ("version", w::Operand::Number(n)) => CompareTarget::Version(n),
+        ("create_revision", w::Operand::Number(n)) => CompareTarget::CreateRevision(n),
+        ("mod_revision", w::Operand::Number(n)) => CompareTarget::ModRevision(n),
+        ("lease", w::Operand::Number(n)) => CompareTarget::Lease(n),
+        (target, _) => return Err(format!("the operand does not fit target {target:?}")),
+    };
+    Ok(Compare { key, op, target })
+}
+
+fn txn_op(op: w::OpSpec, default_limit: u64) -> Result<TxnOp, String> {
+    Ok(match op {
+        w::OpSpec::Put(p) => {
+            let value = wire::decode_value(p.value, p.value_base64)?
+                .ok_or("a put needs a value (or value_base64)")?;
+            if p.sequential && p.prev_kv {
+                return Err("a sequential create has no previous value (prev_kv)".into());
+            }
+            TxnOp::Put { key: p.key, value, lease: p.lease, sequential: p.sequential, prev_kv: p.prev_kv }
+        }
+        w::OpSpec::Delete(d) => TxnOp::Delete { key: d.key, recursive: d.recursive, prev_kv: d.prev_kv },
+        w::OpSpec::Get(g) => {
+            if !g.recursive && g.limit.is_some() {
+                return Err("limit applies to a recursive get".into());
+            }
+            TxnOp::Get {
+                key: g.key,
+                recursive: g.recursive,
+                limit: g.limit.unwrap_or(default_limit),
+                keys_only: g.keys_only,
+            }
+        }
+    })
+}
+
+fn result(r: TxnResult) -> w::OpResult {
+    match r {
+        TxnResult::Put { revision, kv, prev_kv } => {
+            w::OpResult::Put(w::PutResult { revision, key: kv.key, prev_kv: prev_kv.map(Into::into) })
+        }
+        TxnResult::Delete { deleted, prev_kvs } => w::OpResult::Delete(w::DeleteResult {
+            deleted,
+            prev_kvs: prev_kvs.into_iter().map(Into::into).collect(),
+        }),
+        TxnResult::Get { kvs, more } => {
+            w::OpResult::Get(w::GetResult { kvs: kvs.into_iter().map(Into::into).collect(), more })
+        }
+    }
+}
+
+/// `POST /v1/txn`.
+pub async fn txn(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    Query::parse(uri.query(), &[])?;
+    let once = write::idempotency_key(&headers)?;
+    let bytes = read_body(&headers, body, node.config().max_body_bytes).await?;
+    let req: w::TxnRequest = parse_json(&bytes)?;
+    let txn = parse_txn(&node, req)?;
+    let outcome = node.write(node.idempotent(once, Command::Txn(txn))?).await?;
+    let term = node.term();
+    let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
+    let reply = match outcome {
+        Outcome::Txn { revision, succeeded, results } => {
+            let body =
+                w::TxnResponse { revision, succeeded, results: results.into_iter().map(result).collect() };
+            let mut resp = (StatusCode::OK, super::json_body(&body)).into_response();
+            super::state_headers(resp.headers_mut(), revision, term);
+            Ok(resp)
+        }
+        other => Err(Error::Internal(format!("a transaction was decided as {other:?}")).into()),
+    };
+    write::mark_replayed(reply, replayed)
+}

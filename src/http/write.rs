@@ -1,0 +1,52 @@
+//! What every write route shares: the `Idempotency-Key` request header, and turning a
+//! replayed or conflicting idempotent outcome into the reply (`Idempotent-Replayed: true`
+//! on a replay, 422 `idempotency_conflict` when the key was used for another request).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+
+use super::error::ApiError;
+use crate::node::check_idempotency_key;
+use crate::store::Outcome;
+
+/// The request header carrying the client's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header marking a replayed outcome.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The client's idempotency key, if it sent one (at most one, well formed).
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(v) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::invalid("send one Idempotency-Key header, not several"));
+    }
+    let key = v.to_str().map_err(|_| ApiError::invalid("the Idempotency-Key header is not ASCII"))?;
+    check_idempotency_key(key)?;
+    Ok(Some(key.to_string()))
+}
+
+/// A write's outcome with a replay unwrapped: the outcome itself, and whether it is the
+/// first one's (a retry). A key used for another request is the 422.
+pub fn unwrap_replay(outcome: Outcome, term: u64) -> Result<(Outcome, bool), ApiError> {
+    match outcome {
+        Outcome::Replayed { first } => Ok((*first, true)),
+        Outcome::IdempotencyConflict { revision } => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_conflict",
+            "this Idempotency-Key was used for another request; nothing was done",
+        )
+        .at(revision, term)),
+        outcome => Ok((outcome, false)),
+    }
+}
+
+/// Marks a reply (success or error) as the replay of a first outcome.
+pub fn mark_replayed(reply: Result<Response, ApiError>, replayed: bool) -> Result<Response, ApiError> {
+    if !replayed {
+        return reply;
+    }
+    let mut resp = reply.unwrap_or_else(axum::response::IntoResponse::into_response);
+    resp.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    Ok(resp)
+}

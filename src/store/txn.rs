@@ -1,0 +1,237 @@
+//! Multi-key transactions: compares, then one of two branches of operations, all at one
+//! revision (etcd's `Txn`).
+//!
+//! Invariants: the compares are evaluated against the state before the transaction; the
+//! branch they choose runs in one [`WriteTxn`], so every change it makes lands at one
+//! revision and every `get` in it sees the changes made before it in the branch. A branch
+//! that changes nothing leaves the revision as it is. What a request may contain (sizes,
+//! counts, keys written twice) is the node's policy, checked before proposing; apply
+//! decides whatever arrives without panicking.
+
+use serde::{Deserialize, Serialize};
+
+use super::kv::KeyValue;
+use super::mvcc::{ListOptions, Store, WriteTxn};
+
+/// What a compare looks at, with the operand it is compared to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "target", content = "operand", rename_all = "snake_case")]
+pub enum CompareTarget {
+    /// The value's bytes (a compare on the value of a missing key is false, whatever the op).
+    Value(#[serde(with = "super::bytes_b64")] Vec<u8>),
+    /// Puts since creation; 0 for a missing key.
+    Version(u64),
+    /// 0 for a missing key.
+    CreateRevision(u64),
+    /// 0 for a missing key.
+    ModRevision(u64),
+    /// The owning lease; 0 for none (or a missing key).
+    Lease(u64),
+}
+
+/// How a key's attribute is compared to the operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+}
+
+impl CompareOp {
+    fn holds<T: Ord + ?Sized>(self, actual: &T, operand: &T) -> bool {
+        match self {
+            CompareOp::Eq => actual == operand,
+            CompareOp::Ne => actual != operand,
+            CompareOp::Lt => actual < operand,
+            CompareOp::Gt => actual > operand,
+        }
+    }
+}
+
+/// One compare of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    #[serde(flatten)]
+    pub target: CompareTarget,
+}
+
+impl Compare {
+    /// Whether the compare holds for a key whose current state is `kv`.
+    pub fn holds(&self, kv: Option<&KeyValue>) -> bool {
+        let num = |f: fn(&KeyValue) -> u64| kv.map_or(0, f);
+        match &self.target {
+            CompareTarget::Value(want) => {
+                kv.is_some_and(|kv| self.op.holds(kv.value.as_slice(), want.as_slice()))
+            }
+            CompareTarget::Version(n) => self.op.holds(&num(|kv| kv.version), n),
+            CompareTarget::CreateRevision(n) => self.op.holds(&num(|kv| kv.create_revision), n),
+            CompareTarget::ModRevision(n) => self.op.holds(&num(|kv| kv.mod_revision), n),
+            CompareTarget::Lease(n) => self.op.holds(&num(|kv| kv.lease.unwrap_or(0)), n),
+        }
+    }
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TxnOp {
+    /// Write `key` (with `sequential`: create a new sequential child of `key`).
+    Put {
+        key: String,
+        #[serde(with = "super::bytes_b64")]
+        value: Vec<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
+        #[serde(default)]
+        sequential: bool,
+        #[serde(default)]
+        prev_kv: bool,
+    },
+    /// Delete `key`, or with `recursive` the key and its subtree.
+    Delete {
+        key: String,
+        #[serde(default)]
+        recursive: bool,
+        #[serde(default)]
+        prev_kv: bool,
+    },
+    /// Read `key`, or with `recursive` the key and its subtree (at most `limit` keys).
+    Get {
+        key: String,
+        #[serde(default)]
+        recursive: bool,
+        limit: u64,
+        #[serde(default)]
+        keys_only: bool,
+    },
+}
+
+impl TxnOp {
+    /// Key and value bytes the op carries.
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            TxnOp::Put { key, value, .. } => key.len() + value.len(),
+            TxnOp::Delete { key, .. } | TxnOp::Get { key, .. } => key.len(),
+        }
+    }
+}
+
+/// What one operation did, in the order of the branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TxnResult {
+    Put {
+        revision: u64,
+        kv: KeyValue,
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    /// `more`: the key range holds more keys than `limit` (or than the transaction's read
+    /// budget left room for).
+    Get {
+        kvs: Vec<KeyValue>,
+        more: bool,
+    },
+}
+
+impl TxnResult {
+    /// Key and value bytes the result holds.
+    pub fn data_bytes(&self) -> usize {
+        let kvs_bytes = |kvs: &[KeyValue]| kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum::<usize>();
+        match self {
+            TxnResult::Put { kv, prev_kv, .. } => {
+                kv.key.len() + kv.value.len() + prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len())
+            }
+            TxnResult::Delete { prev_kvs, .. } => kvs_bytes(prev_kvs),
+            TxnResult::Get { kvs, .. } => kvs_bytes(kvs),
+        }
+    }
+}
+
+/// A transaction as the log carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    #[serde(default)]
+    pub compare: Vec<Compare>,
+    #[serde(default)]
+    pub success: Vec<TxnOp>,
+    #[serde(default)]
+    pub failure: Vec<TxnOp>,
+    /// At most this many key and value bytes in all `get` results together (filled in by
+    /// the proposing node from its page limit, so apply decides the same everywhere).
+    pub max_read_bytes: u64,
+}
+
+impl Txn {
+    pub fn data_bytes(&self) -> usize {
+        let cmp = self.compare.iter().map(|c| {
+            c.key.len()
+                + match &c.target {
+                    CompareTarget::Value(v) => v.len(),
+                    _ => 0,
+                }
+        });
+        cmp.sum::<usize>() + self.success.iter().chain(&self.failure).map(TxnOp::data_bytes).sum::<usize>()
+    }
+}
+
+impl Store {
+    /// Runs a transaction: the compares choose the branch; the branch runs at one revision.
+    /// Returns whether the compares held, and the branch's results in order.
+    pub(crate) fn apply_txn(&mut self, txn: &Txn) -> (bool, Vec<TxnResult>) {
+        let succeeded = txn.compare.iter().all(|c| c.holds(self.current(&c.key).as_ref()));
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let mut budget = txn.max_read_bytes;
+        let mut w = self.write();
+        let results = ops.iter().map(|op| run_op(&mut w, op, &mut budget)).collect();
+        (succeeded, results)
+    }
+}
+
+fn run_op(w: &mut WriteTxn<'_>, op: &TxnOp, budget: &mut u64) -> TxnResult {
+    match op {
+        TxnOp::Put { key, value, lease, sequential, prev_kv } => {
+            let (kv, prev) = if *sequential {
+                (w.put_sequential(key, value.clone(), *lease), None)
+            } else {
+                w.put(key, value.clone(), *lease)
+            };
+            TxnResult::Put { revision: kv.mod_revision, kv, prev_kv: if *prev_kv { prev } else { None } }
+        }
+        TxnOp::Delete { key, recursive, prev_kv } => {
+            let deleted = w.delete(key, *recursive);
+            TxnResult::Delete {
+                deleted: deleted.len() as u64,
+                prev_kvs: if *prev_kv { deleted } else { Vec::new() },
+            }
+        }
+        TxnOp::Get { key, recursive, limit, keys_only } => {
+            let (kvs, more) = if *recursive {
+                let opts = ListOptions {
+                    revision: None,
+                    after: None,
+                    limit: usize::try_from(*limit).unwrap_or(usize::MAX),
+                    max_bytes: usize::try_from(*budget).unwrap_or(usize::MAX),
+                    keys_only: *keys_only,
+                };
+                w.list_page(key, &opts)
+            } else {
+                let mut kvs: Vec<KeyValue> = w.current(key).into_iter().collect();
+                if *keys_only {
+                    kvs.iter_mut().for_each(|kv| kv.value.clear());
+                }
+                (kvs, false)
+            };
+            let used = kvs.iter().map(|kv| (kv.key.len() + kv.value.len()) as u64).sum::<u64>();
+            *budget = budget.saturating_sub(used);
+            TxnResult::Get { kvs, more }
+        }
+    }
+}
