@@ -48,6 +48,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::InvalidJson("a JSON body is required".into()).into());
     }
+    // Every body of this API is an object (serde would also take an array for a struct).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => ApiError::invalid("the body must be a JSON object"),
+            Err(e) => Error::InvalidJson(format!("the body is not valid JSON: {e}")).into(),
+        });
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {e}")),
         _ => Error::InvalidJson(format!("the body is not valid JSON: {e}")).into(),

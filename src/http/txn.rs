@@ -98,7 +98,8 @@ fn txn_op(op: w::OpSpec, default_limit: u64) -> Result<TxnOp, String> {
     })
 }
 
-fn result(r: TxnResult) -> w::OpResult {
+/// The wire form of one result (`keys_only`: the get that made it left values out).
+fn result(r: TxnResult, keys_only: bool) -> w::OpResult {
     match r {
         TxnResult::Put { revision, kv, prev_kv } => {
             w::OpResult::Put(w::PutResult { revision, key: kv.key, prev_kv: prev_kv.map(Into::into) })
@@ -108,7 +109,11 @@ fn result(r: TxnResult) -> w::OpResult {
             prev_kvs: prev_kvs.into_iter().map(Into::into).collect(),
         }),
         TxnResult::Get { kvs, more } => {
-            w::OpResult::Get(w::GetResult { kvs: kvs.into_iter().map(Into::into).collect(), more })
+            let kvs = kvs
+                .into_iter()
+                .map(|kv| if keys_only { wire::KeyValue::from(kv).without_value() } else { kv.into() })
+                .collect();
+            w::OpResult::Get(w::GetResult { kvs, more })
         }
     }
 }
@@ -125,13 +130,19 @@ pub async fn txn(
     let bytes = read_body(&headers, body, node.config().max_body_bytes).await?;
     let req: w::TxnRequest = parse_json(&bytes)?;
     let txn = parse_txn(&node, req)?;
+    let keys_only = |ops: &[TxnOp]| -> Vec<bool> {
+        ops.iter().map(|op| matches!(op, TxnOp::Get { keys_only: true, .. })).collect()
+    };
+    let (success_keys_only, failure_keys_only) = (keys_only(&txn.success), keys_only(&txn.failure));
     let outcome = node.write(node.idempotent(once, Command::Txn(txn))?).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let reply = match outcome {
         Outcome::Txn { revision, succeeded, results } => {
-            let body =
-                w::TxnResponse { revision, succeeded, results: results.into_iter().map(result).collect() };
+            let keys_only = if succeeded { success_keys_only } else { failure_keys_only };
+            let flags = keys_only.into_iter().chain(std::iter::repeat(false));
+            let results = results.into_iter().zip(flags).map(|(r, k)| result(r, k)).collect();
+            let body = w::TxnResponse { revision, succeeded, results };
             let mut resp = (StatusCode::OK, super::json_body(&body)).into_response();
             super::state_headers(resp.headers_mut(), revision, term);
             Ok(resp)

@@ -125,13 +125,15 @@ fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
     })
 }
 
-/// How many of a key's oldest versions compaction to `floor` drops: those strictly below
-/// the floor, except the newest of them when it holds a value (a read at the floor sees it).
+/// How many of a key's oldest versions compaction to `floor` drops: every version older
+/// than the one a read at the floor sees. That one stays when it holds a value, and when it
+/// is a delete at the floor itself (so a history read, or a watch resuming, at the floor
+/// still sees the delete); an older delete goes with everything before it.
 fn droppable(versions: &[Version], floor: u64) -> usize {
-    let below = versions.partition_point(|v| v.mod_revision < floor);
-    match below.checked_sub(1).map(|i| &versions[i]) {
-        Some(v) if v.value.is_some() => below - 1,
-        _ => below,
+    let upto = versions.partition_point(|v| v.mod_revision <= floor);
+    match upto.checked_sub(1).map(|i| &versions[i]) {
+        Some(v) if v.value.is_some() || v.mod_revision == floor => upto - 1,
+        _ => upto,
     }
 }
 
@@ -335,9 +337,7 @@ impl Store {
     }
 
     /// Drops the history below `revision`: what a read at `revision` or later sees stays
-    /// exactly as it was (the newest version at or below it is kept, unless it is a
-    /// tombstone older than `revision`; a delete at `revision` itself stays, so history
-    /// reads at the floor still see it). Takes no revision of its own. Returns whether the
+    /// exactly as it was (see `droppable` for which versions stay). Takes no revision of its own. Returns whether the
     /// floor moved (it never moves down, nor past the current revision).
     pub fn compact(&mut self, revision: u64) -> bool {
         let revision = revision.min(self.revision);

@@ -884,16 +884,16 @@ mod model {
             assert_eq!(self.history.len() as u64, self.revision + 1);
         }
 
-        /// What the quota counts, by definition: every change still kept (those at or
-        /// above the floor, and the newest below it when it is a put), plus 8 bytes and
-        /// the name of every parent with a sequence.
+        /// What the quota counts, by definition: every change after the floor; of those
+        /// at or before it, the newest when it is a put or a delete at the floor itself;
+        /// plus 8 bytes and the name of every parent with a sequence.
         fn bytes(&self) -> u64 {
             let mut total = 0u64;
             for (k, evs) in &self.events {
-                let below = evs.iter().filter(|(r, _)| *r < self.floor).count();
+                let upto = evs.iter().filter(|(r, _)| *r <= self.floor).count();
                 for (i, (r, v)) in evs.iter().enumerate() {
-                    let newest_below = i + 1 == below;
-                    if *r >= self.floor || (newest_below && v.is_some()) {
+                    let newest_upto = i + 1 == upto;
+                    if *r > self.floor || (newest_upto && (v.is_some() || *r == self.floor)) {
                         total += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
                     }
                 }

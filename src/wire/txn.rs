@@ -39,11 +39,33 @@ pub struct CompareSpec {
 
 /// One operation: `{"put": {...}}`, `{"delete": {...}}` or `{"get": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", try_from = "serde_json::Map<String, Value>")]
 pub enum OpSpec {
     Put(PutOp),
     Delete(DeleteOp),
     Get(GetOp),
+}
+
+impl TryFrom<serde_json::Map<String, Value>> for OpSpec {
+    type Error = String;
+
+    /// Exactly one of `put`, `delete`, `get` (serde's own enum parsing reports a second
+    /// member as a JSON syntax error, which it is not).
+    fn try_from(m: serde_json::Map<String, Value>) -> Result<OpSpec, String> {
+        let mut it = m.into_iter();
+        let (Some((kind, body)), None) = (it.next(), it.next()) else {
+            return Err("an operation is an object with exactly one member: put, delete or get".into());
+        };
+        let parse = |what: &str| format!("in {what}: ");
+        match kind.as_str() {
+            "put" => serde_json::from_value(body).map(OpSpec::Put).map_err(|e| parse("put") + &e.to_string()),
+            "delete" => {
+                serde_json::from_value(body).map(OpSpec::Delete).map_err(|e| parse("delete") + &e.to_string())
+            }
+            "get" => serde_json::from_value(body).map(OpSpec::Get).map_err(|e| parse("get") + &e.to_string()),
+            other => Err(format!("unknown operation {other:?}: one of put, delete, get")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,10 @@ pub mod harness;
 
 mod bad_input;
 mod cluster;
+mod compaction;
 mod conditions;
+mod idempotency;
 mod keys;
 mod listing;
+mod sequential;
+mod txn;

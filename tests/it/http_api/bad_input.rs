@@ -319,10 +319,10 @@ async fn unknown_routes_and_methods() {
         }
         let not_allowed = StatusCode::METHOD_NOT_ALLOWED;
         for (method, uri) in [
-            (Method::POST, "/v1/kv/a"),
             (Method::PATCH, "/v1/kv/a"),
-            (Method::POST, "/v1/kv/a?sequential"),
-            (Method::POST, "/v1/kv/"),
+            (Method::GET, "/v1/txn"),
+            (Method::PUT, "/v1/txn"),
+            (Method::GET, "/v1/maintenance/compact"),
             (Method::PUT, "/v1/cluster"),
             (Method::POST, "/v1/cluster"),
             (Method::DELETE, "/healthz"),
@@ -338,6 +338,16 @@ async fn unknown_routes_and_methods() {
             )
             .await;
         }
+        // POST on a key exists only to create sequential children.
+        api.refused(
+            Method::POST,
+            "/v1/kv/a",
+            Body::from(value_body()),
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        )
+        .await;
         assert_eq!(api.get("/v1/kv/a").await.ok()["kv"]["value"], json!("orig"));
     })
     .await;
@@ -348,10 +358,10 @@ async fn unknown_routes_and_methods() {
 #[tokio::test]
 async fn method_not_allowed_lists_allowed_methods() {
     with_node(|api| async move {
-        let r = api.send(Method::POST, "/v1/kv/a", Body::from(value_body()), None).await;
+        let r = api.send(Method::PATCH, "/v1/kv/a", Body::from(value_body()), None).await;
         r.error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
         let allow = r.header("allow").unwrap_or_else(|| panic!("no Allow header on a 405: {:?}", r.headers));
-        for m in ["GET", "PUT", "DELETE"] {
+        for m in ["GET", "PUT", "DELETE", "POST"] {
             assert!(allow.contains(m), "Allow {allow:?} lacks {m}");
         }
     })

@@ -120,8 +120,18 @@ pub struct Api {
 /// Starts a one-node cluster in a fresh temp dir, waits until `/readyz` says 200, runs
 /// `test`, then shuts the node down and removes the dir, also when `test` panics.
 pub async fn with_node<Fut: Future<Output = ()>>(test: impl FnOnce(Api) -> Fut) {
+    with_node_config(|_| {}, test).await
+}
+
+/// [`with_node`] with settings changed by `tweak` first.
+pub async fn with_node_config<Fut: Future<Output = ()>>(
+    tweak: impl FnOnce(&mut Config),
+    test: impl FnOnce(Api) -> Fut,
+) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let node = Node::start(test_config(dir.path())).await.expect("the node starts");
+    let mut cfg = test_config(dir.path());
+    tweak(&mut cfg);
+    let node = Node::start(cfg).await.expect("the node starts");
     let api = Api { router: palisade::http::client_router(node.clone()) };
     let result = AssertUnwindSafe(async {
         api.wait_ready().await;
@@ -200,6 +210,24 @@ impl Api {
     /// `PUT` with these exact body bytes and no content type (`curl -d` without `-H`).
     pub async fn put_raw(&self, uri: &str, body: impl Into<Body>) -> Resp {
         self.send(Method::PUT, uri, body.into(), None).await
+    }
+
+    /// `POST` with a JSON body (and these extra headers).
+    pub async fn post(&self, uri: &str, body: Value, headers: &[(&str, &str)]) -> Resp {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send_with_headers(Method::POST, uri, Body::from(body.to_string()), &all).await
+    }
+
+    /// A refused `POST` with a JSON content type and these body bytes.
+    pub async fn refused_post(
+        &self,
+        uri: &str,
+        body: impl Into<Body>,
+        status: StatusCode,
+        code: &str,
+    ) -> Resp {
+        self.refused(Method::POST, uri, body.into(), Some("application/json"), status, code).await
     }
 
     /// Writes a UTF-8 value (must succeed) and returns the reply.
