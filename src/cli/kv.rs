@@ -1,4 +1,8 @@
-//! `palisade kv get|put|del|ls`: keys from the command line.
+//! `palisade kv get|put|del|ls|txn`: keys from the command line.
+//!
+//! Every write carries an idempotency key (`--idempotency-key`, or one made up per
+//! command), so the client's own retries after a timeout or an unavailable leader never
+//! apply a write twice.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -32,6 +36,33 @@ pub enum KvCommand {
     /// whole subtree as `key = value` lines.
     #[command(visible_alias = "list")]
     Ls(LsArgs),
+    /// Run a transaction given as JSON (a file, or `-`/nothing for stdin):
+    /// `{"compare": [...], "success": [...], "failure": [...]}`. Prints each result; exit
+    /// code 1 when the compares failed (the failure branch ran).
+    Txn(TxnArgs),
+}
+
+/// The idempotency key of a write.
+#[derive(Args, Debug)]
+pub struct OnceArgs {
+    /// Apply the write at most once under this key (default: a new random key per command,
+    /// so the command's own retries never apply it twice).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+impl OnceArgs {
+    pub fn key(&self) -> String {
+        self.idempotency_key.clone().unwrap_or_else(client::new_idempotency_key)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TxnArgs {
+    /// The transaction's JSON file (`-` or nothing: stdin).
+    pub file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub once: OnceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +102,12 @@ pub struct PutArgs {
     /// Also print the previous key-value.
     #[arg(long)]
     pub prev_kv: bool,
+    /// Create the next sequential child of KEY (`KEY/00000000000000000001`, ...) instead of
+    /// writing KEY; prints the key created.
+    #[arg(long, conflicts_with_all = ["prev_kv", "if_version", "if_mod_revision", "if_value"])]
+    pub sequential: bool,
+    #[command(flatten)]
+    pub once: OnceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +122,8 @@ pub struct DelArgs {
     /// Also print the deleted key-values.
     #[arg(long)]
     pub prev_kv: bool,
+    #[command(flatten)]
+    pub once: OnceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +157,7 @@ pub fn run(args: KvArgs) -> ExitCode {
             KvCommand::Put(a) => put(&client, out, a).await,
             KvCommand::Del(a) => del(&client, out, a).await,
             KvCommand::Ls(a) => ls(&client, out, a).await,
+            KvCommand::Txn(a) => txn(&client, out, a).await,
         }
     })
 }
@@ -173,6 +213,13 @@ fn show_conflict(out: Output, e: &client::Error) -> Result<(), Failure> {
 
 async fn put(client: &Client, out: Output, a: PutArgs) -> Result<(), Failure> {
     let value = value_arg(a.value)?;
+    if a.sequential {
+        let r = client.put_sequential(&a.key, &value, None, Some(&a.once.key())).await?;
+        return match out {
+            Output::Json => output::json(&r),
+            Output::Table => output::line(&format!("{} revision={}", r.kv.key, r.revision)),
+        };
+    }
     let c = conditions(a.cond);
     let opts = PutOptions {
         if_version: c.if_version,
@@ -180,6 +227,7 @@ async fn put(client: &Client, out: Output, a: PutArgs) -> Result<(), Failure> {
         if_value: c.if_value,
         prev_kv: a.prev_kv,
         lease: None,
+        idempotency_key: Some(a.once.key()),
     };
     let r = match client.put(&a.key, &value, opts).await {
         Ok(r) => r,
@@ -204,7 +252,12 @@ async fn put(client: &Client, out: Output, a: PutArgs) -> Result<(), Failure> {
 }
 
 async fn del(client: &Client, out: Output, a: DelArgs) -> Result<(), Failure> {
-    let opts = DeleteOptions { recursive: a.recursive, conditions: conditions(a.cond), prev_kv: a.prev_kv };
+    let opts = DeleteOptions {
+        recursive: a.recursive,
+        conditions: conditions(a.cond),
+        prev_kv: a.prev_kv,
+        idempotency_key: Some(a.once.key()),
+    };
     let r = match client.delete(&a.key, opts).await {
         Ok(r) => r,
         Err(e) => {
@@ -283,5 +336,48 @@ async fn ls(client: &Client, out: Output, a: LsArgs) -> Result<(), Failure> {
             return Err(Failure::Local("the server said more children follow but gave no page token".into()));
         };
         opts.after = Some(next);
+    }
+}
+
+async fn txn(client: &Client, out: Output, a: TxnArgs) -> Result<(), Failure> {
+    let text = match a.file.as_deref() {
+        None => value_arg("-".into())?,
+        Some(p) if p == std::path::Path::new("-") => value_arg("-".into())?,
+        Some(p) => {
+            std::fs::read(p).map_err(|e| Failure::Local(format!("cannot read {}: {e}", p.display())))?
+        }
+    };
+    let req: client::TxnRequest = serde_json::from_slice(&text).map_err(|e| {
+        Failure::Local(format!("the transaction is not valid JSON of the expected shape: {e}"))
+    })?;
+    let r = client.txn(&req, Some(&a.once.key())).await?;
+    match out {
+        Output::Json => output::json(&r)?,
+        Output::Table => {
+            let branch = if r.succeeded { "SUCCESS" } else { "FAILURE" };
+            output::line(&format!("{branch} revision={}", r.revision))?;
+            for result in &r.results {
+                use crate::wire::txn::OpResult;
+                match result {
+                    OpResult::Put(p) => output::line(&format!("put {} revision={}", p.key, p.revision))?,
+                    OpResult::Delete(d) => output::line(&format!("delete deleted={}", d.deleted))?,
+                    OpResult::Get(g) => {
+                        output::line(&format!(
+                            "get {} key(s){}",
+                            g.kvs.len(),
+                            if g.more { ", more" } else { "" }
+                        ))?;
+                        for kv in &g.kvs {
+                            output::line(&format!("  {} = {}", kv.key, output::display_value(kv)))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if r.succeeded {
+        Ok(())
+    } else {
+        Err(Failure::Exit(1))
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: `palisade serve` runs a node; every other subcommand is a client.
 
-mod kv;
+mod compact;
+pub(crate) mod kv;
 mod output;
 mod serve;
 mod status;
@@ -23,6 +24,8 @@ pub enum Commands {
     Kv(kv::KvArgs),
     /// Show the cluster: members, roles, leader, term and revision.
     Status(status::StatusArgs),
+    /// Drop the history below a revision (or keep the last N revisions).
+    Compact(compact::CompactArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -32,5 +35,6 @@ pub fn main() -> std::process::ExitCode {
         Commands::Serve(args) => serve::run(args),
         Commands::Kv(args) => kv::run(args),
         Commands::Status(args) => status::run(args),
+        Commands::Compact(args) => compact::run(args),
     }
 }

@@ -71,6 +71,8 @@ pub enum Failure {
     Local(String),
     /// Stdout went away (`| head`): stop quietly.
     Closed,
+    /// The command said what happened already; exit with this code (a failed compare).
+    Exit(u8),
 }
 
 impl From<client::Error> for Failure {
@@ -99,6 +101,7 @@ where
     };
     match rt.block_on(f) {
         Ok(()) | Err(Failure::Closed) => ExitCode::SUCCESS,
+        Err(Failure::Exit(code)) => ExitCode::from(code),
         Err(Failure::Local(m)) => {
             eprintln!("error: {m}");
             ExitCode::from(1)

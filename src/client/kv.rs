@@ -26,6 +26,8 @@ pub struct PutOptions {
     pub prev_kv: bool,
     /// Attach the key to this lease.
     pub lease: Option<u64>,
+    /// Applied at most once under this key (and retried when the outcome is unknown).
+    pub idempotency_key: Option<String>,
 }
 
 /// Conditions of a write.
@@ -44,6 +46,8 @@ pub struct DeleteOptions {
     pub conditions: Conditions,
     /// Return the deleted key-values.
     pub prev_kv: bool,
+    /// Applied at most once under this key (and retried when the outcome is unknown).
+    pub idempotency_key: Option<String>,
 }
 
 /// Options of [`Client::list`] (a recursive listing).
@@ -95,7 +99,22 @@ impl Client {
         let mut params = conditions(&c).to_vec();
         params.push(("prev_kv", flag(opts.prev_kv)));
         let path = format!("{}{}", kv_path(key)?, query_string(&params));
-        self.call_typed(Method::PUT, &path, Some(crate::wire::put_body(value, opts.lease))).await
+        let body = Some(crate::wire::put_body(value, opts.lease));
+        self.write_typed(Method::PUT, &path, body, opts.idempotency_key.as_deref()).await
+    }
+
+    /// `POST /v1/kv/{parent}?sequential`: creates the next sequential child of `parent`
+    /// (the reply's `kv.key` names it).
+    pub async fn put_sequential(
+        &self,
+        parent: &str,
+        value: &[u8],
+        lease: Option<u64>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply<PutResponse>, Error> {
+        let path = format!("{}?sequential", kv_path(parent)?);
+        self.write_typed(Method::POST, &path, Some(crate::wire::put_body(value, lease)), idempotency_key)
+            .await
     }
 
     /// `DELETE /v1/kv/{key}`: `deleted` is 0 (not an error) when nothing matched.
@@ -104,7 +123,7 @@ impl Client {
         params.extend(conditions(&opts.conditions));
         params.push(("prev_kv", flag(opts.prev_kv)));
         let path = format!("{}{}", kv_path(key)?, query_string(&params));
-        self.call_typed(Method::DELETE, &path, None).await
+        self.write_typed(Method::DELETE, &path, None, opts.idempotency_key.as_deref()).await
     }
 
     /// `GET /v1/kv/{key}?recursive`: one page of the key and everything below it, sorted.

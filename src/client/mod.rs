@@ -13,7 +13,10 @@
 //! Failover: a request goes to the endpoint that answered last. Only when it cannot even
 //! connect there (nothing was sent) does it try the next endpoint, round-robin. Any other
 //! failure (a timeout, a reset mid-request) or any HTTP reply, error statuses included, is
-//! final: a write that may have been delivered is never sent again.
+//! final: a write that may have been delivered is never sent again, unless it carries an
+//! idempotency key: then the server applies it at most once, and the client retries it
+//! (on the next endpoint, a few times within a bounded time) after a timeout, a broken
+//! connection, 429, 503 or 504, and reports `replayed` when the answer is the first one's.
 //! Proxy variables (`HTTP_PROXY`, ...) are ignored: members are reached directly.
 
 use std::fmt;
@@ -28,12 +31,22 @@ use serde_json::Value;
 
 mod cluster;
 mod kv;
+mod txn;
 
+pub use crate::wire::txn::{CompactResponse, TxnRequest, TxnResponse};
 pub use crate::wire::{
     decode_value, put_body, Child, ChildrenResponse, ClusterResponse, CountResponse, DeleteResponse,
     GetResponse, KeyValue, ListResponse, MemberResponse, PutResponse,
 };
 pub use kv::{ChildrenOptions, Conditions, DeleteOptions, GetOptions, ListOptions, PutOptions};
+
+/// Attempts of an idempotent write before its last error is returned.
+pub const WRITE_ATTEMPTS: u32 = 5;
+
+/// A fresh idempotency key: 128 random bits, hex.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
 
 /// The request timeout when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,6 +151,8 @@ pub struct ResponseMeta {
     pub term: Option<u64>,
     /// The endpoint that answered.
     pub endpoint: String,
+    /// `Idempotent-Replayed: true`: the write was applied before, by an earlier attempt.
+    pub replayed: bool,
 }
 
 /// Normalises an endpoint: adds `http://` when there is no scheme, drops a trailing `/`.
@@ -252,7 +267,7 @@ impl Client {
         path_and_query: &str,
         body: Option<Value>,
     ) -> Result<(Value, ResponseMeta), Error> {
-        self.call(method, path_and_query, body).await
+        self.call(method, path_and_query, body, None).await
     }
 
     /// One call, typed: the 2xx body parsed as `T`.
@@ -262,8 +277,51 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Reply<T>, Error> {
-        let (body, meta) = self.call(method, path, body).await?;
+        let (body, meta) = self.call(method, path, body, None).await?;
         Ok(Reply { body: parse(body)?, meta })
+    }
+
+    /// A write under an idempotency key, typed; see [`Client::call_once`].
+    pub(crate) async fn write_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply<T>, Error> {
+        let (body, meta) = match idempotency_key {
+            Some(key) => self.call_once(method, path, body, key).await?,
+            None => self.call(method, path, body, None).await?,
+        };
+        Ok(Reply { body: parse(body)?, meta })
+    }
+
+    /// A write that carries `Idempotency-Key: key`: the server applies it at most once, so
+    /// an attempt whose outcome is unknown (timeout, broken connection, 503, 504) or that
+    /// was shed (429) is sent again, to the next endpoint, up to [`WRITE_ATTEMPTS`] times.
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: &str,
+    ) -> Result<(Value, ResponseMeta), Error> {
+        let mut attempt = 1;
+        loop {
+            let r = self.call(method.clone(), path, body.clone(), Some(key)).await;
+            let retry = match &r {
+                Err(Error::Api { status, .. }) => matches!(status, 429 | 503 | 504),
+                Err(Error::Other(_)) | Err(Error::Connect(_)) => true,
+                Ok(_) => false,
+            };
+            if !retry || attempt >= WRITE_ATTEMPTS {
+                return r;
+            }
+            // The next attempt goes to the next endpoint.
+            self.current.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            attempt += 1;
+        }
     }
 
     async fn call(
@@ -271,6 +329,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Value>,
+        idempotency_key: Option<&str>,
     ) -> Result<(Value, ResponseMeta), Error> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed) % n;
@@ -280,6 +339,9 @@ impl Client {
             let endpoint = &self.endpoints[idx];
             let url = format!("{endpoint}{path}");
             let mut req = self.http.request(method.clone(), &url);
+            if let Some(key) = idempotency_key {
+                req = req.header("idempotency-key", key);
+            }
             if let Some(b) = &body {
                 req = req.json(b);
             }
@@ -310,6 +372,7 @@ impl Client {
             revision: header("x-palisade-revision"),
             term: header("x-palisade-term"),
             endpoint: endpoint.to_string(),
+            replayed: resp.headers().get("idempotent-replayed").is_some_and(|v| v == "true"),
         };
         let bytes = resp.bytes().await.map_err(|e| {
             if e.is_timeout() {

@@ -128,3 +128,52 @@ async fn cli_drives_a_cluster() {
     assert!(ok(&e), "{e:?}");
     assert!(e.stdout.starts_with("deleted=2 "), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_transactions_sequential_keys_idempotency_and_compaction() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let (leader, _) = c.leader().await;
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    let ep = c.client_url(follower);
+
+    let e = cli(&ep, &["kv", "put", "/jobs", "a", "--sequential"]);
+    assert!(ok(&e), "{e:?}");
+    assert!(e.stdout.starts_with("/jobs/00000000000000000001 revision="), "{e:?}");
+    // The same idempotency key twice: one job.
+    for _ in 0..2 {
+        let e = cli(&ep, &["kv", "put", "/jobs", "b", "--sequential", "--idempotency-key", "job-b"]);
+        assert!(e.stdout.starts_with("/jobs/00000000000000000002 "), "{e:?}");
+    }
+    let e = cli(&ep, &["kv", "ls", "/jobs"]);
+    assert_eq!(e.stdout, "00000000000000000001\n00000000000000000002\n", "{e:?}");
+    let e = cli(&ep, &["kv", "put", "/jobs", "c", "--idempotency-key", "job-b"]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    assert!(e.stderr.contains("idempotency_conflict"), "{e:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("txn.json");
+    let txn = r#"{"compare":[{"key":"/cfg","target":"version","op":"==","value":0}],
+                 "success":[{"put":{"key":"/cfg","value":"v1"}}],"failure":[{"get":{"key":"/cfg"}}]}"#;
+    std::fs::write(&file, txn).unwrap();
+    let path = file.to_str().unwrap();
+    let e = cli(&ep, &["kv", "txn", path]);
+    assert!(ok(&e), "{e:?}");
+    assert!(e.stdout.starts_with("SUCCESS revision="), "{e:?}");
+    // The compare fails now: the failure branch's results, exit 1.
+    let e = cli(&ep, &["kv", "txn", path]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    assert!(e.stdout.starts_with("FAILURE") && e.stdout.contains("/cfg = v1"), "{e:?}");
+    std::fs::write(&file, "{not json").unwrap();
+    let e = cli(&ep, &["kv", "txn", path]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+
+    let e = cli(&ep, &["compact", "--keep", "1"]);
+    assert!(ok(&e), "{e:?}");
+    assert!(e.stdout.starts_with("compact_revision=2 "), "{e:?}");
+    let e = cli(&ep, &["kv", "get", "/jobs/00000000000000000001", "--revision", "1"]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    assert!(e.stderr.contains("compacted"), "{e:?}");
+    let e = cli(&ep, &["compact", "1000"]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    assert!(e.stderr.contains("future_revision"), "{e:?}");
+}
