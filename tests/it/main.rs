@@ -23,4 +23,5 @@ mod fault_sim;
 mod hardening;
 mod hostile_peer;
 mod http_api;
+mod idempotency_process;
 mod openapi_sync;
