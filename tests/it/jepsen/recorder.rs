@@ -192,8 +192,18 @@ pub async fn run_register(
     }
 }
 
-/// Sends one op and classifies the reply.
+/// Sends one op and classifies the reply. A CAS goes through `POST /v1/txn` half of the
+/// time (one compare, one put), and a read a quarter of the time (one get), so the
+/// recorded histories check transactions the same way as plain keys.
 pub async fn perform(http: &reqwest::Client, base: &str, key: &str, call: &Call) -> Outcome {
+    let via_txn = match call {
+        Call::Read => rand::random::<u8>() % 4 == 0,
+        Call::Cas { .. } => rand::random::<bool>(),
+        Call::Write { .. } => false,
+    };
+    if via_txn {
+        return perform_txn(http, base, key, call).await;
+    }
     let url = format!("{}/v1/kv{}", base.trim_end_matches('/'), key);
     let req = match call {
         Call::Read => http.get(&url),
@@ -228,6 +238,46 @@ pub async fn perform(http: &reqwest::Client, base: &str, key: &str, call: &Call)
         (_, 200) => Outcome::Ok { read: None, revision },
         (_, 503) => Outcome::Fail,
         (_, s) if (400..500).contains(&s) => Outcome::Fail,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// [`perform`] through a transaction.
+async fn perform_txn(http: &reqwest::Client, base: &str, key: &str, call: &Call) -> Outcome {
+    use serde_json::json;
+    let body = match call {
+        Call::Read => json!({ "success": [{ "get": { "key": key } }] }),
+        Call::Write { value } => json!({ "success": [{ "put": { "key": key, "value": value } }] }),
+        Call::Cas { expected: None, value } => json!({
+            "compare": [{ "key": key, "target": "version", "op": "==", "value": 0 }],
+            "success": [{ "put": { "key": key, "value": value } }],
+        }),
+        Call::Cas { expected: Some(e), value } => json!({
+            "compare": [{ "key": key, "target": "value", "op": "==", "value": e }],
+            "success": [{ "put": { "key": key, "value": value } }],
+        }),
+    };
+    let resp = match http.post(format!("{}/v1/txn", base.trim_end_matches('/'))).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Outcome::Fail,
+        Err(_) => return Outcome::Unknown,
+    };
+    let status = resp.status().as_u16();
+    let revision = revision_of(&resp);
+    let reply: serde_json::Value = match resp.json().await {
+        Ok(b) => b,
+        Err(_) => return if matches!(call, Call::Read) { Outcome::Fail } else { Outcome::Unknown },
+    };
+    match status {
+        200 if reply["succeeded"] == json!(false) => Outcome::Fail,
+        200 if matches!(call, Call::Read) => {
+            let kvs = &reply["results"][0]["get"]["kvs"];
+            let v = kvs[0]["value"].as_str().map(str::to_string);
+            Outcome::Ok { read: Some(v), revision }
+        }
+        200 => Outcome::Ok { read: None, revision },
+        503 => Outcome::Fail,
+        s if (400..500).contains(&s) => Outcome::Fail,
         _ => Outcome::Unknown,
     }
 }
