@@ -137,6 +137,9 @@ LOAD_TEXT = {
     "get": "linearizable read of one key (Palisade `GET /v1/kv/<key>`, etcd `POST /v3/kv/range`)",
     "get-serializable": "serializable read from the member's own replica, no quorum round "
     "(Palisade `?consistency=serializable`, etcd `\"serializable\": true`)",
+    "txn": "a transaction of 2 compares and 2 puts: `version > 0` on two random keys (always true, "
+    "the preload wrote every key), then writes of two other random keys, one new revision "
+    "(Palisade `POST /v1/txn`, etcd `POST /v3/kv/txn`); every transaction takes the success branch",
 }
 
 

@@ -9,7 +9,7 @@
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
 #   NODES     cluster sizes                            (1 3)
-#   LOADS     put get get-serializable (wrk scripts in benches/<product>/)
+#   LOADS     put get get-serializable txn (wrk scripts in benches/<product>/)
 #   CONNS     connection counts                        (1 16 64)
 #   DURATION  seconds per cell (8);  ROUNDS  rounds, each cell's figures are medians (3)
 #   WARMUP    seconds of checked load before each group's cells (2)
@@ -37,7 +37,7 @@ for k in "${knobs[@]}"; do
 done
 : "${TARGETS:=palisade etcd}"
 : "${NODES:=1 3}"
-: "${LOADS:=put get get-serializable}"
+: "${LOADS:=put get get-serializable txn}"
 : "${CONNS:=1 16 64}"
 : "${DURATION:=8}"
 : "${ROUNDS:=3}"
