@@ -124,7 +124,7 @@ done
 if [[ -z ${PALISADE_BIN:-} ]]; then
   log "building Palisade (cargo build --release)"
   (cd "$root" && cargo build --release --bin palisade)
-  PALISADE_BIN=$root/target/release/palisade
+  PALISADE_BIN=${CARGO_TARGET_DIR:-$root/target}/release/palisade
 fi
 
 # --- processes and cleanup --------------------------------------------------------------
