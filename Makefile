@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench soak clean
+.PHONY: build test verify fix run cluster bench bench-rss soak clean
 
 build:
 	$(CARGO) build --release
@@ -45,10 +45,17 @@ cluster: build
 	./scripts/cluster.sh
 
 # Palisade and etcd side by side under the same wrk load; writes BENCHMARKS.md. Builds
-# Palisade and installs wrk and etcd when missing (apt-get, as root). Knobs in
-# benches/run.sh, e.g. `make bench DURATION=2 ROUNDS=1` for a quick look.
+# Palisade and installs wrk and etcd when missing (apt-get, as root). Runs the load cells
+# (put, get, get-serializable, txn; ~30 min) and then the 10-minute memory run of each
+# product (~21 min): about 50 minutes in all. Knobs in benches/run.sh, e.g.
+# `DURATION=2 ROUNDS=1 RSS_RUN=0 make bench` for a quick look.
 bench:
 	./benches/run.sh
+
+# Only the memory run (put at 64 connections for 10 min against 3 nodes of each product,
+# RSS of every member every 10 s; ~21 min); writes BENCHMARKS-rss.md unless OUT is set.
+bench-rss:
+	RSS_RUN=only ./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a
 # failure prints its seed, and SEED= replays the same schedule.

@@ -5,7 +5,11 @@
                                          and all agree on one leader; exit 1 otherwise
   bench.py preload palisade|etcd URL N   write keys k000000000000000 .. N-1 (the wrk key space)
   bench.py fsync DIR                     fdatasync latency of 4 KiB appends in DIR
-  bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt}
+  bench.py sample SECS FILE PRODUCT PID...
+                                         append the RSS (VmRSS) of each PID to FILE now and
+                                         every SECS s until terminated (the memory run)
+  bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt,
+                                         rss.txt,rss-samples-*.txt}
 """
 
 import base64
@@ -130,6 +134,36 @@ def cmd_fsync(d, count=200, budget_s=3.0):
     return 0
 
 
+def vm_kib(pid, field):
+    """A field of /proc/PID/status in KiB, or -1 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def cmd_sample(secs, path, product, *pids):
+    secs = float(secs)
+    t0, k, last_log = time.monotonic(), 0, 0
+    with open(path, "a") as f:
+        while True:
+            t = time.monotonic() - t0
+            rss = [vm_kib(p, "VmRSS") for p in pids]
+            for i, v in enumerate(rss, 1):
+                f.write(f"target={product} t={t:.1f} member={i} rss_kib={v}\n")
+            f.flush()
+            if t - last_log >= 60:
+                last_log = t
+                print(time.strftime("[%H:%M:%S] ") + f"{product} after {t:.0f} s: RSS MiB "
+                      + " ".join(str(v // 1024) for v in rss), file=sys.stderr, flush=True)
+            k += 1
+            time.sleep(max(0.0, t0 + k * secs - time.monotonic()))
+
+
 # --- report ----------------------------------------------------------------------------
 
 LOAD_TEXT = {
@@ -137,7 +171,14 @@ LOAD_TEXT = {
     "get": "linearizable read of one key (Palisade `GET /v1/kv/<key>`, etcd `POST /v3/kv/range`)",
     "get-serializable": "serializable read from the member's own replica, no quorum round "
     "(Palisade `?consistency=serializable`, etcd `\"serializable\": true`)",
+    "txn": "a transaction of 2 compares and 2 puts: `version > 0` on two random keys (always true, "
+    "the preload wrote every key), then writes of two other random keys, one new revision "
+    "(Palisade `POST /v1/txn`, etcd `POST /v3/kv/txn`); every transaction takes the success branch",
 }
+
+# Palisade's automatic compaction flags and their defaults (src/config.rs).
+PALISADE_COMPACT = {"--auto-compact-retention-ms": "600000", "--auto-compact-max-revisions": "1000000"}
+ETCD_COMPACT = ("--auto-compaction-mode", "--auto-compaction-retention", "--quota-backend-bytes")
 
 
 def kv_line(line):
@@ -155,7 +196,48 @@ def cmd_report(workdir, out):
             k, v = line.rstrip("\n").split("=", 1)
             meta[k] = v
     hz = float(meta["clk_tck"])
-    rows = [kv_line(line) for line in open(os.path.join(workdir, "results.txt")) if line.strip()]
+    rows = read_rows(os.path.join(workdir, "results.txt"))
+    rss_rows = read_rows(os.path.join(workdir, "rss.txt"))
+    o = []
+    o.append("# Benchmarks\n")
+    o.append("Palisade and etcd on the same machine under the same closed-loop HTTP load "
+             "([wrk](https://github.com/wg/wrk)), one product after the other. "
+             "Regenerate this file with `make bench` (see `benches/run.sh` for the knobs).\n")
+    targets = []
+    if rows:
+        targets += report_cells(meta, hz, rows, o)
+    if rss_rows:
+        targets += report_rss(meta, hz, workdir, rss_rows, o)
+    targets = list(dict.fromkeys(targets))
+    o.append("## Machine and versions\n")
+    for label, k in [("Date", "date"), ("Command", "command"), ("CPU", "cpu"), ("Cores", "cores"),
+                     ("RAM", "ram"), ("OS", "os"), ("Kernel", "kernel"), ("Data directories", "disk"),
+                     ("Disk fsync latency", "fsync")] + [(f"`{t} --version`", "version_" + t) for t in targets] + [
+                        ("Load generator", "wrk")]:
+        v = meta.get(k, "")
+        if k == "command":
+            v = f"`{v}`"
+        o.append(f"- {label}: {v}")
+    text = "\n".join(o) + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    return [kv_line(line) for line in open(path) if line.strip()]
+
+
+def rate(r):
+    d = float(r["duration_s"])
+    return int(r["requests"]) / d if d > 0 else None
+
+
+def report_cells(meta, hz, rows, o):
+    """The load cells' sections into o; returns the products."""
 
     cells, order = {}, []
     for r in rows:
@@ -172,10 +254,6 @@ def cmd_report(workdir, out):
         vals = [f(r) for r in g]
         vals = [v for v in vals if v is not None]
         return statistics.median(vals) if vals else None
-
-    def rate(r):
-        d = float(r["duration_s"])
-        return int(r["requests"]) / d if d > 0 else None
 
     def cpu(r, ticks):
         w = float(r["wall_s"])
@@ -213,11 +291,6 @@ def cmd_report(workdir, out):
         ])
 
     rounds = max(int(r["round"]) for r in rows)
-    o = []
-    o.append("# Benchmarks\n")
-    o.append("Palisade and etcd on the same machine under the same closed-loop HTTP load "
-             "([wrk](https://github.com/wg/wrk)), one product after the other. "
-             "Regenerate this file with `make bench` (see `benches/run.sh` for the knobs).\n")
     o.append("## How to read it\n")
     o.append(
         f"Each cell is the **median over {rounds} round(s)**; the rounds interleave the products "
@@ -262,24 +335,131 @@ def cmd_report(workdir, out):
                  f"{statistics.median(v for v, _ in others):.0f}% of a core during the cells"
                  + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else "."))
     o.append("")
-    o.append("## Machine and versions\n")
-    for label, k in [("Date", "date"), ("Command", "command"), ("CPU", "cpu"), ("Cores", "cores"),
-                     ("RAM", "ram"), ("OS", "os"), ("Kernel", "kernel"), ("Data directories", "disk"),
-                     ("Disk fsync latency", "fsync")] + [(f"`{t} --version`", "version_" + t) for t in targets] + [
-                        ("Load generator", "wrk")]:
-        v = meta.get(k, "")
-        if k == "command":
-            v = f"`{v}`"
-        o.append(f"- {label}: {v}")
-    text = "\n".join(o) + "\n"
-    with open(out, "w") as f:
-        f.write(text)
-    print(text)
-    return 0
+    return targets
+
+
+def flag_values(flags, names):
+    """{name: value} for the --name=value / --name value flags in a flag string."""
+    words, found = flags.split(), {}
+    for i, w in enumerate(words):
+        name, eq, val = w.partition("=")
+        if name in names:
+            found[name] = val if eq else (words[i + 1] if i + 1 < len(words) else "")
+    return found
+
+
+def compaction_text(target, meta):
+    flags = meta.get("flags_" + target, "")
+    if target == "palisade":
+        got = flag_values(flags, PALISADE_COMPACT)
+        parts = [f"`{k}={got.get(k, v)}`" for k, v in PALISADE_COMPACT.items()]
+        if not got:
+            return "automatic, its defaults: " + " ".join(parts)
+        if got.get("--auto-compact-retention-ms") == "0":
+            return "none (`--auto-compact-retention-ms=0`)"
+        return "automatic: " + " ".join(parts)
+    got = flag_values(flags, ETCD_COMPACT)
+    if not got.get("--auto-compaction-retention") or got["--auto-compaction-retention"] in ("0", "0s"):
+        text = "none, its default (`--auto-compaction-retention=0`)"
+    else:
+        text = ("automatic: `--auto-compaction-mode=" + got.get("--auto-compaction-mode", "periodic")
+                + "` `--auto-compaction-retention=" + got["--auto-compaction-retention"] + "`")
+    quota = got.get("--quota-backend-bytes")
+    return text + (f"; backend quota `--quota-backend-bytes={quota}`" if quota
+                   else "; backend quota 2 GiB (default)")
+
+
+def secs_label(t):
+    t = int(t)
+    return f"{t // 60} min" if t % 60 == 0 and t > 0 else f"{t} s"
+
+
+def report_rss(meta, hz, workdir, rss_rows, o):
+    """The memory run's section into o; returns the products."""
+    dur, interval = int(meta["rss_duration"]), float(meta["rss_interval"])
+    marks = [int(m) for m in meta["rss_marks"].split() if 0 < int(m) < dur]
+    targets = [r["target"] for r in rss_rows]
+    samples = {}  # target -> {member: [(t, kib)]}
+    for t in targets:
+        path = os.path.join(workdir, f"rss-samples-{t}.txt")
+        for r in read_rows(path):
+            samples.setdefault(t, {}).setdefault(int(r["member"]), []).append(
+                (float(r["t"]), int(r["rss_kib"])))
+
+    def mib(kib):
+        return "-" if kib is None or kib < 0 else fmt(kib / 1024)
+
+    def at(series, mark):
+        if not series:
+            return None
+        t, v = min(series, key=lambda s: abs(s[0] - mark))
+        return v if abs(t - mark) <= interval / 2 + 1 else None
+
+    nodes = int(rss_rows[0]["nodes"])
+    o.append("## Memory under a long write run\n")
+    o.append(
+        f"**{meta['rss_load']}** at {meta['rss_conns']} connections for {secs_label(dur)} against a "
+        f"{nodes}-node cluster of each product, one product after the other, each on freshly started "
+        f"servers after the same preload ({meta['keys']} keys) and {meta['warmup']} s checked warm-up. "
+        "The writer never stops, so the history of the key space grows all the time unless it is "
+        "compacted: this shows whether memory stays flat. "
+        f"The resident set (`VmRSS`) of every member is sampled every {interval:g} s from the start "
+        "of the load (**start**: after the preload and warm-up, before the load); **end**: when the "
+        "load stopped; **peak**: the member's peak resident set (`VmHWM`) since it started; "
+        "**data dir MiB**: `du` of the member's data directory at the end (etcd preallocates "
+        "64 MiB WAL files). The leader takes the load; the others are followers. req/s, p50 and p99 "
+        "are wrk's figures over the whole run, server CPU % the CPU time of all members "
+        "(100 = one core). Each product runs with the compaction settings in the table (their "
+        "defaults unless `PALISADE_EXTRA_FLAGS` / `ETCD_EXTRA_FLAGS` say otherwise); an etcd that "
+        "reaches its backend quota refuses writes, which count as failed requests.\n")
+    o.append("| product | compaction | req/s | p50 ms | p99 ms | server CPU % | failed requests |")
+    o.append("|---|---|---:|---:|---:|---:|---:|")
+    for r in rss_rows:
+        t = r["target"]
+        o.append("| " + " | ".join([
+            meta["desc_" + t], compaction_text(t, meta), fmt(rate(r)),
+            fmt(int(r["p50_us"]) / 1e3, 2), fmt(int(r["p99_us"]) / 1e3, 2),
+            fmt(100.0 * int(r["server_ticks"]) / hz / float(r["wall_s"])),
+            fmt(int(r["errors"]))]) + " |")
+    o.append("")
+    cols = ["start"] + [secs_label(m) for m in marks] + [f"end ({secs_label(dur)})", "peak"]
+    o.append("RSS MiB of each member over the run:\n")
+    o.append("| product | member | " + " | ".join(cols) + " | data dir MiB |")
+    o.append("|---|---|" + "|".join(["---:"] * (len(cols) + 1)) + "|")
+    names = {}
+    for r in rss_rows:
+        t = r["target"]
+        end, hwm, disk = ([int(x) for x in r[k].split(",")] for k in ("end_rss_kib", "hwm_kib", "disk_kib"))
+        for i in range(len(end)):
+            m = i + 1
+            name = f"{m} (leader)" if m == int(r["leader"]) else str(m)
+            names[(t, m)] = f"{meta['desc_' + t]} {name}"
+            series = samples.get(t, {}).get(m, [])
+            vals = [at(series, 0)] + [at(series, mk) for mk in marks] + [end[i], hwm[i]]
+            o.append(f"| {meta['desc_' + t]} | {name} | " + " | ".join(mib(v) for v in vals)
+                     + f" | {mib(disk[i])} |")
+    o.append("")
+    keys = [(t, m) for t in targets for m in sorted(samples.get(t, {}))]
+    if keys:
+        o.append(f"<details><summary>Every sample (RSS MiB, every {interval:g} s)</summary>\n")
+        o.append("| s | " + " | ".join(names.get(k, f"{k[0]} {k[1]}") for k in keys) + " |")
+        o.append("|" + "|".join(["---:"] * (len(keys) + 1)) + "|")
+        steps = sorted({round(t / interval) for k in keys for t, _ in samples[k[0]][k[1]]})
+        for step in steps:
+            cells = []
+            for t, m in keys:
+                v = [kib for ts, kib in samples[t][m] if round(ts / interval) == step]
+                cells.append(mib(v[0]) if v else "")
+            o.append(f"| {step * interval:g} | " + " | ".join(cells) + " |")
+        ends = {r["target"]: [int(x) for x in r["end_rss_kib"].split(",")] for r in rss_rows}
+        o.append(f"| {dur} (end) | " + " | ".join(
+            mib(ends[t][m - 1]) if m <= len(ends.get(t, [])) else "" for t, m in keys) + " |")
+        o.append("\n</details>\n")
+    return targets
 
 
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] not in ("leader", "preload", "fsync", "report"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("leader", "preload", "fsync", "sample", "report"):
         print(__doc__, file=sys.stderr)
         return 2
     return globals()["cmd_" + sys.argv[1]](*sys.argv[2:])

@@ -1,5 +1,6 @@
 -- benches/common.lua: what every wrk script shares. A product's put.lua / get.lua /
--- get-serializable.lua only builds the HTTP request for one key (bench.key()); this
+-- get-serializable.lua / txn.lua only builds the HTTP request for its keys (bench.key(),
+-- bench.two_keys()); this
 -- module owns the key space, the value, base64, response checking and the result line,
 -- and installs wrk's setup/init/response/done hooks.
 --
@@ -16,6 +17,13 @@ M.value = string.rep("0123456789abcdef", 4)
 
 function M.key()
   return string.format("k%015d", math.random(0, M.keys - 1))
+end
+
+-- Two different keys of the key space (a transaction may not write one key twice).
+function M.two_keys()
+  local a = math.random(0, M.keys - 1)
+  local b = (a + math.random(1, math.max(M.keys - 1, 1))) % M.keys
+  return string.format("k%015d", a), string.format("k%015d", b)
 end
 
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -2,23 +2,49 @@
 # benches/run.sh (`make bench`): Palisade and etcd under the same wrk load, one after
 # the other, on 127.0.0.1; writes BENCHMARKS.md at the top of the repository.
 #
-#   make bench                                      # everything, ~8 s per cell, 3 rounds
-#   DURATION=2 ROUNDS=1 make bench                  # quick look
+# Two parts, both on by default:
+#   - the load cells: every load x cluster size x connection count, ROUNDS rounds;
+#     with the defaults 48 groups of 26 s of load plus start-up, preload and shut-down
+#     (5-15 s each), about 30 minutes;
+#   - the memory run (RSS_RUN): RSS_LOAD at RSS_CONNS connections for RSS_DURATION seconds
+#     against an RSS_NODES-node cluster of each product, sampling the RSS of every member
+#     every RSS_INTERVAL s; with the defaults (put, 64 conns, 600 s, 3 nodes) about
+#     21 minutes (10 min per product plus start-up, preload and warm-up).
+# So `make bench` takes about 50 minutes; the script prints a (low) estimate when it starts.
+#
+#   make bench                                      # everything, as above (~50 min)
+#   RSS_RUN=0 make bench                            # only the load cells (~30 min)
+#   make bench-rss                                  # only the memory run (~21 min), to
+#                                                   # BENCHMARKS-rss.md unless OUT is set
+#   DURATION=2 ROUNDS=1 RSS_RUN=0 make bench        # quick look
 #   TARGETS=palisade NODES=3 LOADS=put CONNS=16 benches/run.sh
+#   RSS_RUN=only RSS_DURATION=30 OUT=/tmp/rss.md benches/run.sh   # quick look at the memory run
 #
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
 #   NODES     cluster sizes                            (1 3)
-#   LOADS     put get get-serializable (wrk scripts in benches/<product>/)
+#   LOADS     put get get-serializable txn (wrk scripts in benches/<product>/)
 #   CONNS     connection counts                        (1 16 64)
 #   DURATION  seconds per cell (8);  ROUNDS  rounds, each cell's figures are medians (3)
+#   RSS_RUN   1 also does the memory run after the cells, 0 skips it, only: just the
+#             memory run (1)
+#   RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION  the memory run's load (put 64 3 600)
+#   RSS_INTERVAL  seconds between RSS samples (10)
+#   RSS_MARKS     sample times (s) the report's memory table shows (60 120 300 600)
 #   WARMUP    seconds of checked load before each group's cells (2)
 #   KEYS      size of the key space every load works on (10000)
-#   OUT       the report (BENCHMARKS.md at the top of the repository)
+#   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
+#             BENCHMARKS-rss.md, so a memory run alone does not replace the full report)
 #   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
 #   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
-#   PALISADE_EXTRA_FLAGS, ETCD_EXTRA_FLAGS  more server flags for every member
+#   PALISADE_EXTRA_FLAGS, ETCD_EXTRA_FLAGS  more server flags for every member (also in
+#             the memory run: with none, both run with their default compaction settings:
+#             Palisade compacts automatically (10 min of history, at most 1,000,000
+#             revisions), etcd does not; the report says which. The nearest etcd setting
+#             is ETCD_EXTRA_FLAGS="--auto-compaction-mode=revision
+#             --auto-compaction-retention=1000000"; etcd's periodic mode with 10m first
+#             compacts after 10 minutes, so it would change nothing within a 600 s run)
 #
 # Needs cargo, python3, wrk and etcd 3.4+ (as root on Debian/Ubuntu it installs the last
 # two with apt-get). Every group of cells starts fresh servers with empty data dirs;
@@ -28,22 +54,33 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
 knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALISADE_BIN ETCD_BIN
-  PALISADE_PORTS ETCD_PORTS PALISADE_EXTRA_FLAGS ETCD_EXTRA_FLAGS)
+  PALISADE_PORTS ETCD_PORTS PALISADE_EXTRA_FLAGS ETCD_EXTRA_FLAGS
+  RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS)
+make_target=bench
+[[ -n ${MAKELEVEL:-} && ${RSS_RUN:-} == only ]] && make_target=bench-rss
 set_knobs=""
 for k in "${knobs[@]}"; do
+  [[ $make_target == bench-rss && $k == RSS_RUN ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
 done
 : "${TARGETS:=palisade etcd}"
 : "${NODES:=1 3}"
-: "${LOADS:=put get get-serializable}"
+: "${LOADS:=put get get-serializable txn}"
 : "${CONNS:=1 16 64}"
 : "${DURATION:=8}"
 : "${ROUNDS:=3}"
 : "${WARMUP:=2}"
 : "${KEYS:=10000}"
-: "${OUT:=$root/BENCHMARKS.md}"
+: "${RSS_RUN:=1}"
+: "${RSS_LOAD:=put}"
+: "${RSS_CONNS:=64}"
+: "${RSS_NODES:=3}"
+: "${RSS_DURATION:=600}"
+: "${RSS_INTERVAL:=10}"
+: "${RSS_MARKS:=60 120 300 600}"
+if [[ $RSS_RUN == only ]]; then : "${OUT:=$root/BENCHMARKS-rss.md}"; else : "${OUT:=$root/BENCHMARKS.md}"; fi
 : "${KEEP_DATA:=0}"
 : "${ETCD_BIN:=etcd}"
 : "${PALISADE_PORTS:=7379:7380 17379:17380 27379:27380}"
@@ -75,22 +112,26 @@ done
 for n in $NODES; do
   [[ $n == 1 || $n == 3 ]] || die "NODES: $n (1 or 3)"
 done
+[[ $RSS_RUN == 0 || $RSS_RUN == 1 || $RSS_RUN == only ]] || die "RSS_RUN: $RSS_RUN (0, 1 or only)"
+[[ $RSS_NODES == 1 || $RSS_NODES == 3 ]] || die "RSS_NODES: $RSS_NODES (1 or 3)"
 for t in $TARGETS; do
   for l in $LOADS; do
     [[ -f $here/$t/$l.lua ]] || die "LOADS: no benches/$t/$l.lua"
   done
+  [[ $RSS_RUN == 0 || -f $here/$t/$RSS_LOAD.lua ]] || die "RSS_LOAD: no benches/$t/$RSS_LOAD.lua"
 done
 
 if [[ -z ${PALISADE_BIN:-} ]]; then
   log "building Palisade (cargo build --release)"
   (cd "$root" && cargo build --release --bin palisade)
-  PALISADE_BIN=$root/target/release/palisade
+  PALISADE_BIN=${CARGO_TARGET_DIR:-$root/target}/release/palisade
 fi
 
 # --- processes and cleanup --------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/palisade-bench.XXXXXX")
 PIDS=()     # every server process this script started and has not reaped yet
 URLS=()     # client URLs of the running members
+SAMPLER=""  # the RSS sampler of the memory run while it runs
 
 alive() { # running and not a zombie
   local st
@@ -111,9 +152,17 @@ stop_servers() { # TERM, 10 s grace, then KILL; reap
   URLS=()
 }
 
+stop_sampler() {
+  [[ -n $SAMPLER ]] || return 0
+  kill -TERM "$SAMPLER" 2>/dev/null || true
+  wait "$SAMPLER" 2>/dev/null || true
+  SAMPLER=""
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_sampler
   stop_servers
   if [[ $KEEP_DATA == 1 ]]; then
     log "kept $work"
@@ -270,8 +319,47 @@ group() {
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
+# rss_run PRODUCT: the memory run. Fresh servers, preload, checked warm-up, then
+# RSS_LOAD at RSS_CONNS connections for RSS_DURATION s while bench.py samples the RSS of
+# every member every RSS_INTERVAL s; a last sample, each member's peak (VmHWM) and data
+# dir size when the load ends.
+rss_run() {
+  local product=$1 nodes=$RSS_NODES res i pid leader=0 hwm="" disk="" rss=""
+  local dir="$work/rss-$product"
+  mkdir -p "$dir"
+  start "$product" "$nodes" "$dir"
+  python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" || die "$product: preload failed"
+  res=$(run_wrk "$product" "$RSS_LOAD" 16 "$WARMUP" "$dir/warmup.log" BENCH_VERIFY=1)
+  [[ $(field requests "$res") -gt 0 && $(field errors "$res") == 0 && $(field bad "$res") == 0 ]] ||
+    die "$product $RSS_LOAD: warm-up got wrong answers ($res; see $dir/warmup.log)"
+  for i in "${!URLS[@]}"; do [[ ${URLS[i]} == "$LEADER_URL" ]] && leader=$((i + 1)); done
+  log "$product, $nodes node(s): memory run, $RSS_LOAD at $RSS_CONNS conns for $RSS_DURATION s (leader: member $leader)"
+  python3 "$here/bench.py" sample "$RSS_INTERVAL" "$work/rss-samples-$product.txt" "$product" "${PIDS[@]}" &
+  SAMPLER=$!
+  res=$(run_wrk "$product" "$RSS_LOAD" "$RSS_CONNS" "$RSS_DURATION" "$dir/wrk.log")
+  stop_sampler
+  for pid in "${PIDS[@]}"; do
+    alive "$pid" || { tail -n 20 "$dir"/n*.log >&2; die "$product PID $pid exited during the memory run"; }
+  done
+  for i in "${!PIDS[@]}"; do
+    rss+="${rss:+,}$(awk '/^VmRSS:/{print $2}' "/proc/${PIDS[i]}/status")"
+    hwm+="${hwm:+,}$(awk '/^VmHWM:/{print $2}' "/proc/${PIDS[i]}/status")"
+    disk+="${disk:+,}$(du -sk "$dir/n$((i + 1))" | awk '{print $1}')"
+  done
+  echo "target=$product nodes=$nodes load=$RSS_LOAD conns=$RSS_CONNS leader=$leader $res" \
+    "end_rss_kib=$rss hwm_kib=$hwm disk_kib=$disk" >>"$work/rss.txt"
+  log "$(printf '%-8s %s node(s) %s c=%s for %s s: %8.0f req/s  p99 %7.2f ms  RSS at end (MiB) %s  peak %s' \
+    "$product" "$nodes" "$RSS_LOAD" "$RSS_CONNS" "$RSS_DURATION" \
+    "$(awk -v n="$(field requests "$res")" -v d="$(field duration_s "$res")" 'BEGIN{print n/d}')" \
+    "$(awk -v u="$(field p99_us "$res")" 'BEGIN{print u/1000}')" \
+    "$(tr , '\n' <<<"$rss" | awk '{printf "%s%d", (NR > 1 ? " " : ""), $1 / 1024}')" \
+    "$(tr , '\n' <<<"$hwm" | awk '{printf "%s%d", (NR > 1 ? " " : ""), $1 / 1024}')")"
+  stop_servers
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
 # --- machine, versions, the run ---------------------------------------------------------
-command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make bench" || echo "benches/run.sh")"
+command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || echo "benches/run.sh")"
 {
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "command=$command"
@@ -291,12 +379,26 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make bench" || echo "ben
   echo "keys=$KEYS"
   echo "warmup=$WARMUP"
   echo "duration=$DURATION"
+  echo "rss_load=$RSS_LOAD"
+  echo "rss_conns=$RSS_CONNS"
+  echo "rss_nodes=$RSS_NODES"
+  echo "rss_duration=$RSS_DURATION"
+  echo "rss_interval=$RSS_INTERVAL"
+  echo "rss_marks=$RSS_MARKS"
+  echo "flags_palisade=$PALISADE_EXTRA_FLAGS"
+  echo "flags_etcd=$ETCD_EXTRA_FLAGS"
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
+[[ $RSS_RUN != only ]] || ROUNDS=0
 ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * $(wc -w <<<"$TARGETS")))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
-log "$ROUNDS round(s) of $ngroups load groups; about $((est / 60 + 1)) min; work dir $work"
+rss_est=0
+[[ $RSS_RUN == 0 ]] || rss_est=$(($(wc -w <<<"$TARGETS") * (RSS_DURATION + WARMUP + 15)))
+plan="$ROUNDS round(s) of $ngroups load groups"
+[[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
+[[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
+log "$plan; about $(((est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -306,6 +408,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
   done
 done
+
+if [[ $RSS_RUN != 0 ]]; then
+  for product in $TARGETS; do
+    rss_run "$product"
+  done
+fi
 
 python3 "$here/bench.py" report "$work" "$OUT"
 log "wrote $OUT"
