@@ -41,6 +41,10 @@ pub async fn compact(
             super::state_headers(resp.headers_mut(), revision, term);
             Ok(resp)
         }
+        Outcome::FutureRevision { revision } => {
+            Err(ApiError::from(Error::FutureRevision { requested: req.revision, revision })
+                .at(revision, term))
+        }
         other => Err(Error::Internal(format!("a compaction was decided as {other:?}")).into()),
     };
     write::mark_replayed(reply, replayed)

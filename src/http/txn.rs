@@ -28,16 +28,14 @@ fn parse_txn(node: &Node, req: w::TxnRequest) -> Result<Txn, ApiError> {
     let compare: Result<Vec<Compare>, ApiError> =
         req.compare.iter().enumerate().map(|(i, c)| compare(c).map_err(|m| at("compare", i, m))).collect();
     let ops = |branch: &'static str, ops: Vec<w::OpSpec>| -> Result<Vec<TxnOp>, ApiError> {
-        ops.into_iter()
-            .enumerate()
-            .map(|(i, op)| txn_op(op, cfg.max_list_limit as u64).map_err(|m| at(branch, i, m)))
-            .collect()
+        ops.into_iter().enumerate().map(|(i, op)| txn_op(op).map_err(|m| at(branch, i, m))).collect()
     };
     Ok(Txn {
         compare: compare?,
         success: ops("success", req.success)?,
         failure: ops("failure", req.failure)?,
         max_read_bytes: cfg.max_page_bytes as u64,
+        default_get_limit: cfg.max_list_limit as u64,
     })
 }
 
@@ -73,7 +71,7 @@ fn compare(c: &w::CompareSpec) -> Result<Compare, String> {
     Ok(Compare { key, op, target })
 }
 
-fn txn_op(op: w::OpSpec, default_limit: u64) -> Result<TxnOp, String> {
+fn txn_op(op: w::OpSpec) -> Result<TxnOp, String> {
     Ok(match op {
         w::OpSpec::Put(p) => {
             let value = wire::decode_value(p.value, p.value_base64)?
@@ -88,12 +86,7 @@ fn txn_op(op: w::OpSpec, default_limit: u64) -> Result<TxnOp, String> {
             if !g.recursive && g.limit.is_some() {
                 return Err("limit applies to a recursive get".into());
             }
-            TxnOp::Get {
-                key: g.key,
-                recursive: g.recursive,
-                limit: g.limit.unwrap_or(default_limit),
-                keys_only: g.keys_only,
-            }
+            TxnOp::Get { key: g.key, recursive: g.recursive, limit: g.limit, keys_only: g.keys_only }
         }
     })
 }

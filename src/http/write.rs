@@ -30,7 +30,19 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 /// first one's (a retry). A key used for another request is the 422.
 pub fn unwrap_replay(outcome: Outcome, term: u64) -> Result<(Outcome, bool), ApiError> {
     match outcome {
-        Outcome::Replayed { first } => Ok((*first, true)),
+        Outcome::Replayed { first } => match *first {
+            Outcome::NotRemembered { revision } => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_conflict",
+                format!(
+                    "this request was applied once already, at revision {revision}, but its reply was too large \
+                     to keep; it was not applied again (read the current state instead)"
+                ),
+            )
+            .with("applied_revision", serde_json::json!(revision))
+            .at(revision, term)),
+            first => Ok((first, true)),
+        },
         Outcome::IdempotencyConflict { revision } => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_conflict",

@@ -52,6 +52,10 @@ impl Node {
         };
         let tick = (retention / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
+        // Time-based compactions at most once per tenth of the retention: each one walks
+        // the key space on every node.
+        let spacing = retention / 10;
+        let mut last_time_based: Option<Instant> = None;
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -76,9 +80,17 @@ impl Node {
             while samples.len() > 1 && now.duration_since(samples[1].0) >= retention {
                 samples.pop_front();
             }
+            let by_count = current.saturating_sub(floor) > max_revisions.saturating_add(max_revisions / 10);
+            let spaced = last_time_based.is_none_or(|at| now.duration_since(at) >= spacing);
+            if !by_count && !spaced {
+                continue;
+            }
             let Some(revision) = target(&samples, now, current, floor, retention, max_revisions) else {
                 continue;
             };
+            if !by_count {
+                last_time_based = Some(now);
+            }
             match n.write(Command::Compact { revision }).await {
                 Ok(_) => tracing::debug!(revision, "automatic compaction"),
                 Err(e) => {

@@ -9,8 +9,12 @@ use super::Node;
 use crate::error::{Error, Result};
 use crate::store::{key, Command, CompareTarget, Retention, Txn, TxnOp, SEQUENCE_DIGITS};
 
-/// The longest idempotency window a write may carry (a week).
+/// The longest idempotency window a write may carry (a week)...
 const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+/// ...the most keys...
+pub const MAX_IDEMPOTENCY_KEYS: u64 = 100_000_000;
+/// ...and the most bytes of outcomes (whatever a member's settings say).
+pub const MAX_IDEMPOTENCY_BYTES: u64 = 16 << 30;
 
 /// An idempotency key: 1 to 128 printable ASCII characters, no spaces.
 pub fn check_idempotency_key(key: &str) -> Result<()> {
@@ -44,11 +48,22 @@ impl Target<'_> {
             (Key(a), Key(b)) => a == b,
             (Key(k), Subtree(s)) | (Subtree(s), Key(k)) => Self::within(k, s),
             (Subtree(a), Subtree(b)) => Self::within(a, b) || Self::within(b, a),
-            // A new child of `p` is below `s` when `p` is `s` or below it.
-            (NewChild(p), Subtree(s)) | (Subtree(s), NewChild(p)) => Self::within(p, s),
-            // Sequential names never repeat, and a named key is never a new child.
-            (NewChild(_), _) | (_, NewChild(_)) => false,
+            // A new child of `p` is below `s` when `p` is `s` or below it, and may be `s`
+            // itself when `s` is a sequential name under `p`.
+            (NewChild(p), Subtree(s)) | (Subtree(s), NewChild(p)) => {
+                Self::within(p, s) || Self::maybe_sequential_child(s, p)
+            }
+            // A named key may be the name the sequence hands out next.
+            (NewChild(p), Key(k)) | (Key(k), NewChild(p)) => Self::maybe_sequential_child(k, p),
+            // Two sequential creates never get the same name.
+            (NewChild(_), NewChild(_)) => false,
         }
+    }
+
+    /// Whether `k` is a direct child of `parent` with a sequential (20-digit) name.
+    fn maybe_sequential_child(k: &str, parent: &str) -> bool {
+        k.strip_prefix(&key::child_prefix(parent))
+            .is_some_and(|name| name.len() == SEQUENCE_DIGITS && name.bytes().all(|b| b.is_ascii_digit()))
     }
 
     fn describe(&self) -> String {
@@ -109,18 +124,23 @@ impl Node {
                 Ok(())
             }
             Command::Txn(txn) => self.check_txn(txn),
-            Command::Compact { revision } => {
-                let current = self.replica.applied().state.revision();
-                if *revision > current {
-                    return Err(Error::FutureRevision { requested: *revision, revision: current });
-                }
-                Ok(())
-            }
-            Command::Idempotent { key, retain, cmd } => {
+            // Above the current revision is decided by apply (a lagging follower's applied
+            // revision says nothing about the leader's).
+            Command::Compact { .. } => Ok(()),
+            Command::Idempotent { key, fingerprint, retain, cmd } => {
                 check_idempotency_key(key)?;
+                let fingerprint_ok =
+                    fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+                if !fingerprint_ok {
+                    return Err(Error::InvalidArgument(
+                        "an idempotent write's fingerprint is malformed".into(),
+                    ));
+                }
                 if retain.window_ms > MAX_IDEMPOTENCY_WINDOW_MS
                     || retain.max_entries == 0
+                    || retain.max_entries > MAX_IDEMPOTENCY_KEYS
                     || retain.max_bytes == 0
+                    || retain.max_bytes > MAX_IDEMPOTENCY_BYTES
                 {
                     return Err(Error::InvalidArgument(format!(
                         "idempotency retention {retain:?} is out of range"
@@ -144,19 +164,24 @@ impl Node {
     pub fn idempotent(&self, key: Option<String>, cmd: Command) -> Result<Command> {
         let Some(key) = key else { return Ok(cmd) };
         check_idempotency_key(&key)?;
-        let retain = Retention {
+        let fingerprint = crate::store::dedup::fingerprint(&cmd);
+        Ok(Command::Idempotent { key, fingerprint, retain: self.retention(), cmd: Box::new(cmd) })
+    }
+
+    /// This node's idempotency retention (the leader stamps its own on what it proposes).
+    pub(super) fn retention(&self) -> Retention {
+        Retention {
             window_ms: self.cfg.idempotency_window_ms,
             max_entries: self.cfg.idempotency_max_keys,
             max_bytes: self.cfg.idempotency_max_bytes,
-        };
-        Ok(Command::Idempotent { key, retain, cmd: Box::new(cmd) })
+        }
     }
 
     /// A parent a sequential key is created under: any valid path (the root included) with
     /// room below it for a 20-digit name.
     fn check_sequential_parent(&self, parent: &str) -> Result<()> {
         self.check_read_key(parent)?;
-        let len = parent.len() + 1 + SEQUENCE_DIGITS;
+        let len = key::child_prefix(parent).len() + SEQUENCE_DIGITS;
         if len > self.cfg.max_key_bytes {
             return Err(Error::InvalidKey(format!(
                 "a sequential key under {parent:?} would be {len} bytes long, over the key limit of {}",
@@ -189,6 +214,16 @@ impl Node {
             return Err(Error::InvalidArgument(format!(
                 "the transaction has {} compares, over the limit of {max_cmp}",
                 txn.compare.len()
+            )));
+        }
+        // Filled in by the node that took the request: bounded by this node's own limits,
+        // so no member can make the leader read more in apply than it would itself.
+        if txn.max_read_bytes > self.cfg.max_page_bytes as u64
+            || txn.default_get_limit > self.cfg.max_list_limit as u64
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the transaction's read budget ({} bytes, {} keys) is over this node's limits",
+                txn.max_read_bytes, txn.default_get_limit
             )));
         }
         let ops = txn.success.len() + txn.failure.len();
@@ -238,7 +273,7 @@ impl Node {
                             self.check_key(key)?;
                         }
                         let max = self.cfg.max_list_limit as u64;
-                        if *limit == 0 || *limit > max {
+                        if let Some(limit) = limit.filter(|&l| l == 0 || l > max) {
                             return Err(Error::InvalidArgument(format!(
                                 "a get's limit must be 1 to {max}, not {limit}"
                             )));
@@ -255,6 +290,10 @@ impl Node {
                 }
                 writes.push(target);
             }
+        }
+        if adds == 0 {
+            // Deletes and reads only: always allowed, they are how a full store recovers.
+            return Ok(());
         }
         self.check_quota(adds)
     }

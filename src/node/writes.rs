@@ -121,6 +121,13 @@ impl Node {
     /// Proposes `cmd` on this node (the leader), batched with the writes that wait
     /// alongside it: one log entry and one fsync for the lot.
     pub(super) async fn propose(self: &Arc<Self>, cmd: Command) -> std::result::Result<Outcome, PeerError> {
+        // The leader's own retention, whatever the member that took the request has set.
+        let cmd = match cmd {
+            Command::Idempotent { key, fingerprint, cmd, .. } => {
+                Command::Idempotent { key, fingerprint, retain: self.retention(), cmd }
+            }
+            cmd => cmd,
+        };
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut p = self.proposals.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,7 +16,7 @@ use super::mvcc::Store;
 use super::txn::{Txn, TxnResult};
 
 /// The proposal format this binary writes, and the newest it can read.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One log entry's business payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,8 +125,9 @@ pub enum Command {
     /// Drop the history below `revision` (no revision of its own).
     Compact { revision: u64 },
     /// `cmd` under a client's idempotency key: applied once; a retry with the same key and
-    /// the same `cmd` gets the first outcome.
-    Idempotent { key: String, retain: Retention, cmd: Box<Command> },
+    /// the same request (`fingerprint`, computed once by the node that took the request)
+    /// gets the first outcome.
+    Idempotent { key: String, fingerprint: String, retain: Retention, cmd: Box<Command> },
     /// Several independent commands proposed together (one log entry, one fsync), applied
     /// in order, each at its own revision as if proposed one by one. Batches do not nest.
     Batch { cmds: Vec<Command> },
@@ -142,7 +143,9 @@ impl Command {
             Command::Delete { key, cond, .. } => key.len() + cond.if_value.as_ref().map_or(0, Vec::len),
             Command::Txn(txn) => txn.data_bytes(),
             Command::Compact { .. } => 0,
-            Command::Idempotent { key, cmd, .. } => key.len() + cmd.data_bytes(),
+            Command::Idempotent { key, fingerprint, cmd, .. } => {
+                key.len() + fingerprint.len() + cmd.data_bytes()
+            }
             Command::Batch { cmds } => cmds.iter().map(Command::data_bytes).sum(),
         }
     }
@@ -175,6 +178,11 @@ pub enum Outcome {
     Replayed { first: Box<Outcome> },
     /// The idempotency key was used for another request; nothing applied.
     IdempotencyConflict { revision: u64 },
+    /// Stands in a remembered entry for an outcome too large to keep: the request was
+    /// applied once, at `revision`, but its reply cannot be given again.
+    NotRemembered { revision: u64 },
+    /// A compaction above the current revision; nothing changed.
+    FutureRevision { revision: u64 },
     /// An entry with no business payload (blank or membership) was applied.
     Nothing { revision: u64 },
     /// The outcomes of a [`Command::Batch`], in order; `revision` is the one after them all.
@@ -191,6 +199,8 @@ impl Outcome {
             | Outcome::Txn { revision, .. }
             | Outcome::Compacted { revision, .. }
             | Outcome::IdempotencyConflict { revision }
+            | Outcome::NotRemembered { revision }
+            | Outcome::FutureRevision { revision }
             | Outcome::Nothing { revision } => *revision,
             Outcome::Replayed { first } => first.revision(),
             Outcome::Batch { revision, .. } => *revision,
@@ -207,7 +217,11 @@ impl Outcome {
             Outcome::Txn { results, .. } => results.iter().map(TxnResult::data_bytes).sum(),
             Outcome::Replayed { first } => first.data_bytes(),
             Outcome::Batch { outcomes, .. } => outcomes.iter().map(Outcome::data_bytes).sum(),
-            Outcome::Compacted { .. } | Outcome::IdempotencyConflict { .. } | Outcome::Nothing { .. } => 0,
+            Outcome::Compacted { .. }
+            | Outcome::IdempotencyConflict { .. }
+            | Outcome::NotRemembered { .. }
+            | Outcome::FutureRevision { .. }
+            | Outcome::Nothing { .. } => 0,
         }
     }
 }
@@ -252,6 +266,9 @@ impl Store {
             Command::Txn(txn) => {
                 let (succeeded, results) = self.apply_txn(txn);
                 Outcome::Txn { revision: self.revision(), succeeded, results }
+            }
+            Command::Compact { revision } if *revision > self.revision() => {
+                Outcome::FutureRevision { revision: self.revision() }
             }
             Command::Compact { revision } => {
                 let compacted = self.compact(*revision);

@@ -8,11 +8,21 @@
 //! each idempotent command (the proposing node's settings), so every node expires and
 //! evicts the same entries at the same log position. The table is part of the state, so
 //! it is in snapshots and holds across leader changes and restarts.
+//!
+//! What is kept of an outcome is small: the values a request wrote are left out (a retry
+//! carries the same request, so they are put back from it), and an outcome still larger
+//! than [`MAX_OUTCOME_BYTES`] (a big `prev_kv`, a transaction's reads) is kept as
+//! [`Outcome::NotRemembered`]: a retry then learns that the request was applied, and when,
+//! but not its reply; it is never applied twice.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::command::{Command, Outcome};
+use super::txn::{TxnOp, TxnResult};
+
+/// Key and value bytes of an outcome kept whole; a larger one is kept as `NotRemembered`.
+pub const MAX_OUTCOME_BYTES: usize = 64 << 10;
 
 /// How long, and how many, idempotency entries are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,11 +75,60 @@ fn entry_bytes(key: &str, outcome: &Outcome) -> u64 {
     (key.len() + 64 + 64 + outcome.data_bytes()) as u64
 }
 
-/// The fingerprint of a request: SHA-256 of its log encoding.
+/// The fingerprint of a request: SHA-256 of its log encoding, without what the node that
+/// took it filled in from its own settings (so a retry through another node matches).
 pub fn fingerprint(cmd: &Command) -> String {
-    let bytes = serde_json::to_vec(cmd).unwrap_or_default();
+    let bytes = match cmd {
+        Command::Txn(txn) => {
+            let mut client_part = txn.clone();
+            client_part.max_read_bytes = 0;
+            client_part.default_get_limit = 0;
+            serde_json::to_vec(&Command::Txn(client_part))
+        }
+        cmd => serde_json::to_vec(cmd),
+    }
+    .unwrap_or_default();
     let digest = Sha256::digest(&bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What is kept of `outcome`: without the values `cmd` wrote, and `NotRemembered` when
+/// still too large.
+fn slim(outcome: Outcome) -> Outcome {
+    let mut o = outcome;
+    match &mut o {
+        Outcome::Put { kv, .. } => kv.value.clear(),
+        Outcome::Txn { results, .. } => {
+            for r in results.iter_mut() {
+                if let TxnResult::Put { kv, .. } = r {
+                    kv.value.clear();
+                }
+            }
+        }
+        _ => {}
+    }
+    if o.data_bytes() > MAX_OUTCOME_BYTES {
+        return Outcome::NotRemembered { revision: o.revision() };
+    }
+    o
+}
+
+/// A kept outcome with the values `cmd` wrote put back: the first outcome as it was.
+pub fn refill(outcome: Outcome, cmd: &Command) -> Outcome {
+    let mut o = outcome;
+    match (&mut o, cmd) {
+        (Outcome::Put { kv, .. }, Command::Put { value, .. }) => kv.value = value.clone(),
+        (Outcome::Txn { succeeded, results, .. }, Command::Txn(txn)) => {
+            let ops = if *succeeded { &txn.success } else { &txn.failure };
+            for (r, op) in results.iter_mut().zip(ops) {
+                if let (TxnResult::Put { kv, .. }, TxnOp::Put { value, .. }) = (r, op) {
+                    kv.value = value.clone();
+                }
+            }
+        }
+        _ => {}
+    }
+    o
 }
 
 impl Dedup {
@@ -110,7 +169,8 @@ impl Dedup {
         }
     }
 
-    /// What the table knows of `key` for the request with `fingerprint`.
+    /// What the table knows of `key` for the request with `fingerprint` (a replayed
+    /// outcome still lacks the values the request wrote: see [`refill`]).
     pub fn seen(&self, key: &str, fingerprint: &str) -> Seen {
         match self.entries.get(key) {
             None => Seen::New,
@@ -129,6 +189,7 @@ impl Dedup {
         now_ms: u64,
         retain: Retention,
     ) {
+        let outcome = slim(outcome);
         let bytes = entry_bytes(key, &outcome);
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -358,6 +358,31 @@ fn a_write_transaction_lands_every_change_at_one_revision() {
 }
 
 #[test]
+fn compaction_keeps_exactly_what_a_read_at_the_floor_sees() {
+    let mut s = Store::new();
+    put(&mut s, "/a", "1"); // 1
+    put(&mut s, "/a", "2"); // 2
+    put(&mut s, "/b", "x"); // 3
+    del(&mut s, "/b", false); // 4
+    put(&mut s, "/c", "y"); // 5
+    assert!(s.compact(4));
+    assert_eq!(s.keys.get("/a").unwrap().len(), 1, "only the version a read at the floor sees");
+    let b = s.keys.get("/b").unwrap();
+    assert!(
+        b.len() == 1 && b[0].value.is_none() && b[0].mod_revision == 4,
+        "the delete at the floor stays: {b:?}"
+    );
+    assert_eq!(s.bytes(), 3 + 2 + 3);
+    assert_eq!(at(&s, "/a", 4), Some(kv("/a", "2", 1, 2, 2)));
+    assert_eq!(s.get("/a", Some(3)), Err(ReadError::Compacted { compact_revision: 4 }));
+    assert!(!s.compact(4) && !s.compact(2), "the floor never moves down");
+    assert!(s.compact(5));
+    assert!(s.keys.get("/b").is_none(), "a delete below the floor goes with its key");
+    assert_eq!(s.bytes(), 3 + 3);
+    assert_eq!(s.revision(), 5, "compaction takes no revision");
+}
+
+#[test]
 fn proposals_of_a_newer_format_are_refused_when_decoded() {
     use crate::store::{Proposal, FORMAT_VERSION};
     let p = Proposal::new(put_cmd("/k", b"v", Condition::default(), false), 1_700_000_000_000);
@@ -994,31 +1019,35 @@ mod model {
                         }
                     }
                     TxnOp::Get { key, recursive, limit, keys_only } => {
+                        let limit = limit.unwrap_or(txn.default_get_limit);
                         let mut kvs: Vec<KeyValue> = self
                             .cur
                             .iter()
                             .filter(|(k, _)| if *recursive { in_subtree(key, k) } else { *k == key })
                             .map(|(k, m)| to_kv(k, m))
                             .collect();
-                        let mut more = false;
-                        if *recursive {
-                            let mut page = Vec::new();
-                            let mut bytes = 0;
-                            for kv in kvs {
-                                if page.len() as u64 >= *limit || (bytes >= budget && !page.is_empty()) {
-                                    more = true;
-                                    break;
-                                }
-                                let kv = if *keys_only { KeyValue { value: Vec::new(), ..kv } } else { kv };
-                                bytes += kv.key.len() + kv.value.len();
-                                page.push(kv);
-                            }
-                            kvs = page;
-                        } else if *keys_only {
+                        if *keys_only {
                             kvs.iter_mut().for_each(|kv| kv.value.clear());
                         }
-                        budget =
-                            budget.saturating_sub(kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum());
+                        let mut more = false;
+                        if *recursive && kvs.len() as u64 > limit {
+                            kvs.truncate(limit as usize);
+                            more = true;
+                        }
+                        // The read budget is hard, over all gets of the branch.
+                        let mut used = 0;
+                        let fit = kvs
+                            .iter()
+                            .take_while(|kv| {
+                                used += kv.key.len() + kv.value.len();
+                                used <= budget
+                            })
+                            .count();
+                        if fit < kvs.len() {
+                            kvs.truncate(fit);
+                            more = true;
+                        }
+                        budget -= kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum::<usize>();
                         TxnResult::Get { kvs, more }
                     }
                 });
@@ -1067,6 +1096,9 @@ mod model {
                     }
                 }
                 Command::Txn(txn) => self.apply_txn(txn),
+                Command::Compact { revision } if *revision > self.revision => {
+                    Outcome::FutureRevision { revision: self.revision }
+                }
                 Command::Compact { revision } => {
                     let r = (*revision).min(self.revision);
                     let compacted = r > self.floor;
@@ -1308,7 +1340,7 @@ mod model {
                 TxnOp::Get {
                     key: key.to_string(),
                     recursive,
-                    limit: rng.gen_range(1..=6),
+                    limit: if recursive && rng.gen_bool(0.7) { Some(rng.gen_range(1..=6)) } else { None },
                     keys_only: rng.gen_bool(0.2),
                 }
             }
@@ -1320,7 +1352,8 @@ mod model {
         let success = (0..rng.gen_range(0..=4)).map(|_| random_op(rng)).collect();
         let failure = (0..rng.gen_range(0..=3)).map(|_| random_op(rng)).collect();
         let max_read_bytes = *[u64::MAX, 0, 10, 60].choose(rng).unwrap();
-        Command::Txn(Txn { compare, success, failure, max_read_bytes })
+        let default_get_limit = rng.gen_range(1..=6);
+        Command::Txn(Txn { compare, success, failure, max_read_bytes, default_get_limit })
     }
 
     fn check_list(rng: &mut StdRng, store: &Store, model: &Model, ctx: &str) {

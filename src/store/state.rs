@@ -67,20 +67,19 @@ impl State {
     /// Applies one command that is not a batch, through the idempotency table when it
     /// carries a key.
     fn apply_one(&mut self, cmd: &Command, now_ms: u64) -> Outcome {
-        let Command::Idempotent { key, retain, cmd } = cmd else {
+        let Command::Idempotent { key, fingerprint, retain, cmd } = cmd else {
             return self.kv.apply(cmd);
         };
         if matches!(cmd.as_ref(), Command::Batch { .. } | Command::Idempotent { .. }) {
             return self.nothing();
         }
-        let fingerprint = dedup::fingerprint(cmd);
-        match self.dedup.seen(key, &fingerprint) {
+        match self.dedup.seen(key, fingerprint) {
             Seen::New => {
                 let outcome = self.kv.apply(cmd);
-                self.dedup.remember(key, fingerprint, outcome.clone(), now_ms, *retain);
+                self.dedup.remember(key, fingerprint.clone(), outcome.clone(), now_ms, *retain);
                 outcome
             }
-            Seen::Replay(first) => Outcome::Replayed { first: Box::new(first) },
+            Seen::Replay(first) => Outcome::Replayed { first: Box::new(dedup::refill(first, cmd)) },
             Seen::Conflict => Outcome::IdempotencyConflict { revision: self.revision() },
         }
     }
@@ -110,7 +109,8 @@ mod tests {
     }
 
     fn once(id: &str, cmd: Command) -> Command {
-        Command::Idempotent { key: id.into(), retain: RETAIN, cmd: Box::new(cmd) }
+        let fingerprint = dedup::fingerprint(&cmd);
+        Command::Idempotent { key: id.into(), fingerprint, retain: RETAIN, cmd: Box::new(cmd) }
     }
 
     fn at(time: u64, cmd: Command) -> Proposal {

@@ -99,12 +99,14 @@ pub enum TxnOp {
         #[serde(default)]
         prev_kv: bool,
     },
-    /// Read `key`, or with `recursive` the key and its subtree (at most `limit` keys).
+    /// Read `key`, or with `recursive` the key and its subtree (at most `limit` keys;
+    /// none given: the transaction's `default_get_limit`).
     Get {
         key: String,
         #[serde(default)]
         recursive: bool,
-        limit: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
         #[serde(default)]
         keys_only: bool,
     },
@@ -133,8 +135,8 @@ pub enum TxnResult {
         deleted: u64,
         prev_kvs: Vec<KeyValue>,
     },
-    /// `more`: the key range holds more keys than `limit` (or than the transaction's read
-    /// budget left room for).
+    /// `more`: the key range holds more keys than `limit`, or than the transaction's read
+    /// budget left room for (a get that finds the budget spent returns no keys, `more`).
     Get {
         kvs: Vec<KeyValue>,
         more: bool,
@@ -164,13 +166,26 @@ pub struct Txn {
     pub success: Vec<TxnOp>,
     #[serde(default)]
     pub failure: Vec<TxnOp>,
-    /// At most this many key and value bytes in all `get` results together (filled in by
-    /// the proposing node from its page limit, so apply decides the same everywhere).
+    /// At most this many key and value bytes in all `get` results together; a get that
+    /// would pass it returns what fitted and `more` (filled in by the node that took the
+    /// request, from its page limit, so apply decides the same everywhere).
     pub max_read_bytes: u64,
+    /// The `limit` of a recursive get that gives none (filled in the same way).
+    #[serde(default)]
+    pub default_get_limit: u64,
 }
 
 impl Txn {
+    /// What the transaction costs a log entry: the bytes it carries, plus its read budget
+    /// when it reads (so the proposer never batches more reads than fit one entry's reply).
     pub fn data_bytes(&self) -> usize {
+        let reads = self.success.iter().chain(&self.failure).any(|op| matches!(op, TxnOp::Get { .. }));
+        let budget = if reads { usize::try_from(self.max_read_bytes).unwrap_or(usize::MAX) } else { 0 };
+        budget.saturating_add(self.carried_bytes())
+    }
+
+    /// Key and value bytes the transaction carries.
+    pub fn carried_bytes(&self) -> usize {
         let cmp = self.compare.iter().map(|c| {
             c.key.len()
                 + match &c.target {
@@ -190,12 +205,16 @@ impl Store {
         let ops = if succeeded { &txn.success } else { &txn.failure };
         let mut budget = txn.max_read_bytes;
         let mut w = self.write();
-        let results = ops.iter().map(|op| run_op(&mut w, op, &mut budget)).collect();
+        let results = ops.iter().map(|op| run_op(&mut w, op, &mut budget, txn.default_get_limit)).collect();
         (succeeded, results)
     }
 }
 
-fn run_op(w: &mut WriteTxn<'_>, op: &TxnOp, budget: &mut u64) -> TxnResult {
+fn kv_bytes(kv: &KeyValue) -> u64 {
+    (kv.key.len() + kv.value.len()) as u64
+}
+
+fn run_op(w: &mut WriteTxn<'_>, op: &TxnOp, budget: &mut u64, default_limit: u64) -> TxnResult {
     match op {
         TxnOp::Put { key, value, lease, sequential, prev_kv } => {
             let (kv, prev) = if *sequential {
@@ -213,11 +232,12 @@ fn run_op(w: &mut WriteTxn<'_>, op: &TxnOp, budget: &mut u64) -> TxnResult {
             }
         }
         TxnOp::Get { key, recursive, limit, keys_only } => {
-            let (kvs, more) = if *recursive {
+            let limit = limit.unwrap_or(default_limit);
+            let (mut kvs, mut more) = if *recursive {
                 let opts = ListOptions {
                     revision: None,
                     after: None,
-                    limit: usize::try_from(*limit).unwrap_or(usize::MAX),
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
                     max_bytes: usize::try_from(*budget).unwrap_or(usize::MAX),
                     keys_only: *keys_only,
                 };
@@ -229,8 +249,19 @@ fn run_op(w: &mut WriteTxn<'_>, op: &TxnOp, budget: &mut u64) -> TxnResult {
                 }
                 (kvs, false)
             };
-            let used = kvs.iter().map(|kv| (kv.key.len() + kv.value.len()) as u64).sum::<u64>();
-            *budget = budget.saturating_sub(used);
+            // The budget is hard: a listing page may end one key past it, and a single
+            // key may be bigger than what is left; such keys are left out, with `more`.
+            let mut used = 0u64;
+            let fits = kvs.iter().take_while(|kv| {
+                used += kv_bytes(kv);
+                used <= *budget
+            });
+            let fit = fits.count();
+            if fit < kvs.len() {
+                kvs.truncate(fit);
+                more = true;
+            }
+            *budget -= kvs.iter().map(kv_bytes).sum::<u64>();
             TxnResult::Get { kvs, more }
         }
     }

@@ -105,3 +105,23 @@ async fn malformed_idempotency_keys_are_refused() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_retry_whose_first_reply_was_too_large_to_keep_is_refused_never_reapplied() {
+    with_node(|api| async move {
+        let big = "b".repeat(40_000);
+        api.set("/big/1", &big).await;
+        api.set("/big/2", &big).await;
+        let key = [("idempotency-key", "wipe")];
+        let first =
+            api.send_with_headers(Method::DELETE, "/v1/kv/big?recursive&prev_kv", Body::empty(), &key).await;
+        assert_eq!(first.ok()["deleted"], json!(2));
+        api.set("/big/3", "new").await;
+        let retry =
+            api.send_with_headers(Method::DELETE, "/v1/kv/big?recursive&prev_kv", Body::empty(), &key).await;
+        let e = retry.error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict");
+        assert_eq!(e["applied_revision"], json!(3));
+        assert_eq!(api.get("/v1/kv/big/3").await.ok()["kv"]["value"], json!("new"), "not applied again");
+    })
+    .await
+}

@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::http_api::harness::{kv, with_node, write_rev, Api};
+use crate::http_api::harness::{kv, with_node, with_node_config, write_rev, Api};
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 
@@ -162,6 +162,8 @@ async fn refused_transactions_change_nothing() {
             (json!({"success": [{"delete": {"key": "/a/b", "recursive": true}}, {"delete": {"key": "/a", "recursive": true}}]}), BAD, "invalid_argument"),
             (json!({"success": [{"put": {"key": "/a", "value": "v", "sequential": true}}, {"delete": {"key": "/a", "recursive": true}}]}), BAD, "invalid_argument"),
             (json!({"success": [{"put": {"key": "/a", "value": "v", "sequential": true, "prev_kv": true}}]}), BAD, "invalid_argument"),
+            (json!({"success": [{"put": {"key": "/q", "value": "v", "sequential": true}}, put("/q/00000000000000000001")]}), BAD, "invalid_argument"),
+            (json!({"success": [{"delete": {"key": "/q/00000000000000000007", "recursive": true}}, {"put": {"key": "/q", "value": "v", "sequential": true}}]}), BAD, "invalid_argument"),
             (json!({"success": [{"get": {"key": "/a", "recursive": true, "limit": 0}}]}), BAD, "invalid_argument"),
             (json!({"success": [{"get": {"key": "/a", "recursive": true, "limit": 10001}}]}), BAD, "invalid_argument"),
             (json!({"success": [{"get": {"key": "/a", "limit": 2}}]}), BAD, "invalid_argument"),
@@ -179,5 +181,33 @@ async fn refused_transactions_change_nothing() {
         api.refused_post("/v1/txn", "", BAD, "invalid_json").await;
         api.refused_post("/v1/txn?dry_run", "{}", BAD, "invalid_argument").await;
     })
+    .await
+}
+
+#[tokio::test]
+async fn reads_stop_at_the_transaction_read_budget() {
+    with_node_config(
+        |cfg| cfg.max_page_bytes = 100,
+        |api| async move {
+            let v = "v".repeat(40);
+            for k in ["/r/a", "/r/b", "/r/c"] {
+                api.set(k, &v).await;
+            }
+            // 3 bytes of key + 40 of value each: two fit the 100-byte budget, the third not.
+            let r = txn(&api, json!({"success": [{"get": {"key": "/r", "recursive": true}}]})).await;
+            assert_eq!(r["results"][0]["get"]["kvs"].as_array().unwrap().len(), 2, "{r}");
+            assert_eq!(r["results"][0]["get"]["more"], json!(true));
+            // The budget is shared by every get of the branch.
+            let r = txn(
+                &api,
+                json!({"success": [{"get": {"key": "/r/a"}}, {"get": {"key": "/r/b"}}, {"get": {"key": "/r/c"}}]}),
+            )
+            .await;
+            let res = &r["results"];
+            assert_eq!(res[0]["get"]["kvs"][0]["key"], json!("/r/a"));
+            assert_eq!(res[1]["get"]["kvs"][0]["key"], json!("/r/b"));
+            assert_eq!(res[2]["get"], json!({"kvs": [], "more": true}), "{r}");
+        },
+    )
     .await
 }
