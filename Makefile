@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench bench-rss soak clean
+.PHONY: build test verify fix run cluster bench bench-rss soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -29,7 +29,13 @@ test verify:
 		echo 'only src/http/ may use axum (see src/http/mod.rs)'; exit 1; fi
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
 	$(CARGO) build --bin palisade
+	./tests/fuzz/run.sh
 	$(CARGO) test --all-targets -- --test-threads=2
+
+# Schemathesis against one local node, from api/openapi.yaml (about a minute; part of
+# `make test`). Installs schemathesis into target/fuzz-venv. FUZZ_MAX_TIME=300 for longer.
+fuzz:
+	./tests/fuzz/run.sh
 
 fix:
 	$(CARGO) fmt --all

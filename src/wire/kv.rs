@@ -126,7 +126,7 @@ pub struct PutBody {
     pub value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole::opt_u64")]
     pub lease: Option<u64>,
 }
 
@@ -250,5 +250,8 @@ mod tests {
         let ok: PutBody = serde_json::from_str(r#"{"value_base64": "/wCA", "lease": 3}"#).unwrap();
         assert_eq!(ok.lease, Some(3));
         assert_eq!(ok.into_value().unwrap(), vec![0xff, 0, 0x80]);
+        // JSON Schema's integers are values: 3.0 is the integer 3.
+        let whole: PutBody = serde_json::from_str(r#"{"value": "x", "lease": 3.0}"#).unwrap();
+        assert_eq!(whole.lease, Some(3));
     }
 }

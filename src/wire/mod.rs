@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod txn;
+pub mod whole;
 
 pub use cluster::{ClusterResponse, HealthResponse, MemberResponse};
 pub use error::{ErrorBody, ErrorDetail};

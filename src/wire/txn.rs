@@ -76,7 +76,7 @@ pub struct PutOp {
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole::opt_u64")]
     pub lease: Option<u64>,
     /// Create a sequential child of `key` instead of writing `key`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -102,7 +102,7 @@ pub struct GetOp {
     pub key: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recursive: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole::opt_u64")]
     pub limit: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keys_only: bool,
@@ -152,6 +152,7 @@ pub struct GetResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompactRequest {
+    #[serde(deserialize_with = "super::whole::u64")]
     pub revision: u64,
 }
 
@@ -190,8 +191,7 @@ impl CompareSpec {
                     return Err(format!("value_base64 is for value compares, not {}", self.target));
                 }
                 match &self.value {
-                    Some(Value::Number(n)) => n
-                        .as_u64()
+                    Some(Value::Number(n)) => super::whole::as_whole(n)
                         .map(Operand::Number)
                         .ok_or_else(|| format!("a {} compare takes an integer from 0 to 2^64-1, not {n}", self.target)),
                     Some(other) => Err(format!("a {} compare takes an integer value, not {other}", self.target)),

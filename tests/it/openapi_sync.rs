@@ -14,9 +14,14 @@
 //!
 //! The schema validator below covers the JSON Schema subset the spec uses (`$ref`,
 //! `allOf`/`anyOf`/`oneOf`/`not`, `type`, `enum`, `const`, `properties`, `required`,
-//! `additionalProperties`, `items`, `minimum`/`maximum`, `minLength`/`maxLength`); any other
-//! validation keyword in the spec fails the well-formedness test, so it cannot be ignored
-//! silently. `pattern` is documentation only (not checked: no regex engine here).
+//! `additionalProperties`, `items`, `minItems`/`maxItems`, `minimum`/`maximum`,
+//! `minLength`/`maxLength`, `pattern`); any other validation keyword in the spec fails the
+//! well-formedness test, so it cannot be ignored silently. The key `pattern`s are checked
+//! against the code's own key rules (`store::key::validate`) on a corpus of keys.
+//!
+//! A query parameter of type object with `style: form` and `explode: true` stands for the
+//! query parameters named by its properties (the spec uses one for the reads, so that
+//! parameters that do not combine are never sent together).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -53,6 +58,9 @@ const CHECKED_KEYWORDS: &[&str] = &[
     "maximum",
     "minLength",
     "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
 ];
 
 /// Keywords that only annotate (or, for `pattern`, are deliberately not checked).
@@ -69,7 +77,6 @@ const ANNOTATION_KEYWORDS: &[&str] = &[
     "deprecated",
     "readOnly",
     "writeOnly",
-    "pattern",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -182,11 +189,37 @@ fn parameters<'a>(spec: &'a Value, path: &str, method: &str) -> Vec<&'a Value> {
 }
 
 fn query_parameter_names(spec: &Value, path: &str, method: &str) -> BTreeSet<String> {
-    parameters(spec, path, method)
-        .into_iter()
-        .filter(|p| p["in"] == "query")
-        .map(|p| p["name"].as_str().expect("a parameter has a name").to_string())
-        .collect()
+    let mut names = BTreeSet::new();
+    for p in parameters(spec, path, method).into_iter().filter(|p| p["in"] == "query") {
+        if is_exploded_object(spec, p) {
+            names.extend(object_property_names(spec, &p["schema"]));
+        } else {
+            names.insert(p["name"].as_str().expect("a parameter has a name").to_string());
+        }
+    }
+    names
+}
+
+/// Whether a query parameter is an object sent as one query parameter per property
+/// (`style: form`, the default, with `explode: true`, also the default for form).
+fn is_exploded_object(spec: &Value, p: &Value) -> bool {
+    let schema = deref(spec, &p["schema"]);
+    let object = schema["type"] == "object"
+        || schema["oneOf"].as_array().is_some_and(|b| b.iter().all(|b| deref(spec, b)["type"] == "object"));
+    object && p.get("style").is_none_or(|s| s == "form") && p.get("explode").is_none_or(|e| e == true)
+}
+
+/// The property names an object schema (or any of its `oneOf`/`anyOf`/`allOf` branches) lists.
+fn object_property_names(spec: &Value, schema: &Value) -> BTreeSet<String> {
+    let schema = deref(spec, schema);
+    let mut names: BTreeSet<String> =
+        schema["properties"].as_object().into_iter().flat_map(|m| m.keys().cloned()).collect();
+    for list in ["oneOf", "anyOf", "allOf"] {
+        for b in schema[list].as_array().into_iter().flatten() {
+            names.extend(object_property_names(spec, b));
+        }
+    }
+    names
 }
 
 /// The spec path template a request path falls under, if any. A template parameter is a
@@ -314,6 +347,15 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<St
             }
         }
     }
+    if let Some(arr) = v.as_array() {
+        let n = arr.len() as u64;
+        if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m) {
+            errs.push(format!("{here}: {n} items, fewer than minItems"));
+        }
+        if s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m) {
+            errs.push(format!("{here}: {n} items, more than maxItems"));
+        }
+    }
     if let (Some(arr), Some(items)) = (v.as_array(), s.get("items")) {
         for (i, x) in arr.iter().enumerate() {
             validate(spec, items, x, &format!("{at}[{i}]"), errs);
@@ -338,6 +380,13 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<St
         }
         if s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| len > m) {
             errs.push(format!("{here}: {v} is longer than maxLength"));
+        }
+        if let Some(p) = s.get("pattern").and_then(Value::as_str) {
+            match regex::Regex::new(p) {
+                Ok(re) if re.is_match(text) => {}
+                Ok(_) => errs.push(format!("{here}: {v} does not match the pattern {p}")),
+                Err(e) => errs.push(format!("{here}: the pattern {p} does not compile: {e}")),
+            }
         }
     }
 }
@@ -575,6 +624,102 @@ fn spec_is_well_formed() {
     assert!(errs.is_empty(), "the spec is not well formed:\n  {}", errs.join("\n  "));
 }
 
+/// The key patterns say what `store::key::validate` says, on keys chosen to hit every rule
+/// (lengths aside: `maxLength` is checked by the validator, and byte limits are the code's).
+#[test]
+fn key_patterns_match_the_key_rules() {
+    let spec = load_spec();
+    let schemas = &spec["components"]["schemas"];
+    let pattern = |name: &str| {
+        let p = schemas[name]["pattern"].as_str().unwrap_or_else(|| panic!("{name} has no pattern"));
+        regex::Regex::new(p).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let (param, full, path) = (pattern("KeyPath"), pattern("Key"), pattern("Path"));
+    let mut keys: Vec<String> = [
+        "/",
+        "//",
+        "/a",
+        "/a/",
+        "/a//b",
+        "/a/b",
+        "/.",
+        "/..",
+        "/...",
+        "/.a",
+        "/a.",
+        "/..a",
+        "/a/./b",
+        "/a/../b",
+        "/a/.../b",
+        "/.hidden/x",
+        "/a b",
+        "/ü/日本",
+        "/emoji-🔒",
+        "/a\u{00A0}b",
+        "/%2e",
+        "/a%2Fb",
+        "/{x}",
+        "/a\n",
+        "/a\tb",
+        "/\u{7f}",
+        "/\u{80}x",
+        "/x\u{9f}",
+        "/\u{a0}",
+        "/a\u{200B}",
+        "/a\u{200F}",
+        "/a\u{2010}",
+        "/a\u{202A}",
+        "/a\u{202E}",
+        "/a\u{202F}",
+        "/a\u{2060}",
+        "/a\u{2064}",
+        "/a\u{2065}",
+        "/a\u{2066}",
+        "/a\u{2069}",
+        "/a\u{206A}",
+        "/\u{FEFF}",
+        "/\u{FEFE}",
+        "/a/b/c/d",
+        "a",
+        "",
+        "/a\n/b",
+    ]
+    .iter()
+    .map(|k| k.to_string())
+    .collect();
+    for c in [
+        '\0', '\r', '\u{1b}', '\u{1f}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200B}', '\u{200C}', '\u{200F}',
+        '\u{202A}', '\u{202E}', '\u{2060}', '\u{2063}', '\u{2064}', '\u{2066}', '\u{2067}', '\u{2069}',
+        '\u{FEFF}',
+    ] {
+        // Each excluded character in each place a pattern has a class: a segment's first
+        // character, after a leading `.` or `..`, and later.
+        for k in
+            [format!("/x{c}y"), format!("/{c}"), format!("/a/.{c}"), format!("/..{c}"), format!("/.{c}.")]
+        {
+            keys.push(k);
+        }
+    }
+    let mut errs = Vec::new();
+    for k in &keys {
+        let valid = palisade::store::key::validate(k, 1024).is_ok();
+        let root = k == "/";
+        let checks = [
+            ("Path", path.is_match(k), valid),
+            ("Key", full.is_match(k), valid && !root),
+            ("KeyPath", k.strip_prefix('/').is_some_and(|rest| param.is_match(rest)), valid && !root),
+        ];
+        for (name, matched, expected) in checks {
+            if matched != expected {
+                errs.push(format!(
+                    "{name} pattern on {k:?}: matches {matched}, the key rules say {expected}"
+                ));
+            }
+        }
+    }
+    assert!(errs.is_empty(), "the key patterns and store::key::validate disagree:\n  {}", errs.join("\n  "));
+}
+
 // ---------------------------------------------------------------------------------------
 // Against the real router
 
@@ -645,11 +790,22 @@ impl Reply {
 }
 
 async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> Reply {
-    let req = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).expect("a method"))
-        .uri(uri)
-        .body(body.map(Body::from).unwrap_or_else(Body::empty))
-        .expect("a request");
+    send_with(router, method, uri, &[], body).await
+}
+
+async fn send_with(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let mut req =
+        Request::builder().method(Method::from_bytes(method.as_bytes()).expect("a method")).uri(uri);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("a request");
     let resp = router.clone().oneshot(req).await.expect("the router is infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -753,13 +909,30 @@ fn conform(spec: &Value, reply: &Reply, errs: &mut Vec<String>) {
     conform_to(spec, response, reply, errs);
 }
 
-/// A request path for a spec path template: `{key}` becomes a sample key.
-fn sample_uri(template: &str, key: &str) -> String {
+/// A request path for an operation: `{key}` becomes a sample key, and each required query
+/// parameter is given its example.
+fn sample_uri(spec: &Value, method: &str, template: &str, key: &str) -> String {
     assert!(
         !template.contains('{') || template.contains("{key}"),
         "{template}: give this test a sample value for its parameters"
     );
-    template.replace("{key}", key)
+    let mut uri = template.replace("{key}", key);
+    let required: Vec<String> = parameters(spec, template, method)
+        .into_iter()
+        .filter(|p| p["in"] == "query" && p["required"] == json!(true))
+        .map(|p| {
+            let name = p["name"].as_str().expect("a name");
+            match p.get("example").unwrap_or_else(|| panic!("required parameter {name} has no example")) {
+                Value::String(v) if v.is_empty() => name.to_string(),
+                Value::String(v) => format!("{name}={v}"),
+                v => format!("{name}={v}"),
+            }
+        })
+        .collect();
+    if !required.is_empty() {
+        uri = format!("{uri}?{}", required.join("&"));
+    }
+    uri
 }
 
 /// The example body of an operation's request, if it has one.
@@ -816,7 +989,7 @@ async fn router_serves_the_spec_and_nothing_else() {
     ops.sort_by_key(|(m, p)| (rank(m), p.clone()));
     for (method, template) in &ops {
         let op = operation(&spec, method, template);
-        let uri = sample_uri(template, "openapi-sync/probe/k");
+        let uri = sample_uri(&spec, method, template, "openapi-sync/probe/k");
         let reply = send(r, method, &uri, example_body(&spec, op)).await;
         if reply.route_miss() {
             errs.push(format!(
@@ -841,7 +1014,8 @@ async fn router_serves_the_spec_and_nothing_else() {
     // an unknown parameter lists what the route accepts.
     for (method, template) in &ops {
         let op = operation(&spec, method, template);
-        let uri = format!("{}?zz_not_a_parameter=1", sample_uri(template, "openapi-sync/probe/params"));
+        let sample = sample_uri(&spec, method, template, "openapi-sync/probe/params");
+        let uri = format!("{sample}{}zz_not_a_parameter=1", if sample.contains('?') { '&' } else { '?' });
         let reply = send(r, method, &uri, example_body(&spec, op)).await;
         let documented = query_parameter_names(&spec, template, method);
         match accepted_parameters(&reply) {
@@ -961,8 +1135,185 @@ async fn router_serves_the_spec_and_nothing_else() {
     tour.check("DELETE", &format!("{p}/c?recursive=maybe"), None, 400).await;
     tour.check("DELETE", &format!("{p}/c?if_mod_revision=1&if_version=1"), None, 409).await;
     tour.check("DELETE", &format!("{p}/c"), None, 200).await;
+
+    // Sequential keys.
+    let q = "/v1/kv/openapi-sync/queue";
+    let v = || Some(br#"{"value":"job"}"#.to_vec());
+    let s1 = tour.check("POST", &format!("{q}?sequential"), v(), 201).await;
+    let s2 = tour
+        .check("POST", &format!("{q}?sequential=true"), Some(br#"{"value_base64":"3q2+7w=="}"#.to_vec()), 201)
+        .await;
+    let (k1, k2) = (s1.json()["kv"]["key"].clone(), s2.json()["kv"]["key"].clone());
+    let seq = |k: &Value| {
+        k.as_str()
+            .and_then(|k| k.strip_prefix("/openapi-sync/queue/"))
+            .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    tour.expect(
+        seq(&k1) && seq(&k2) && k1.as_str() < k2.as_str(),
+        &s2,
+        "sequential names: 20 digits, increasing",
+    );
+    let root = tour.check("POST", "/v1/kv/?sequential", v(), 201).await;
+    tour.expect(
+        root.json()["kv"]["key"].as_str().is_some_and(|k| k.len() == 21),
+        &root,
+        "a child of the root",
+    );
+    tour.check("POST", q, v(), 400).await;
+    tour.check("POST", &format!("{q}?sequential=false"), v(), 400).await;
+    tour.check("POST", &format!("{q}?sequential&prev_kv"), v(), 400).await;
+    tour.check("POST", &format!("{q}?sequential"), Some(Vec::new()), 400).await;
+    tour.check("POST", &format!("{q}?sequential"), Some(br#"{"value":"x","bogus":1}"#.to_vec()), 400).await;
+    tour.check("POST", &format!("{q}?sequential"), Some(br#"{"value":"x","lease":3}"#.to_vec()), 404).await;
+    tour.check("POST", "/v1/kv/openapi-sync//q?sequential", v(), 400).await;
+
+    // Transactions.
+    let t = "/openapi-sync/txn";
+    let body = |v: Value| Some(serde_json::to_vec(&v).expect("JSON"));
+    let create = json!({
+        "compare": [{"key": format!("{t}/a"), "target": "version", "op": "==", "value": 0}],
+        "success": [
+            {"put": {"key": format!("{t}/a"), "value": "1"}},
+            {"put": {"key": t, "value": "s", "sequential": true}},
+            {"get": {"key": t, "recursive": true, "limit": 1, "keys_only": true}},
+        ],
+        "failure": [{"get": {"key": format!("{t}/a")}}],
+    });
+    let first = tour.check("POST", "/v1/txn", body(create.clone()), 200).await;
+    let results = first.json()["results"].clone();
+    tour.expect(
+        first.json()["succeeded"] == true
+            && results[1]["put"]["key"].as_str().is_some_and(|k| k.len() == t.len() + 21)
+            && results[2]["get"]["more"] == true,
+        &first,
+        "a transaction that creates",
+    );
+    let again = tour.check("POST", "/v1/txn", body(create), 200).await;
+    tour.expect(
+        again.json()["succeeded"] == false && again.json()["results"][0]["get"]["kvs"][0]["value"] == "1",
+        &again,
+        "the failure branch",
+    );
+    let swap = json!({
+        "compare": [{"key": format!("{t}/a"), "target": "value", "op": "==", "value_base64": "MQ=="}],
+        "success": [
+            {"put": {"key": format!("{t}/a"), "value_base64": "/wCA", "prev_kv": true}},
+            {"delete": {"key": format!("{t}/b"), "recursive": true, "prev_kv": true}},
+        ],
+    });
+    let swapped = tour.check("POST", "/v1/txn", body(swap), 200).await;
+    tour.expect(
+        swapped.json()["results"][0]["put"]["prev_kv"]["value"] == "1"
+            && swapped.json()["results"][1]["delete"]["deleted"] == 0,
+        &swapped,
+        "prev_kv in a transaction",
+    );
+    let gone = json!({"success": [{"delete": {"key": t, "recursive": true, "prev_kv": true}}]});
+    let gone = tour.check("POST", "/v1/txn", body(gone), 200).await;
+    tour.expect(
+        gone.json()["results"][0]["delete"]["deleted"] == 2,
+        &gone,
+        "a recursive delete in a transaction",
+    );
+    tour.check("POST", "/v1/txn", body(json!({})), 200).await;
+    let put = |k: &str| json!({"put": {"key": k, "value": "x"}});
+    for bad in [
+        json!({"success": [put("/openapi-sync/t/a"), {"delete": {"key": "/openapi-sync/t/a"}}]}),
+        json!({"failure": [{"delete": {"key": "/openapi-sync/t", "recursive": true}}, put("/openapi-sync/t/a")]}),
+        json!({"compare": [{"lock": "db", "target": "fence", "op": "==", "value": 1}]}),
+        json!({"compare": [{"key": "/a", "target": "version", "op": "==", "value": "1"}]}),
+        json!({"compare": [{"key": "/a", "target": "value", "op": "<=", "value": "1"}]}),
+        json!({"success": [{"get": {"key": "/a", "limit": 5}}]}),
+        json!({"success": [{"put": {"key": "/a", "value": "x", "sequential": true, "prev_kv": true}}]}),
+        json!({"success": [put("/")]}),
+        json!({"success": [{"frob": {"key": "/a"}}]}),
+        json!({"bogus": []}),
+        json!({"success": (0..129).map(|i| put(&format!("/openapi-sync/many/{i}"))).collect::<Vec<_>>()}),
+        json!({"compare": (0..129).map(|_| json!({"key": "/a", "target": "version", "op": ">", "value": 0})).collect::<Vec<_>>()}),
+    ] {
+        tour.check("POST", "/v1/txn", body(bad), 400).await;
+    }
+    tour.check("POST", "/v1/txn", Some(Vec::new()), 400).await;
+    tour.check("POST", "/v1/txn?x=1", body(json!({})), 400).await;
+    tour.check(
+        "POST",
+        "/v1/txn",
+        body(json!({"success": [{"put": {"key": "/a", "value": "x", "lease": 9}}]})),
+        404,
+    )
+    .await;
+
+    // Idempotency keys.
+    let ik = |k: &'static str| [("idempotency-key", k)];
+    let replayed = |r: &Reply| r.headers.get("idempotent-replayed").is_some_and(|v| v == "true");
+    let i = &format!("{p}/idem");
+    let w1 = tour.check_with("PUT", i, &ik("openapi-sync-1"), v(), 200).await;
+    let w2 = tour.check_with("PUT", i, &ik("openapi-sync-1"), v(), 200).await;
+    tour.expect(!replayed(&w1) && replayed(&w2) && w1.json() == w2.json(), &w2, "a replayed PUT");
+    tour.check_with("PUT", i, &ik("openapi-sync-1"), Some(br#"{"value":"other"}"#.to_vec()), 422).await;
+    tour.check_with("DELETE", i, &ik("openapi-sync-1"), None, 422).await;
+    tour.check_with("PUT", i, &ik("has space"), v(), 400).await;
+    tour.check_with("PUT", i, &[("idempotency-key", &"k".repeat(129))], v(), 400).await;
+    tour.check_with("PUT", i, &[("idempotency-key", "a"), ("idempotency-key", "b")], v(), 400).await;
+    let c1 = tour.check_with("PUT", &format!("{i}?if_version=7"), &ik("openapi-sync-2"), v(), 409).await;
+    let c2 = tour.check_with("PUT", &format!("{i}?if_version=7"), &ik("openapi-sync-2"), v(), 409).await;
+    tour.expect(!replayed(&c1) && replayed(&c2), &c2, "a replayed 409");
+    let s1 = tour.check_with("POST", &format!("{q}?sequential"), &ik("openapi-sync-3"), v(), 201).await;
+    let s2 = tour.check_with("POST", &format!("{q}?sequential"), &ik("openapi-sync-3"), v(), 201).await;
+    tour.expect(replayed(&s2) && s1.json() == s2.json(), &s2, "a replayed sequential create");
+    let tx = json!({"success": [put("/openapi-sync/idem-txn")]});
+    tour.check_with("POST", "/v1/txn", &ik("openapi-sync-4"), body(tx.clone()), 200).await;
+    let t2 = tour.check_with("POST", "/v1/txn", &ik("openapi-sync-4"), body(tx), 200).await;
+    tour.expect(replayed(&t2), &t2, "a replayed transaction");
+    let d1 = tour.check_with("DELETE", i, &ik("openapi-sync-5"), None, 200).await;
+    let d2 = tour.check_with("DELETE", i, &ik("openapi-sync-5"), None, 200).await;
+    tour.expect(replayed(&d2) && d1.json() == d2.json(), &d2, "a replayed DELETE");
+
+    // Compaction, and history below the floor.
     let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
-    tour.expect(cluster.json()["leader"] == 1, &cluster, "a one-node cluster leads itself");
+    let current = cluster.json()["revision"].as_u64().unwrap_or(0);
+    let compact = |r: u64| body(json!({ "revision": r }));
+    let done = tour
+        .check_with("POST", "/v1/maintenance/compact", &ik("openapi-sync-6"), compact(current), 200)
+        .await;
+    tour.expect(
+        done.json()["compact_revision"] == current,
+        &done,
+        "the floor moves to the revision asked for",
+    );
+    let again = tour
+        .check_with("POST", "/v1/maintenance/compact", &ik("openapi-sync-6"), compact(current), 200)
+        .await;
+    tour.expect(replayed(&again), &again, "a replayed compaction");
+    let lower = tour.check("POST", "/v1/maintenance/compact", compact(1), 200).await;
+    tour.expect(
+        lower.json()["compact_revision"] == current,
+        &lower,
+        "compacting below the floor changes nothing",
+    );
+    let future = tour.check("POST", "/v1/maintenance/compact", compact(current + 1000), 400).await;
+    tour.expect(future.error_code().as_deref() == Some("future_revision"), &future, "future_revision");
+    tour.check("POST", "/v1/maintenance/compact", body(json!({})), 400).await;
+    tour.check("POST", "/v1/maintenance/compact", body(json!({"revision": -1})), 400).await;
+    tour.check("POST", "/v1/maintenance/compact", body(json!({"revision": 1, "x": 1})), 400).await;
+    tour.check("POST", "/v1/maintenance/compact?x", compact(1), 400).await;
+    tour.check("POST", "/v1/maintenance/compact", Some(b"[".to_vec()), 400).await;
+    let old = tour.check("GET", &format!("{p}/a?revision={first_rev}"), None, 410).await;
+    tour.expect(old.json()["error"]["compact_revision"] == current, &old, "410 names the floor");
+    tour.check("GET", &format!("{p}?recursive&after={next}"), None, 410).await;
+    tour.check("GET", &format!("{p}?children&revision={first_rev}"), None, 410).await;
+
+    let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
+    let c = cluster.json();
+    tour.expect(c["leader"] == 1, &cluster, "a one-node cluster leads itself");
+    tour.expect(
+        c["quota_bytes"] == QUOTA
+            && c["store_bytes"].as_u64().is_some_and(|b| b > 0)
+            && c["idempotency_keys"] == 6,
+        &cluster,
+        "store and idempotency figures",
+    );
     tour.check("GET", "/healthz", None, 200).await;
     tour.check("GET", "/readyz", None, 200).await;
 
@@ -970,7 +1321,11 @@ async fn router_serves_the_spec_and_nothing_else() {
     // by the shared responses.
     let in_spec = spec_operations(&spec);
     let misses = [
-        ("POST", "/v1/kv/a"),
+        ("PATCH", "/v1/kv/a"),
+        ("GET", "/v1/txn"),
+        ("PUT", "/v1/txn"),
+        ("GET", "/v1/maintenance/compact"),
+        ("GET", "/v1/maintenance/snapshot"),
         ("PATCH", "/v1/kv/a/b"),
         ("OPTIONS", "/v1/kv/a"),
         ("POST", "/v1/cluster"),
@@ -1080,7 +1435,18 @@ struct Tour<'a> {
 
 impl Tour<'_> {
     async fn check(&mut self, method: &str, uri: &str, body: Option<Vec<u8>>, status: u16) -> Reply {
-        let reply = send(self.router, method, uri, body).await;
+        self.check_with(method, uri, &[], body, status).await
+    }
+
+    async fn check_with(
+        &mut self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        status: u16,
+    ) -> Reply {
+        let reply = send_with(self.router, method, uri, headers, body).await;
         if reply.status.as_u16() != status {
             self.errs.push(format!("expected {status}: {}", abbreviated(&reply)));
         }

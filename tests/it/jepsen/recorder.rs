@@ -197,7 +197,7 @@ pub async fn run_register(
 /// recorded histories check transactions the same way as plain keys.
 pub async fn perform(http: &reqwest::Client, base: &str, key: &str, call: &Call) -> Outcome {
     let via_txn = match call {
-        Call::Read => rand::random::<u8>() % 4 == 0,
+        Call::Read => rand::random::<u8>().is_multiple_of(4),
         Call::Cas { .. } => rand::random::<bool>(),
         Call::Write { .. } => false,
     };
