@@ -42,8 +42,7 @@ pub async fn compact(
             Ok(resp)
         }
         Outcome::FutureRevision { revision } => {
-            Err(ApiError::from(Error::FutureRevision { requested: req.revision, revision })
-                .at(revision, term))
+            Err(ApiError::from(Error::FutureRevision { requested: req.revision, revision }))
         }
         other => Err(Error::Internal(format!("a compaction was decided as {other:?}")).into()),
     };

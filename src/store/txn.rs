@@ -2,7 +2,7 @@
 //! revision (etcd's `Txn`).
 //!
 //! Invariants: the compares are evaluated against the state before the transaction; the
-//! branch they choose runs in one [`WriteTxn`], so every change it makes lands at one
+//! branch they choose runs in one `WriteTxn`, so every change it makes lands at one
 //! revision and every `get` in it sees the changes made before it in the branch. A branch
 //! that changes nothing leaves the revision as it is. What a request may contain (sizes,
 //! counts, keys written twice) is the node's policy, checked before proposing; apply

@@ -354,6 +354,8 @@ async fn large_catch_ups_travel_in_messages_under_the_limit() {
     opts.configure = |cfg| {
         cfg.max_peer_message_bytes = LIMIT;
         cfg.max_value_bytes = 64 << 10;
+        // A request body (a transaction) must fit a peer message too.
+        cfg.max_body_bytes = 256 << 10;
     };
     let c = Cluster::start_with(opts).await;
     c.net().set_max_message_bytes(LIMIT);
