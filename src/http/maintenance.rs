@@ -11,8 +11,6 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::extract::{parse_json, read_body};
-use super::query::Query;
 use super::write;
 use crate::error::Error;
 use crate::node::Node;
@@ -26,10 +24,7 @@ pub async fn compact(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    Query::parse(uri.query(), &[])?;
-    let once = write::idempotency_key(&headers)?;
-    let bytes = read_body(&headers, body, node.config().max_body_bytes).await?;
-    let req: CompactRequest = parse_json(&bytes)?;
+    let (req, once): (CompactRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let outcome = node.write(node.idempotent(once, Command::Compact { revision: req.revision })?).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;

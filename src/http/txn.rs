@@ -14,8 +14,6 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::extract::{parse_json, read_body};
-use super::query::Query;
 use super::write;
 use crate::error::Error;
 use crate::node::Node;
@@ -118,10 +116,7 @@ pub async fn txn(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    Query::parse(uri.query(), &[])?;
-    let once = write::idempotency_key(&headers)?;
-    let bytes = read_body(&headers, body, node.config().max_body_bytes).await?;
-    let req: w::TxnRequest = parse_json(&bytes)?;
+    let (req, once): (w::TxnRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let txn = parse_txn(&node, req)?;
     let keys_only = |ops: &[TxnOp]| -> Vec<bool> {
         ops.iter().map(|op| matches!(op, TxnOp::Get { keys_only: true, .. })).collect()

@@ -2,11 +2,14 @@
 //! replayed or conflicting idempotent outcome into the reply (`Idempotent-Replayed: true`
 //! on a replay, 422 `idempotency_conflict` when the key was used for another request).
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 
 use super::error::ApiError;
-use crate::node::check_idempotency_key;
+use super::extract::{parse_json, read_body};
+use super::query::Query;
+use crate::node::{check_idempotency_key, Node};
 use crate::store::Outcome;
 
 /// The request header carrying the client's idempotency key.
@@ -24,6 +27,20 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     let key = v.to_str().map_err(|_| ApiError::invalid("the Idempotency-Key header is not ASCII"))?;
     check_idempotency_key(key)?;
     Ok(Some(key.to_string()))
+}
+
+/// What a write route with a JSON body and no query parameters takes: the body, parsed,
+/// and the idempotency key (both checked before anything is read past the headers' limits).
+pub async fn json_write<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(T, Option<String>), ApiError> {
+    Query::parse(uri.query(), &[])?;
+    let once = idempotency_key(headers)?;
+    let bytes = read_body(headers, body, node.config().max_body_bytes).await?;
+    Ok((parse_json(&bytes)?, once))
 }
 
 /// A write's outcome with a replay unwrapped: the outcome itself, and whether it is the
