@@ -177,7 +177,7 @@ LOAD_TEXT = {
 }
 
 # Palisade's automatic compaction flags and their defaults (src/config.rs).
-PALISADE_COMPACT = {"--auto-compact-retention-ms": "600000", "--auto-compact-max-revisions": "1000000"}
+PALISADE_COMPACT = {"--auto-compact-retention-ms": "600000", "--auto-compact-max-revisions": "200000"}
 ETCD_COMPACT = ("--auto-compaction-mode", "--auto-compaction-retention", "--quota-backend-bytes")
 
 

@@ -40,7 +40,7 @@
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
 #   PALISADE_EXTRA_FLAGS, ETCD_EXTRA_FLAGS  more server flags for every member (also in
 #             the memory run: with none, both run with their default compaction settings:
-#             Palisade compacts automatically (10 min of history, at most 1,000,000
+#             Palisade compacts automatically (10 min of history, at most 200,000
 #             revisions), etcd does not; the report says which. The nearest etcd setting
 #             is ETCD_EXTRA_FLAGS="--auto-compaction-mode=revision
 #             --auto-compaction-retention=1000000"; etcd's periodic mode with 10m first

@@ -253,7 +253,7 @@ settings! {
     auto_compact_retention_ms: u64 = 600_000;
     /// Automatic compaction also keeps no more than this many revisions, however young
     /// (bounds memory under a fast writer).
-    auto_compact_max_revisions: u64 = 1_000_000;
+    auto_compact_max_revisions: u64 = 200_000;
     /// Client requests served at once; more are refused with 429 `overloaded`.
     max_inflight_requests: usize = 2048;
     /// Open client connections; a connection past this is answered 503 and closed.
