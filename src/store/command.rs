@@ -284,20 +284,27 @@ impl Store {
                 Command::Batch { .. } | Command::Idempotent { .. } => self.nothing_outcome(),
                 cmd => self.apply(cmd),
             },
-            Command::Batch { cmds } => {
-                let outcomes = cmds
-                    .iter()
-                    .map(|c| match c {
-                        // Never produced by the proposer; decided as an empty batch so
-                        // every node still agrees.
-                        Command::Batch { .. } => {
-                            Outcome::Batch { revision: self.revision(), outcomes: Vec::new() }
-                        }
-                        c => self.apply(c),
-                    })
-                    .collect();
-                Outcome::Batch { revision: self.revision(), outcomes }
-            }
+            Command::Batch { cmds } => apply_batch(self, cmds, Store::revision, Store::apply),
         }
     }
+}
+
+/// Applies the members of a batch in order with `one`, each at its own revision, and
+/// reports the revision after them all (read with `revision`). A nested batch, which the
+/// proposer never makes, is decided as an empty batch so every node still agrees. Shared
+/// by the store and the state root (which adds the idempotency table).
+pub(super) fn apply_batch<S>(
+    s: &mut S,
+    cmds: &[Command],
+    revision: fn(&S) -> u64,
+    mut one: impl FnMut(&mut S, &Command) -> Outcome,
+) -> Outcome {
+    let outcomes = cmds
+        .iter()
+        .map(|c| match c {
+            Command::Batch { .. } => Outcome::Batch { revision: revision(s), outcomes: Vec::new() },
+            c => one(s, c),
+        })
+        .collect();
+    Outcome::Batch { revision: revision(s), outcomes }
 }

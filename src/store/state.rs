@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Command, Outcome, Proposal};
+use super::command::{apply_batch, Command, Outcome, Proposal};
 use super::dedup::{self, Dedup, Seen};
 use super::mvcc::Store;
 
@@ -47,18 +47,7 @@ impl State {
         self.dedup.expire(p.leader_time_ms);
         match &p.cmd {
             Command::Batch { cmds } => {
-                let outcomes = cmds
-                    .iter()
-                    .map(|c| match c {
-                        // Never produced by the proposer; decided as an empty batch so
-                        // every node still agrees.
-                        Command::Batch { .. } => {
-                            Outcome::Batch { revision: self.revision(), outcomes: Vec::new() }
-                        }
-                        c => self.apply_one(c, p.leader_time_ms),
-                    })
-                    .collect();
-                Outcome::Batch { revision: self.revision(), outcomes }
+                apply_batch(self, cmds, State::revision, |s, c| s.apply_one(c, p.leader_time_ms))
             }
             cmd => self.apply_one(cmd, p.leader_time_ms),
         }
