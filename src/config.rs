@@ -254,6 +254,20 @@ settings! {
     /// Automatic compaction also keeps no more than this many revisions, however young
     /// (bounds memory under a fast writer).
     auto_compact_max_revisions: u64 = 200_000;
+    /// Shortest lease TTL (ms). At least the longest election timeout (twice
+    /// election_timeout_ms), so a lease that is kept alive outlives a leader change.
+    lease_min_ttl_ms: u64 = 2_000;
+    /// Longest lease TTL (ms).
+    lease_max_ttl_ms: u64 = 24 * 3600 * 1000;
+    /// The leader stamps its lease clock into the log at least this often while leases
+    /// exist (ms). After a leader is lost, a lease that nobody keeps alive ends at most
+    /// TTL + the longest election timeout + this after its last keepalive.
+    lease_checkpoint_ms: u64 = 500;
+    /// Most leases the leader ends per second when many expire at once (their key deletes
+    /// share the log with the writes, which this keeps flowing).
+    lease_revoke_rate: u64 = 5_000;
+    /// Most leases that may exist at once; a grant past it is refused (507).
+    max_leases: u64 = 1_000_000;
     /// Client requests served at once; more are refused with 429 `overloaded`.
     max_inflight_requests: usize = 2048;
     /// Open client connections; a connection past this is answered 503 and closed.
@@ -334,6 +348,23 @@ impl Config {
             (one_write * 4).max(self.max_body_bytes as u64 * 3).max(MIB as u64),
         )?;
         at_least("quota_bytes", self.quota_bytes, 1)?;
+        at_least("lease_min_ttl_ms", self.lease_min_ttl_ms, 2 * self.election_timeout_ms).map_err(|e| {
+            ConfigError {
+                message: format!(
+                    "{} (the longest election timeout, 2 x election_timeout_ms: a shorter lease would end \
+                     during every leader change, however often it is kept alive)",
+                    e.message
+                ),
+                ..e
+            }
+        })?;
+        at_least("lease_max_ttl_ms", self.lease_max_ttl_ms, self.lease_min_ttl_ms)?;
+        if self.lease_max_ttl_ms > 365 * 24 * 3600 * 1000 {
+            return Err(self.error("lease_max_ttl_ms", "must be at most a year"));
+        }
+        at_least("lease_checkpoint_ms", self.lease_checkpoint_ms, self.heartbeat_ms)?;
+        at_least("lease_revoke_rate", self.lease_revoke_rate, 1)?;
+        at_least("max_leases", self.max_leases, 1)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(self.error("log_level", format!("{:?} is not a log filter: {e}", self.log_level)));
         }

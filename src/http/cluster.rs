@@ -28,6 +28,12 @@ pub async fn cluster(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response
         store_bytes: s.store_bytes,
         quota_bytes: s.quota_bytes,
         idempotency_keys: s.idempotency_keys,
+        leases: wire::LeaseStats {
+            alive: s.leases_alive,
+            granted: s.lease_counters.granted,
+            expired: s.lease_counters.expired,
+            revoked: s.lease_counters.revoked,
+        },
         members: s
             .members
             .into_iter()

@@ -234,6 +234,9 @@ fn single_write_response(outcome: Outcome, term: u64, put_status: StatusCode) ->
             .with("current", current)
             .at(revision, term))
         }
+        Outcome::LeaseNotFound { revision, lease } => {
+            Err(ApiError::from(Error::LeaseNotFound(lease)).at(revision, term))
+        }
         outcome => Err(Error::Internal(format!("a single write was decided as {outcome:?}")).into()),
     }
 }

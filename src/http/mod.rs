@@ -15,6 +15,7 @@ mod connection;
 pub mod error;
 mod extract;
 mod kv;
+mod lease;
 mod maintenance;
 mod peer;
 mod query;
@@ -41,6 +42,11 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/kv/{*key}"),
     ("POST", "/v1/kv/{*key}"),
     ("POST", "/v1/txn"),
+    ("POST", "/v1/leases"),
+    ("GET", "/v1/leases"),
+    ("GET", "/v1/leases/{id}"),
+    ("DELETE", "/v1/leases/{id}"),
+    ("POST", "/v1/leases/{id}/keepalive"),
     ("POST", "/v1/maintenance/compact"),
     ("GET", "/v1/cluster"),
     ("GET", "/healthz"),
@@ -56,6 +62,9 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/kv/", kv.clone())
         .route("/v1/kv/{*key}", kv)
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/leases", post(lease::grant).get(lease::list))
+        .route("/v1/leases/{id}", get(lease::get).delete(lease::revoke))
+        .route("/v1/leases/{id}/keepalive", post(lease::keepalive))
         .route("/v1/maintenance/compact", post(maintenance::compact))
         .route("/v1/cluster", get(cluster::cluster))
         .layer(axum::middleware::from_fn_with_state(

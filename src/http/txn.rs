@@ -135,6 +135,9 @@ pub async fn txn(
             super::state_headers(resp.headers_mut(), revision, term);
             Ok(resp)
         }
+        Outcome::LeaseNotFound { revision, lease } => {
+            Err(ApiError::from(Error::LeaseNotFound(lease)).at(revision, term))
+        }
         other => Err(Error::Internal(format!("a transaction was decided as {other:?}")).into()),
     };
     write::mark_replayed(reply, replayed)

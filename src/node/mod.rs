@@ -32,12 +32,15 @@ use crate::raft::{
 mod bootstrap;
 mod compactor;
 mod identity;
+mod leases;
+mod lessor;
 mod peer;
 mod policy;
 mod reads;
 mod writes;
 
 pub use identity::{format_cluster, Identity};
+pub use leases::MAX_LEASE_KEYS_SHOWN;
 pub use policy::check_idempotency_key;
 pub use reads::{Consistency, KvRead, KvReadResult};
 
@@ -59,6 +62,10 @@ pub struct ClusterStatus {
     pub quota_bytes: u64,
     /// Idempotency keys remembered.
     pub idempotency_keys: u64,
+    /// Leases that exist now.
+    pub leases_alive: u64,
+    /// Leases granted, expired and revoked since the cluster began.
+    pub lease_counters: crate::store::LeaseCounters,
     pub members: Vec<MemberStatus>,
 }
 
@@ -91,6 +98,8 @@ pub struct Node {
     reads: Mutex<ReadRounds>,
     /// Writes waiting to be proposed, and the proposers running (on the leader).
     proposals: Mutex<Proposals>,
+    /// The leader's lease clock, and keepalives waiting for a renewal.
+    lessor: lessor::Lessor,
     /// While a new data dir waits to bootstrap: why (see `bootstrap`).
     bootstrap_wait: Mutex<Option<String>>,
     /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
@@ -183,6 +192,7 @@ impl Node {
             cfg,
             reads: Mutex::default(),
             proposals: Mutex::default(),
+            lessor: lessor::Lessor::default(),
             bootstrap_wait: Mutex::default(),
             fatal,
         });
@@ -193,6 +203,7 @@ impl Node {
         }
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         tokio::spawn(Self::auto_compact(Arc::downgrade(&node)));
+        tokio::spawn(Self::run_lessor(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -327,10 +338,18 @@ impl Node {
                 is_leader: s.leader == Some(m.id),
             })
             .collect();
-        let (revision, compact_revision, store_bytes, idempotency_keys) = {
+        let (revision, compact_revision, store_bytes, idempotency_keys, leases_alive, lease_counters) = {
             let a = self.replica.applied();
             let kv = a.state.kv();
-            (kv.revision(), kv.compact_revision(), kv.bytes(), a.state.dedup().len() as u64)
+            let leases = a.state.leases();
+            (
+                kv.revision(),
+                kv.compact_revision(),
+                kv.bytes(),
+                a.state.dedup().len() as u64,
+                leases.len() as u64,
+                leases.counters(),
+            )
         };
         ClusterStatus {
             cluster_id: self.identity.cluster_id.clone(),
@@ -343,6 +362,8 @@ impl Node {
             store_bytes,
             quota_bytes: self.cfg.quota_bytes,
             idempotency_keys,
+            leases_alive,
+            lease_counters,
             members,
         }
     }

@@ -23,6 +23,12 @@ impl Node {
                 }
                 PeerRequest::Probe => PeerResponse::Probe(self.probe_reply(from)),
                 PeerRequest::Raft(_) => PeerResponse::Raft(RaftReply::Refused(not_member())),
+                PeerRequest::LeaseKeepalive { .. } => {
+                    PeerResponse::LeaseKeepalive(Err(PeerError::Unavailable(not_member())))
+                }
+                PeerRequest::LeaseRead(_) => {
+                    PeerResponse::LeaseRead(Err(PeerError::Unavailable(not_member())))
+                }
             },
             PeerRequest::Forward(cmd) => {
                 if self.replica.leadership().borrow().leader != Some(self.id) {
@@ -69,6 +75,18 @@ impl Node {
                     Err(_) => Err(PeerError::Timeout),
                 };
                 PeerResponse::PublishMember(r)
+            }
+            PeerRequest::LeaseKeepalive { id } => {
+                if let Err(e) = self.check_lease_id(id) {
+                    return PeerResponse::LeaseKeepalive(Err(PeerError::Refused(e)));
+                }
+                PeerResponse::LeaseKeepalive(self.local_keepalive(id).await)
+            }
+            PeerRequest::LeaseRead(q) => {
+                if let Err(e) = self.check_lease_query(&q) {
+                    return PeerResponse::LeaseRead(Err(PeerError::Refused(e)));
+                }
+                PeerResponse::LeaseRead(self.local_lease_read(q).await)
             }
             PeerRequest::ReadIndex => {
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), self.local_read_index()).await

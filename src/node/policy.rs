@@ -7,7 +7,7 @@
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::store::{key, Command, CompareTarget, Retention, Txn, TxnOp, SEQUENCE_DIGITS};
+use crate::store::{key, Command, CompareTarget, Retention, Txn, TxnOp, MAX_LEASE_ID, SEQUENCE_DIGITS};
 
 /// The longest idempotency window a write may carry (a week)...
 const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -157,7 +157,35 @@ impl Node {
             Command::Batch { .. } => Err(Error::InvalidArgument(
                 "a batch is made by the leader's proposer, never sent by a client".into(),
             )),
+            Command::LeaseGrant { id, ttl_ms, .. } => {
+                if let Some(id) = id {
+                    self.check_lease(Some(*id))?;
+                }
+                self.check_ttl(*ttl_ms)?;
+                let (alive, max) = (self.replica.applied().state.leases().len() as u64, self.cfg.max_leases);
+                if alive >= max {
+                    return Err(Error::QuotaExceeded(format!(
+                        "{alive} leases exist, the most this cluster allows (--max-leases); revoke some first"
+                    )));
+                }
+                Ok(())
+            }
+            Command::LeaseRevoke { id } => self.check_lease(Some(*id)),
+            Command::LeaseClock { .. } | Command::LeaseExpire { .. } => Err(Error::InvalidArgument(
+                "lease clock ticks and expiries are made by the leader, never sent by a client".into(),
+            )),
         }
+    }
+
+    /// A TTL a lease may be granted with: between the configured floor and maximum.
+    pub fn check_ttl(&self, ttl_ms: u64) -> Result<()> {
+        let (min, max) = (self.cfg.lease_min_ttl_ms, self.cfg.lease_max_ttl_ms);
+        if ttl_ms < min || ttl_ms > max {
+            return Err(Error::InvalidArgument(format!(
+                "a lease's ttl must be between {min} ms and {max} ms, not {ttl_ms} ms"
+            )));
+        }
+        Ok(())
     }
 
     /// Wraps `cmd` under the client's idempotency key (if any), with this node's retention.
@@ -191,11 +219,14 @@ impl Node {
         Ok(())
     }
 
+    /// A lease id a request names: 1 to 2^53 - 1. Whether it exists is decided by apply
+    /// (this node's applied state may not have seen a grant the leader has).
     fn check_lease(&self, lease: Option<u64>) -> Result<()> {
         match lease {
-            // No lease can be granted yet, so none exists that a key could join.
-            Some(lease) => Err(Error::LeaseNotFound(lease)),
-            None => Ok(()),
+            Some(id) if id == 0 || id > MAX_LEASE_ID => {
+                Err(Error::InvalidArgument(format!("a lease id is between 1 and {MAX_LEASE_ID}, not {id}")))
+            }
+            _ => Ok(()),
         }
     }
 

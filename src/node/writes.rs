@@ -121,6 +121,8 @@ impl Node {
     /// Proposes `cmd` on this node (the leader), batched with the writes that wait
     /// alongside it: one log entry and one fsync for the lot.
     pub(super) async fn propose(self: &Arc<Self>, cmd: Command) -> std::result::Result<Outcome, PeerError> {
+        // The leader's lease clock on a grant.
+        let cmd = self.stamp_lease_clock(cmd).await?;
         // The leader's own retention, whatever the member that took the request has set.
         let cmd = match cmd {
             Command::Idempotent { key, fingerprint, cmd, .. } => {

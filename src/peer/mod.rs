@@ -11,7 +11,10 @@ mod protocol;
 mod transport;
 
 pub use auth::{PeerAuthError, PeerKey, ReplayGuard, Verified, RESPONSE_SIGNATURE_HEADER, SIGNATURE_HEADERS};
-pub use protocol::{PeerError, PeerHandler, PeerRequest, PeerResponse, ProbeReply, ReadIndexReply};
+pub use protocol::{
+    LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, PeerError, PeerHandler, PeerRequest, PeerResponse,
+    ProbeReply, ReadIndexReply,
+};
 pub use transport::{HttpTransport, RaftOverPeers, Transport};
 
 pub use crate::raft::CallError as TransportError;

@@ -23,6 +23,49 @@ pub enum PeerRequest {
     PublishMember { client_url: String, incarnation: u64 },
     /// Asked by a member starting on a new data dir: what does the cluster know of it?
     Probe,
+    /// A client's keepalive of a lease, for the leader's lessor.
+    LeaseKeepalive { id: u64 },
+    /// A client's read of leases and their remaining time, which only the leader knows.
+    LeaseRead(LeaseQuery),
+}
+
+/// What a keepalive reports of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTimes {
+    pub id: u64,
+    pub ttl_ms: u64,
+    /// Time left before the lease expires if nobody keeps it alive.
+    pub remaining_ms: u64,
+}
+
+/// A read of the lease table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseQuery {
+    /// One lease, with (up to `max_keys` of) its keys.
+    One { id: u64, max_keys: usize },
+    /// Up to `limit` leases with ids above `after`, in id order.
+    Page { after: Option<u64>, limit: usize },
+}
+
+/// One lease as a read reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_ms: u64,
+    pub remaining_ms: u64,
+    /// Keys it owns.
+    pub key_count: u64,
+    /// The first of them, in key order (a page read lists none).
+    pub keys: Vec<String>,
+}
+
+/// What a [`LeaseQuery`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseAnswer {
+    One(LeaseInfo),
+    Page { leases: Vec<LeaseInfo>, more: bool },
 }
 
 /// A leader's read index and the term it confirmed it leads in.
@@ -75,6 +118,8 @@ pub enum PeerResponse {
     ReadIndex(Result<ReadIndexReply, PeerError>),
     PublishMember(Result<(), PeerError>),
     Probe(ProbeReply),
+    LeaseKeepalive(Result<LeaseTimes, PeerError>),
+    LeaseRead(Result<LeaseAnswer, PeerError>),
 }
 
 /// What serves peer requests on a member (the node facade implements it). `from` is the

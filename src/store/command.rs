@@ -16,7 +16,7 @@ use super::mvcc::Store;
 use super::txn::{Txn, TxnResult};
 
 /// The proposal format this binary writes, and the newest it can read.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// One log entry's business payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +131,28 @@ pub enum Command {
     /// Several independent commands proposed together (one log entry, one fsync), applied
     /// in order, each at its own revision as if proposed one by one. Batches do not nest.
     Batch { cmds: Vec<Command> },
+    /// Grant a lease of `ttl_ms` under `id` (or an id of the table's choosing); the leader
+    /// stamps `clock_ms`, its lease clock, when it proposes. No revision of its own.
+    LeaseGrant {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        ttl_ms: u64,
+        #[serde(default)]
+        clock_ms: u64,
+    },
+    /// End lease `id` now: its keys are deleted, all at one revision (none if it has none).
+    LeaseRevoke { id: u64 },
+    /// The leader's lease clock reading, and the leases kept alive at it (renewed from it).
+    /// Proposed by the leader only. No revision of its own.
+    LeaseClock {
+        clock_ms: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        renew: Vec<u64>,
+    },
+    /// End the leases of `ids` that are expired at clock reading `clock_ms` (one a renewal
+    /// reached first is left alone); each lease's keys go at a revision of its own.
+    /// Proposed by the leader only.
+    LeaseExpire { clock_ms: u64, ids: Vec<u64> },
 }
 
 impl Command {
@@ -147,6 +169,8 @@ impl Command {
                 key.len() + fingerprint.len() + cmd.data_bytes()
             }
             Command::Batch { cmds } => cmds.iter().map(Command::data_bytes).sum(),
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 0,
+            Command::LeaseClock { renew: ids, .. } | Command::LeaseExpire { ids, .. } => 8 * ids.len(),
         }
     }
 
@@ -187,6 +211,19 @@ pub enum Outcome {
     Nothing { revision: u64 },
     /// The outcomes of a [`Command::Batch`], in order; `revision` is the one after them all.
     Batch { revision: u64, outcomes: Vec<Outcome> },
+    /// A lease was granted.
+    LeaseGranted { revision: u64, id: u64, ttl_ms: u64 },
+    /// The lease id asked for is in use; nothing changed.
+    LeaseExists { revision: u64, id: u64 },
+    /// A write names a lease that does not exist (or a revoke one that has ended);
+    /// nothing changed.
+    LeaseNotFound { revision: u64, lease: u64 },
+    /// A lease was revoked; `deleted` keys went with it (at `revision`, if any).
+    LeaseRevoked { revision: u64, id: u64, deleted: u64 },
+    /// The lease clock moved; `missing`: leases asked to be renewed that no longer exist.
+    LeaseClock { revision: u64, missing: Vec<u64> },
+    /// These leases expired (each one's keys went at a revision of its own).
+    LeasesExpired { revision: u64, expired: Vec<u64> },
 }
 
 impl Outcome {
@@ -201,7 +238,13 @@ impl Outcome {
             | Outcome::IdempotencyConflict { revision }
             | Outcome::NotRemembered { revision }
             | Outcome::FutureRevision { revision }
-            | Outcome::Nothing { revision } => *revision,
+            | Outcome::Nothing { revision }
+            | Outcome::LeaseGranted { revision, .. }
+            | Outcome::LeaseExists { revision, .. }
+            | Outcome::LeaseNotFound { revision, .. }
+            | Outcome::LeaseRevoked { revision, .. }
+            | Outcome::LeaseClock { revision, .. }
+            | Outcome::LeasesExpired { revision, .. } => *revision,
             Outcome::Replayed { first } => first.revision(),
             Outcome::Batch { revision, .. } => *revision,
         }
@@ -221,7 +264,14 @@ impl Outcome {
             | Outcome::IdempotencyConflict { .. }
             | Outcome::NotRemembered { .. }
             | Outcome::FutureRevision { .. }
-            | Outcome::Nothing { .. } => 0,
+            | Outcome::Nothing { .. }
+            | Outcome::LeaseGranted { .. }
+            | Outcome::LeaseExists { .. }
+            | Outcome::LeaseNotFound { .. }
+            | Outcome::LeaseRevoked { .. } => 0,
+            Outcome::LeaseClock { missing: ids, .. } | Outcome::LeasesExpired { expired: ids, .. } => {
+                8 * ids.len()
+            }
         }
     }
 }
@@ -285,6 +335,11 @@ impl Store {
                 cmd => self.apply(cmd),
             },
             Command::Batch { cmds } => apply_batch(self, cmds, Store::revision, Store::apply),
+            // Leases are the state root's (see `State::apply`).
+            Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseClock { .. }
+            | Command::LeaseExpire { .. } => self.nothing_outcome(),
         }
     }
 }

@@ -85,6 +85,10 @@ pub fn fingerprint(cmd: &Command) -> String {
             client_part.default_get_limit = 0;
             serde_json::to_vec(&Command::Txn(client_part))
         }
+        // The lease clock is the leader's stamp, not the client's.
+        Command::LeaseGrant { id, ttl_ms, .. } => {
+            serde_json::to_vec(&Command::LeaseGrant { id: *id, ttl_ms: *ttl_ms, clock_ms: 0 })
+        }
         cmd => serde_json::to_vec(cmd),
     }
     .unwrap_or_default();

@@ -15,6 +15,7 @@ pub mod command;
 pub mod dedup;
 pub mod key;
 pub mod kv;
+pub mod lease;
 pub mod mvcc;
 pub mod state;
 pub mod txn;
@@ -22,6 +23,7 @@ pub mod txn;
 pub use command::{Command, Condition, Outcome, Proposal, FORMAT_VERSION};
 pub use dedup::Retention;
 pub use kv::KeyValue;
+pub use lease::{Lease, LeaseCounters, Leases, MAX_LEASE_ID};
 pub use mvcc::{
     sequential_key, Child, ChildrenPage, ListOptions, ListPage, ReadError, Store, SEQUENCE_DIGITS,
 };

@@ -100,6 +100,9 @@ pub struct Store {
     /// reset, so a number is never reused, even after its key was deleted.
     #[serde(default)]
     sequences: imbl::OrdMap<String, u64>,
+    /// The keys each lease owns now (a key belongs to the lease of its current version).
+    #[serde(default)]
+    lease_keys: imbl::OrdMap<u64, imbl::OrdSet<String>>,
 }
 
 /// The name width of a sequential key: every u64 fits, and names sort like numbers.
@@ -331,6 +334,34 @@ impl Store {
         Ok(ChildrenPage { revision: rev, children, more })
     }
 
+    /// The keys lease `id` owns now, in key order.
+    pub fn lease_keys(&self, id: u64) -> impl Iterator<Item = &String> + '_ {
+        self.lease_keys.get(&id).into_iter().flat_map(|keys| keys.iter())
+    }
+
+    /// How many keys lease `id` owns now.
+    pub fn lease_key_count(&self, id: u64) -> usize {
+        self.lease_keys.get(&id).map_or(0, imbl::OrdSet::len)
+    }
+
+    /// Moves `key` from the lease it belonged to (`from`) to `to`.
+    fn attach(&mut self, key: &str, from: Option<u64>, to: Option<u64>) {
+        if from == to {
+            return;
+        }
+        if let Some(from) = from {
+            if let Some(keys) = self.lease_keys.get_mut(&from) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.lease_keys.remove(&from);
+                }
+            }
+        }
+        if let Some(to) = to {
+            self.lease_keys.entry(to).or_default().insert(key.to_string());
+        }
+    }
+
     /// The last sequence number handed out under `parent` (0: none yet).
     pub fn sequence(&self, parent: &str) -> u64 {
         self.sequences.get(parent).copied().unwrap_or(0)
@@ -421,6 +452,7 @@ impl WriteTxn<'_> {
         store.bytes += (key.len() + value.len()) as u64;
         versions.push(Version { mod_revision: rev, create_revision, version, value: Some(value), lease });
         let kv = to_kv(key, versions.last().expect("just pushed")).expect("has a value");
+        store.attach(key, prev.as_ref().and_then(|p| p.lease), lease);
         (kv, prev)
     }
 
@@ -472,6 +504,7 @@ impl WriteTxn<'_> {
             });
             store.bytes += kv.key.len() as u64;
             store.live -= 1;
+            store.attach(&kv.key, kv.lease, None);
         }
         targets
     }

@@ -1108,6 +1108,11 @@ mod model {
                     Outcome::Compacted { revision: self.revision, compact_revision: self.floor, compacted }
                 }
                 Command::Idempotent { cmd, .. } => self.apply(cmd),
+                // Leases are the state root's; the store alone does nothing with them.
+                Command::LeaseGrant { .. }
+                | Command::LeaseRevoke { .. }
+                | Command::LeaseClock { .. }
+                | Command::LeaseExpire { .. } => Outcome::Nothing { revision: self.revision },
                 Command::Batch { cmds } => {
                     let outcomes = cmds
                         .iter()

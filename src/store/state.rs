@@ -1,7 +1,9 @@
 //! The root of the replicated state: everything `apply` changes lives here.
 //!
-//! Today that is the multi-version key space and the idempotency table; leases, locks and
-//! elections join it as they arrive. Every node applies the same proposals in the
+//! Today that is the multi-version key space, the lease table and the idempotency table;
+//! locks and elections join it as they arrive. A write that names a lease which does not
+//! exist is refused whole (`LeaseNotFound`), so every key's lease exists; a lease's end
+//! deletes the keys it owns at one revision. Every node applies the same proposals in the
 //! same order to a `State` and so holds the same one, byte for byte (it is what a snapshot
 //! captures). Nothing here reads a clock or does I/O: time arrives inside the proposal.
 
@@ -9,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{apply_batch, Command, Outcome, Proposal};
 use super::dedup::{self, Dedup, Seen};
+use super::lease::Leases;
 use super::mvcc::Store;
+use super::txn::TxnOp;
 
 /// The replicated state machine's data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +23,9 @@ pub struct State {
     /// Idempotency keys of recent writes and what they got.
     #[serde(default)]
     dedup: Dedup,
+    /// Leases and the lease clock.
+    #[serde(default)]
+    leases: Leases,
 }
 
 impl State {
@@ -41,6 +48,11 @@ impl State {
         &self.dedup
     }
 
+    /// The lease table.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
     /// Applies one proposal and returns what it decided. Deterministic, never panics.
     /// Idempotency entries that expired by the proposal's leader stamp go first.
     pub fn apply(&mut self, p: &Proposal) -> Outcome {
@@ -57,20 +69,81 @@ impl State {
     /// carries a key.
     fn apply_one(&mut self, cmd: &Command, now_ms: u64) -> Outcome {
         let Command::Idempotent { key, fingerprint, retain, cmd } = cmd else {
-            return self.kv.apply(cmd);
+            return self.apply_cmd(cmd);
         };
         if matches!(cmd.as_ref(), Command::Batch { .. } | Command::Idempotent { .. }) {
             return self.nothing();
         }
         match self.dedup.seen(key, fingerprint) {
             Seen::New => {
-                let outcome = self.kv.apply(cmd);
+                let outcome = self.apply_cmd(cmd);
                 self.dedup.remember(key, fingerprint.clone(), outcome.clone(), now_ms, *retain);
                 outcome
             }
             Seen::Replay(first) => Outcome::Replayed { first: Box::new(dedup::refill(first, cmd)) },
             Seen::Conflict => Outcome::IdempotencyConflict { revision: self.revision() },
         }
+    }
+
+    /// Applies one plain command (neither a batch nor idempotent).
+    fn apply_cmd(&mut self, cmd: &Command) -> Outcome {
+        let revision = self.revision();
+        match cmd {
+            Command::LeaseGrant { id, ttl_ms, clock_ms } => {
+                match self.leases.grant(*id, *ttl_ms, *clock_ms) {
+                    Some(id) => Outcome::LeaseGranted { revision, id, ttl_ms: *ttl_ms },
+                    None => Outcome::LeaseExists { revision, id: id.unwrap_or(0) },
+                }
+            }
+            Command::LeaseRevoke { id } => match self.end_lease(*id, false) {
+                Some(deleted) => Outcome::LeaseRevoked { revision: self.revision(), id: *id, deleted },
+                None => Outcome::LeaseNotFound { revision, lease: *id },
+            },
+            Command::LeaseClock { clock_ms, renew } => {
+                self.leases.advance(*clock_ms);
+                let missing = renew.iter().copied().filter(|id| !self.leases.renew(*id, *clock_ms)).collect();
+                Outcome::LeaseClock { revision, missing }
+            }
+            Command::LeaseExpire { clock_ms, ids } => {
+                self.leases.advance(*clock_ms);
+                let mut expired = Vec::new();
+                for id in ids {
+                    let due = self.leases.get(*id).is_some_and(|l| l.expires_at <= *clock_ms);
+                    if due && self.end_lease(*id, true).is_some() {
+                        expired.push(*id);
+                    }
+                }
+                Outcome::LeasesExpired { revision: self.revision(), expired }
+            }
+            cmd => match self.missing_lease(cmd) {
+                Some(lease) => Outcome::LeaseNotFound { revision, lease },
+                None => self.kv.apply(cmd),
+            },
+        }
+    }
+
+    /// A lease the write would attach a key to that does not exist (for a transaction,
+    /// in the branch its compares choose).
+    fn missing_lease(&self, cmd: &Command) -> Option<u64> {
+        let missing = |lease: &Option<u64>| lease.filter(|l| !self.leases.contains(*l));
+        match cmd {
+            Command::Put { lease, .. } => missing(lease),
+            Command::Txn(txn) => txn.branch(&self.kv).1.iter().find_map(|op| match op {
+                TxnOp::Put { lease, .. } => missing(lease),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Ends lease `id`: deletes the keys it owns, all at one revision. Returns how many
+    /// went, or `None` if there is no such lease.
+    fn end_lease(&mut self, id: u64, expired: bool) -> Option<u64> {
+        self.leases.remove(id, expired)?;
+        let keys: Vec<String> = self.kv.lease_keys(id).cloned().collect();
+        let mut w = self.kv.write();
+        let deleted = keys.iter().map(|k| w.delete(k, false).len() as u64).sum();
+        Some(deleted)
     }
 
     /// The outcome of a log entry with no business payload (blank or membership).
@@ -82,7 +155,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Condition, Retention};
+    use crate::store::{Condition, Retention, Txn};
 
     const RETAIN: Retention = Retention { window_ms: 1_000, max_entries: 100, max_bytes: u64::MAX };
 
@@ -136,6 +209,171 @@ mod tests {
         let failed = s.apply(&at(30, once("k2", cas.clone())));
         assert!(matches!(failed, Outcome::ConditionFailed { .. }));
         assert_eq!(s.apply(&at(40, once("k2", cas))), Outcome::Replayed { first: Box::new(failed) });
+    }
+
+    fn leased(key: &str, lease: Option<u64>) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            sequential: false,
+            cond: Condition::default(),
+            prev_kv: false,
+        }
+    }
+
+    fn grant(id: u64, ttl_ms: u64, clock_ms: u64) -> Command {
+        Command::LeaseGrant { id: Some(id), ttl_ms, clock_ms }
+    }
+
+    #[test]
+    fn a_lease_owns_its_keys_and_takes_them_when_it_ends() {
+        let mut s = State::new();
+        assert!(matches!(
+            s.apply(&at(0, grant(1, 1000, 0))),
+            Outcome::LeaseGranted { revision: 0, id: 1, .. }
+        ));
+        assert_eq!(s.apply(&at(0, grant(1, 1000, 0))), Outcome::LeaseExists { revision: 0, id: 1 });
+        // A put under a lease that does not exist changes nothing.
+        assert_eq!(s.apply(&at(0, leased("/x", Some(2)))), Outcome::LeaseNotFound { revision: 0, lease: 2 });
+        assert_eq!(s.revision(), 0);
+        s.apply(&at(0, leased("/a", Some(1))));
+        s.apply(&at(0, leased("/b", Some(1))));
+        s.apply(&at(0, leased("/c", None)));
+        // Rewritten without the lease: no longer its key.
+        s.apply(&at(0, leased("/b", None)));
+        assert_eq!(s.kv().lease_keys(1).collect::<Vec<_>>(), vec!["/a"]);
+        s.apply(&at(0, leased("/d", Some(1))));
+        // A transaction's branch naming a missing lease is refused whole.
+        let txn = Command::Txn(Txn {
+            compare: vec![],
+            success: vec![
+                TxnOp::Put {
+                    key: "/e".into(),
+                    value: b"1".to_vec(),
+                    lease: None,
+                    sequential: false,
+                    prev_kv: false,
+                },
+                TxnOp::Put {
+                    key: "/f".into(),
+                    value: b"1".to_vec(),
+                    lease: Some(9),
+                    sequential: false,
+                    prev_kv: false,
+                },
+            ],
+            failure: vec![],
+            max_read_bytes: 0,
+            default_get_limit: 1,
+        });
+        let rev = s.revision();
+        assert_eq!(s.apply(&at(0, txn)), Outcome::LeaseNotFound { revision: rev, lease: 9 });
+        assert!(s.kv().current("/e").is_none());
+        // Revoking deletes its keys, all at one revision.
+        let Outcome::LeaseRevoked { revision, deleted: 2, .. } =
+            s.apply(&at(0, Command::LeaseRevoke { id: 1 }))
+        else {
+            panic!()
+        };
+        assert_eq!(revision, rev + 1);
+        assert!(s.kv().current("/a").is_none() && s.kv().current("/d").is_none());
+        assert!(s.kv().current("/b").is_some() && s.kv().current("/c").is_some());
+        assert_eq!(
+            s.apply(&at(0, Command::LeaseRevoke { id: 1 })),
+            Outcome::LeaseNotFound { revision, lease: 1 }
+        );
+        assert_eq!(s.leases().counters().revoked, 1);
+    }
+
+    #[test]
+    fn an_expiry_ends_only_leases_still_expired_at_its_stamp() {
+        let mut s = State::new();
+        s.apply(&at(0, grant(1, 1000, 0)));
+        s.apply(&at(0, grant(2, 1000, 0)));
+        s.apply(&at(0, leased("/a", Some(1))));
+        s.apply(&at(0, leased("/b", Some(2))));
+        // Lease 2 was renewed at 900: at 1000 only lease 1 is due.
+        let renewed = s.apply(&at(0, Command::LeaseClock { clock_ms: 900, renew: vec![2, 7] }));
+        assert_eq!(renewed, Outcome::LeaseClock { revision: 2, missing: vec![7] });
+        let out = s.apply(&at(0, Command::LeaseExpire { clock_ms: 1000, ids: vec![1, 2] }));
+        assert_eq!(out, Outcome::LeasesExpired { revision: 3, expired: vec![1] });
+        assert!(s.kv().current("/a").is_none() && s.kv().current("/b").is_some());
+        assert_eq!(s.leases().clock_ms(), 1000);
+        // A stale stamp never moves the clock back.
+        s.apply(&at(0, Command::LeaseClock { clock_ms: 10, renew: vec![] }));
+        assert_eq!(s.leases().clock_ms(), 1000);
+        assert_eq!(s.leases().counters().expired, 1);
+        // The table is part of the snapshot.
+        let copy: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(copy, s);
+    }
+
+    /// Random writes, grants, revokes and expiries: every key's lease exists, and each
+    /// lease's key index is exactly the keys whose current version names it.
+    #[test]
+    fn the_lease_index_matches_the_keys() {
+        use rand::{Rng, SeedableRng};
+        let keys = ["/a", "/a/b", "/a/c", "/d", "/e/f"];
+        for seed in 0..50u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut s = State::new();
+            let mut clock = 0;
+            for _ in 0..300 {
+                let lease = |rng: &mut rand::rngs::StdRng| (rng.gen_bool(0.6)).then(|| rng.gen_range(1..=4));
+                let key = keys[rng.gen_range(0..keys.len())].to_string();
+                clock += rng.gen_range(0..50);
+                let cmd = match rng.gen_range(0..10) {
+                    0..=3 => leased(&key, lease(&mut rng)),
+                    4 => Command::Delete {
+                        key,
+                        recursive: rng.gen(),
+                        cond: Condition::default(),
+                        prev_kv: false,
+                    },
+                    5 => grant(rng.gen_range(1..=4), rng.gen_range(10..200), clock),
+                    6 => Command::LeaseRevoke { id: rng.gen_range(1..=4) },
+                    7 => Command::LeaseClock { clock_ms: clock, renew: vec![rng.gen_range(1..=4)] },
+                    8 => Command::LeaseExpire { clock_ms: clock, ids: s.leases().expired(clock, 4) },
+                    _ => Command::Put {
+                        key,
+                        value: b"s".to_vec(),
+                        lease: lease(&mut rng),
+                        sequential: true,
+                        cond: Condition::default(),
+                        prev_kv: false,
+                    },
+                };
+                let before = s.revision();
+                let out = s.apply(&at(0, cmd.clone()));
+                assert!(s.revision() <= before + 4, "seed {seed}: {cmd:?} -> {out:?}");
+                let mut index: Vec<(u64, String)> = Vec::new();
+                for id in 1..=4 {
+                    index.extend(s.kv().lease_keys(id).map(|k| (id, k.clone())));
+                    if !s.leases().contains(id) {
+                        assert_eq!(s.kv().lease_key_count(id), 0, "seed {seed}: ended lease {id} owns keys");
+                    }
+                }
+                let opts = crate::store::ListOptions {
+                    revision: None,
+                    after: None,
+                    limit: usize::MAX,
+                    max_bytes: usize::MAX,
+                    keys_only: true,
+                };
+                let mut want: Vec<(u64, String)> = s
+                    .kv()
+                    .list("/", &opts)
+                    .unwrap()
+                    .kvs
+                    .into_iter()
+                    .filter_map(|kv| kv.lease.map(|l| (l, kv.key)))
+                    .collect();
+                want.sort();
+                index.sort();
+                assert_eq!(index, want, "seed {seed}: after {cmd:?}");
+            }
+        }
     }
 
     #[test]

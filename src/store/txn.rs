@@ -176,6 +176,12 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// Whether the compares hold against `kv` as it is, and the branch they choose.
+    pub fn branch(&self, kv: &Store) -> (bool, &[TxnOp]) {
+        let succeeded = self.compare.iter().all(|c| c.holds(kv.current(&c.key).as_ref()));
+        (succeeded, if succeeded { &self.success } else { &self.failure })
+    }
+
     /// What the transaction costs a log entry: the bytes it carries, plus its read budget
     /// when it reads (so the proposer never batches more reads than fit one entry's reply).
     pub fn data_bytes(&self) -> usize {
@@ -201,8 +207,7 @@ impl Store {
     /// Runs a transaction: the compares choose the branch; the branch runs at one revision.
     /// Returns whether the compares held, and the branch's results in order.
     pub(crate) fn apply_txn(&mut self, txn: &Txn) -> (bool, Vec<TxnResult>) {
-        let succeeded = txn.compare.iter().all(|c| c.holds(self.current(&c.key).as_ref()));
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let (succeeded, ops) = txn.branch(self);
         let mut budget = txn.max_read_bytes;
         let mut w = self.write();
         let results = ops.iter().map(|op| run_op(&mut w, op, &mut budget, txn.default_get_limit)).collect();

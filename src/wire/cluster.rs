@@ -33,7 +33,22 @@ pub struct ClusterResponse {
     /// Idempotency keys remembered.
     #[serde(default)]
     pub idempotency_keys: u64,
+    /// Leases now, and since the cluster began.
+    #[serde(default)]
+    pub leases: LeaseStats,
     pub members: Vec<MemberResponse>,
+}
+
+/// Lease counters in `GET /v1/cluster` (the same on every member: they are replicated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStats {
+    /// Leases that exist now.
+    pub alive: u64,
+    pub granted: u64,
+    /// Ended because nobody kept them alive.
+    pub expired: u64,
+    /// Ended by a client.
+    pub revoked: u64,
 }
 
 /// `GET /healthz` and `GET /readyz` when all is well: `{"status": "ok"}` / `"ready"`.

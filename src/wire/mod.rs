@@ -5,10 +5,11 @@
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod txn;
 pub mod whole;
 
-pub use cluster::{ClusterResponse, HealthResponse, MemberResponse};
+pub use cluster::{ClusterResponse, HealthResponse, LeaseStats, MemberResponse};
 pub use error::{ErrorBody, ErrorDetail};
 pub use kv::{
     decode_value, put_body, Child, ChildrenResponse, CountResponse, DeleteResponse, GetResponse, KeyValue,

@@ -1,0 +1,153 @@
+//! Lease routes: grant (`POST /v1/leases`, 201), keepalive, read one, list, revoke.
+//!
+//! Grants and revokes are writes (an `Idempotency-Key` works on them); keepalives and
+//! reads are answered by the leader, which alone runs the lease clock. An unknown or
+//! expired lease is 404 `lease_not_found`; a granted id already in use is 409
+//! `lease_exists`; a TTL outside the node's bounds is 400, never adjusted.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::query::Query;
+use super::write;
+use crate::error::Error;
+use crate::node::{Node, MAX_LEASE_KEYS_SHOWN};
+use crate::peer::{LeaseAnswer, LeaseQuery};
+use crate::store::{Command, Outcome};
+use crate::wire::lease as w;
+
+fn reply<T: Serialize>(status: StatusCode, body: &T, revision: u64, term: u64) -> Response {
+    let mut resp = (status, super::json_body(body)).into_response();
+    super::state_headers(resp.headers_mut(), revision, term);
+    resp
+}
+
+/// The lease id in a path: a whole number from 1 to 2^53 - 1.
+fn lease_id(raw: &str) -> Result<u64, ApiError> {
+    let id = Query::parse_u64("the lease id", raw)?;
+    if id == 0 || id > crate::store::MAX_LEASE_ID {
+        return Err(ApiError::invalid(format!(
+            "a lease id is between 1 and {}, not {id}",
+            crate::store::MAX_LEASE_ID
+        )));
+    }
+    Ok(id)
+}
+
+/// `POST /v1/leases` with `{"ttl": "10s", "id"?: N}`.
+pub async fn grant(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (req, once): (w::GrantRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
+    let ttl_ms = w::ttl_ms(&req.ttl).map_err(ApiError::invalid)?;
+    node.check_ttl(ttl_ms)?;
+    let cmd = Command::LeaseGrant { id: req.id, ttl_ms, clock_ms: 0 };
+    let outcome = node.write(node.idempotent(once, cmd)?).await?;
+    let term = node.term();
+    let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
+    let r = match outcome {
+        Outcome::LeaseGranted { revision, id, ttl_ms } => {
+            Ok(reply(StatusCode::CREATED, &w::GrantResponse { id, ttl_ms }, revision, term))
+        }
+        Outcome::LeaseExists { revision, id } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "lease_exists",
+            format!("lease {id} exists already; nothing was granted"),
+        )
+        .at(revision, term)),
+        other => Err(Error::Internal(format!("a lease grant was decided as {other:?}")).into()),
+    };
+    write::mark_replayed(r, replayed)
+}
+
+/// `POST /v1/leases/{id}/keepalive`: the lease gets its whole TTL again.
+pub async fn keepalive(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    Query::parse(uri.query(), &[])?;
+    let id = lease_id(&id)?;
+    let t = node.lease_keepalive(id).await?;
+    let body = w::KeepaliveResponse { id: t.id, ttl_ms: t.ttl_ms, remaining_ms: t.remaining_ms };
+    Ok(reply(StatusCode::OK, &body, node.applied_revision(), node.term()))
+}
+
+/// `GET /v1/leases/{id}`: its TTL, time left and keys.
+pub async fn get(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    Query::parse(uri.query(), &[])?;
+    let id = lease_id(&id)?;
+    let answer = node.lease_read(LeaseQuery::One { id, max_keys: MAX_LEASE_KEYS_SHOWN }).await?;
+    let LeaseAnswer::One(l) = answer else {
+        return Err(Error::Internal("a lease read answered a page".into()).into());
+    };
+    let body = w::LeaseResponse {
+        id: l.id,
+        ttl_ms: l.ttl_ms,
+        remaining_ms: l.remaining_ms,
+        key_count: l.key_count,
+        keys: l.keys,
+    };
+    Ok(reply(StatusCode::OK, &body, node.applied_revision(), node.term()))
+}
+
+/// `GET /v1/leases?limit=N&after=ID`: one page of leases, in id order.
+pub async fn list(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+    let q = Query::parse(uri.query(), &["limit", "after"])?;
+    let limit =
+        q.u64("limit")?.map_or(node.config().max_list_limit, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let after = q.u64("after")?;
+    let LeaseAnswer::Page { leases, more } = node.lease_read(LeaseQuery::Page { after, limit }).await? else {
+        return Err(Error::Internal("a lease listing answered one lease".into()).into());
+    };
+    let next = if more { leases.last().map(|l| l.id) } else { None };
+    let leases: Vec<w::LeaseSummary> = leases
+        .into_iter()
+        .map(|l| w::LeaseSummary {
+            id: l.id,
+            ttl_ms: l.ttl_ms,
+            remaining_ms: l.remaining_ms,
+            key_count: l.key_count,
+        })
+        .collect();
+    let body = w::LeaseListResponse { count: leases.len() as u64, leases, more, next };
+    Ok(reply(StatusCode::OK, &body, node.applied_revision(), node.term()))
+}
+
+/// `DELETE /v1/leases/{id}`: ends the lease now; its keys are deleted at one revision.
+pub async fn revoke(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    Query::parse(uri.query(), &[])?;
+    let id = lease_id(&id)?;
+    let once = write::idempotency_key(&headers)?;
+    let outcome = node.write(node.idempotent(once, Command::LeaseRevoke { id })?).await?;
+    let term = node.term();
+    let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
+    let r = match outcome {
+        Outcome::LeaseRevoked { revision, id, deleted } => {
+            Ok(reply(StatusCode::OK, &w::RevokeResponse { revision, id, deleted }, revision, term))
+        }
+        Outcome::LeaseNotFound { revision, lease } => {
+            Err(ApiError::from(Error::LeaseNotFound(lease)).at(revision, term))
+        }
+        other => Err(Error::Internal(format!("a lease revoke was decided as {other:?}")).into()),
+    };
+    write::mark_replayed(r, replayed)
+}

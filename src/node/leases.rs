@@ -1,0 +1,198 @@
+//! Lease requests that only the leader can answer: keepalives (its lessor renews) and
+//! reads of remaining time (its lease clock knows it). A follower forwards them once to the
+//! leader, like a write. Grants and revokes are ordinary writes (`Node::write`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{peer_error, Node};
+use crate::error::{Error, Result};
+use crate::peer::{
+    LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, PeerError, PeerRequest, PeerResponse, TransportError,
+};
+use crate::store::{Lease, State};
+
+/// Most keys a read of one lease lists.
+pub const MAX_LEASE_KEYS_SHOWN: usize = 1000;
+
+impl Node {
+    /// Keeps lease `id` alive: it gets its whole TTL again. Acknowledged only once the
+    /// renewal is committed by a quorum, so a deposed leader never acknowledges one.
+    pub async fn lease_keepalive(self: &Arc<Self>, id: u64) -> Result<LeaseTimes> {
+        self.check_lease_id(id)?;
+        let r = self
+            .at_leader(
+                || PeerRequest::LeaseKeepalive { id },
+                |node| async move { node.local_keepalive(id).await },
+                |resp| match resp {
+                    PeerResponse::LeaseKeepalive(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await;
+        r
+    }
+
+    /// Reads leases as the leader sees them now (linearizable: the leader confirms its
+    /// leadership with a quorum first).
+    pub async fn lease_read(self: &Arc<Self>, q: LeaseQuery) -> Result<LeaseAnswer> {
+        self.check_lease_query(&q)?;
+        self.at_leader(
+            || PeerRequest::LeaseRead(q.clone()),
+            |node| {
+                let q = q.clone();
+                async move { node.local_lease_read(q).await }
+            },
+            |resp| match resp {
+                PeerResponse::LeaseRead(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// A lease read's arguments (the leader checks a forwarded one again).
+    pub(super) fn check_lease_query(&self, q: &LeaseQuery) -> Result<()> {
+        match q {
+            LeaseQuery::One { id, max_keys } => {
+                self.check_lease_id(*id)?;
+                if *max_keys > MAX_LEASE_KEYS_SHOWN {
+                    return Err(Error::InvalidArgument(format!(
+                        "a lease read lists at most {MAX_LEASE_KEYS_SHOWN} keys"
+                    )));
+                }
+            }
+            LeaseQuery::Page { limit, .. } => {
+                let max = self.cfg.max_list_limit;
+                if *limit == 0 || *limit > max {
+                    return Err(Error::InvalidArgument(format!(
+                        "limit must be between 1 and {max}, not {limit}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_lease_id(&self, id: u64) -> Result<()> {
+        if id == 0 || id > crate::store::MAX_LEASE_ID {
+            return Err(Error::InvalidArgument(format!(
+                "a lease id is between 1 and {}, not {id}",
+                crate::store::MAX_LEASE_ID
+            )));
+        }
+        Ok(())
+    }
+
+    /// Answers a lease read on this node as leader.
+    pub(super) async fn local_lease_read(self: &Arc<Self>, q: LeaseQuery) -> Result<LeaseAnswer, PeerError> {
+        let deadline = self.deadline();
+        let clock = self.lease_clock(deadline).await?;
+        let index = tokio::time::timeout_at(deadline, self.local_read_index())
+            .await
+            .map_err(|_| PeerError::Unavailable("no quorum confirmed the read within the deadline".into()))??
+            .index;
+        tokio::time::timeout_at(deadline, self.replica.wait_applied(index))
+            .await
+            .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))?;
+        let now = clock.now_ms();
+        let applied = self.replica.applied();
+        let state = &applied.state;
+        // A lease whose time is up is gone, even before its expiry is applied.
+        let alive = |l: &&Lease| l.expires_at > now;
+        match q {
+            LeaseQuery::One { id, max_keys } => {
+                let lease = state.leases().get(id).filter(alive);
+                let lease = lease.ok_or(PeerError::Refused(Error::LeaseNotFound(id)))?;
+                Ok(LeaseAnswer::One(info(state, lease, now, max_keys)))
+            }
+            LeaseQuery::Page { after, limit } => {
+                let mut leases = Vec::new();
+                let mut after = after;
+                // Skipping leases that are up can take more than one page of the table.
+                loop {
+                    let (page, more) = state.leases().page(after, limit - leases.len());
+                    after = page.last().map(|l| l.id).or(after);
+                    leases.extend(page.iter().filter(alive).map(|l| info(state, l, now, 0)));
+                    if !more || leases.len() == limit {
+                        return Ok(LeaseAnswer::Page { leases, more });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a request on the leader: `local` when this node leads, else forwarded once as
+    /// `req` (and answered by `unwrap`) to the leader, trying again only when the call was
+    /// never delivered or the leader had moved on.
+    async fn at_leader<T, F, Fut>(
+        self: &Arc<Self>,
+        req: impl Fn() -> PeerRequest,
+        local: F,
+        unwrap: fn(PeerResponse) -> Option<Result<T, PeerError>>,
+    ) -> Result<T>
+    where
+        F: Fn(Arc<Node>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PeerError>>,
+    {
+        let deadline = self.deadline();
+        let mut not = None;
+        loop {
+            let leader = self.wait_leader(deadline, not).await?;
+            if leader == self.id {
+                match tokio::time::timeout_at(deadline, local(self.clone())).await {
+                    Ok(Err(PeerError::NotLeader { .. })) => {
+                        not = Some(self.id);
+                        continue;
+                    }
+                    Ok(r) => return r.map_err(peer_error),
+                    Err(_) => {
+                        return Err(Error::Unavailable(
+                            "the leader did not answer within the deadline".into(),
+                        ))
+                    }
+                }
+            }
+            let Some(member) = self.member(leader) else {
+                not = Some(leader);
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.transport.call(leader, &member, req(), left).await {
+                Ok(resp) => match unwrap(resp) {
+                    Some(Err(PeerError::NotLeader { .. })) => {
+                        not = Some(leader);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some(r) => return r.map_err(peer_error),
+                    None => return Err(Error::Internal("the leader answered another request".into())),
+                },
+                Err(TransportError::Unreachable(_)) => {
+                    not = Some(leader);
+                    if Instant::now() >= deadline {
+                        return Err(Error::Unavailable(
+                            "the leader could not be reached within the deadline".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => {
+                    return Err(Error::Unavailable("the leader did not answer within the deadline".into()))
+                }
+            }
+        }
+    }
+}
+
+/// A lease as a read reports it, with up to `max_keys` of its keys.
+fn info(state: &State, l: &Lease, now: u64, max_keys: usize) -> LeaseInfo {
+    LeaseInfo {
+        id: l.id,
+        ttl_ms: l.ttl_ms,
+        remaining_ms: l.expires_at.saturating_sub(now),
+        key_count: state.kv().lease_key_count(l.id) as u64,
+        keys: state.kv().lease_keys(l.id).take(max_keys).cloned().collect(),
+    }
+}
