@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::Node;
 use crate::error::Error;
 use crate::peer::{LeaseTimes, PeerError};
-use crate::store::{Command, Outcome};
+use crate::store::{Command, Leases, Outcome};
 
 /// Most keepalives one renewal entry carries.
 const MAX_RENEWALS: usize = 10_000;
@@ -45,9 +45,19 @@ pub(super) struct LeaseClock {
 }
 
 impl LeaseClock {
+    /// A leader's clock that reads `base_ms` at `base` (when it took over).
+    pub fn new(term: u64, base_ms: u64, base: Instant) -> LeaseClock {
+        LeaseClock { term, base_ms, base }
+    }
+
     /// The clock reading now.
     pub fn now_ms(&self) -> u64 {
-        self.base_ms.saturating_add(self.base.elapsed().as_millis() as u64)
+        self.at(Instant::now())
+    }
+
+    /// The clock reading at `t`.
+    pub fn at(&self, t: Instant) -> u64 {
+        self.base_ms.saturating_add(t.saturating_duration_since(self.base).as_millis() as u64)
     }
 
     /// When the clock reads `at` (for sleeping until an expiry).
@@ -86,7 +96,7 @@ impl Node {
             };
             let Some(n) = node.upgrade() else { return };
             let base_ms = n.replica.applied().state.leases().clock_ms();
-            let clock = LeaseClock { term, base_ms, base: Instant::now() };
+            let clock = LeaseClock::new(term, base_ms, Instant::now());
             n.lessor.clock.send_replace(Some(clock));
             tracing::info!(term, clock_ms = base_ms, "leading leases");
             drop(n);
@@ -108,99 +118,94 @@ impl Node {
         clock: LeaseClock,
         leadership: &mut watch::Receiver<super::Leadership>,
     ) {
-        let still_leads = |l: &super::Leadership| l.is_self && l.term == clock.term;
-        let mut last_stamp = Instant::now();
-        let mut pace = Pace::new(0);
+        let Some(cfg) = node.upgrade().map(|n| n.cfg.clone()) else { return };
+        let mut term = LeaseTerm::new(clock, Instant::now(), &cfg);
         loop {
-            if !still_leads(&leadership.borrow_and_update()) {
+            let l = *leadership.borrow_and_update();
+            if !(l.is_self && l.term == clock.term) {
                 return;
             }
             let Some(n) = node.upgrade() else { return };
-            pace.rate = n.cfg.lease_revoke_rate;
-            let checkpoint = Duration::from_millis(n.cfg.lease_checkpoint_ms);
-            // 1. Renewals: every keepalive waiting, in one entry.
-            let waiting: Vec<(u64, KeepaliveReply)> = {
-                let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let take = p.len().min(MAX_RENEWALS);
-                p.drain(..take).collect()
+            let waiting = !n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases());
+            let r = match step {
+                Step::Renew { clock_ms } => {
+                    let waiting: Vec<(u64, KeepaliveReply)> = {
+                        let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let take = p.len().min(MAX_RENEWALS);
+                        p.drain(..take).collect()
+                    };
+                    let ids: BTreeSet<u64> = waiting.iter().map(|(id, _)| *id).collect();
+                    let r = n
+                        .propose_lease_command(Command::LeaseClock {
+                            clock_ms,
+                            renew: ids.into_iter().collect(),
+                        })
+                        .await;
+                    n.answer_keepalives(waiting, &r, clock);
+                    r
+                }
+                Step::Expire { clock_ms, ids } => {
+                    let asked = ids.len();
+                    let r = n.propose_lease_command(Command::LeaseExpire { clock_ms, ids }).await;
+                    match &r {
+                        Ok(Outcome::LeasesExpired { expired, .. }) => {
+                            tracing::debug!(asked, expired = expired.len(), "leases expired")
+                        }
+                        Err(PeerError::NotLeader { .. }) => {}
+                        other => tracing::warn!(?other, "a lease expiry was not applied; trying again"),
+                    }
+                    r
+                }
+                Step::Tick { clock_ms } => {
+                    n.propose_lease_command(Command::LeaseClock { clock_ms, renew: Vec::new() }).await
+                }
+                Step::Sleep { until } => {
+                    // (The node is held for at most one checkpoint interval here.)
+                    tokio::select! {
+                        _ = n.lessor.wake.notified() => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                        r = leadership.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                }
             };
-            if !waiting.is_empty() {
-                let ids: BTreeSet<u64> = waiting.iter().map(|(id, _)| *id).collect();
-                let cmd = Command::LeaseClock { clock_ms: clock.now_ms(), renew: ids.into_iter().collect() };
-                let r = n.propose_lease_command(cmd).await;
-                last_stamp = Instant::now();
-                let missing: BTreeSet<u64> = match &r {
-                    Ok(Outcome::LeaseClock { missing, .. }) => missing.iter().copied().collect(),
-                    _ => BTreeSet::new(),
-                };
-                let times = |id: u64| {
-                    let applied = n.replica.applied();
-                    applied.state.leases().get(id).map(|l| LeaseTimes {
+            term.stamped(Instant::now());
+            if matches!(r, Err(PeerError::NotLeader { .. })) {
+                return;
+            }
+        }
+    }
+
+    /// Tells each waiting keepalive what its renewal (`r`) decided.
+    fn answer_keepalives(
+        &self,
+        waiting: Vec<(u64, KeepaliveReply)>,
+        r: &Result<Outcome, PeerError>,
+        clock: LeaseClock,
+    ) {
+        let missing: BTreeSet<u64> = match r {
+            Ok(Outcome::LeaseClock { missing, .. }) => missing.iter().copied().collect(),
+            _ => BTreeSet::new(),
+        };
+        let applied = self.replica.applied();
+        let now = clock.now_ms();
+        for (id, tx) in waiting {
+            let reply = match r {
+                Ok(_) if missing.contains(&id) => Err(PeerError::Refused(Error::LeaseNotFound(id))),
+                Ok(_) => applied
+                    .state
+                    .leases()
+                    .get(id)
+                    .map(|l| LeaseTimes {
                         id,
                         ttl_ms: l.ttl_ms,
-                        remaining_ms: l.expires_at.saturating_sub(clock.now_ms()),
+                        remaining_ms: l.expires_at.saturating_sub(now),
                     })
-                };
-                for (id, tx) in waiting {
-                    let reply = match &r {
-                        Ok(_) if missing.contains(&id) => Err(PeerError::Refused(Error::LeaseNotFound(id))),
-                        Ok(_) => times(id).ok_or(PeerError::Refused(Error::LeaseNotFound(id))),
-                        Err(e) => Err(e.clone()),
-                    };
-                    let _ = tx.send(reply);
-                }
-                if matches!(r, Err(PeerError::NotLeader { .. })) {
-                    return;
-                }
-                continue;
-            }
-            // 2. Expiries, paced.
-            let now = clock.now_ms();
-            let (due, next_expiry, any) = {
-                let applied = n.replica.applied();
-                let leases = applied.state.leases();
-                let allowed = pace.available(Instant::now()).min(MAX_EXPIRIES);
-                (leases.expired(now, allowed), leases.next_expiry(), !leases.is_empty())
+                    .ok_or(PeerError::Refused(Error::LeaseNotFound(id))),
+                Err(e) => Err(e.clone()),
             };
-            if !due.is_empty() {
-                pace.spend(due.len());
-                let n_due = due.len();
-                let r = n.propose_lease_command(Command::LeaseExpire { clock_ms: now, ids: due }).await;
-                last_stamp = Instant::now();
-                match r {
-                    Ok(Outcome::LeasesExpired { expired, .. }) => {
-                        tracing::debug!(asked = n_due, expired = expired.len(), "leases expired")
-                    }
-                    Err(PeerError::NotLeader { .. }) => return,
-                    other => tracing::warn!(?other, "a lease expiry was not applied; trying again"),
-                }
-                continue;
-            }
-            // 3. A tick of the clock, while leases exist.
-            if any && last_stamp.elapsed() >= checkpoint {
-                let r =
-                    n.propose_lease_command(Command::LeaseClock { clock_ms: now, renew: Vec::new() }).await;
-                last_stamp = Instant::now();
-                if matches!(r, Err(PeerError::NotLeader { .. })) {
-                    return;
-                }
-                continue;
-            }
-            // 4. Sleep until there is something to do.
-            let mut wake_at = Instant::now() + checkpoint;
-            if any {
-                wake_at = wake_at.min(last_stamp + checkpoint);
-            }
-            if let Some(at) = next_expiry {
-                // An expiry held back by the pace waits for the pace, not the clock.
-                wake_at = wake_at.min(clock.instant_of(at).max(pace.next_token()));
-            }
-            // (The node is held for at most one checkpoint interval here.)
-            tokio::select! {
-                _ = n.lessor.wake.notified() => {}
-                _ = tokio::time::sleep_until(wake_at) => {}
-                r = leadership.changed() => if r.is_err() { return },
-            }
+            let _ = tx.send(reply);
         }
     }
 
@@ -272,6 +277,73 @@ impl Node {
     }
 }
 
+/// What the lessor does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Renew the leases whose keepalives wait, at this clock reading.
+    Renew { clock_ms: u64 },
+    /// End these expired leases.
+    Expire { clock_ms: u64, ids: Vec<u64> },
+    /// Stamp the clock into the log.
+    Tick { clock_ms: u64 },
+    /// Nothing to do until then (or until a keepalive arrives).
+    Sleep { until: Instant },
+}
+
+/// The lessor's decisions during one term of leadership, on a clock given to it (so they
+/// can be tested with a manual one): renewals first, then paced expiries, then a tick when
+/// the log has not carried the clock for a checkpoint interval.
+pub(super) struct LeaseTerm {
+    clock: LeaseClock,
+    /// When the last lease command was decided (it carried the clock).
+    last_stamp: Instant,
+    checkpoint: Duration,
+    pace: Pace,
+}
+
+impl LeaseTerm {
+    pub fn new(clock: LeaseClock, now: Instant, cfg: &crate::config::Config) -> LeaseTerm {
+        LeaseTerm {
+            clock,
+            last_stamp: now,
+            checkpoint: Duration::from_millis(cfg.lease_checkpoint_ms),
+            pace: Pace::new(cfg.lease_revoke_rate, now),
+        }
+    }
+
+    /// The next step at `now`, given whether keepalives wait and the applied lease table.
+    pub fn next(&mut self, now: Instant, renewals_waiting: bool, leases: &Leases) -> Step {
+        let clock_ms = self.clock.at(now);
+        if renewals_waiting {
+            return Step::Renew { clock_ms };
+        }
+        let allowed = self.pace.available(now).min(MAX_EXPIRIES);
+        let ids = leases.expired(clock_ms, allowed);
+        if !ids.is_empty() {
+            self.pace.spend(ids.len());
+            return Step::Expire { clock_ms, ids };
+        }
+        if leases.is_empty() {
+            return Step::Sleep { until: now + self.checkpoint };
+        }
+        let tick_at = self.last_stamp + self.checkpoint;
+        if now >= tick_at {
+            return Step::Tick { clock_ms };
+        }
+        let mut until = tick_at;
+        if let Some(at) = leases.next_expiry() {
+            // An expiry held back by the pace waits for the pace, not the clock.
+            until = until.min(self.clock.instant_of(at).max(self.pace.next_token()));
+        }
+        Step::Sleep { until: until.max(now) }
+    }
+
+    /// A lease command carrying the clock was committed (or given up on) at `now`.
+    pub fn stamped(&mut self, now: Instant) {
+        self.last_stamp = now;
+    }
+}
+
 /// Paces expiries: `rate` leases per second, with up to a tenth of a second's worth in one
 /// go.
 struct Pace {
@@ -281,9 +353,9 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(rate: u64) -> Pace {
+    fn new(rate: u64, now: Instant) -> Pace {
         // Starts full: `available` caps it at one burst.
-        Pace { rate, tokens: f64::INFINITY, at: Instant::now() }
+        Pace { rate, tokens: f64::INFINITY, at: now }
     }
 
     fn burst(&self) -> f64 {
@@ -306,5 +378,119 @@ impl Pace {
     fn next_token(&self) -> Instant {
         let missing = (1.0 - self.tokens).max(0.0);
         self.at + Duration::from_secs_f64(missing / self.rate.max(1) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{Proposal, State};
+
+    fn cfg(checkpoint_ms: u64, rate: u64) -> Config {
+        let mut c = Config::defaults();
+        c.lease_checkpoint_ms = checkpoint_ms;
+        c.lease_revoke_rate = rate;
+        c
+    }
+
+    fn apply(s: &mut State, cmd: Command) -> Outcome {
+        s.apply(&Proposal::new(cmd, 0))
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A new leader counts on from the last replicated reading: a lease an earlier leader
+    /// had left 1 s of ends 1 s after the takeover, not a whole TTL later, and not earlier.
+    #[test]
+    fn a_new_leader_resumes_the_clock_instead_of_resetting_leases() {
+        let mut s = State::new();
+        // Granted with a 10 s TTL at reading 0; the old leader's last stamp read 9,000.
+        apply(&mut s, Command::LeaseGrant { id: Some(1), ttl_ms: 10_000, clock_ms: 0 });
+        apply(&mut s, Command::LeaseClock { clock_ms: 9_000, renew: vec![] });
+        let t0 = Instant::now();
+        let clock = LeaseClock::new(2, s.leases().clock_ms(), t0);
+        let mut term = LeaseTerm::new(clock, t0, &cfg(500, 1000));
+        // Not due a millisecond early: it sleeps until exactly then (or the next tick).
+        match term.next(t0 + ms(499), false, s.leases()) {
+            Step::Sleep { until } => assert_eq!(until, t0 + ms(500)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(term.next(t0 + ms(500), false, s.leases()), Step::Tick { clock_ms: 9_500 });
+        term.stamped(t0 + ms(500));
+        match term.next(t0 + ms(900), false, s.leases()) {
+            Step::Sleep { until } => assert_eq!(until, t0 + ms(1000), "due at reading 10,000"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            term.next(t0 + ms(1000), false, s.leases()),
+            Step::Expire { clock_ms: 10_000, ids: vec![1] }
+        );
+    }
+
+    #[test]
+    fn keepalives_go_first_and_a_renewed_lease_is_not_due() {
+        let mut s = State::new();
+        apply(&mut s, Command::LeaseGrant { id: Some(1), ttl_ms: 2_000, clock_ms: 0 });
+        let t0 = Instant::now();
+        let clock = LeaseClock::new(1, 0, t0);
+        let mut term = LeaseTerm::new(clock, t0, &cfg(500, 1000));
+        // Due, but a keepalive waits: it is renewed first.
+        let step = term.next(t0 + ms(2_000), true, s.leases());
+        assert_eq!(step, Step::Renew { clock_ms: 2_000 });
+        let Step::Renew { clock_ms } = step else { unreachable!() };
+        apply(&mut s, Command::LeaseClock { clock_ms, renew: vec![1] });
+        term.stamped(t0 + ms(2_000));
+        assert_eq!(s.leases().get(1).unwrap().expires_at, 4_000);
+        assert!(matches!(term.next(t0 + ms(2_001), false, s.leases()), Step::Sleep { .. }));
+    }
+
+    #[test]
+    fn the_clock_ticks_only_while_leases_exist() {
+        let mut s = State::new();
+        let t0 = Instant::now();
+        let mut term = LeaseTerm::new(LeaseClock::new(1, 0, t0), t0, &cfg(500, 1000));
+        assert!(matches!(term.next(t0 + ms(5_000), false, s.leases()), Step::Sleep { .. }));
+        apply(&mut s, Command::LeaseGrant { id: Some(1), ttl_ms: 60_000, clock_ms: 0 });
+        assert_eq!(term.next(t0 + ms(5_000), false, s.leases()), Step::Tick { clock_ms: 5_000 });
+        term.stamped(t0 + ms(5_000));
+        match term.next(t0 + ms(5_100), false, s.leases()) {
+            Step::Sleep { until } => assert_eq!(until, t0 + ms(5_500)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// 10,000 leases due at once, at 1,000 per second: never more than a tenth of a
+    /// second's worth at a time, about 1,000 in the first second.
+    #[test]
+    fn a_mass_expiry_is_paced() {
+        let mut s = State::new();
+        for id in 1..=10_000 {
+            apply(&mut s, Command::LeaseGrant { id: Some(id), ttl_ms: 2_000, clock_ms: 0 });
+        }
+        let t0 = Instant::now();
+        let mut term = LeaseTerm::new(LeaseClock::new(1, 0, t0), t0, &cfg(500, 1000));
+        let mut now = t0 + ms(2_000);
+        let mut ended = 0;
+        while now < t0 + ms(3_000) {
+            match term.next(now, false, s.leases()) {
+                Step::Expire { clock_ms, ids } => {
+                    assert!(ids.len() <= 100, "a burst of {}", ids.len());
+                    ended += ids.len();
+                    apply(&mut s, Command::LeaseExpire { clock_ms, ids });
+                    term.stamped(now);
+                }
+                Step::Tick { .. } => term.stamped(now),
+                Step::Sleep { until } => {
+                    assert!(until > now, "sleeps forward");
+                    now = until;
+                }
+                Step::Renew { .. } => unreachable!(),
+            }
+        }
+        assert!((1_000..=1_110).contains(&ended), "{ended} ended in the first second");
+        assert_eq!(s.leases().len(), 10_000 - ended);
     }
 }
