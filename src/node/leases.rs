@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::lessor::LeaseClock;
 use super::{peer_error, Node};
 use crate::error::{Error, Result};
 use crate::peer::{
@@ -90,13 +91,7 @@ impl Node {
     pub(super) async fn local_lease_read(self: &Arc<Self>, q: LeaseQuery) -> Result<LeaseAnswer, PeerError> {
         let deadline = self.deadline();
         let clock = self.lease_clock(deadline).await?;
-        let index = tokio::time::timeout_at(deadline, self.local_read_index())
-            .await
-            .map_err(|_| PeerError::Unavailable("no quorum confirmed the read within the deadline".into()))??
-            .index;
-        tokio::time::timeout_at(deadline, self.replica.wait_applied(index))
-            .await
-            .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))?;
+        self.confirm_lease_leader(&clock, deadline).await?;
         let now = clock.now_ms();
         let applied = self.replica.applied();
         let state = &applied.state;
@@ -122,6 +117,28 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Confirms with a quorum that this node still leads in the term of `clock`, and
+    /// applies everything committed up to then: its lease table is then at least as new as
+    /// any other member's, so it may answer for leases. (A deposed leader that does not know
+    /// it yet may have missed a grant or a renewal, and its clock runs on while its
+    /// successor's stood still during the election.)
+    pub(super) async fn confirm_lease_leader(
+        &self,
+        clock: &LeaseClock,
+        deadline: Instant,
+    ) -> Result<(), PeerError> {
+        let reply = tokio::time::timeout_at(deadline, self.local_read_index()).await.map_err(|_| {
+            PeerError::Unavailable("no quorum confirmed this leader within the deadline".into())
+        })??;
+        if reply.term != clock.term {
+            let leader = self.replica.leadership().borrow().leader;
+            return Err(PeerError::NotLeader { leader });
+        }
+        tokio::time::timeout_at(deadline, self.replica.wait_applied(reply.index))
+            .await
+            .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))
     }
 
     /// Runs a request on the leader: `local` when this node leads, else forwarded once as
