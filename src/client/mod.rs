@@ -31,8 +31,12 @@ use serde_json::Value;
 
 mod cluster;
 mod kv;
+mod lease;
 mod txn;
 
+pub use crate::wire::lease::{
+    GrantResponse, KeepaliveResponse, LeaseListResponse, LeaseResponse, LeaseSummary, RevokeResponse,
+};
 pub use crate::wire::txn::{CompactResponse, TxnRequest, TxnResponse};
 pub use crate::wire::{
     decode_value, put_body, Child, ChildrenResponse, ClusterResponse, CountResponse, DeleteResponse,
@@ -87,6 +91,12 @@ impl Error {
     /// Whether this is the server's `key_not_found`.
     pub fn is_key_not_found(&self) -> bool {
         self.code() == Some("key_not_found")
+    }
+
+    /// Whether this is the server's `lease_not_found` (the lease expired, was revoked or
+    /// never existed).
+    pub fn is_lease_not_found(&self) -> bool {
+        self.code() == Some("lease_not_found")
     }
 
     /// For a `condition_failed` error: `Some(current)`, the key as it is now (`None` inside
@@ -257,6 +267,12 @@ impl Client {
     /// The endpoints, normalised.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// Sends the next request to the next endpoint (round-robin), for a caller that retries
+    /// a call itself after a 503, a 504 or a timeout of the endpoint that answered last.
+    pub fn next_endpoint(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Any request: `path_and_query` starts with `/` and must already be encoded. Returns
