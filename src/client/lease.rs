@@ -23,7 +23,7 @@ fn lease_path(id: u64) -> String {
 /// number of milliseconds is refused here; zero and the server's bounds are the server's to
 /// refuse (400 `invalid_argument`).
 fn ttl_text(ttl: Duration) -> Result<String, Error> {
-    if ttl.subsec_nanos() % 1_000_000 != 0 {
+    if !ttl.subsec_nanos().is_multiple_of(1_000_000) {
         return Err(Error::Other(format!("a lease TTL is a whole number of milliseconds, not {ttl:?}")));
     }
     Ok(format!("{}ms", ttl.as_millis()))

@@ -269,6 +269,11 @@ impl Client {
         &self.endpoints
     }
 
+    /// How long one request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends the next request to the next endpoint (round-robin), for a caller that retries
     /// a call itself after a 503, a 504 or a timeout of the endpoint that answered last.
     pub fn next_endpoint(&self) {
