@@ -106,4 +106,28 @@ mod tests {
         assert_eq!(ttl_text(Duration::ZERO).unwrap(), "0ms");
         assert!(ttl_text(Duration::from_micros(1500)).is_err());
     }
+
+    #[test]
+    fn replies_decode_and_reencode_faithfully() {
+        fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(v: serde_json::Value) -> T {
+            let t: T = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&t).unwrap(), v);
+            t
+        }
+        let g: GrantResponse = round_trip(json!({"id": 7, "ttl_ms": 10000}));
+        assert_eq!((g.id, g.ttl_ms), (7, 10000));
+        let k: KeepaliveResponse = round_trip(json!({"id": 7, "ttl_ms": 10000, "remaining_ms": 9998}));
+        assert_eq!(k.remaining_ms, 9998);
+        let l: LeaseResponse = round_trip(
+            json!({"id": 7, "ttl_ms": 10000, "remaining_ms": 5000, "key_count": 2, "keys": ["/a", "/b"]}),
+        );
+        assert_eq!(l.keys, vec!["/a", "/b"]);
+        let page: LeaseListResponse = round_trip(json!({"leases": [
+            {"id": 7, "ttl_ms": 10000, "remaining_ms": 5000, "key_count": 2}], "count": 1, "more": true, "next": 7}));
+        assert_eq!(page.next, Some(7));
+        let last: LeaseListResponse = round_trip(json!({"leases": [], "count": 0, "more": false}));
+        assert_eq!(last.next, None);
+        let r: RevokeResponse = round_trip(json!({"revision": 12, "id": 7, "deleted": 2}));
+        assert_eq!(r.deleted, 2);
+    }
 }

@@ -580,9 +580,11 @@ mod tests {
 
         let cluster = json!({"cluster_id": "c1", "node_id": 1, "leader": null, "term": 0, "revision": 0,
             "compact_revision": 0, "applied_index": 0, "store_bytes": 10, "quota_bytes": 100, "idempotency_keys": 2,
+            "leases": {"alive": 1, "granted": 4, "expired": 2, "revoked": 1},
             "members": [{"id": 1, "client_url": "http://a", "peer_url": "http://b", "role": "voter"}]});
         let c: ClusterResponse = serde_json::from_value(cluster.clone()).unwrap();
         assert_eq!(c.leader, None);
+        assert_eq!((c.leases.alive, c.leases.granted, c.leases.expired, c.leases.revoked), (1, 4, 2, 1));
         assert_eq!(serde_json::to_value(&c).unwrap(), cluster);
 
         let bad = json!({"key": "/a", "value": "x", "value_base64": "eA==", "create_revision": 1,
