@@ -3,9 +3,10 @@
 //! Grants and revokes carry an idempotency key (`--idempotency-key`, or one made up per
 //! command), like every write of the CLI. `keepalive` renews a lease about every third of
 //! its TTL until Ctrl-C; it retries a failed renewal (503, 504, 429, no connection, no
-//! reply) only for as long as the lease is sure to live: its TTL after the moment the last
-//! acknowledged renewal was sent. A lease the server no longer has (404), or one not renewed
-//! within that time, is reported as lost and the command exits 1.
+//! reply within a third of the TTL) on the next endpoint, only for as long as the lease is
+//! sure to live: its TTL after the moment the last acknowledged renewal was sent. A lease
+//! the server no longer has (404), or one not renewed within that time, is reported as lost
+//! and the command exits 1.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -214,9 +215,20 @@ async fn renew_until_lost(client: &Client, out: Output, id: u64) -> Result<(), F
                 None => format!("lease {id}: no renewal was acknowledged within {:?}", client.timeout()),
             }));
         }
-        let reply = match tokio::time::timeout(sure_until - sent, client.lease_keepalive(id)).await {
+        // An attempt may take a third of the TTL (what is left of the lease's sure time at
+        // most), so one endpoint that hangs leaves time to try another.
+        let left = sure_until - sent;
+        let patience = acknowledged.map_or(left, |ttl| (ttl / 3).min(left));
+        let reply = match tokio::time::timeout(patience, client.lease_keepalive(id)).await {
             Ok(r) => r,
-            Err(_) => continue,
+            Err(_) => {
+                let left = sure_until.saturating_duration_since(Instant::now());
+                eprintln!(
+                    "warning: renewing lease {id}: no reply within {patience:.1?}; retrying for up to {left:.1?}"
+                );
+                client.next_endpoint();
+                continue;
+            }
         };
         match reply {
             Ok(r) => {
