@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
@@ -27,7 +28,8 @@ pub struct KvArgs {
 pub enum KvCommand {
     /// Print a key's value (`-o json`: the whole key-value). Exit code 1 when it is missing.
     Get(GetArgs),
-    /// Write a key. Prints `OK revision=N`; a failed condition prints the current key and exits 1.
+    /// Write a key. Prints `OK revision=N` (and `lease=ID` under a lease); a failed condition
+    /// prints the current key and exits 1.
     Put(PutArgs),
     /// Delete a key (or a subtree with --recursive). Prints `deleted=N revision=R`.
     #[command(visible_alias = "delete", alias = "rm")]
@@ -106,6 +108,15 @@ pub struct PutArgs {
     /// writing KEY; prints the key created.
     #[arg(long, conflicts_with_all = ["prev_kv", "if_version", "if_mod_revision", "if_value"])]
     pub sequential: bool,
+    /// Attach the key to lease ID: the key is deleted when the lease ends.
+    #[arg(long, value_name = "ID", conflicts_with = "ttl")]
+    pub lease: Option<u64>,
+    /// Grant a lease of this TTL (`10s`, `750ms`, `2m`, a number of seconds) and attach the
+    /// key to it; prints the lease id (keep it alive with `palisade lease keepalive ID`). The
+    /// grant's idempotency key is the write's with `.lease` appended; when the write is
+    /// refused, the lease is revoked again.
+    #[arg(long, value_name = "TTL", value_parser = super::lease::parse_ttl)]
+    pub ttl: Option<Duration>,
     #[command(flatten)]
     pub once: OnceArgs,
 }
@@ -213,33 +224,57 @@ fn show_conflict(out: Output, e: &client::Error) -> Result<(), Failure> {
 
 async fn put(client: &Client, out: Output, a: PutArgs) -> Result<(), Failure> {
     let value = value_arg(a.value)?;
-    if a.sequential {
-        let r = client.put_sequential(&a.key, &value, None, Some(&a.once.key())).await?;
-        return match out {
-            Output::Json => output::json(&r),
-            Output::Table => output::line(&format!("{} revision={}", r.kv.key, r.revision)),
-        };
-    }
-    let c = conditions(a.cond);
-    let opts = PutOptions {
-        if_version: c.if_version,
-        if_mod_revision: c.if_mod_revision,
-        if_value: c.if_value,
-        prev_kv: a.prev_kv,
-        lease: None,
-        idempotency_key: Some(a.once.key()),
+    let once = a.once.key();
+    let (lease, granted) = match a.ttl {
+        Some(ttl) => {
+            let grant_key = format!("{once}.lease");
+            if grant_key.len() > 128 {
+                return Err(Failure::Local(
+                    "with --ttl, --idempotency-key is at most 122 characters (the lease is granted under KEY.lease)"
+                        .into(),
+                ));
+            }
+            let g = client.lease_grant(ttl, None, Some(&grant_key)).await?;
+            (Some(g.id), Some(g.ttl_ms))
+        }
+        None => (a.lease, None),
     };
-    let r = match client.put(&a.key, &value, opts).await {
+    let lease_note = match (lease, granted) {
+        (Some(id), Some(ttl)) => format!(" lease={id} ttl={}", super::lease::show_ms(ttl)),
+        (Some(id), None) => format!(" lease={id}"),
+        _ => String::new(),
+    };
+    let r = if a.sequential {
+        client.put_sequential(&a.key, &value, lease, Some(&once)).await
+    } else {
+        let c = conditions(a.cond);
+        let opts = PutOptions {
+            if_version: c.if_version,
+            if_mod_revision: c.if_mod_revision,
+            if_value: c.if_value,
+            prev_kv: a.prev_kv,
+            lease,
+            idempotency_key: Some(once),
+        };
+        client.put(&a.key, &value, opts).await
+    };
+    let r = match r {
         Ok(r) => r,
         Err(e) => {
+            if let (Some(id), Some(_)) = (lease, granted) {
+                revoke_unused(client, id, &e).await;
+            }
             show_conflict(out, &e)?;
             return Err(e.into());
         }
     };
     match out {
         Output::Json => output::json(&r),
+        Output::Table if a.sequential => {
+            output::line(&format!("{} revision={}{lease_note}", r.kv.key, r.revision))
+        }
         Output::Table => {
-            output::line(&format!("OK revision={}", r.revision))?;
+            output::line(&format!("OK revision={}{lease_note}", r.revision))?;
             if a.prev_kv {
                 match &r.prev_kv {
                     Some(p) => output::line(&format!("prev: {}", output::describe(p)))?,
@@ -248,6 +283,24 @@ async fn put(client: &Client, out: Output, a: PutArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+/// Revokes the lease `kv put --ttl` granted when the put was refused for good (a bad
+/// request, a missing lease, a failed condition: what any retry of it is refused with too),
+/// on a best-effort basis. After any other failure the put may have applied (an earlier
+/// attempt may have, before a 503, 504, 507 or no reply), and the lease is left to its TTL.
+async fn revoke_unused(client: &Client, id: u64, e: &client::Error) {
+    let refused = matches!(e.status(), Some(400 | 404 | 409 | 413 | 415));
+    if !refused {
+        eprintln!(
+            "warning: the write may or may not have applied; lease {id} is left to expire within its TTL"
+        );
+        return;
+    }
+    match client.lease_revoke(id, Some(&client::new_idempotency_key())).await {
+        Ok(_) => eprintln!("lease {id} was revoked: the write did not apply"),
+        Err(r) => eprintln!("warning: lease {id} could not be revoked ({r}); it expires within its TTL"),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod compact;
 pub(crate) mod kv;
+mod lease;
 mod output;
 mod serve;
 mod status;
@@ -22,6 +23,8 @@ pub enum Commands {
     Serve(crate::config::ServeFlags),
     /// Read, write, delete and list keys.
     Kv(kv::KvArgs),
+    /// Grant, keep alive, revoke, list and show leases.
+    Lease(lease::LeaseArgs),
     /// Show the cluster: members, roles, leader, term and revision.
     Status(status::StatusArgs),
     /// Drop the history below a revision (or keep the last N revisions).
@@ -34,6 +37,7 @@ pub fn main() -> std::process::ExitCode {
     match cli.command {
         Commands::Serve(args) => serve::run(args),
         Commands::Kv(args) => kv::run(args),
+        Commands::Lease(args) => lease::run(args),
         Commands::Status(args) => status::run(args),
         Commands::Compact(args) => compact::run(args),
     }

@@ -153,6 +153,12 @@ pub fn json<T: Serialize>(v: &T) -> Result<(), Failure> {
     line(&s)
 }
 
+/// Writes `v` as JSON on one line to stdout (one line per event of a command that goes on).
+pub fn json_line<T: Serialize>(v: &T) -> Result<(), Failure> {
+    let s = serde_json::to_string(v).map_err(|e| Failure::Local(format!("cannot encode JSON: {e}")))?;
+    line(&s)
+}
+
 /// A value for a one-line display: the text when UTF-8, else `base64:<...>`.
 pub fn display_value(kv: &KeyValue) -> String {
     use base64::Engine;

@@ -31,8 +31,12 @@ use serde_json::Value;
 
 mod cluster;
 mod kv;
+mod lease;
 mod txn;
 
+pub use crate::wire::lease::{
+    GrantResponse, KeepaliveResponse, LeaseListResponse, LeaseResponse, LeaseSummary, RevokeResponse,
+};
 pub use crate::wire::txn::{CompactResponse, TxnRequest, TxnResponse};
 pub use crate::wire::{
     decode_value, put_body, Child, ChildrenResponse, ClusterResponse, CountResponse, DeleteResponse,
@@ -87,6 +91,12 @@ impl Error {
     /// Whether this is the server's `key_not_found`.
     pub fn is_key_not_found(&self) -> bool {
         self.code() == Some("key_not_found")
+    }
+
+    /// Whether this is the server's `lease_not_found` (the lease expired, was revoked or
+    /// never existed).
+    pub fn is_lease_not_found(&self) -> bool {
+        self.code() == Some("lease_not_found")
     }
 
     /// For a `condition_failed` error: `Some(current)`, the key as it is now (`None` inside
@@ -257,6 +267,17 @@ impl Client {
     /// The endpoints, normalised.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// How long one request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends the next request to the next endpoint (round-robin), for a caller that retries
+    /// a call itself after a 503, a 504 or a timeout of the endpoint that answered last.
+    pub fn next_endpoint(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Any request: `path_and_query` starts with `/` and must already be encoded. Returns
@@ -559,10 +580,11 @@ mod tests {
 
         let cluster = json!({"cluster_id": "c1", "node_id": 1, "leader": null, "term": 0, "revision": 0,
             "compact_revision": 0, "applied_index": 0, "store_bytes": 10, "quota_bytes": 100, "idempotency_keys": 2,
-            "leases": {"alive": 1, "granted": 3, "expired": 1, "revoked": 1},
+            "leases": {"alive": 1, "granted": 4, "expired": 2, "revoked": 1},
             "members": [{"id": 1, "client_url": "http://a", "peer_url": "http://b", "role": "voter"}]});
         let c: ClusterResponse = serde_json::from_value(cluster.clone()).unwrap();
         assert_eq!(c.leader, None);
+        assert_eq!((c.leases.alive, c.leases.granted, c.leases.expired, c.leases.revoked), (1, 4, 2, 1));
         assert_eq!(serde_json::to_value(&c).unwrap(), cluster);
 
         let bad = json!({"key": "/a", "value": "x", "value_base64": "eA==", "create_revision": 1,

@@ -15,28 +15,86 @@ disagreement between the spec and the server.
 - A transaction branch may write each key once (no key twice, no key and a recursive
   delete above it), with at most 128 operations in both branches together: operations
   past either rule are dropped.
+- A lease TTL must come to a whole number of milliseconds within the node's bounds
+  (`--lease-min-ttl-ms`, `--lease-max-ttl-ms`; run.sh leaves them at their defaults, 2 s
+  and 24 h): a TTL outside them is replaced by a valid one of the same spelling (a string
+  with a unit, or a number of seconds).
+- Lease ids (in lease paths, and the `lease` of puts and of transaction puts) are folded
+  into 1..2 x PALISADE_FUZZ_LEASES: run.sh grants the leases 1..PALISADE_FUZZ_LEASES
+  first, so about half of the ids name a lease that exists (until the fuzzer revokes it),
+  and keepalives, reads, revokes and puts under leases get past 404.
 """
 
+import math
 import os
+import re
 
 import schemathesis
 
 MAX_REVISION = int(os.environ.get("PALISADE_FUZZ_REVISION", "1"))
+LEASES = int(os.environ.get("PALISADE_FUZZ_LEASES", "0"))
+# The lease TTL bounds of `palisade serve` by default (--lease-min-ttl-ms, --lease-max-ttl-ms).
+MIN_TTL_MS, MAX_TTL_MS = 2_000, 86_400_000
 _counter = 0
 
 
-def fold(revision):
-    """A revision above MAX_REVISION folded into 1..MAX_REVISION, in the same spelling
-    (an int, a whole float such as `153.0`, or the digits of a query value)."""
+def fold(revision, most=None):
+    """A number above `most` (default MAX_REVISION) folded into 1..most, in the same
+    spelling (an int, a whole float such as `153.0`, or the digits of a query value)."""
+    most = MAX_REVISION if most is None else most
     if isinstance(revision, bool):
         return revision
-    if isinstance(revision, str) and revision.isdigit() and int(revision) > MAX_REVISION:
-        return str(1 + int(revision) % MAX_REVISION)
-    if isinstance(revision, float) and revision.is_integer() and revision > MAX_REVISION:
-        return float(1 + int(revision) % MAX_REVISION)
-    if isinstance(revision, int) and revision > MAX_REVISION:
-        return 1 + revision % MAX_REVISION
+    if isinstance(revision, str) and revision.isdigit() and int(revision) > most:
+        return str(1 + int(revision) % most)
+    if isinstance(revision, float) and revision.is_integer() and revision > most:
+        return float(1 + int(revision) % most)
+    if isinstance(revision, int) and revision > most:
+        return 1 + revision % most
     return revision
+
+
+def _fold_lease(lease):
+    return fold(lease, 2 * LEASES) if LEASES else lease
+
+
+_UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def _ttl_ms(ttl):
+    """The milliseconds a TTL comes to, computed as the server does (src/wire/lease.rs:
+    the same IEEE operations), or None when it refuses the spelling or the value."""
+    if isinstance(ttl, bool):
+        return None
+    if isinstance(ttl, (int, float)):
+        number, unit = float(ttl), 1000.0
+    elif isinstance(ttl, str):
+        m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", ttl)
+        if not m:
+            return None
+        number, unit = float(m.group(1)), _UNIT_MS[m.group(2)]
+    else:
+        return None
+    ms = number * unit
+    if not math.isfinite(ms) or ms < 0:
+        return None
+    whole = math.floor(ms + 0.5)
+    if abs(ms - whole) > 1e-6:
+        return None
+    return whole
+
+
+def _fit_ttl(ttl):
+    """`ttl` when the node takes it, else a valid TTL of the same spelling."""
+    ms = _ttl_ms(ttl)
+    if ms is not None and MIN_TTL_MS <= ms <= MAX_TTL_MS:
+        return ttl
+    seconds = MIN_TTL_MS // 1000 + sum(map(ord, str(ttl))) % 3600
+    return f"{seconds}s" if isinstance(ttl, str) else seconds
+
+
+def _fit_put(body):
+    if isinstance(body, dict) and "lease" in body:
+        body["lease"] = _fold_lease(body["lease"])
 
 
 def _fold_query(query):
@@ -97,6 +155,8 @@ def _fit_txn(body):
                 seen.append(target)
             if budget == 0:
                 break
+            if isinstance(op, dict):
+                _fit_put(op.get("put"))
             kept.append(op)
             budget -= 1
         body[name] = kept
@@ -121,8 +181,15 @@ def before_call(ctx, case, **kwargs):
     key = (case.path_parameters or {}).get("key")
     if isinstance(key, str):
         case.path_parameters["key"] = key.replace("%", "%25")
+    if "id" in (case.path_parameters or {}) and path.startswith("/v1/leases/"):
+        case.path_parameters["id"] = _fold_lease(case.path_parameters["id"])
     if method == "GET" and path == "/v1/kv/{key}" and isinstance(case.query, dict):
         _fold_query(case.query)
+    elif method in ("PUT", "POST") and path == "/v1/kv/{key}":
+        _fit_put(case.body)
+    elif method == "POST" and path == "/v1/leases" and isinstance(case.body, dict):
+        if "ttl" in case.body:
+            case.body["ttl"] = _fit_ttl(case.body["ttl"])
     elif method == "POST" and path == "/v1/maintenance/compact" and isinstance(case.body, dict):
         if "revision" in case.body:
             case.body["revision"] = fold(case.body["revision"])

@@ -25,6 +25,7 @@ bin=${PALISADE_BIN:-$target/debug/palisade}
 examples=${FUZZ_EXAMPLES:-20}
 max_time=${FUZZ_MAX_TIME:-60}
 seed_keys=20
+seed_leases=10
 
 if [[ ! -x $venv/bin/schemathesis ]] || [[ $("$venv/bin/schemathesis" --version 2>/dev/null) != *" $version" ]]; then
   echo "fuzz: installing schemathesis $version into $venv"
@@ -67,13 +68,18 @@ curl -fsS "$url/readyz" >/dev/null || { cat "$work/server.log"; echo "fuzz: the 
 for i in $(seq 1 $seed_keys); do
   curl -fsS -X PUT "$url/v1/kv/fuzz/seed/$i" -d '{"value":"seed"}' >/dev/null
 done
+# Leases 1..seed_leases exist (until the fuzzer revokes them); hooks.py folds lease ids
+# into 1..2 x seed_leases, so about half name one.
+for i in $(seq 1 $seed_leases); do
+  curl -fsS -X POST "$url/v1/leases" -d "{\"ttl\":\"1h\",\"id\":$i}" >/dev/null
+done
 
 echo "fuzz: schemathesis $version against $url (up to $examples examples per operation and phase)"
 start=$(date +%s)
 status=0
 # Run from target/fuzz-run, where schemathesis keeps its crash cache (`st replay ID` there).
 mkdir -p "$target/fuzz-run"
-(cd "$target/fuzz-run" && PALISADE_FUZZ_REVISION=$seed_keys SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$root/tests/fuzz" \
+(cd "$target/fuzz-run" && PALISADE_FUZZ_REVISION=$seed_keys PALISADE_FUZZ_LEASES=$seed_leases SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$root/tests/fuzz" \
   "$venv/bin/schemathesis" --config-file "$root/tests/fuzz/schemathesis.toml" run "$root/api/openapi.yaml" \
   --url "$url" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance,positive_data_acceptance \

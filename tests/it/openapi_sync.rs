@@ -222,20 +222,49 @@ fn object_property_names(spec: &Value, schema: &Value) -> BTreeSet<String> {
     names
 }
 
-/// The spec path template a request path falls under, if any. A template parameter is a
-/// wildcard (keys contain `/`), so it may only end a template. The root of the key space
-/// (`/v1/kv/` and `/v1/kv`) falls under `/v1/kv/{key}`, as its `key` parameter documents.
+/// The path parameters the router matches as wildcards (axum `{*name}`: a key contains
+/// `/`); every other path parameter is one segment.
+fn wildcard_parameters() -> BTreeSet<String> {
+    CLIENT_ROUTES
+        .iter()
+        .flat_map(|(_, p)| p.split('/'))
+        .filter_map(|seg| seg.strip_prefix("{*").and_then(|s| s.strip_suffix('}')))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The spec path template a request path falls under, if any. A wildcard parameter
+/// (`{key}`) takes the rest of the path, so it may only end a template; any other takes one
+/// segment. The root of the key space (`/v1/kv/` and `/v1/kv`) falls under `/v1/kv/{key}`,
+/// as its `key` parameter documents.
 fn template_of(spec: &Value, path: &str) -> Option<String> {
     if path == "/v1/kv" || path == "/v1/kv/" {
         return Some("/v1/kv/{key}".into());
     }
-    paths(spec)
-        .keys()
-        .find(|t| match t.find('{') {
-            None => t.as_str() == path,
-            Some(i) => path.len() > i && path.starts_with(&t[..i]),
-        })
-        .cloned()
+    let wildcards = wildcard_parameters();
+    let fits = |template: &str| {
+        let mut segs = path.split('/');
+        for t in template.split('/') {
+            match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                Some(name) if wildcards.contains(name) => {
+                    let rest: Vec<&str> = segs.by_ref().collect();
+                    return !rest.is_empty() && !rest.join("/").is_empty();
+                }
+                Some(_) => {
+                    if segs.next().is_none_or(str::is_empty) {
+                        return false;
+                    }
+                }
+                None => {
+                    if segs.next() != Some(t) {
+                        return false;
+                    }
+                }
+            }
+        }
+        segs.next().is_none()
+    };
+    paths(spec).keys().find(|t| fits(t)).cloned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -514,10 +543,16 @@ fn spec_is_well_formed() {
 
     // Operations: ids, responses, parameters.
     let mut ids = BTreeSet::new();
+    let wildcards = wildcard_parameters();
     for (path, item) in paths(&spec) {
-        if let Some(i) = path.find('{') {
-            if !path.ends_with('}') || path[i + 1..].contains('{') {
-                errs.push(format!("{path}: a path parameter may only end the path (it is a wildcard)"));
+        let segments: Vec<&str> = path.split('/').collect();
+        for (i, seg) in segments.iter().enumerate() {
+            let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+            if name.is_none() && seg.contains(['{', '}']) {
+                errs.push(format!("{path}: a path parameter must be a whole segment"));
+            }
+            if name.is_some_and(|n| wildcards.contains(n)) && i + 1 != segments.len() {
+                errs.push(format!("{path}: the wildcard parameter {seg} may only end the path"));
             }
         }
         for method in HTTP_METHODS.iter().filter(|m| item.get(**m).is_some()) {
@@ -909,14 +944,21 @@ fn conform(spec: &Value, reply: &Reply, errs: &mut Vec<String>) {
     conform_to(spec, response, reply, errs);
 }
 
-/// A request path for an operation: `{key}` becomes a sample key, and each required query
-/// parameter is given its example.
+/// A request path for an operation: `{key}` becomes a sample key, every other path
+/// parameter its example, and each required query parameter is given its example.
 fn sample_uri(spec: &Value, method: &str, template: &str, key: &str) -> String {
-    assert!(
-        !template.contains('{') || template.contains("{key}"),
-        "{template}: give this test a sample value for its parameters"
-    );
     let mut uri = template.replace("{key}", key);
+    for p in
+        parameters(spec, template, method).into_iter().filter(|p| p["in"] == "path" && p["name"] != "key")
+    {
+        let name = p["name"].as_str().expect("a name");
+        let value = match p.get("example").unwrap_or_else(|| panic!("path parameter {name} has no example")) {
+            Value::String(v) => v.clone(),
+            v => v.to_string(),
+        };
+        uri = uri.replace(&format!("{{{name}}}"), &value);
+    }
+    assert!(!uri.contains('{'), "{template}: give this test a sample value for its parameters");
     let required: Vec<String> = parameters(spec, template, method)
         .into_iter()
         .filter(|p| p["in"] == "query" && p["required"] == json!(true))
@@ -975,16 +1017,34 @@ async fn wait_ready(spec: &Value, router: &Router, errs: &mut Vec<String>) {
 /// The quota of the live node: small, so a 507 is cheap to provoke.
 const QUOTA: u64 = 256 * 1024;
 
+/// `--max-leases` of the live node: small, so a 507 is cheap to provoke.
+const MAX_LEASES: u64 = 16;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_serves_the_spec_and_nothing_else() {
     let spec = load_spec();
-    let n = TestNode::start(|cfg| cfg.quota_bytes = QUOTA).await;
+    let n = TestNode::start(|cfg| {
+        cfg.quota_bytes = QUOTA;
+        cfg.max_leases = MAX_LEASES;
+    })
+    .await;
     let r = &n.router;
     let mut errs: Vec<String> = Vec::new();
     wait_ready(&spec, r, &mut errs).await;
 
-    // 1. Every operation of the spec is routed (writes first, so reads find the key).
-    let rank = |m: &str| ["PUT", "GET", "DELETE"].iter().position(|x| *x == m).unwrap_or(3);
+    // 1. Every operation of the spec is routed (writes and creations first, so reads find
+    // the key; deletes last). The sample lease (the `id` parameter's example) exists.
+    let lease_id = deref(&spec, &spec["components"]["parameters"]["LeaseId"])["example"].clone();
+    let grant = send(
+        r,
+        "POST",
+        "/v1/leases",
+        Some(serde_json::to_vec(&json!({"ttl": "1h", "id": lease_id})).unwrap()),
+    )
+    .await;
+    assert_eq!(grant.status, StatusCode::CREATED, "{}", grant.describe());
+    conform(&spec, &grant, &mut errs);
+    let rank = |m: &str| ["PUT", "POST", "GET", "DELETE"].iter().position(|x| *x == m).unwrap_or(4);
     let mut ops: Vec<_> = spec_operations(&spec).into_iter().collect();
     ops.sort_by_key(|(m, p)| (rank(m), p.clone()));
     for (method, template) in &ops {
@@ -1317,6 +1377,191 @@ async fn router_serves_the_spec_and_nothing_else() {
     tour.check("GET", "/healthz", None, 200).await;
     tour.check("GET", "/readyz", None, 200).await;
 
+    // Leases: grants, keys under leases, keepalives, reads, listings, revokes, the cap.
+    let lease_stats = |r: &Reply| r.json()["leases"].clone();
+    let before = lease_stats(&tour.check("GET", "/v1/cluster", None, 200).await);
+    let g = tour.check("POST", "/v1/leases", body(json!({"ttl": "1h"})), 201).await;
+    let l1 = g.json()["id"].as_u64().unwrap_or(0);
+    tour.expect(g.json()["ttl_ms"] == 3_600_000 && l1 > 0, &g, "a grant, its id picked by the cluster");
+    let g = tour.check("POST", "/v1/leases", body(json!({"ttl": 90.5, "id": 4000})), 201).await;
+    tour.expect(
+        g.json() == json!({"id": 4000, "ttl_ms": 90_500}),
+        &g,
+        "a grant under an id, the TTL in seconds",
+    );
+    let dup = tour.check("POST", "/v1/leases", body(json!({"ttl": "10s", "id": 4000})), 409).await;
+    tour.expect(dup.error_code().as_deref() == Some("lease_exists"), &dup, "an id in use");
+    for ttl in [
+        json!("10"),
+        json!("0s"),
+        json!("1s"),
+        json!("1999ms"),
+        json!("25h"),
+        json!("1.5ms"),
+        json!("-1s"),
+        json!("1e3s"),
+        json!(" 10s"),
+        json!("10S"),
+        json!(".5s"),
+        json!(-1),
+        json!(0),
+        json!(1.0005),
+        json!(1e300),
+        json!(null),
+        json!(true),
+        json!(["10s"]),
+    ] {
+        let bad = tour.check("POST", "/v1/leases", body(json!({ "ttl": ttl })), 400).await;
+        tour.expect(bad.error_code().as_deref() == Some("invalid_argument"), &bad, "a bad TTL");
+    }
+    for bad in [
+        json!({}),
+        json!({"id": 5}),
+        json!({"ttl": "10s", "id": 0}),
+        json!({"ttl": "10s", "id": 9_007_199_254_740_992u64}),
+        json!({"ttl": "10s", "id": -1}),
+        json!({"ttl": "10s", "id": 1.5}),
+        json!({"ttl": "10s", "id": "5"}),
+        json!({"ttl": "10s", "bogus": 1}),
+    ] {
+        tour.check("POST", "/v1/leases", body(bad), 400).await;
+    }
+    tour.check("POST", "/v1/leases", Some(Vec::new()), 400).await;
+    tour.check("POST", "/v1/leases", Some(b"[".to_vec()), 400).await;
+    tour.check("POST", "/v1/leases?x=1", body(json!({"ttl": "10s"})), 400).await;
+    let i1 = tour
+        .check_with("POST", "/v1/leases", &ik("openapi-sync-lease-1"), body(json!({"ttl": "1m"})), 201)
+        .await;
+    let i2 = tour
+        .check_with("POST", "/v1/leases", &ik("openapi-sync-lease-1"), body(json!({"ttl": "1m"})), 201)
+        .await;
+    tour.expect(!replayed(&i1) && replayed(&i2) && i1.json() == i2.json(), &i2, "a replayed grant");
+    tour.check_with("POST", "/v1/leases", &ik("openapi-sync-lease-1"), body(json!({"ttl": "2m"})), 422).await;
+
+    let lk = "/v1/kv/openapi-sync/leased";
+    let put = tour.check("PUT", &format!("{lk}/a"), body(json!({"value": "1", "lease": l1})), 200).await;
+    tour.expect(put.json()["kv"]["lease"] == l1, &put, "a key under a lease");
+    tour.check("POST", &format!("{lk}?sequential"), body(json!({"value": "2", "lease": l1})), 201).await;
+    let put_b = json!({"success": [{"put": {"key": "/openapi-sync/leased/b", "value": "3", "lease": 4000}}]});
+    tour.check("POST", "/v1/txn", body(put_b), 200).await;
+    tour.check("PUT", &format!("{lk}/c"), body(json!({"value": "x", "lease": 0})), 400).await;
+    tour.check(
+        "PUT",
+        &format!("{lk}/c"),
+        body(json!({"value": "x", "lease": 9_007_199_254_740_992u64})),
+        400,
+    )
+    .await;
+    let missing = body(json!({"value": "x", "lease": 777_777}));
+    let n1 =
+        tour.check_with("PUT", &format!("{lk}/c"), &ik("openapi-sync-lease-2"), missing.clone(), 404).await;
+    let n2 = tour.check_with("PUT", &format!("{lk}/c"), &ik("openapi-sync-lease-2"), missing, 404).await;
+    tour.expect(!replayed(&n1) && replayed(&n2), &n2, "a replayed lease_not_found of a put");
+    let txn_missing =
+        json!({"success": [{"put": {"key": "/openapi-sync/leased/c", "value": "x", "lease": 777_777}}]});
+    tour.check("POST", "/v1/txn", body(txn_missing), 404).await;
+    tour.check("GET", &format!("{lk}/c"), None, 404).await;
+
+    let k = tour.check("POST", &format!("/v1/leases/{l1}/keepalive"), None, 200).await;
+    let left = k.json()["remaining_ms"].as_u64().unwrap_or(0);
+    tour.expect(
+        k.json()["id"] == l1 && k.json()["ttl_ms"] == 3_600_000 && left > 0 && left <= 3_600_000,
+        &k,
+        "a keepalive",
+    );
+    tour.check("POST", "/v1/leases/777777/keepalive", None, 404).await;
+    tour.check("POST", "/v1/leases/0/keepalive", None, 400).await;
+    tour.check("POST", "/v1/leases/9007199254740992/keepalive", None, 400).await;
+    tour.check("POST", "/v1/leases/x/keepalive", None, 400).await;
+    tour.check("POST", &format!("/v1/leases/{l1}/keepalive?x=1"), None, 400).await;
+    let one = tour.check("GET", &format!("/v1/leases/{l1}"), None, 200).await;
+    tour.expect(
+        one.json()["key_count"] == 2
+            && one.json()["keys"]
+                .as_array()
+                .is_some_and(|k| k.len() == 2 && k[1] == "/openapi-sync/leased/a"),
+        &one,
+        "a lease and its keys",
+    );
+    tour.check("GET", "/v1/leases/777777", None, 404).await;
+    tour.check("GET", "/v1/leases/0", None, 400).await;
+    tour.check("GET", "/v1/leases/-1", None, 400).await;
+    tour.check("GET", &format!("/v1/leases/{l1}?keys=1"), None, 400).await;
+
+    let all = tour.check("GET", "/v1/leases", None, 200).await;
+    let total = all.json()["count"].as_u64().unwrap_or(0);
+    let page = tour.check("GET", "/v1/leases?limit=1", None, 200).await;
+    let next = page.json()["next"].clone();
+    tour.expect(
+        page.json()["more"] == true && page.json()["count"] == 1 && next == page.json()["leases"][0]["id"],
+        &page,
+        "a first page of leases",
+    );
+    let rest = tour.check("GET", &format!("/v1/leases?limit=10000&after={next}"), None, 200).await;
+    tour.expect(
+        rest.json()["more"] == false
+            && rest.json().get("next").is_none()
+            && rest.json()["count"].as_u64() == Some(total - 1)
+            && total >= 4,
+        &rest,
+        "the rest of the leases",
+    );
+    tour.check("GET", "/v1/leases?limit=0", None, 400).await;
+    tour.check("GET", "/v1/leases?limit=10001", None, 400).await;
+    tour.check("GET", "/v1/leases?after=x", None, 400).await;
+    tour.check("GET", "/v1/leases?limit=1&limit=2", None, 400).await;
+
+    let r1 =
+        tour.check_with("DELETE", &format!("/v1/leases/{l1}"), &ik("openapi-sync-lease-3"), None, 200).await;
+    let r2 =
+        tour.check_with("DELETE", &format!("/v1/leases/{l1}"), &ik("openapi-sync-lease-3"), None, 200).await;
+    tour.expect(r1.json()["id"] == l1 && r1.json()["deleted"] == 2, &r1, "a revoke deletes the lease's keys");
+    tour.expect(replayed(&r2) && r1.json() == r2.json(), &r2, "a replayed revoke");
+    tour.check("GET", &format!("{lk}/a"), None, 404).await;
+    let gone = tour.check("DELETE", &format!("/v1/leases/{l1}"), None, 404).await;
+    tour.expect(gone.error_code().as_deref() == Some("lease_not_found"), &gone, "a revoked lease is gone");
+    tour.check("POST", &format!("/v1/leases/{l1}/keepalive"), None, 404).await;
+    tour.check("GET", &format!("/v1/leases/{l1}"), None, 404).await;
+    tour.check("DELETE", "/v1/leases/0", None, 400).await;
+    tour.check("DELETE", "/v1/leases/4000?x", None, 400).await;
+    tour.check_with("DELETE", "/v1/leases/4000", &ik("has space"), None, 400).await;
+    tour.check_with("DELETE", "/v1/leases/4000", &ik("openapi-sync-lease-1"), None, 422).await;
+    let revoked = tour.check("DELETE", "/v1/leases/4000", None, 200).await;
+    tour.expect(revoked.json()["deleted"] == 1, &revoked, "the key a transaction put under the lease");
+
+    // Past --max-leases, a grant is 507.
+    let mut granted = 0;
+    let mut capped = None;
+    for _ in 0..=MAX_LEASES {
+        let reply = send(tour.router, "POST", "/v1/leases", body(json!({"ttl": "1h"}))).await;
+        conform(tour.spec, &reply, tour.errs);
+        if reply.status == StatusCode::CREATED {
+            granted += 1;
+        } else {
+            capped = Some(reply);
+            break;
+        }
+    }
+    match capped {
+        Some(c) => tour.expect(
+            c.status == StatusCode::INSUFFICIENT_STORAGE
+                && c.error_code().as_deref() == Some("quota_exceeded"),
+            &c,
+            "a grant past --max-leases",
+        ),
+        None => tour
+            .errs
+            .push(format!("{} grants past --max-leases {MAX_LEASES} were all granted", MAX_LEASES + 1)),
+    }
+    let after = lease_stats(&tour.check("GET", "/v1/cluster", None, 200).await);
+    let delta = |f: &str| after[f].as_u64().unwrap_or(0).saturating_sub(before[f].as_u64().unwrap_or(0));
+    if (delta("granted"), delta("revoked")) != (3 + granted, 2)
+        || after["alive"].as_u64().is_none_or(|a| a > MAX_LEASES)
+    {
+        tour.errs
+            .push(format!("lease counters: before {before}, after {after}, {granted} granted in the loop"));
+    }
+
     // 4. What the spec does not list is a route miss (404 not_found or 405), documented
     // by the shared responses.
     let in_spec = spec_operations(&spec);
@@ -1336,7 +1581,12 @@ async fn router_serves_the_spec_and_nothing_else() {
         ("GET", "/v2/kv/a"),
         ("GET", "/"),
         ("POST", "/raft/rpc"),
-        ("GET", "/v1/leases"),
+        ("PUT", "/v1/leases"),
+        ("GET", "/v1/leases/"),
+        ("POST", "/v1/leases/7"),
+        ("GET", "/v1/leases/7/keepalive"),
+        ("DELETE", "/v1/leases/7/keepalive"),
+        ("GET", "/v1/leases/7/x"),
     ];
     for (method, uri) in misses {
         let listed = template_of(&spec, uri).is_some_and(|t| in_spec.contains(&(method.to_string(), t)));
@@ -1385,6 +1635,11 @@ async fn leaderless_replies_match_the_spec() {
     tour.check("GET", key, None, 503).await;
     tour.check("GET", &format!("{key}?consistency=serializable"), None, 404).await;
     tour.check("GET", "/v1/kv/?recursive&consistency=serializable", None, 200).await;
+    tour.check("POST", "/v1/leases", Some(br#"{"ttl":"10s"}"#.to_vec()), 503).await;
+    tour.check("POST", "/v1/leases/1/keepalive", None, 503).await;
+    tour.check("GET", "/v1/leases/1", None, 503).await;
+    tour.check("GET", "/v1/leases", None, 503).await;
+    tour.check("DELETE", "/v1/leases/1", None, 503).await;
     let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
     tour.expect(cluster.json()["leader"].is_null(), &cluster, "no leader is known");
     tour.check("GET", "/healthz", None, 200).await;

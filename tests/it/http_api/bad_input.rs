@@ -244,13 +244,16 @@ async fn invalid_bodies() {
             "lease_not_found",
         )
         .await;
-        api.refused_put(
-            "/v1/kv/new",
-            json!({"value": "x", "lease": 0}).to_string(),
-            StatusCode::NOT_FOUND,
-            "lease_not_found",
-        )
-        .await;
+        // Lease ids are 1 to 2^53 - 1: 0 and 2^53 are bad input, not missing leases.
+        for lease in [0u64, 1 << 53] {
+            api.refused_put(
+                "/v1/kv/new",
+                json!({"value": "x", "lease": lease}).to_string(),
+                BAD,
+                "invalid_argument",
+            )
+            .await;
+        }
 
         // Values over 1 MiB: 413 too_large, however they are spelled.
         let mib = 1024 * 1024;
