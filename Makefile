@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench bench-rss soak fuzz clean
+.PHONY: build test verify fix run cluster bench bench-rss bench-lease soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -52,9 +52,10 @@ cluster: build
 
 # Palisade and etcd side by side under the same wrk load; writes BENCHMARKS.md. Builds
 # Palisade and installs wrk and etcd when missing (apt-get, as root). Runs the load cells
-# (put, get, get-serializable, txn; ~30 min) and then the 10-minute memory run of each
-# product (~21 min): about 50 minutes in all. Knobs in benches/run.sh, e.g.
-# `DURATION=2 ROUNDS=1 RSS_RUN=0 make bench` for a quick look.
+# (put, get, get-serializable, txn, keepalive, and put under keepalives; ~40 min), the
+# lease failover trials (~3 min) and then the 10-minute memory run of each product
+# (~21 min): about 65 minutes in all. Knobs in benches/run.sh, e.g.
+# `DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 make bench` for a quick look.
 bench:
 	./benches/run.sh
 
@@ -62,6 +63,11 @@ bench:
 # RSS of every member every 10 s; ~21 min); writes BENCHMARKS-rss.md unless OUT is set.
 bench-rss:
 	RSS_RUN=only ./benches/run.sh
+
+# Only the lease parts (keepalive load, put under keepalives, failover; ~15 min); writes
+# BENCHMARKS-lease.md unless OUT is set.
+bench-lease:
+	LOADS=keepalive RSS_RUN=0 ./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a
 # failure prints its seed, and SEED= replays the same schedule.

@@ -4,18 +4,27 @@
   bench.py leader palisade|etcd URL...   print the leader's URL once every member is ready
                                          and all agree on one leader; exit 1 otherwise
   bench.py preload palisade|etcd URL N   write keys k000000000000000 .. N-1 (the wrk key space)
+  bench.py leases palisade|etcd URL N TTL FILE
+                                         grant N leases of TTL s; their ids to FILE, one a line
+                                         (the keepalive load's BENCH_LEASES)
+  bench.py failover palisade|etcd TTL LEADER_URL LEADER_PID SURVIVOR_URL FILE TRIAL
+                                         one failover trial on a running 3-node cluster: grant
+                                         a lease of TTL s, put a key under it, keep it alive a
+                                         few times, SIGKILL the leader, poll SURVIVOR_URL until
+                                         the key is gone; append the times to FILE
   bench.py fsync DIR                     fdatasync latency of 4 KiB appends in DIR
   bench.py sample SECS FILE PRODUCT PID...
                                          append the RSS (VmRSS) of each PID to FILE now and
                                          every SECS s until terminated (the memory run)
   bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt,
-                                         rss.txt,rss-samples-*.txt}
+                                         putka.txt,failover.txt,rss.txt,rss-samples-*.txt}
 """
 
 import base64
 import http.client
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -83,8 +92,9 @@ def cmd_leader(product, *urls):
     return 1
 
 
-def cmd_preload(product, url, n, conns=16):
-    n = int(n)
+def in_parallel(url, n, one, conns=16):
+    """one(conn, i) for i in 0..n-1 over `conns` connections to url; one returns an error
+    text or None. The first error stops the work; returns it (or None)."""
     nxt, lock, failures = [0], threading.Lock(), []
 
     def worker():
@@ -95,22 +105,178 @@ def cmd_preload(product, url, n, conns=16):
                 nxt[0] += 1
             if i >= n or failures:
                 return
-            if product == "palisade":
-                st, body = c.call("PUT", "/v1/kv/" + key(i), {"value": VALUE})
-            else:
-                st, body = c.call("POST", "/v3/kv/put", {"key": b64(key(i)), "value": b64(VALUE)})
-            if st != 200:
-                failures.append("%s: HTTP %d %s" % (key(i), st, body[:200]))
+            err = one(c, i)
+            if err:
+                failures.append(err)
 
     ts = [threading.Thread(target=worker) for _ in range(conns)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    if failures:
-        print("preload failed: " + failures[0], file=sys.stderr)
+    return failures[0] if failures else None
+
+
+def cmd_preload(product, url, n):
+    def one(c, i):
+        if product == "palisade":
+            st, body = c.call("PUT", "/v1/kv/" + key(i), {"value": VALUE})
+        else:
+            st, body = c.call("POST", "/v3/kv/put", {"key": b64(key(i)), "value": b64(VALUE)})
+        return None if st == 200 else "%s: HTTP %d %s" % (key(i), st, body[:200])
+
+    err = in_parallel(url, int(n), one)
+    if err:
+        print("preload failed: " + err, file=sys.stderr)
         return 1
     return 0
+
+
+def grant(c, product, ttl_s):
+    """Grant one lease of ttl_s seconds; (id as a string, None) or (None, error text)."""
+    if product == "palisade":
+        st, body = c.call("POST", "/v1/leases", {"ttl": ttl_s})
+        ok = st == 201
+    else:
+        st, body = c.call("POST", "/v3/lease/grant", {"TTL": ttl_s})
+        ok = st == 200
+    try:
+        d = json.loads(body)
+        lease = d["id"] if product == "palisade" else d["ID"]
+        ttl = d["ttl_ms"] / 1000 if product == "palisade" else int(d["TTL"])
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok or ttl != ttl_s:
+        return None, "grant: HTTP %d %s" % (st, body[:200])
+    return str(lease), None
+
+
+def keepalive(c, product, lease):
+    """Keep lease alive once; the TTL it got again (s), or None if the answer is not a renewal."""
+    try:
+        if product == "palisade":
+            st, body = c.call("POST", f"/v1/leases/{lease}/keepalive")
+            return json.loads(body)["ttl_ms"] / 1000 if st == 200 else None
+        st, body = c.call("POST", "/v3/lease/keepalive", {"ID": lease})
+        return int(json.loads(body)["result"]["TTL"]) if st == 200 else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def cmd_leases(product, url, n, ttl_s, path):
+    n, ttl_s = int(n), int(ttl_s)
+    ids = [None] * n
+
+    def one(c, i):
+        ids[i], err = grant(c, product, ttl_s)
+        return err
+
+    err = in_parallel(url, n, one)
+    if err:
+        print("lease preload failed: " + err, file=sys.stderr)
+        return 1
+    with open(path, "w") as f:
+        f.write("".join(i + "\n" for i in ids))
+    return 0
+
+
+FAILOVER_KEY = "failover"
+FAILOVER_KEEPALIVES = 3  # keepalives before the kill, FAILOVER_GAP_S apart
+FAILOVER_GAP_S = 0.2
+FAILOVER_POLL_S = 0.02
+
+
+def key_state(c, product):
+    """Linearizable read of FAILOVER_KEY: "present", "gone", or None (no answer now)."""
+    try:
+        if product == "palisade":
+            st, body = c.call("GET", "/v1/kv/" + FAILOVER_KEY)
+            if st == 200:
+                return "present"
+            return "gone" if st == 404 and json.loads(body)["error"]["code"] == "key_not_found" else None
+        st, body = c.call("POST", "/v3/kv/range", {"key": b64(FAILOVER_KEY)})
+        d = json.loads(body)
+        if st != 200 or "header" not in d:
+            return None
+        return "present" if d.get("kvs") else "gone"
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def time_left_ms(c, product, lease):
+    """What the cluster says is left of lease (ms; etcd answers in whole seconds), or None."""
+    try:
+        if product == "palisade":
+            st, body = c.call("GET", f"/v1/leases/{lease}")
+            return json.loads(body)["remaining_ms"] if st == 200 else None
+        st, body = c.call("POST", "/v3/lease/timetolive", {"ID": lease})
+        return int(json.loads(body)["TTL"]) * 1000 if st == 200 else None
+    except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
+        return None
+
+
+def cmd_failover(product, ttl_s, leader_url, leader_pid, survivor_url, path, trial):
+    ttl_s = int(ttl_s)
+    lead = Conn(leader_url, timeout=5)
+    lease, err = grant(lead, product, ttl_s)
+    if err:
+        print("failover: " + err, file=sys.stderr)
+        return 1
+    if product == "palisade":
+        st, body = lead.call("PUT", "/v1/kv/" + FAILOVER_KEY, {"value": VALUE, "lease": int(lease)})
+    else:
+        st, body = lead.call("POST", "/v3/kv/put", {"key": b64(FAILOVER_KEY), "value": b64(VALUE), "lease": lease})
+    if st != 200:
+        print("failover: put under the lease: HTTP %d %s" % (st, body[:200]), file=sys.stderr)
+        return 1
+    for _ in range(FAILOVER_KEEPALIVES):
+        time.sleep(FAILOVER_GAP_S)
+        sent = time.monotonic()
+        got = keepalive(lead, product, lease)
+        acked = time.monotonic()
+        if got != ttl_s:
+            print(f"failover: keepalive of lease {lease} answered TTL {got}, not {ttl_s}", file=sys.stderr)
+            return 1
+    os.kill(int(leader_pid), signal.SIGKILL)
+    killed = time.monotonic()
+    # One request at a time, every FAILOVER_POLL_S; a request that hangs while there is no
+    # leader is given up after 1 s and retried on a new connection.
+    c, polls, errors, serving, left, gone = Conn(survivor_url, timeout=1), 0, 0, None, None, None
+    deadline = killed + 3 * ttl_s + 30
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        try:
+            state = key_state(c, product)
+        except (OSError, http.client.HTTPException):
+            state = None
+            c = Conn(survivor_url, timeout=1)
+        polls += 1
+        now = time.monotonic()
+        if state is None:
+            errors += 1
+        elif serving is None:
+            serving = now
+            if state == "present":
+                left = time_left_ms(c, product, lease)
+        if state == "gone":
+            gone = now
+            break
+        time.sleep(max(0.0, t + FAILOVER_POLL_S - time.monotonic()))
+
+    def span(a, b):
+        return "-" if a is None or b is None else "%d" % round((b - a) * 1000)
+
+    line = (f"target={product} trial={trial} ttl_ms={ttl_s * 1000} ack_to_gone_ms={span(acked, gone)} "
+            f"sent_to_gone_ms={span(sent, gone)} kill_to_gone_ms={span(killed, gone)} "
+            f"kill_to_serving_ms={span(killed, serving)} left_at_serving_ms={'-' if left is None else left} "
+            f"polls={polls} poll_errors={errors}")
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    print(time.strftime("[%H:%M:%S] ") + f"{product} failover trial {trial}: key gone "
+          + (f"{span(acked, gone)} ms after the last keepalive ack" if gone else "NEVER (gave up)")
+          + f"; a survivor answered {span(killed, serving)} ms after the kill"
+          + ("" if left is None else f", lease time left then {left} ms"), file=sys.stderr, flush=True)
+    return 0 if gone else 1
 
 
 def cmd_fsync(d, count=200, budget_s=3.0):
@@ -176,6 +342,16 @@ LOAD_TEXT = {
     "(Palisade `POST /v1/txn`, etcd `POST /v3/kv/txn`); every transaction takes the success branch",
 }
 
+COLUMNS_TEXT = (
+    "Columns: **req/s** completed requests per second; **p50/p99 ms** latency percentiles from wrk "
+    "(with its coordinated-omission correction, so stalls show in p99); **peak RSS MiB** the largest "
+    "peak resident set (`VmHWM`) of a member since its start, over the rounds, and for 3 nodes also "
+    "the sum over the members; **server CPU %** CPU time of all server processes during the cell, "
+    "100 = one core. Servers, the load generator and all members share the machine's cores and one "
+    "disk, so a 3-node cluster here shows the cost of replication and quorum fsyncs, not of a network; "
+    "writes are bound by the disk's fsync latency. Compare the products within one machine, not "
+    "absolute numbers across machines.")
+
 # Palisade's automatic compaction flags and their defaults (src/config.rs).
 PALISADE_COMPACT = {"--auto-compact-retention-ms": "600000", "--auto-compact-max-revisions": "200000"}
 ETCD_COMPACT = ("--auto-compaction-mode", "--auto-compaction-retention", "--quota-backend-bytes")
@@ -197,6 +373,10 @@ def cmd_report(workdir, out):
             meta[k] = v
     hz = float(meta["clk_tck"])
     rows = read_rows(os.path.join(workdir, "results.txt"))
+    ka_rows = [r for r in rows if r["load"] == "keepalive"]
+    rows = [r for r in rows if r["load"] != "keepalive"]
+    putka_rows = read_rows(os.path.join(workdir, "putka.txt"))
+    failover_rows = read_rows(os.path.join(workdir, "failover.txt"))
     rss_rows = read_rows(os.path.join(workdir, "rss.txt"))
     o = []
     o.append("# Benchmarks\n")
@@ -206,6 +386,8 @@ def cmd_report(workdir, out):
     targets = []
     if rows:
         targets += report_cells(meta, hz, rows, o)
+    if ka_rows or putka_rows or failover_rows:
+        targets += report_leases(meta, hz, ka_rows, putka_rows, failover_rows, o)
     if rss_rows:
         targets += report_rss(meta, hz, workdir, rss_rows, o)
     targets = list(dict.fromkeys(targets))
@@ -236,60 +418,88 @@ def rate(r):
     return int(r["requests"]) / d if d > 0 else None
 
 
+def med(g, f):
+    vals = [f(r) for r in g]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def cpu(hz, r, ticks):
+    w = float(r["wall_s"])
+    return 100.0 * int(ticks) / hz / w if w > 0 else None
+
+
+def ms(us):
+    return int(us) / 1e3
+
+
+class Cells:
+    """wrk results grouped into cells (nodes, load, conns, product), in report order, with
+    each cell's table row (medians over the rounds) and the notes under the tables."""
+
+    def __init__(self, meta, hz, rows):
+        cells, order = {}, []
+        for r in rows:
+            k = (int(r["nodes"]), r["load"], int(r["conns"]), r["target"])
+            if k not in cells:
+                cells[k] = []
+                order.append(k)
+            cells[k].append(r)
+        self.loads = list(dict.fromkeys(k[1] for k in order))
+        self.targets = list(dict.fromkeys(k[3] for k in order))
+        order.sort(key=lambda k: (k[0], self.loads.index(k[1]), k[2], self.targets.index(k[3])))
+        self.rows = {}  # nodes -> table rows
+        self.errors, self.others, self.client_bound = [], [], False
+
+        def client(r):
+            return 100.0 * float(r["client_cpu_s"]) / float(r["wall_s"])
+
+        def other(r):
+            return max(cpu(hz, r, r["busy_ticks"]) - cpu(hz, r, r["server_ticks"]) - client(r), 0.0)
+
+        for k in order:
+            g = cells[k]
+            nodes, load, conns, target = k
+            rss = fmt(max(int(r["rss_max_kib"]) for r in g) / 1024)
+            if nodes > 1:
+                rss += " / " + fmt(max(int(r["rss_sum_kib"]) for r in g) / 1024)
+            name = f"{meta['desc_' + target]}, {nodes} node(s), {load}, {conns} conns"
+            n_err = sum(int(r["errors"]) for r in g)
+            if n_err:
+                self.errors.append(f"{n_err} in {name}")
+            self.others += [(other(r), name) for r in g]
+            mark = ""
+            if med(g, client) >= 90:
+                mark, self.client_bound = " \\*", True
+            self.rows.setdefault(nodes, []).append([
+                load, str(conns), meta["desc_" + target],
+                fmt(med(g, rate)) + mark,
+                fmt(med(g, lambda r: ms(r["p50_us"])), 2),
+                fmt(med(g, lambda r: ms(r["p99_us"])), 2),
+                rss,
+                fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"]))),
+            ])
+
+    def notes(self, o, what=""):
+        """The notes under a table; what: "" for the load cells, " keepalive" for those."""
+        if self.client_bound:
+            o.append("\\* the load generator (one wrk thread) used 90% or more of a core in this cell, "
+                     "so the figure is a lower bound of what the server can do.\n")
+        o.append("Failed requests (socket errors, timeouts, HTTP errors)"
+                 + (f" in the{what} cells: " if what else ": ")
+                 + ("; ".join(self.errors) if self.errors else "none") + ".")
+        if self.others:
+            worst = max(self.others)
+            o.append(f"Other processes on the machine used a median of "
+                     f"{statistics.median(v for v, _ in self.others):.0f}% of a core during the{what} cells"
+                     + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else "."))
+        o.append("")
+
+
 def report_cells(meta, hz, rows, o):
-    """The load cells' sections into o; returns the products."""
-
-    cells, order = {}, []
-    for r in rows:
-        k = (int(r["nodes"]), r["load"], int(r["conns"]), r["target"])
-        if k not in cells:
-            cells[k] = []
-            order.append(k)
-        cells[k].append(r)
-    loads = list(dict.fromkeys(k[1] for k in order))
-    targets = list(dict.fromkeys(k[3] for k in order))
-    order.sort(key=lambda k: (k[0], loads.index(k[1]), k[2], targets.index(k[3])))
-
-    def med(g, f):
-        vals = [f(r) for r in g]
-        vals = [v for v in vals if v is not None]
-        return statistics.median(vals) if vals else None
-
-    def cpu(r, ticks):
-        w = float(r["wall_s"])
-        return 100.0 * int(ticks) / hz / w if w > 0 else None
-
-    def client(r):
-        return 100.0 * float(r["client_cpu_s"]) / float(r["wall_s"])
-
-    def other(r):
-        return max(cpu(r, r["busy_ticks"]) - cpu(r, r["server_ticks"]) - client(r), 0.0)
-
-    tables, errors, others, client_bound = {}, [], [], False
-    for k in order:
-        g = cells[k]
-        nodes, load, conns, target = k
-        rss_max = max(int(r["rss_max_kib"]) for r in g) / 1024
-        rss = fmt(rss_max)
-        if nodes > 1:
-            rss += " / " + fmt(max(int(r["rss_sum_kib"]) for r in g) / 1024)
-        n_err = sum(int(r["errors"]) for r in g)
-        if n_err:
-            errors.append(f"{n_err} in {meta['desc_' + target]}, {nodes} node(s), {load}, {conns} conns")
-        name = f"{meta['desc_' + target]}, {nodes} node(s), {load}, {conns} conns"
-        others += [(other(r), name) for r in g]
-        mark = ""
-        if med(g, client) >= 90:
-            mark, client_bound = " \\*", True
-        tables.setdefault(nodes, []).append([
-            load, str(conns), meta["desc_" + target],
-            fmt(med(g, rate)) + mark,
-            fmt(med(g, lambda r: int(r["p50_us"]) / 1e3), 2),
-            fmt(med(g, lambda r: int(r["p99_us"]) / 1e3), 2),
-            rss,
-            fmt(med(g, lambda r: cpu(r, r["server_ticks"]))),
-        ])
-
+    """The load cells' sections into o (the keepalive load is in the lease section);
+    returns the products."""
+    cells = Cells(meta, hz, rows)
     rounds = max(int(r["round"]) for r in rows)
     o.append("## How to read it\n")
     o.append(
@@ -303,38 +513,194 @@ def report_cells(meta, hz, rows, o):
         "gateway). wrk is closed-loop: each connection sends its next request when the previous answer "
         "arrives, so `conns` is also the concurrency.\n")
     o.append("Loads:\n")
-    for load in loads:
+    for load in cells.loads:
         o.append(f"- **{load}**: {LOAD_TEXT.get(load, load)}.")
     o.append("")
-    o.append(
-        "Columns: **req/s** completed requests per second; **p50/p99 ms** latency percentiles from wrk "
-        "(with its coordinated-omission correction, so stalls show in p99); **peak RSS MiB** the largest "
-        "peak resident set (`VmHWM`) of a member since its start, over the rounds, and for 3 nodes also "
-        "the sum over the members; **server CPU %** CPU time of all server processes during the cell, "
-        "100 = one core. Servers, the load generator and all members share the machine's cores and one "
-        "disk, so a 3-node cluster here shows the cost of replication and quorum fsyncs, not of a network; "
-        "writes are bound by the disk's fsync latency. Compare the products within one machine, not "
-        "absolute numbers across machines.\n")
-    for nodes in sorted(tables):
+    o.append(COLUMNS_TEXT + "\n")
+    for nodes in sorted(cells.rows):
         o.append(f"## {nodes} node{'s' if nodes > 1 else ''}\n")
         hdr = ["load", "conns", "product", "req/s", "p50 ms", "p99 ms",
                "peak RSS MiB" + (" (max member / sum)" if nodes > 1 else ""), "server CPU %"]
         o.append("| " + " | ".join(hdr) + " |")
         o.append("|" + "|".join(["---"] * 3 + ["---:"] * 5) + "|")
-        for row in tables[nodes]:
+        for row in cells.rows[nodes]:
             o.append("| " + " | ".join(row) + " |")
         o.append("")
-    if client_bound:
-        o.append("\\* the load generator (one wrk thread) used 90% or more of a core in this cell, "
-                 "so the figure is a lower bound of what the server can do.\n")
-    o.append("Failed requests (socket errors, timeouts, HTTP errors): "
-             + ("; ".join(errors) if errors else "none") + ".")
-    if others:
-        worst = max(others)
-        o.append(f"Other processes on the machine used a median of "
-                 f"{statistics.median(v for v, _ in others):.0f}% of a core during the cells"
-                 + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else "."))
-    o.append("")
+    cells.notes(o)
+    return cells.targets
+
+
+def pct(vals, q):
+    """Nearest-rank percentile q (0-100) of vals."""
+    vals = sorted(vals)
+    return vals[max(0, min(len(vals) - 1, -(-len(vals) * q // 100) - 1))]
+
+
+def change(new, old):
+    return "-" if new is None or not old else f"{100.0 * (new / old - 1):+.0f}%"
+
+
+# Each product's failover settings: (flag, default) of heartbeat, election timeout and (Palisade)
+# the lease checkpoint; etcd has no lease checkpoint unless --experimental-enable-lease-checkpoint.
+PALISADE_TIMERS = {"--heartbeat-ms": "100", "--election-timeout-ms": "1000", "--lease-checkpoint-ms": "500"}
+ETCD_TIMERS = {"--heartbeat-interval": "100", "--election-timeout": "1000"}
+
+
+def timers_text(target, meta):
+    flags = meta.get("flags_" + target, "")
+    if target == "palisade":
+        got = {**PALISADE_TIMERS, **flag_values(flags, PALISADE_TIMERS)}
+        e = int(got["--election-timeout-ms"])
+        return (f"heartbeat {got['--heartbeat-ms']} ms, election timeout {e}-{2 * e} ms, "
+                f"lease checkpoint {got['--lease-checkpoint-ms']} ms")
+    got = {**ETCD_TIMERS, **flag_values(flags, ETCD_TIMERS)}
+    e = int(got["--election-timeout"])
+    checkpoint = "on" if "--experimental-enable-lease-checkpoint" in flags else "off"
+    return (f"heartbeat {got['--heartbeat-interval']} ms, election timeout {e}-{2 * e} ms, "
+            f"lease checkpointing {checkpoint}")
+
+
+def report_leases(meta, hz, ka_rows, putka_rows, failover_rows, o):
+    """The lease section into o: keepalive cells, put under keepalives, failover; returns
+    the products."""
+    targets = []
+    o.append("## Leases\n")
+    if ka_rows:
+        cells = Cells(meta, hz, ka_rows)
+        targets += cells.targets
+        rounds = max(int(r["round"]) for r in ka_rows)
+        o.append("### Keepalives\n")
+        o.append(
+            f"**keepalive**: each group starts fresh servers, grants {int(meta['leases']):,} leases of "
+            f"{meta['lease_ttl']} s through the leader (none ends during the group), warms up for "
+            f"{meta['warmup']} s with every answer checked (it must carry the lease's whole TTL again), "
+            f"then runs each connection count for {meta['duration']} s. Each request keeps one of "
+            "those leases, picked at random, alive: Palisade `POST /v1/leases/<id>/keepalive`, answered "
+            "once the renewal is committed (the leader proposes one renewal entry at a time, for "
+            "every keepalive waiting, so renewals share entries but do not overlap); etcd "
+            "`POST /v3/lease/keepalive`, one message of a keepalive stream per HTTP request, renewed "
+            "by the leader's lessor without a Raft entry. "
+            f"Medians over {rounds} round(s); columns as in the load tables (req/s = keepalives/s).\n")
+        hdr = ["nodes", "conns", "product", "keepalives/s", "p50 ms", "p99 ms",
+               "peak RSS MiB (max member / sum)", "server CPU %"]
+        o.append("| " + " | ".join(hdr) + " |")
+        o.append("|" + "|".join(["---"] * 3 + ["---:"] * 5) + "|")
+        for nodes in sorted(cells.rows):
+            for row in cells.rows[nodes]:
+                o.append(f"| {nodes} | " + " | ".join(row[1:]) + " |")
+        o.append("")
+        cells.notes(o, " keepalive")
+    if putka_rows:
+        groups, order = {}, []
+        for r in putka_rows:
+            k = (int(r["nodes"]), r["target"], r["ka_rate"])
+            if k not in groups:
+                groups[k] = []
+                order.append(k)
+            groups[k].append(r)
+        tgts = list(dict.fromkeys(k[1] for k in order))
+        targets += tgts
+        rates = list(dict.fromkeys(k[2] for k in order))
+        order.sort(key=lambda k: (k[0], tgts.index(k[1]), rates.index(k[2])))
+        conns = putka_rows[0]["conns"]
+        ka_conns = next((r["ka_conns"] for r in putka_rows if "ka_conns" in r), "-")
+        rounds = max(int(r["round"]) for r in putka_rows)
+        o.append("### Put latency under a keepalive load\n")
+        o.append(
+            f"On the servers of each keepalive group, after its cells (so the key space and the "
+            f"{int(meta['leases']):,} leases exist): **put** at {conns} connections for "
+            f"{meta['duration']} s alone, then again while a second wrk keeps those leases alive over "
+            f"{ka_conns} connections, either at a fixed rate (paced with wrk's `delay` hook: the same "
+            "offered load for both products) or as fast as it goes (closed loop, so the faster product "
+            "gets more keepalives). That load starts 1 s before the put and ends 1 s after it. "
+            f"Medians over {rounds} round(s); **keepalives/s** what the second wrk completed; **p99 "
+            "change** the put p99 against the put alone on the same servers; **server CPU %** counts "
+            "both loads. Both loads, both wrk processes and all members share the machine's cores, so "
+            "part of any change is plain CPU contention.\n")
+        o.append("| nodes | product | beside the put | keepalives/s | put req/s | put p50 ms | put p99 ms "
+                 "| p99 change | server CPU % |")
+        o.append("|---|---|---|" + "|".join(["---:"] * 6) + "|")
+        failed = []
+        for k in order:
+            nodes, target, ka_rate = k
+            g = groups[k]
+            alone = groups.get((nodes, target, "none"), [])
+            p99 = med(g, lambda r: ms(r["p99_us"]))
+            if ka_rate == "none":
+                beside, ka = "nothing", "-"
+            else:
+                beside = "keepalives as fast as they go" if ka_rate == "0" else f"{int(ka_rate):,} keepalives/s"
+                ka = fmt(med(g, lambda r: int(r["ka_requests"]) / float(r["ka_duration_s"])))
+                n_err = sum(int(r["ka_errors"]) for r in g)
+                if n_err:
+                    failed.append(f"{n_err} keepalives in {meta['desc_' + target]}, {nodes} node(s), {beside}")
+            n_err = sum(int(r["errors"]) for r in g)
+            if n_err:
+                failed.append(f"{n_err} puts in {meta['desc_' + target]}, {nodes} node(s), beside {beside}")
+            o.append("| " + " | ".join([
+                str(nodes), meta["desc_" + target], beside, ka, fmt(med(g, rate)),
+                fmt(med(g, lambda r: ms(r["p50_us"])), 2), fmt(p99, 2),
+                "-" if ka_rate == "none" else change(p99, med(alone, lambda r: ms(r["p99_us"]))),
+                fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"])))]) + " |")
+        o.append("")
+        o.append("Failed requests: " + ("; ".join(failed) if failed else "none") + ".\n")
+    if failover_rows:
+        tgts = list(dict.fromkeys(r["target"] for r in failover_rows))
+        targets += tgts
+        ttl_s = int(meta["failover_ttl"])
+        o.append("### A lease after its leader is killed\n")
+        o.append(
+            "Each trial starts a fresh 3-node cluster (the products take turns), grants a lease of "
+            f"{ttl_s} s through the leader, puts a key under it, keeps the lease alive 3 times 200 ms "
+            "apart, then kills the leader (SIGKILL) as soon as the last keepalive is answered, and "
+            "keeps it alive no more. Another member is asked for the key every 20 ms with a "
+            "linearizable read (Palisade `GET /v1/kv/failover`, etcd `POST /v3/kv/range`) until it is "
+            "gone. **key gone after the last ack**: from the answer to the last keepalive to the first "
+            "answer saying the key is gone (p99 by nearest rank: under 100 trials, the largest); "
+            "**earliest**: the shortest time from *sending* the last keepalive to the key "
+            f"being gone, which must never be under the TTL ({ttl_s * 1000:,} ms); **leader change**: "
+            "from the kill to that member's first answer (a linearizable read needs the new leader); "
+            "**lease left then**: what the cluster said was left of the lease at that first answer "
+            "(Palisade `GET /v1/leases/<id>`; etcd `POST /v3/lease/timetolive`, in whole seconds).\n")
+        o.append("| product | timers | trials | leader change p50 ms | lease left then p50 ms "
+                 "| key gone after the last ack: p50 ms | p99 ms | max ms | earliest ms |")
+        o.append("|---|---|" + "|".join(["---:"] * 7) + "|")
+        for t in tgts:
+            g = [r for r in failover_rows if r["target"] == t]
+            gone = [int(r["ack_to_gone_ms"]) for r in g if r["ack_to_gone_ms"] != "-"]
+            sent = [int(r["sent_to_gone_ms"]) for r in g if r["sent_to_gone_ms"] != "-"]
+            serving = [int(r["kill_to_serving_ms"]) for r in g if r["kill_to_serving_ms"] != "-"]
+            left = [int(r["left_at_serving_ms"]) for r in g if r["left_at_serving_ms"] != "-"]
+            o.append("| " + " | ".join([
+                meta["desc_" + t], timers_text(t, meta), f"{len(gone)} of {len(g)}",
+                fmt(statistics.median(serving)) if serving else "-",
+                fmt(statistics.median(left)) if left else "-",
+                fmt(statistics.median(gone)) if gone else "-",
+                fmt(pct(gone, 99)) if gone else "-", fmt(max(gone)) if gone else "-",
+                fmt(min(sent)) if sent else "-"]) + " |")
+        o.append("")
+        o.append(
+            "How each product ends such a lease: etcd 3.4 with lease checkpointing off (its default) "
+            "gives every lease its whole TTL again, plus one election timeout, when a new leader takes "
+            "over, so the key lives about leader change + election timeout + TTL after the kill. "
+            "Palisade's new leader resumes the lease clock from its last replicated reading (a "
+            "keepalive or a checkpoint, at most one checkpoint interval old), so the key lives about "
+            "leader change + TTL - (time from that reading to the kill). Palisade's leader change is "
+            "longer than its election timeout: openraft lets a follower that knew a leader stand for "
+            "election only after the leader's lease (the longest election timeout) plus its own "
+            "randomised election timeout have passed since the last heartbeat, 3-4 s with the "
+            "defaults, against 1-2 s for etcd.\n")
+        o.append("<details><summary>Every trial (ms)</summary>\n")
+        o.append("| trial | product | key gone after the last ack | after the last keepalive was sent "
+                 "| after the kill | leader change | lease left then | reads (failed) |")
+        o.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+        for r in sorted(failover_rows, key=lambda r: (int(r["trial"]), tgts.index(r["target"]))):
+            cols = [r[k] for k in ("ack_to_gone_ms", "sent_to_gone_ms", "kill_to_gone_ms",
+                                   "kill_to_serving_ms", "left_at_serving_ms")]
+            o.append(f"| {r['trial']} | {meta['desc_' + r['target']]} | "
+                     + " | ".join("-" if v == "-" else fmt(int(v)) for v in cols)
+                     + f" | {r['polls']} ({r['poll_errors']}) |")
+        o.append("\n</details>\n")
     return targets
 
 
@@ -459,7 +825,7 @@ def report_rss(meta, hz, workdir, rss_rows, o):
 
 
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] not in ("leader", "preload", "fsync", "sample", "report"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("leader", "preload", "leases", "failover", "fsync", "sample", "report"):
         print(__doc__, file=sys.stderr)
         return 2
     return globals()["cmd_" + sys.argv[1]](*sys.argv[2:])

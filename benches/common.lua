@@ -1,13 +1,19 @@
 -- benches/common.lua: what every wrk script shares. A product's put.lua / get.lua /
--- get-serializable.lua / txn.lua only builds the HTTP request for its keys (bench.key(),
--- bench.two_keys()); this
--- module owns the key space, the value, base64, response checking and the result line,
--- and installs wrk's setup/init/response/done hooks.
+-- get-serializable.lua / txn.lua / keepalive.lua only builds the HTTP request for its
+-- keys or leases (bench.key(), bench.two_keys(), bench.lease()); this module owns the key
+-- space, the value, the lease ids, base64, pacing, response checking and the result line,
+-- and installs wrk's setup/init/response/done (and, when paced, delay) hooks.
 --
 -- Environment (set by benches/run.sh):
 --   BENCH_KEYS    size of the key space (10000): keys are "k%015d" (16 bytes), picked at
 --                 random; benches/bench.py preload writes all of them first
 --   BENCH_VERIFY  "1": check every response with bench.check (the warm-up does this)
+--   BENCH_LEASES  a file of lease ids, one a line (benches/bench.py leases writes it);
+--                 bench.lease() picks one at random. Ids stay strings: etcd's do not fit
+--                 a Lua number exactly
+--   BENCH_LEASE_TTL  the TTL (s) those leases were granted with; keepalive checks expect it
+--   BENCH_RATE    requests per second of this wrk thread, over all its connections
+--                 (run.sh runs one thread); unset or 0: closed loop, as fast as answers come
 local M = {}
 
 M.keys = tonumber(os.getenv("BENCH_KEYS") or "10000")
@@ -17,6 +23,21 @@ M.value = string.rep("0123456789abcdef", 4)
 
 function M.key()
   return string.format("k%015d", math.random(0, M.keys - 1))
+end
+
+M.leases = {}
+M.lease_ttl = tonumber(os.getenv("BENCH_LEASE_TTL") or "0")
+local lease_file = os.getenv("BENCH_LEASES")
+if lease_file and lease_file ~= "" then
+  local f = assert(io.open(lease_file, "r"))
+  for line in f:lines() do
+    if line ~= "" then M.leases[#M.leases + 1] = line end
+  end
+  f:close()
+end
+
+function M.lease()
+  return M.leases[math.random(1, #M.leases)]
 end
 
 -- Two different keys of the key space (a transaction may not write one key twice).
@@ -36,6 +57,32 @@ function M.b64(s)
     out[#out + 1] = ch(262144) .. ch(4096) .. (b and ch(64) or "=") .. (c and ch(1) or "=")
   end
   return table.concat(out)
+end
+
+-- Pacing: wrk calls delay() before each request; every call takes the next slot of a
+-- fixed schedule of BENCH_RATE slots a second, so the thread sends at that rate on average.
+-- A connection that comes late for its slot (answers were slow) sends at once, so the
+-- schedule catches up rather than slipping; the rate falls short only when every
+-- connection is waiting for an answer. wrk times a request from when it is sent.
+M.rate = tonumber(os.getenv("BENCH_RATE") or "0")
+if M.rate > 0 then
+  local ffi = require("ffi")
+  ffi.cdef [[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clock_id, bench_timespec *tp);
+  ]]
+  local ts = ffi.new("bench_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local gap, next_ms = 1000 / M.rate, nil
+  function delay()
+    local now = now_ms()
+    local slot = next_ms or now
+    next_ms = slot + gap
+    return math.max(0, math.floor(slot - now))
+  end
 end
 
 -- Set by a product's script: function(status, body) -> true if the answer is right.

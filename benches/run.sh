@@ -2,28 +2,41 @@
 # benches/run.sh (`make bench`): Palisade and etcd under the same wrk load, one after
 # the other, on 127.0.0.1; writes BENCHMARKS.md at the top of the repository.
 #
-# Two parts, both on by default:
+# Three parts, all on by default:
 #   - the load cells: every load x cluster size x connection count, ROUNDS rounds;
-#     with the defaults 48 groups of 26 s of load plus start-up, preload and shut-down
-#     (5-15 s each), about 30 minutes;
+#     with the defaults 60 groups of 26 s of load plus start-up, preload and shut-down
+#     (5-15 s each), about 40 minutes. The keepalive load's groups grant LEASES leases
+#     first; at the cluster sizes in PUT_KA they then measure put under keepalives on
+#     the same servers (put at PUT_KA_CONNS connections alone, then beside a second wrk
+#     sending keepalives at each rate of PUT_KA_RATES; about 35 s more per group);
+#   - the failover trials (FAILOVER): FAILOVER_TRIALS fresh 3-node clusters of each
+#     product, each keeping a lease of FAILOVER_TTL s alive, then killing the leader and
+#     timing how long the lease's key outlives the last keepalive (about 10 s a trial,
+#     3 minutes);
 #   - the memory run (RSS_RUN): RSS_LOAD at RSS_CONNS connections for RSS_DURATION seconds
 #     against an RSS_NODES-node cluster of each product, sampling the RSS of every member
 #     every RSS_INTERVAL s; with the defaults (put, 64 conns, 600 s, 3 nodes) about
 #     21 minutes (10 min per product plus start-up, preload and warm-up).
-# So `make bench` takes about 50 minutes; the script prints a (low) estimate when it starts.
+# So `make bench` takes about 65 minutes, 12-15 of them for leases (the keepalive
+# groups, put under keepalives, failover); the script prints a (low) estimate when it
+# starts.
 #
-#   make bench                                      # everything, as above (~50 min)
-#   RSS_RUN=0 make bench                            # only the load cells (~30 min)
+#   make bench                                      # everything, as above (~65 min)
+#   RSS_RUN=0 make bench                            # the load cells and failover (~45 min)
 #   make bench-rss                                  # only the memory run (~21 min), to
 #                                                   # BENCHMARKS-rss.md unless OUT is set
-#   DURATION=2 ROUNDS=1 RSS_RUN=0 make bench        # quick look
-#   TARGETS=palisade NODES=3 LOADS=put CONNS=16 benches/run.sh
+#   make bench-lease                                # only the lease parts (~15 min):
+#                                                   # LOADS=keepalive RSS_RUN=0, to
+#                                                   # BENCHMARKS-lease.md unless OUT is set
+#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 make bench   # quick look
+#   TARGETS=palisade NODES=3 LOADS=put CONNS=16 FAILOVER=0 benches/run.sh
 #   RSS_RUN=only RSS_DURATION=30 OUT=/tmp/rss.md benches/run.sh   # quick look at the memory run
+#   ROUNDS=0 RSS_RUN=0 OUT=/tmp/failover.md benches/run.sh        # only the failover trials
 #
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
 #   NODES     cluster sizes                            (1 3)
-#   LOADS     put get get-serializable txn (wrk scripts in benches/<product>/)
+#   LOADS     put get get-serializable txn keepalive (wrk scripts in benches/<product>/)
 #   CONNS     connection counts                        (1 16 64)
 #   DURATION  seconds per cell (8);  ROUNDS  rounds, each cell's figures are medians (3)
 #   RSS_RUN   1 also does the memory run after the cells, 0 skips it, only: just the
@@ -33,8 +46,20 @@
 #   RSS_MARKS     sample times (s) the report's memory table shows (60 120 300 600)
 #   WARMUP    seconds of checked load before each group's cells (2)
 #   KEYS      size of the key space every load works on (10000)
+#   LEASES    leases the keepalive load renews, picked at random (10000)
+#   LEASE_TTL their TTL in s, long enough that none ends during a group (300)
+#   PUT_KA    cluster sizes whose keepalive groups also measure put under keepalives
+#             (3); 0: none
+#   PUT_KA_CONNS     the put's connections there (16)
+#   PUT_KA_KA_CONNS  the keepalive wrk's connections beside it (16)
+#   PUT_KA_RATES     its keepalives per second, one put run per rate; 0 = as fast as
+#             it goes, closed loop (2000: 10,000 leases each renewed every 5 s, as
+#             clients of a 15 s TTL would; "2000 0" adds the flat-out case, ~1 min)
+#   FAILOVER  1 runs the failover trials after the load cells, 0 skips them (1)
+#   FAILOVER_TRIALS  trials per product (8);  FAILOVER_TTL  the lease's TTL in s (3)
 #   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
-#             BENCHMARKS-rss.md, so a memory run alone does not replace the full report)
+#             BENCHMARKS-rss.md, and for LOADS=keepalive RSS_RUN=0, BENCHMARKS-lease.md,
+#             so a partial run does not replace the full report)
 #   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
 #   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
@@ -47,32 +72,48 @@
 #             compacts after 10 minutes, so it would change nothing within a 600 s run)
 #
 # Needs cargo, python3, wrk and etcd 3.4+ (as root on Debian/Ubuntu it installs the last
-# two with apt-get). Every group of cells starts fresh servers with empty data dirs;
-# only processes this script started are ever signalled, and they are stopped on exit.
+# two with apt-get). Every group of cells and every failover trial starts fresh servers
+# with empty data dirs; only processes this script started are ever signalled, and they
+# are stopped on exit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
 knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALISADE_BIN ETCD_BIN
   PALISADE_PORTS ETCD_PORTS PALISADE_EXTRA_FLAGS ETCD_EXTRA_FLAGS
+  LEASES LEASE_TTL PUT_KA PUT_KA_CONNS PUT_KA_KA_CONNS PUT_KA_RATES
+  FAILOVER FAILOVER_TRIALS FAILOVER_TTL
   RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS)
 make_target=bench
-[[ -n ${MAKELEVEL:-} && ${RSS_RUN:-} == only ]] && make_target=bench-rss
+if [[ -n ${MAKELEVEL:-} ]]; then
+  [[ ${RSS_RUN:-} == only ]] && make_target=bench-rss
+  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 ]] && make_target=bench-lease
+fi
 set_knobs=""
 for k in "${knobs[@]}"; do
   [[ $make_target == bench-rss && $k == RSS_RUN ]] && continue
+  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS) ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
 done
 : "${TARGETS:=palisade etcd}"
 : "${NODES:=1 3}"
-: "${LOADS:=put get get-serializable txn}"
+: "${LOADS:=put get get-serializable txn keepalive}"
 : "${CONNS:=1 16 64}"
 : "${DURATION:=8}"
 : "${ROUNDS:=3}"
 : "${WARMUP:=2}"
 : "${KEYS:=10000}"
+: "${LEASES:=10000}"
+: "${LEASE_TTL:=300}"
+: "${PUT_KA:=3}"
+: "${PUT_KA_CONNS:=16}"
+: "${PUT_KA_KA_CONNS:=16}"
+: "${PUT_KA_RATES:=2000}"
+: "${FAILOVER:=1}"
+: "${FAILOVER_TRIALS:=8}"
+: "${FAILOVER_TTL:=3}"
 : "${RSS_RUN:=1}"
 : "${RSS_LOAD:=put}"
 : "${RSS_CONNS:=64}"
@@ -80,7 +121,13 @@ done
 : "${RSS_DURATION:=600}"
 : "${RSS_INTERVAL:=10}"
 : "${RSS_MARKS:=60 120 300 600}"
-if [[ $RSS_RUN == only ]]; then : "${OUT:=$root/BENCHMARKS-rss.md}"; else : "${OUT:=$root/BENCHMARKS.md}"; fi
+if [[ $RSS_RUN == only ]]; then
+  : "${OUT:=$root/BENCHMARKS-rss.md}"
+elif [[ $LOADS == keepalive && $RSS_RUN == 0 ]]; then
+  : "${OUT:=$root/BENCHMARKS-lease.md}"
+else
+  : "${OUT:=$root/BENCHMARKS.md}"
+fi
 : "${KEEP_DATA:=0}"
 : "${ETCD_BIN:=etcd}"
 : "${PALISADE_PORTS:=7379:7380 17379:17380 27379:27380}"
@@ -114,6 +161,13 @@ for n in $NODES; do
 done
 [[ $RSS_RUN == 0 || $RSS_RUN == 1 || $RSS_RUN == only ]] || die "RSS_RUN: $RSS_RUN (0, 1 or only)"
 [[ $RSS_NODES == 1 || $RSS_NODES == 3 ]] || die "RSS_NODES: $RSS_NODES (1 or 3)"
+for n in $PUT_KA; do
+  [[ $n == 0 || $n == 1 || $n == 3 ]] || die "PUT_KA: $n (cluster sizes 1 and 3, or 0 for none)"
+done
+[[ $FAILOVER == 0 || $FAILOVER == 1 ]] || die "FAILOVER: $FAILOVER (0 or 1)"
+for r in $PUT_KA_RATES; do
+  [[ $r =~ ^[0-9]+$ ]] || die "PUT_KA_RATES: $r (keepalives/s, 0 for as fast as they go)"
+done
 for t in $TARGETS; do
   for l in $LOADS; do
     [[ -f $here/$t/$l.lua ]] || die "LOADS: no benches/$t/$l.lua"
@@ -140,9 +194,9 @@ alive() { # running and not a zombie
   [[ ${st%% *} != Z ]]
 }
 
-stop_servers() { # TERM, 10 s grace, then KILL; reap
+stop_servers() { # [SIGNAL]: TERM (or SIGNAL), 10 s grace, then KILL; reap
   local pid i
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do kill "-${1:-TERM}" "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
     for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
     alive "$pid" && { log "PID $pid ignored TERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
@@ -290,32 +344,114 @@ bc_s() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; } # seconds from $
 
 field() { sed -n "s/.*\<$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
+# warm_up PRODUCT LOAD LOG [ENV=VALUE...]: WARMUP s of LOAD at 16 connections, every
+# answer checked; dies on a wrong one.
+warm_up() {
+  local product=$1 load=$2 logf=$3 res
+  shift 3
+  res=$(run_wrk "$product" "$load" 16 "$WARMUP" "$logf" BENCH_VERIFY=1 "$@")
+  [[ $(field requests "$res") -gt 0 && $(field errors "$res") == 0 && $(field bad "$res") == 0 ]] ||
+    die "$product $load: warm-up got wrong answers ($res; see $logf)"
+}
+
+all_alive() { # all_alive PRODUCT DIR WHAT: dies if a member has exited
+  local pid
+  for pid in "${PIDS[@]}"; do
+    alive "$pid" || { tail -n 20 "$2"/n*.log >&2; die "$1 PID $pid exited during $3"; }
+  done
+}
+
+summary() { # summary RESULT: "req/s p50 p99" of a run_wrk result, for the log
+  printf '%8.0f req/s  p50 %6.2f ms  p99 %7.2f ms' \
+    "$(awk -v n="$(field requests "$1")" -v d="$(field duration_s "$1")" 'BEGIN{print n/d}')" \
+    "$(awk -v u="$(field p50_us "$1")" 'BEGIN{print u/1000}')" "$(awk -v u="$(field p99_us "$1")" 'BEGIN{print u/1000}')"
+}
+
 # group ROUND PRODUCT NODES LOAD: fresh servers, preload, checked warm-up, every CONNS cell.
+# The keepalive load preloads LEASES leases (and the keys only if PUT_KA has this cluster
+# size: then put_ka measures put under keepalives on the same servers, after the cells).
 group() {
-  local round=$1 product=$2 nodes=$3 load=$4 conns res pid
+  local round=$1 product=$2 nodes=$3 load=$4 conns res what="" with_put=0 env=()
   local dir="$work/r$round-$product-$nodes-$load"
+  [[ $load != keepalive ]] || env=(BENCH_LEASES="$dir/leases.txt" BENCH_LEASE_TTL="$LEASE_TTL")
   mkdir -p "$dir"
   local t0=$EPOCHREALTIME t1
   start "$product" "$nodes" "$dir"
   t1=$EPOCHREALTIME
-  python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" || die "$product: preload failed"
-  log "$product, $nodes node(s): leader $LEADER_URL after $(bc_s "$t0" "$t1") s, $KEYS keys written in $(bc_s "$t1" "$EPOCHREALTIME") s"
-  res=$(run_wrk "$product" "$load" 16 "$WARMUP" "$dir/warmup.log" BENCH_VERIFY=1)
-  [[ $(field requests "$res") -gt 0 && $(field errors "$res") == 0 && $(field bad "$res") == 0 ]] ||
-    die "$product $load: warm-up got wrong answers ($res; see $dir/warmup.log)"
+  [[ $load != keepalive || " $PUT_KA " != *" $nodes "* ]] || with_put=1
+  if [[ $load != keepalive || $with_put == 1 ]]; then
+    python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" || die "$product: preload failed"
+    what="$KEYS keys"
+  fi
+  if [[ $load == keepalive ]]; then
+    python3 "$here/bench.py" leases "$product" "$LEADER_URL" "$LEASES" "$LEASE_TTL" "$dir/leases.txt" ||
+      die "$product: lease preload failed"
+    what+="${what:+ and }$LEASES leases of $LEASE_TTL s"
+  fi
+  log "$product, $nodes node(s): leader $LEADER_URL after $(bc_s "$t0" "$t1") s, $what written in $(bc_s "$t1" "$EPOCHREALTIME") s"
+  warm_up "$product" "$load" "$dir/warmup.log" "${env[@]}"
   for conns in $CONNS; do
-    res=$(run_wrk "$product" "$load" "$conns" "$DURATION" "$dir/c$conns.log")
-    for pid in "${PIDS[@]}"; do
-      alive "$pid" || { tail -n 20 "$dir"/n*.log >&2; die "$product PID $pid exited during the $load load"; }
-    done
+    res=$(run_wrk "$product" "$load" "$conns" "$DURATION" "$dir/c$conns.log" "${env[@]}")
+    all_alive "$product" "$dir" "the $load load"
     echo "round=$round target=$product nodes=$nodes load=$load conns=$conns $res $(rss_kib "${PIDS[@]}")" >>"$work/results.txt"
-    log "$(printf '%-8s %s node(s) %-16s c=%-3s %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms' "$product" "$nodes" "$load" "$conns" \
-      "$(awk -v n="$(field requests "$res")" -v d="$(field duration_s "$res")" 'BEGIN{print n/d}')" \
-      "$(awk -v u="$(field p50_us "$res")" 'BEGIN{print u/1000}')" "$(awk -v u="$(field p99_us "$res")" 'BEGIN{print u/1000}')")"
+    log "$(printf '%-8s %s node(s) %-16s c=%-3s' "$product" "$nodes" "$load" "$conns") $(summary "$res")"
   done
+  [[ $with_put == 0 ]] || put_ka "$round" "$product" "$nodes" "$dir"
   t0=$EPOCHREALTIME
   stop_servers
   log "$product, $nodes node(s): stopped in $(bc_s "$t0" "$EPOCHREALTIME") s"
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
+# put_ka ROUND PRODUCT NODES DIR: on a keepalive group's servers (KEYS keys, LEASES leases):
+# a checked put warm-up, put at PUT_KA_CONNS connections alone, then again once per rate in
+# PUT_KA_RATES while a second wrk keeps the leases alive at that rate (0: as fast as it
+# goes) over PUT_KA_KA_CONNS connections, from 1 s before the put starts to 1 s after it
+# ends. Appends to putka.txt.
+put_ka() {
+  local round=$1 product=$2 nodes=$3 dir=$4 rate res kres kpid
+  local env=(BENCH_LEASES="$dir/leases.txt" BENCH_LEASE_TTL="$LEASE_TTL")
+  local row="round=$round target=$product nodes=$nodes conns=$PUT_KA_CONNS"
+  warm_up "$product" put "$dir/put-warmup.log"
+  res=$(run_wrk "$product" put "$PUT_KA_CONNS" "$DURATION" "$dir/put-alone.log")
+  all_alive "$product" "$dir" "the put load"
+  echo "$row ka_rate=none $res" >>"$work/putka.txt"
+  log "$(printf '%-8s %s node(s) put c=%-3s alone                 ' "$product" "$nodes" "$PUT_KA_CONNS") $(summary "$res")"
+  for rate in $PUT_KA_RATES; do
+    run_wrk "$product" keepalive "$PUT_KA_KA_CONNS" "$((DURATION + 2))" "$dir/ka-$rate.log" \
+      "${env[@]}" BENCH_RATE="$rate" >"$dir/ka-$rate.txt" &
+    kpid=$!
+    sleep 1
+    res=$(run_wrk "$product" put "$PUT_KA_CONNS" "$DURATION" "$dir/put-ka-$rate.log")
+    wait "$kpid" || die "$product: the keepalive load beside the put failed (see $dir/ka-$rate.log)"
+    kres=$(<"$dir/ka-$rate.txt")
+    all_alive "$product" "$dir" "the put load under keepalives"
+    echo "$row ka_rate=$rate ka_conns=$PUT_KA_KA_CONNS $res ka_requests=$(field requests "$kres")" \
+      "ka_duration_s=$(field duration_s "$kres") ka_errors=$(field errors "$kres")" \
+      "ka_p50_us=$(field p50_us "$kres") ka_p99_us=$(field p99_us "$kres")" >>"$work/putka.txt"
+    log "$(printf '%-8s %s node(s) put c=%-3s + %6.0f keepalive/s' "$product" "$nodes" "$PUT_KA_CONNS" \
+      "$(awk -v n="$(field requests "$kres")" -v d="$(field duration_s "$kres")" 'BEGIN{print n/d}')") $(summary "$res")"
+  done
+}
+
+# failover TRIAL PRODUCT: a fresh 3-node cluster; bench.py grants a lease of FAILOVER_TTL s,
+# puts a key under it, keeps it alive a few times, SIGKILLs the leader right after the last
+# acknowledgement and polls another member until the key is gone. Appends to failover.txt.
+failover() {
+  local trial=$1 product=$2 i leader="" survivor=""
+  local dir="$work/failover-$trial-$product"
+  mkdir -p "$dir"
+  start "$product" 3 "$dir"
+  for i in "${!URLS[@]}"; do
+    if [[ ${URLS[i]} == "$LEADER_URL" ]]; then
+      leader=${PIDS[i]}
+    elif [[ -z $survivor ]]; then
+      survivor=${URLS[i]}
+    fi
+  done
+  python3 "$here/bench.py" failover "$product" "$FAILOVER_TTL" "$LEADER_URL" "$leader" "$survivor" \
+    "$work/failover.txt" "$trial" || { tail -n 20 "$dir"/n*.log >&2; die "$product: failover trial $trial failed"; }
+  stop_servers KILL # nothing of this cluster is kept, and 3 etcd members take ~7 s to stop on TERM
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
@@ -324,23 +460,19 @@ group() {
 # every member every RSS_INTERVAL s; a last sample, each member's peak (VmHWM) and data
 # dir size when the load ends.
 rss_run() {
-  local product=$1 nodes=$RSS_NODES res i pid leader=0 hwm="" disk="" rss=""
+  local product=$1 nodes=$RSS_NODES res i leader=0 hwm="" disk="" rss=""
   local dir="$work/rss-$product"
   mkdir -p "$dir"
   start "$product" "$nodes" "$dir"
   python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" || die "$product: preload failed"
-  res=$(run_wrk "$product" "$RSS_LOAD" 16 "$WARMUP" "$dir/warmup.log" BENCH_VERIFY=1)
-  [[ $(field requests "$res") -gt 0 && $(field errors "$res") == 0 && $(field bad "$res") == 0 ]] ||
-    die "$product $RSS_LOAD: warm-up got wrong answers ($res; see $dir/warmup.log)"
+  warm_up "$product" "$RSS_LOAD" "$dir/warmup.log"
   for i in "${!URLS[@]}"; do [[ ${URLS[i]} == "$LEADER_URL" ]] && leader=$((i + 1)); done
   log "$product, $nodes node(s): memory run, $RSS_LOAD at $RSS_CONNS conns for $RSS_DURATION s (leader: member $leader)"
   python3 "$here/bench.py" sample "$RSS_INTERVAL" "$work/rss-samples-$product.txt" "$product" "${PIDS[@]}" &
   SAMPLER=$!
   res=$(run_wrk "$product" "$RSS_LOAD" "$RSS_CONNS" "$RSS_DURATION" "$dir/wrk.log")
   stop_sampler
-  for pid in "${PIDS[@]}"; do
-    alive "$pid" || { tail -n 20 "$dir"/n*.log >&2; die "$product PID $pid exited during the memory run"; }
-  done
+  all_alive "$product" "$dir" "the memory run"
   for i in "${!PIDS[@]}"; do
     rss+="${rss:+,}$(awk '/^VmRSS:/{print $2}' "/proc/${PIDS[i]}/status")"
     hwm+="${hwm:+,}$(awk '/^VmHWM:/{print $2}' "/proc/${PIDS[i]}/status")"
@@ -379,6 +511,10 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
   echo "keys=$KEYS"
   echo "warmup=$WARMUP"
   echo "duration=$DURATION"
+  echo "leases=$LEASES"
+  echo "lease_ttl=$LEASE_TTL"
+  echo "put_ka_ka_conns=$PUT_KA_KA_CONNS"
+  echo "failover_ttl=$FAILOVER_TTL"
   echo "rss_load=$RSS_LOAD"
   echo "rss_conns=$RSS_CONNS"
   echo "rss_nodes=$RSS_NODES"
@@ -390,15 +526,25 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
-[[ $RSS_RUN != only ]] || ROUNDS=0
-ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * $(wc -w <<<"$TARGETS")))
+[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; }
+nt=$(wc -w <<<"$TARGETS")
+ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * nt))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
+if [[ " $LOADS " == *" keepalive "* ]]; then # the lease preloads, and put under keepalives
+  est=$((est + ROUNDS * $(wc -w <<<"$NODES") * nt * (LEASES / 2000)))
+  for n in $NODES; do
+    [[ " $PUT_KA " != *" $n "* ]] ||
+      est=$((est + ROUNDS * nt * (WARMUP + DURATION + 5 + $(wc -w <<<"$PUT_KA_RATES") * (DURATION + 2))))
+  done
+fi
+failover_est=$((FAILOVER * FAILOVER_TRIALS * nt * (2 * FAILOVER_TTL + 8)))
 rss_est=0
-[[ $RSS_RUN == 0 ]] || rss_est=$(($(wc -w <<<"$TARGETS") * (RSS_DURATION + WARMUP + 15)))
+[[ $RSS_RUN == 0 ]] || rss_est=$((nt * (RSS_DURATION + WARMUP + 15)))
 plan="$ROUNDS round(s) of $ngroups load groups"
+[[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
 [[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
 [[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
-log "$plan; about $(((est + rss_est) / 60 + 1)) min; work dir $work"
+log "$plan; about $(((est + failover_est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -408,6 +554,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
   done
 done
+
+if [[ $FAILOVER == 1 ]]; then
+  for ((trial = 1; trial <= FAILOVER_TRIALS; trial++)); do
+    for product in $TARGETS; do
+      failover "$trial" "$product"
+    done
+  done
+fi
 
 if [[ $RSS_RUN != 0 ]]; then
   for product in $TARGETS; do
