@@ -19,11 +19,12 @@
 //! - expiries are batched and paced (`lease_revoke_rate` leases per second), so a mass
 //!   expiry shares the log with the writes instead of stalling them.
 
-use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::Node;
@@ -31,8 +32,10 @@ use crate::error::Error;
 use crate::peer::{LeaseTimes, PeerError};
 use crate::store::{Command, Leases, Outcome};
 
-/// Most keepalives one renewal entry carries.
+/// Most keepalives one renewal entry carries...
 const MAX_RENEWALS: usize = 10_000;
+/// ...and most renewal entries in flight at once.
+const MAX_RENEWALS_IN_FLIGHT: usize = 4;
 /// Most leases one expiry entry ends.
 const MAX_EXPIRIES: usize = 256;
 
@@ -121,14 +124,35 @@ impl Node {
     ) {
         let Some(cfg) = node.upgrade().map(|n| n.cfg.clone()) else { return };
         let mut term = LeaseTerm::new(clock, Instant::now(), &cfg);
+        // Renewals in flight: each one's ids come back on `done` when it is decided.
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(Vec<u64>, bool)>();
+        let mut renewing: HashMap<u64, usize> = HashMap::new();
+        let mut in_flight = 0usize;
         loop {
+            while let Ok((ids, deposed)) = done.try_recv() {
+                in_flight -= 1;
+                for id in ids {
+                    if let Entry::Occupied(mut e) = renewing.entry(id) {
+                        *e.get_mut() -= 1;
+                        if *e.get() == 0 {
+                            e.remove();
+                        }
+                    }
+                }
+                term.stamped(Instant::now());
+                if deposed {
+                    return;
+                }
+            }
             let l = *leadership.borrow_and_update();
             if !(l.is_self && l.term == clock.term) {
                 return;
             }
             let Some(n) = node.upgrade() else { return };
-            let waiting = !n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases());
+            let waiting = in_flight < MAX_RENEWALS_IN_FLIGHT
+                && !n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            let busy = |id: u64| renewing.contains_key(&id);
+            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases(), busy);
             let r = match step {
                 Step::Renew { clock_ms } => {
                     let waiting: Vec<(u64, KeepaliveReply)> = {
@@ -136,15 +160,22 @@ impl Node {
                         let take = p.len().min(MAX_RENEWALS);
                         p.drain(..take).collect()
                     };
-                    let ids: BTreeSet<u64> = waiting.iter().map(|(id, _)| *id).collect();
-                    let r = n
-                        .propose_lease_command(Command::LeaseClock {
-                            clock_ms,
-                            renew: ids.into_iter().collect(),
-                        })
-                        .await;
-                    n.answer_keepalives(waiting, &r, clock);
-                    r
+                    let ids: Vec<u64> =
+                        waiting.iter().map(|(id, _)| *id).collect::<BTreeSet<u64>>().into_iter().collect();
+                    for id in &ids {
+                        *renewing.entry(*id).or_default() += 1;
+                    }
+                    in_flight += 1;
+                    // Renewals are pipelined: the next batch need not wait for this one.
+                    let done_tx = done_tx.clone();
+                    let n = n.clone();
+                    tokio::spawn(async move {
+                        let cmd = Command::LeaseClock { clock_ms, renew: ids.clone() };
+                        let r = n.propose_lease_command(cmd).await;
+                        n.answer_keepalives(waiting, &r, clock);
+                        let _ = done_tx.send((ids, matches!(r, Err(PeerError::NotLeader { .. }))));
+                    });
+                    continue;
                 }
                 Step::Expire { clock_ms, ids } => {
                     let asked = ids.len();
@@ -167,6 +198,10 @@ impl Node {
                         _ = n.lessor.wake.notified() => {}
                         _ = tokio::time::sleep_until(until) => {}
                         r = leadership.changed() => if r.is_err() { return },
+                        Some((ids, deposed)) = done.recv() => {
+                            // Handled like the others at the top of the loop.
+                            let _ = done_tx.send((ids, deposed));
+                        }
                     }
                     continue;
                 }
@@ -318,13 +353,21 @@ impl LeaseTerm {
     }
 
     /// The next step at `now`, given whether keepalives wait and the applied lease table.
-    pub fn next(&mut self, now: Instant, renewals_waiting: bool, leases: &Leases) -> Step {
+    /// A lease for which `renewing` is true has a renewal in flight and is not expired
+    /// meanwhile (the keepalive behind it came in time).
+    pub fn next(
+        &mut self,
+        now: Instant,
+        renewals_waiting: bool,
+        leases: &Leases,
+        renewing: impl Fn(u64) -> bool,
+    ) -> Step {
         let clock_ms = self.clock.at(now);
         if renewals_waiting {
             return Step::Renew { clock_ms };
         }
         let allowed = self.pace.available(now).min(MAX_EXPIRIES);
-        let ids = leases.expired(clock_ms, allowed);
+        let ids = leases.expired_except(clock_ms, allowed, &renewing);
         if !ids.is_empty() {
             self.pace.spend(ids.len());
             return Step::Expire { clock_ms, ids };
@@ -337,7 +380,7 @@ impl LeaseTerm {
             return Step::Tick { clock_ms };
         }
         let mut until = tick_at;
-        if let Some(at) = leases.next_expiry() {
+        if let Some(at) = leases.next_expiry_except(&renewing) {
             // An expiry held back by the pace waits for the pace, not the clock.
             until = until.min(self.clock.instant_of(at).max(self.pace.next_token()));
         }
@@ -420,18 +463,18 @@ mod tests {
         let clock = LeaseClock::new(2, s.leases().clock_ms(), t0);
         let mut term = LeaseTerm::new(clock, t0, &cfg(500, 1000));
         // Not due a millisecond early: it sleeps until exactly then (or the next tick).
-        match term.next(t0 + ms(499), false, s.leases()) {
+        match term.next(t0 + ms(499), false, s.leases(), |_| false) {
             Step::Sleep { until } => assert_eq!(until, t0 + ms(500)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(term.next(t0 + ms(500), false, s.leases()), Step::Tick { clock_ms: 9_500 });
+        assert_eq!(term.next(t0 + ms(500), false, s.leases(), |_| false), Step::Tick { clock_ms: 9_500 });
         term.stamped(t0 + ms(500));
-        match term.next(t0 + ms(900), false, s.leases()) {
+        match term.next(t0 + ms(900), false, s.leases(), |_| false) {
             Step::Sleep { until } => assert_eq!(until, t0 + ms(1000), "due at reading 10,000"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            term.next(t0 + ms(1000), false, s.leases()),
+            term.next(t0 + ms(1000), false, s.leases(), |_| false),
             Step::Expire { clock_ms: 10_000, ids: vec![1] }
         );
     }
@@ -444,13 +487,35 @@ mod tests {
         let clock = LeaseClock::new(1, 0, t0);
         let mut term = LeaseTerm::new(clock, t0, &cfg(500, 1000));
         // Due, but a keepalive waits: it is renewed first.
-        let step = term.next(t0 + ms(2_000), true, s.leases());
+        let step = term.next(t0 + ms(2_000), true, s.leases(), |_| false);
         assert_eq!(step, Step::Renew { clock_ms: 2_000 });
         let Step::Renew { clock_ms } = step else { unreachable!() };
         apply(&mut s, Command::LeaseClock { clock_ms, renew: vec![1] });
         term.stamped(t0 + ms(2_000));
         assert_eq!(s.leases().get(1).unwrap().expires_at, 4_000);
-        assert!(matches!(term.next(t0 + ms(2_001), false, s.leases()), Step::Sleep { .. }));
+        assert!(matches!(term.next(t0 + ms(2_001), false, s.leases(), |_| false), Step::Sleep { .. }));
+    }
+
+    #[test]
+    fn a_lease_whose_renewal_is_in_flight_is_not_expired_meanwhile() {
+        let mut s = State::new();
+        apply(&mut s, Command::LeaseGrant { id: Some(1), ttl_ms: 2_000, clock_ms: 0 });
+        apply(&mut s, Command::LeaseGrant { id: Some(2), ttl_ms: 3_000, clock_ms: 0 });
+        let t0 = Instant::now();
+        let mut term = LeaseTerm::new(LeaseClock::new(1, 0, t0), t0, &cfg(10_000, 1000));
+        // Lease 1 is due, but a renewal of it is in flight: nothing to do until lease 2 is.
+        match term.next(t0 + ms(2_500), false, s.leases(), |id| id == 1) {
+            Step::Sleep { until } => assert_eq!(until, t0 + ms(3_000)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            term.next(t0 + ms(3_000), false, s.leases(), |id| id == 1),
+            Step::Expire { clock_ms: 3_000, ids: vec![2] }
+        );
+        assert_eq!(
+            term.next(t0 + ms(3_000), false, s.leases(), |_| false),
+            Step::Expire { clock_ms: 3_000, ids: vec![1, 2] }
+        );
     }
 
     #[test]
@@ -458,11 +523,11 @@ mod tests {
         let mut s = State::new();
         let t0 = Instant::now();
         let mut term = LeaseTerm::new(LeaseClock::new(1, 0, t0), t0, &cfg(500, 1000));
-        assert!(matches!(term.next(t0 + ms(5_000), false, s.leases()), Step::Sleep { .. }));
+        assert!(matches!(term.next(t0 + ms(5_000), false, s.leases(), |_| false), Step::Sleep { .. }));
         apply(&mut s, Command::LeaseGrant { id: Some(1), ttl_ms: 60_000, clock_ms: 0 });
-        assert_eq!(term.next(t0 + ms(5_000), false, s.leases()), Step::Tick { clock_ms: 5_000 });
+        assert_eq!(term.next(t0 + ms(5_000), false, s.leases(), |_| false), Step::Tick { clock_ms: 5_000 });
         term.stamped(t0 + ms(5_000));
-        match term.next(t0 + ms(5_100), false, s.leases()) {
+        match term.next(t0 + ms(5_100), false, s.leases(), |_| false) {
             Step::Sleep { until } => assert_eq!(until, t0 + ms(5_500)),
             other => panic!("{other:?}"),
         }
@@ -481,7 +546,7 @@ mod tests {
         let mut now = t0 + ms(2_000);
         let mut ended = 0;
         while now < t0 + ms(3_000) {
-            match term.next(now, false, s.leases()) {
+            match term.next(now, false, s.leases(), |_| false) {
                 Step::Expire { clock_ms, ids } => {
                     assert!(ids.len() <= 100, "a burst of {}", ids.len());
                     ended += ids.len();

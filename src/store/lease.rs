@@ -92,12 +92,23 @@ impl Leases {
 
     /// Up to `max` ids of leases expired at clock reading `clock` (soonest first).
     pub fn expired(&self, clock: u64, max: usize) -> Vec<u64> {
-        self.by_expiry.iter().take_while(|(at, _)| *at <= clock).take(max).map(|(_, id)| *id).collect()
+        self.expired_except(clock, max, |_| false)
+    }
+
+    /// The same, leaving out the leases for which `skip` is true.
+    pub fn expired_except(&self, clock: u64, max: usize, skip: impl Fn(u64) -> bool) -> Vec<u64> {
+        let due = self.by_expiry.iter().take_while(|(at, _)| *at <= clock);
+        due.filter(|(_, id)| !skip(*id)).take(max).map(|(_, id)| *id).collect()
     }
 
     /// The earliest `expires_at` of any lease.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.by_expiry.get_min().map(|(at, _)| *at)
+        self.next_expiry_except(|_| false)
+    }
+
+    /// The earliest `expires_at` of a lease for which `skip` is false.
+    pub fn next_expiry_except(&self, skip: impl Fn(u64) -> bool) -> Option<u64> {
+        self.by_expiry.iter().find(|(_, id)| !skip(*id)).map(|(at, _)| *at)
     }
 
     /// Moves the clock forward to `clock` (never back).
