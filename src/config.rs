@@ -255,13 +255,15 @@ settings! {
     /// (bounds memory under a fast writer).
     auto_compact_max_revisions: u64 = 200_000;
     /// Shortest lease TTL (ms). At least the longest election timeout (twice
-    /// election_timeout_ms), so a lease that is kept alive outlives a leader change.
+    /// election_timeout_ms): a shorter lease would be shorter than the time it takes just to
+    /// notice that a leader has failed.
     lease_min_ttl_ms: u64 = 2_000;
     /// Longest lease TTL (ms).
     lease_max_ttl_ms: u64 = 24 * 3600 * 1000;
     /// The leader stamps its lease clock into the log at least this often while leases
-    /// exist (ms). After a leader is lost, a lease that nobody keeps alive ends at most
-    /// TTL + the longest election timeout + this after its last keepalive.
+    /// exist (ms). A lease that nobody keeps alive ends at most TTL + this after its last
+    /// keepalive, plus, for each leader change meanwhile, the time without a leader and
+    /// this once more (the clock stands still while there is no leader).
     lease_checkpoint_ms: u64 = 500;
     /// Most leases the leader ends per second when many expire at once (their key deletes
     /// share the log with the writes, which this keeps flowing).
@@ -351,8 +353,8 @@ impl Config {
         at_least("lease_min_ttl_ms", self.lease_min_ttl_ms, 2 * self.election_timeout_ms).map_err(|e| {
             ConfigError {
                 message: format!(
-                    "{} (the longest election timeout, 2 x election_timeout_ms: a shorter lease would end \
-                     during every leader change, however often it is kept alive)",
+                    "{} (the longest election timeout, 2 x election_timeout_ms: a shorter lease would be \
+                     shorter than the time it takes to notice that a leader has failed)",
                     e.message
                 ),
                 ..e

@@ -7,13 +7,15 @@
 //! moment it took over and counts on from there, so a lease never ends earlier than its
 //! old leader promised (every stamp it saw was made before it took over), and never later
 //! than that promise plus the time since the last stamp (at most one tick interval before
-//! the old leader was lost, plus the election). Apply never reads a clock: expiry is a
+//! the old leader was lost, plus the time without a leader). Apply never reads a clock:
+//! expiry is a
 //! command the leader proposes, and it is applied only to leases still expired at the
 //! stamp it carries.
 //!
 //! Invariants: `by_expiry` holds exactly one `(expires_at, id)` per lease; ids are between
-//! 1 and [`MAX_LEASE_ID`]; the ids the table hands out itself only grow, so the table never
-//! hands out an id twice.
+//! 1 and [`MAX_LEASE_ID`]; an id the table picks itself is above every id granted before
+//! (a client's chosen ones included), so it is never one a client may still hold, until
+//! the ids run out at [`MAX_LEASE_ID`] and start again from the smallest free one.
 
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +124,10 @@ impl Leases {
         self.advance(clock);
         let id = match id {
             Some(id) if id == 0 || id > MAX_LEASE_ID || self.leases.contains_key(&id) => return None,
-            Some(id) => id,
+            Some(id) => {
+                self.last_id = self.last_id.max(id);
+                id
+            }
             None => {
                 let mut id = self.last_id;
                 loop {
@@ -180,12 +185,20 @@ mod tests {
         assert_eq!(t.grant(None, 1000, 5), Some(1));
         assert_eq!(t.grant(Some(2), 1000, 5), Some(2));
         assert_eq!(t.grant(None, 1000, 5), Some(3), "a client-chosen id is skipped");
+        // An id a client chose, even one since ended, is never picked by the table.
+        assert_eq!(t.grant(Some(7), 1000, 5), Some(7));
+        t.remove(7, false);
+        assert_eq!(t.grant(None, 1000, 5), Some(8));
+        t.remove(8, false);
         assert_eq!(t.grant(Some(2), 1000, 5), None);
         assert_eq!(t.grant(Some(0), 1000, 5), None);
         assert_eq!(t.grant(Some(MAX_LEASE_ID + 1), 1000, 5), None);
         t.remove(3, false);
-        assert_eq!(t.grant(None, 1000, 5), Some(4), "the table's own ids are never reused");
-        assert_eq!(t.counters(), LeaseCounters { granted: 4, expired: 0, revoked: 1 });
+        assert_eq!(t.grant(None, 1000, 5), Some(9), "the table's own ids are never reused");
+        assert_eq!(t.counters(), LeaseCounters { granted: 6, expired: 0, revoked: 3 });
+        // At the end of the range it starts again from the smallest free id.
+        assert_eq!(t.grant(Some(MAX_LEASE_ID), 1000, 5), Some(MAX_LEASE_ID));
+        assert_eq!(t.grant(None, 1000, 5), Some(3));
     }
 
     #[test]
