@@ -11,7 +11,8 @@
 //! - a keepalive is answered only once the renewal it asked for is committed (which a
 //!   deposed or partitioned leader cannot do) and applied; concurrent keepalives share one
 //!   log entry. A keepalive of a lease whose time is up is refused, even before its expiry
-//!   is applied.
+//!   is applied, but only once a quorum has confirmed this node still leads (a deposed
+//!   leader's clock runs ahead of its successor's, and it misses newer grants).
 //! - one task proposes every lease command, one at a time (renewals first, then
 //!   expiries, then a tick), so a renewal and an expiry of the same lease never race, and
 //!   the log carries the clock at least every `lease_checkpoint_ms` while leases exist.
@@ -240,13 +241,24 @@ impl Node {
         let deadline = self.deadline();
         let clock = self.lease_clock(deadline).await?;
         let (tx, rx) = oneshot::channel();
-        {
-            let applied = self.replica.applied();
-            let alive = applied.state.leases().get(id).is_some_and(|l| l.expires_at > clock.now_ms());
-            if !alive {
+        let mut confirmed = false;
+        loop {
+            {
+                let applied = self.replica.applied();
+                let alive = applied.state.leases().get(id).is_some_and(|l| l.expires_at > clock.now_ms());
+                if alive {
+                    self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, tx));
+                    break;
+                }
+            }
+            if confirmed {
                 return Err(PeerError::Refused(Error::LeaseNotFound(id)));
             }
-            self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, tx));
+            // A deposed leader that does not know it yet keeps its clock running while the
+            // new leader's stands still, and has not seen the grants and renewals made since:
+            // only a leader a quorum still follows may say that a lease is gone.
+            self.confirm_lease_leader(&clock, deadline).await?;
+            confirmed = true;
         }
         self.lessor.wake.notify_one();
         match tokio::time::timeout_at(deadline, rx).await {
@@ -254,6 +266,21 @@ impl Node {
             Ok(Err(_)) => Err(PeerError::Unavailable("this node stopped leading leases".into())),
             Err(_) => Err(PeerError::Unavailable("the renewal was not committed within the deadline".into())),
         }
+    }
+
+    /// Confirms with a quorum that this node still leads in the term of `clock`, and waits
+    /// until it has applied everything committed before.
+    async fn confirm_lease_leader(&self, clock: &LeaseClock, deadline: Instant) -> Result<(), PeerError> {
+        let reply = tokio::time::timeout_at(deadline, self.local_read_index()).await.map_err(|_| {
+            PeerError::Unavailable("no quorum confirmed this leader within the deadline".into())
+        })??;
+        if reply.term != clock.term {
+            let leader = self.replica.leadership().borrow().leader;
+            return Err(PeerError::NotLeader { leader });
+        }
+        tokio::time::timeout_at(deadline, self.replica.wait_applied(reply.index))
+            .await
+            .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))
     }
 
     /// Stamps this leader's lease clock into a grant (inside an idempotent write too).
