@@ -261,7 +261,9 @@ settings! {
     lease_max_ttl_ms: u64 = 24 * 3600 * 1000;
     /// The leader stamps its lease clock into the log at least this often while leases
     /// exist (ms). After a leader is lost, a lease that nobody keeps alive ends at most
-    /// TTL + the longest election timeout + this after its last keepalive.
+    /// TTL + the election of a new leader + this after its last keepalive; an election
+    /// takes up to 4 x election_timeout_ms (followers wait out the lost leader's lease,
+    /// 2 x election_timeout_ms, before their own election timeout starts).
     lease_checkpoint_ms: u64 = 500;
     /// Most leases the leader ends per second when many expire at once (their key deletes
     /// share the log with the writes, which this keeps flowing).
