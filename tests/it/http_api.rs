@@ -1,7 +1,7 @@
 //! The client HTTP API, driven through `palisade::http::client_router` without a socket
 //! (`tower::ServiceExt::oneshot`) against a real single-node cluster in a temp dir.
 //! Covers every route and every behaviour of API.md's "Keys" section that `src/http/kv.rs`
-//! implements, plus `/v1/cluster`, `/healthz` and `/readyz`.
+//! implements, leases, plus `/v1/cluster`, `/healthz` and `/readyz`.
 
 pub mod harness;
 
@@ -11,6 +11,7 @@ mod compaction;
 mod conditions;
 mod idempotency;
 mod keys;
+mod leases;
 mod listing;
 mod sequential;
 mod txn;

@@ -6,6 +6,8 @@
 //! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
 //! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
 //! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
+//! - `lease_process`: leases on real processes (followers, the failover rule across a
+//!   leader kill, a partitioned old leader, a mass expiry).
 //! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
 //!   out of file descriptors).
 
@@ -24,4 +26,5 @@ mod hardening;
 mod hostile_peer;
 mod http_api;
 mod idempotency_process;
+mod lease_process;
 mod openapi_sync;
