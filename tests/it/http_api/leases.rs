@@ -276,10 +276,14 @@ async fn a_chosen_id_is_granted_once() {
         assert!(e["message"].as_str().unwrap().contains("42"), "{e}");
         let l = lease(&api, 42).await;
         assert_eq!((l["ttl_ms"].clone(), l["key_count"].clone()), (json!(10_000), json!(1)), "{l}");
-        // The table's own ids start at 1 and skip the chosen ones.
-        assert_eq!(grant_id(&api, "10s").await, 1);
+        // The ids the cluster picks are above every id granted before, chosen ones
+        // included, so it never picks one a client may still hold.
+        assert_eq!(grant_id(&api, "10s").await, 43);
         grant(&api, json!({"ttl": "10s", "id": 2})).await;
-        assert_eq!(grant_id(&api, "10s").await, 3, "a chosen id is skipped");
+        assert_eq!(grant_id(&api, "10s").await, 44, "a chosen id below the last changes nothing");
+        grant(&api, json!({"ttl": "10s", "id": 45})).await;
+        api.delete("/v1/leases/45").await.ok();
+        assert_eq!(grant_id(&api, "10s").await, 46, "an ended chosen id is not picked");
         // An id revoked is free again for a client that names it.
         api.delete("/v1/leases/42").await.ok();
         assert_eq!(
@@ -532,10 +536,10 @@ async fn leases_list_in_pages() {
     with_node(|api| async move {
         let empty = api.get("/v1/leases").await.ok();
         assert_eq!(empty, json!({"leases": [], "count": 0, "more": false}));
+        assert_eq!(grant_id(&api, "2m").await, 1);
         for id in [40, 10, 30, 20, 50] {
             grant(&api, json!({"ttl": "1h", "id": id})).await;
         }
-        assert_eq!(grant_id(&api, "2m").await, 1);
         put_leased(&api, "/k", 30).await;
         let ids = |v: &Value| -> Vec<u64> {
             v["leases"].as_array().unwrap().iter().map(|l| l["id"].as_u64().unwrap()).collect()
