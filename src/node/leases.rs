@@ -90,13 +90,7 @@ impl Node {
     pub(super) async fn local_lease_read(self: &Arc<Self>, q: LeaseQuery) -> Result<LeaseAnswer, PeerError> {
         let deadline = self.deadline();
         let clock = self.lease_clock(deadline).await?;
-        let index = tokio::time::timeout_at(deadline, self.local_read_index())
-            .await
-            .map_err(|_| PeerError::Unavailable("no quorum confirmed the read within the deadline".into()))??
-            .index;
-        tokio::time::timeout_at(deadline, self.replica.wait_applied(index))
-            .await
-            .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))?;
+        self.confirm_leadership(deadline).await?;
         let now = clock.now_ms();
         let applied = self.replica.applied();
         let state = &applied.state;
@@ -122,6 +116,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Confirms with a quorum that this node still leads, and applies everything committed
+    /// up to then: its state is then at least as new as any other node's, so it may answer
+    /// for leases (a deposed leader that does not know it yet may have missed a grant or a
+    /// renewal).
+    pub(super) async fn confirm_leadership(&self, deadline: Instant) -> Result<(), PeerError> {
+        let index = tokio::time::timeout_at(deadline, self.local_read_index())
+            .await
+            .map_err(|_| PeerError::Unavailable("no quorum confirmed the read within the deadline".into()))??
+            .index;
+        tokio::time::timeout_at(deadline, self.replica.wait_applied(index))
+            .await
+            .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))
     }
 
     /// Runs a request on the leader: `local` when this node leads, else forwarded once as

@@ -10,8 +10,9 @@
 //!   a node that does not lead never expires anything.
 //! - a keepalive is answered only once the renewal it asked for is committed (which a
 //!   deposed or partitioned leader cannot do) and applied; concurrent keepalives share one
-//!   log entry. A keepalive of a lease whose time is up is refused, even before its expiry
-//!   is applied.
+//!   log entry. A keepalive of a lease whose time is up (or that this node does not know)
+//!   is refused, even before its expiry is applied, but only once a quorum has confirmed
+//!   that this node still leads (a deposed leader's table may lack a grant or a renewal).
 //! - one task proposes every lease command, one at a time (renewals first, then
 //!   expiries, then a tick), so a renewal and an expiry of the same lease never race, and
 //!   the log carries the clock at least every `lease_checkpoint_ms` while leases exist.
@@ -239,15 +240,22 @@ impl Node {
     pub(super) async fn local_keepalive(self: &Arc<Self>, id: u64) -> Result<LeaseTimes, PeerError> {
         let deadline = self.deadline();
         let clock = self.lease_clock(deadline).await?;
-        let (tx, rx) = oneshot::channel();
-        {
+        let alive = || {
             let applied = self.replica.applied();
-            let alive = applied.state.leases().get(id).is_some_and(|l| l.expires_at > clock.now_ms());
-            if !alive {
+            applied.state.leases().get(id).is_some_and(|l| l.expires_at > clock.now_ms())
+        };
+        // A refusal is final for the client, so it comes only from a leader that a quorum
+        // still follows: one cut off from the others may not know of the grant or of a
+        // renewal the new leader committed. (An acknowledgement needs no such check: it
+        // waits for the renewal to commit.)
+        if !alive() {
+            self.confirm_leadership(deadline).await?;
+            if !alive() {
                 return Err(PeerError::Refused(Error::LeaseNotFound(id)));
             }
-            self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, tx));
         }
+        let (tx, rx) = oneshot::channel();
+        self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, tx));
         self.lessor.wake.notify_one();
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,

@@ -715,6 +715,55 @@ async fn a_crashed_node_resets_and_refuses_connections() {
     c.shutdown().await;
 }
 
+/// A leader cut off from the others still believes it leads for a while; it must not tell a
+/// client that a lease the new leader granted does not exist (its own table lacks it). It
+/// cannot confirm its leadership, so it answers 503, and the client tries another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_never_refuses_a_keepalive() {
+    let seed = seed_or(0x1ea5_0001);
+    let _hint = ReplayHint {
+        binary: "fault_sim",
+        name: "a_deposed_leader_never_refuses_a_keepalive",
+        seed,
+        soak: false,
+    };
+    let c = Cluster::start_with(cluster_options(3, seed)).await;
+    let (old, _) = c.leader().await;
+    c.isolate(old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        if let Some((l, _)) = c.acting_leader().filter(|(l, _)| *l != old) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no new leader within 10 s of isolating {old}\n{}", c.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        c.node(old).replica_status().role,
+        palisade::raft::Role::Leader,
+        "the isolated node must still believe it leads, or this test checks nothing"
+    );
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let url = |id| c.client_url(id).expect("an HTTP cluster has client URLs");
+    let r =
+        http.post(format!("{}/v1/leases", url(new))).json(&serde_json::json!({ "ttl": "10s" })).send().await;
+    let r = r.expect("the new leader answers");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_u64().expect("a lease id");
+
+    let r = http.post(format!("{}/v1/leases/{id}/keepalive", url(old))).send().await.expect("an answer");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(
+        status, 503,
+        "the deposed leader answered {status} {body} for lease {id}, alive on leader {new}"
+    );
+    let r = http.post(format!("{}/v1/leases/{id}/keepalive", url(new))).send().await.expect("an answer");
+    assert_eq!(r.status(), 200, "the new leader keeps lease {id} alive");
+    c.heal();
+    c.shutdown().await;
+}
+
 /// The schedule is a function of the seed alone.
 #[test]
 fn a_seed_fixes_the_schedule() {
