@@ -764,6 +764,61 @@ async fn a_deposed_leader_never_refuses_a_keepalive() {
     c.shutdown().await;
 }
 
+/// A keepalive that a leader could not commit (the followers' answers are cut, so nobody
+/// starts an election and the renewal waits in the log) is answered 503 only if the renewal
+/// will never happen; once it is in the log, the answer is 504 (it may still commit, and
+/// does once the links heal). A 503 whose renewal commits later would make the lease outlive
+/// the failover bound, which counts from the last acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_answered_503_renews_nothing() {
+    let seed = seed_or(0x1ea5_0002);
+    let _hint = ReplayHint {
+        binary: "fault_sim",
+        name: "a_keepalive_answered_503_renews_nothing",
+        seed,
+        soak: false,
+    };
+    let c = Cluster::start_with(cluster_options(3, seed)).await;
+    let (l, _) = c.leader().await;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let url = c.client_url(l).expect("an HTTP cluster has client URLs");
+    let r = http.post(format!("{url}/v1/leases")).json(&serde_json::json!({ "ttl": "10s" })).send().await;
+    let granted = Instant::now();
+    let r = r.expect("the leader answers");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_u64().expect("a lease id");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for o in others(&c, &[l]) {
+        c.cut(o, l);
+    }
+    let r = http.post(format!("{url}/v1/leases/{id}/keepalive")).send().await.expect("an answer");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    c.heal();
+    assert!(status == 503 || status == 504, "a keepalive that cannot commit got {status} {body}");
+
+    // The lease as the leader sees it once the links are back (the renewal, if it was in
+    // the log, commits with the next append).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read_at = Instant::now();
+    let r = http.get(format!("{url}/v1/leases/{id}")).send().await.expect("an answer");
+    assert_eq!(r.status(), 200, "lease {id} has 10 s to live");
+    let remaining =
+        r.json::<serde_json::Value>().await.unwrap()["remaining_ms"].as_u64().expect("remaining_ms");
+    // Without a renewal, no more than TTL minus the time since the grant was acknowledged.
+    let unrenewed = 10_000 - read_at.duration_since(granted).as_millis() as u64;
+    println!("keepalive answered {status} {body}; {remaining} ms left, {unrenewed} ms without a renewal");
+    if status == 503 {
+        assert!(
+            remaining <= unrenewed,
+            "the keepalive was answered 503 (nothing happened), yet lease {id} was renewed: {remaining} ms \
+             left, at most {unrenewed} ms without a renewal ({body})"
+        );
+    }
+    c.shutdown().await;
+}
+
 /// The schedule is a function of the seed alone.
 #[test]
 fn a_seed_fixes_the_schedule() {
