@@ -106,6 +106,11 @@ impl Node {
                 let _ = tx.send(Err(PeerError::NotLeader { leader }));
             }
             tracing::info!(term, "stopped leading leases");
+            // The Raft core stopped (the node is shutting down): its last word may still
+            // say this node leads, but nobody leads any more.
+            if leadership.has_changed().is_err() {
+                return;
+            }
         }
     }
 
