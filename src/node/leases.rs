@@ -23,17 +23,16 @@ impl Node {
     /// renewal is committed by a quorum, so a deposed leader never acknowledges one.
     pub async fn lease_keepalive(self: &Arc<Self>, id: u64) -> Result<LeaseTimes> {
         self.check_lease_id(id)?;
-        let r = self
-            .at_leader(
-                || PeerRequest::LeaseKeepalive { id },
-                |node| async move { node.local_keepalive(id).await },
-                |resp| match resp {
-                    PeerResponse::LeaseKeepalive(r) => Some(r),
-                    _ => None,
-                },
-            )
-            .await;
-        r
+        self.at_leader(
+            || PeerRequest::LeaseKeepalive { id },
+            |node| async move { node.local_keepalive(id).await },
+            |resp| match resp {
+                PeerResponse::LeaseKeepalive(r) => Some(r),
+                _ => None,
+            },
+            true,
+        )
+        .await
     }
 
     /// Reads leases as the leader sees them now (linearizable: the leader confirms its
@@ -50,6 +49,7 @@ impl Node {
                 PeerResponse::LeaseRead(r) => Some(r),
                 _ => None,
             },
+            false,
         )
         .await
     }
@@ -143,17 +143,27 @@ impl Node {
 
     /// Runs a request on the leader: `local` when this node leads, else forwarded once as
     /// `req` (and answered by `unwrap`) to the leader, trying again only when the call was
-    /// never delivered or the leader had moved on.
+    /// never delivered or the leader had moved on. A request that `renews` may have taken
+    /// effect when no answer came (a forwarded call delivered but unanswered, a local one
+    /// past the deadline): that is a 504 (outcome unknown), never a 503 (nothing happened).
     async fn at_leader<T, F, Fut>(
         self: &Arc<Self>,
         req: impl Fn() -> PeerRequest,
         local: F,
         unwrap: fn(PeerResponse) -> Option<Result<T, PeerError>>,
+        renews: bool,
     ) -> Result<T>
     where
         F: Fn(Arc<Node>) -> Fut,
         Fut: std::future::Future<Output = Result<T, PeerError>>,
     {
+        let no_answer = |what: &str| {
+            if renews {
+                Error::Timeout(format!("{what}; the renewal may or may not take effect"))
+            } else {
+                Error::Unavailable(what.to_string())
+            }
+        };
         let deadline = self.deadline();
         let mut not = None;
         loop {
@@ -165,11 +175,7 @@ impl Node {
                         continue;
                     }
                     Ok(r) => return r.map_err(peer_error),
-                    Err(_) => {
-                        return Err(Error::Unavailable(
-                            "the leader did not answer within the deadline".into(),
-                        ))
-                    }
+                    Err(_) => return Err(no_answer("the leader did not answer within the deadline")),
                 }
             }
             let Some(member) = self.member(leader) else {
@@ -195,8 +201,11 @@ impl Node {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(_) => {
-                    return Err(Error::Unavailable("the leader did not answer within the deadline".into()))
+                Err(TransportError::Failed(e)) => {
+                    return Err(no_answer(&format!("the leader did not answer ({e})")))
+                }
+                Err(TransportError::Timeout) => {
+                    return Err(no_answer("the leader did not answer within the deadline"))
                 }
             }
         }

@@ -10,7 +10,10 @@
 //!   a node that does not lead never expires anything.
 //! - a keepalive is answered only once the renewal it asked for is committed (which a
 //!   deposed or partitioned leader cannot do) and applied; concurrent keepalives share one
-//!   log entry. A keepalive of a lease whose time is up is refused, even before its expiry
+//!   log entry. One that gives up waiting (its deadline, or its caller gone) is withdrawn:
+//!   if the lessor had not taken it yet, it is never proposed (503, nothing happened); if
+//!   it had, the renewal may still commit (504, outcome unknown). A keepalive of a lease
+//!   whose time is up (or that this node does not know) is refused, even before its expiry
 //!   is applied, but only once a quorum has confirmed that this node still leads (a
 //!   deposed leader's table may lack a grant or a renewal its successor made).
 //! - one task proposes every lease command, one at a time (renewals first, then
@@ -21,6 +24,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -77,8 +81,10 @@ type KeepaliveReply = oneshot::Sender<Result<LeaseTimes, PeerError>>;
 pub(super) struct Lessor {
     /// The running clock while this node leads; `None` otherwise.
     clock: watch::Sender<Option<LeaseClock>>,
-    /// Keepalives waiting for the next renewal entry.
-    pending: Mutex<Vec<(u64, KeepaliveReply)>>,
+    /// Keepalives waiting for the next renewal entry: `(lease id, waiter, reply)`.
+    pending: Mutex<Vec<(u64, u64, KeepaliveReply)>>,
+    /// The next waiter number.
+    next_waiter: AtomicU64,
     /// Wakes the lessor task when a keepalive arrives.
     wake: Notify,
 }
@@ -109,10 +115,15 @@ impl Node {
             n.lessor.clock.send_replace(None);
             let leader = n.leadership().borrow().leader;
             let waiting = std::mem::take(&mut *n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            for (_, tx) in waiting {
+            for (_, _, tx) in waiting {
                 let _ = tx.send(Err(PeerError::NotLeader { leader }));
             }
             tracing::info!(term, "stopped leading leases");
+            // The Raft core stopped (the node is shutting down): its last word may still
+            // say this node leads, but nobody leads any more.
+            if leadership.has_changed().is_err() {
+                return;
+            }
         }
     }
 
@@ -158,7 +169,7 @@ impl Node {
                     let waiting: Vec<(u64, KeepaliveReply)> = {
                         let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
                         let take = p.len().min(MAX_RENEWALS);
-                        p.drain(..take).collect()
+                        p.drain(..take).map(|(id, _, tx)| (id, tx)).collect()
                     };
                     let ids: Vec<u64> =
                         waiting.iter().map(|(id, _)| *id).collect::<BTreeSet<u64>>().into_iter().collect();
@@ -293,12 +304,20 @@ impl Node {
             }
         }
         let (tx, rx) = oneshot::channel();
-        self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, tx));
+        let waiter = self.lessor.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, waiter, tx));
+        // Withdraws the keepalive if this future is dropped before it is answered.
+        let _withdraw = Withdraw { lessor: &self.lessor, waiter };
         self.lessor.wake.notify_one();
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(PeerError::Unavailable("this node stopped leading leases".into())),
-            Err(_) => Err(PeerError::Unavailable("the renewal was not committed within the deadline".into())),
+            // The lessor took it and went away without answering: proposed or not.
+            Ok(Err(_)) => Err(PeerError::Timeout),
+            Err(_) if self.lessor.withdraw(waiter) => Err(PeerError::Unavailable(
+                "the renewal was not proposed within the deadline; nothing happened".into(),
+            )),
+            // Proposed, not committed yet: it may still commit.
+            Err(_) => Err(PeerError::Timeout),
         }
     }
 
@@ -315,6 +334,29 @@ impl Node {
             }
             cmd => Ok(cmd),
         }
+    }
+}
+
+impl Lessor {
+    /// Removes keepalive `waiter` if it is still waiting for the lessor to take it; true if
+    /// it was (its renewal will never be proposed).
+    fn withdraw(&self, waiter: u64) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = p.len();
+        p.retain(|(_, w, _)| *w != waiter);
+        p.len() != before
+    }
+}
+
+/// Withdraws a keepalive when its waiter goes away (see [`Lessor::withdraw`]).
+struct Withdraw<'a> {
+    lessor: &'a Lessor,
+    waiter: u64,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.lessor.withdraw(self.waiter);
     }
 }
 

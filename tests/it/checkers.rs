@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use jepsen::fencing::{self, check_locks, Access, Grant, GuardedResource, LeaseExpiry, LockHistory, Release};
 use jepsen::history::{Call, History, Op, Outcome, Value};
+use jepsen::leases::{self, check_leases, FaultWindow, LeaseCall, LeaseHistory, LeaseOp, LeaseReply};
 use jepsen::linearizability::{self as lin, check, check_revisions, check_with, Options};
 use jepsen::watch::{self, check_watches, CommittedLog, WatchEvent, WatchMessage, WatchStream};
 use rand::rngs::StdRng;
@@ -1182,4 +1183,323 @@ fn stress_linearizability_checker() {
             assert_eq!(v.kind, lin::ViolationKind::NotLinearizable, "{v}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases and the failover rule. Times in ms; every lease has a TTL of 2000 ms, and the
+// cluster's bounds (election timeout 300 ms, checkpoint 500 ms, request timeout 1000 ms)
+// give a deadline of R + 2000 + 600 + 500 + 500 (slack) = R + 3600 after a reference point
+// R, and a renewal window of 2000 ms.
+
+/// A lease history under construction.
+#[derive(Default)]
+struct LH {
+    h: LeaseHistory,
+}
+
+fn lkey(lease: u64) -> String {
+    format!("/eph/l{lease}")
+}
+
+impl LH {
+    fn new() -> LH {
+        LH::default()
+    }
+    fn op(mut self, lease: u64, call: LeaseCall, t0: u64, t1: u64, reply: LeaseReply) -> LH {
+        let id = self.h.ops.len() + self.h.reads.len();
+        self.h.ops.push(LeaseOp {
+            id,
+            process: 0,
+            lease,
+            call,
+            invoke_ns: t0 * MS,
+            complete_ns: t1 * MS,
+            reply,
+        });
+        self
+    }
+    fn grant(self, lease: u64, t0: u64, t1: u64) -> LH {
+        self.op(lease, LeaseCall::Grant { ttl_ms: 2000 }, t0, t1, LeaseReply::Ok)
+    }
+    fn put(self, lease: u64, t0: u64, t1: u64, reply: LeaseReply) -> LH {
+        self.op(lease, LeaseCall::Put { key: lkey(lease) }, t0, t1, reply)
+    }
+    fn keepalive(self, lease: u64, t0: u64, t1: u64, reply: LeaseReply) -> LH {
+        self.op(lease, LeaseCall::Keepalive, t0, t1, reply)
+    }
+    fn revoke(self, lease: u64, t0: u64, t1: u64, reply: LeaseReply) -> LH {
+        self.op(lease, LeaseCall::Revoke, t0, t1, reply)
+    }
+    /// An `Ok` read of the lease's key.
+    fn read(mut self, lease: u64, t0: u64, t1: u64, present: bool) -> LH {
+        let id = self.h.ops.len() + self.h.reads.len();
+        let value = present.then(|| "ephemeral".to_string());
+        self.h.reads.push(Op {
+            id,
+            process: 100,
+            key: lkey(lease),
+            call: Call::Read,
+            invoke_ns: t0 * MS,
+            complete_ns: Some(t1 * MS),
+            outcome: Outcome::Ok { read: Some(value), revision: None },
+        });
+        self
+    }
+    fn fault(mut self, t0: u64, t1: u64) -> LH {
+        self.h.faults.push(FaultWindow { start_ns: t0 * MS, end_ns: t1 * MS });
+        self
+    }
+}
+
+fn lease_bounds() -> leases::Bounds {
+    leases::Bounds::of(300, 500, 1000)
+}
+
+fn leases_pass(b: LH) -> leases::Report {
+    match check_leases(&b.h, &lease_bounds()) {
+        Ok(r) => r,
+        Err(v) => panic!("a good lease history was rejected:\n{v}"),
+    }
+}
+
+fn leases_fail(b: LH, kind: leases::ViolationKind) -> leases::Violation {
+    match check_leases(&b.h, &lease_bounds()) {
+        Ok(r) => panic!("expected a violation ({kind}), but the history passed: {r}\n{}", b.h.render()),
+        Err(v) => {
+            eprintln!("(expected) {v}");
+            assert_eq!(v.kind, kind, "wrong kind of violation:\n{v}");
+            let shown = v.to_string();
+            assert!(shown.contains(&format!("lease {}", v.lease)), "the message names the lease:\n{shown}");
+            assert!(shown.contains(&lkey(v.lease)), "the message shows the lease's timeline:\n{shown}");
+            v
+        }
+    }
+}
+
+/// Lease 1: granted, its key put, kept alive twice (the last keepalive sent at 1000 and
+/// acknowledged at 1010), then abandoned; the key is seen until 2910 and gone from 3050 on
+/// (TTL after 1000 is 3000; the deadline after 1010 is 4610).
+fn abandoned() -> LH {
+    LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .read(1, 30, 40, true)
+        .keepalive(1, 500, 510, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .read(1, 1500, 1510, true)
+        .read(1, 2900, 2910, true)
+        .read(1, 3050, 3060, false)
+        .read(1, 3200, 3210, false)
+}
+
+#[test]
+fn leases_abandoned_kept_alive_and_revoked_leases_pass() {
+    let mut b = abandoned()
+        // Lease 2: kept alive every 500 ms (one keepalive refused on the way, retried).
+        .grant(2, 0, 10)
+        .put(2, 10, 20, LeaseReply::Ok);
+    for i in 1..10 {
+        b = b.keepalive(2, i * 500, i * 500 + 10, LeaseReply::Ok).read(2, i * 500 + 20, i * 500 + 30, true);
+    }
+    b = b
+        .keepalive(2, 5000, 6000, LeaseReply::Fail)
+        .keepalive(2, 6100, 6110, LeaseReply::Ok)
+        .read(2, 6200, 6210, true)
+        // Lease 3: revoked at once; its key goes with it.
+        .grant(3, 0, 10)
+        .put(3, 10, 20, LeaseReply::Ok)
+        .read(3, 30, 40, true)
+        .revoke(3, 700, 710, LeaseReply::Ok)
+        .read(3, 720, 730, false)
+        .keepalive(3, 800, 810, LeaseReply::NotFound);
+    let r = leases_pass(b);
+    assert_eq!((r.leases, r.keys, r.revoked), (3, 3, 1), "{r}");
+    assert_eq!(r.renewals, 3 + 2 + 10, "{r}");
+    // Lease 1's two absent reads; lease 3's absent read, acknowledged revoke and 404 come
+    // after its revoke was sent, so rule 3 skips them.
+    assert_eq!((r.ends, r.leases_seen_ending), (2, 2), "{r}");
+    assert_eq!(r.min_end_margin_ns, Some(60 * MS), "lease 1 was seen gone 60 ms after TTL: {r}");
+    assert_eq!(r.min_deadline_room_ns, Some((4610 - 2900) * MS), "{r}");
+}
+
+#[test]
+fn leases_a_revoke_in_doubt_excuses_an_early_end() {
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .revoke(1, 700, 3700, LeaseReply::Unknown)
+        .read(1, 800, 810, false);
+    leases_pass(b);
+}
+
+#[test]
+fn leases_absence_before_the_put_is_acknowledged_is_no_end() {
+    // The put may not have happened (unknown), or not yet (the read began before its ack).
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 3000, LeaseReply::Unknown)
+        .read(1, 100, 110, false)
+        .grant(2, 0, 10)
+        .put(2, 10, 500, LeaseReply::Ok)
+        .read(2, 100, 600, false)
+        .read(2, 700, 710, true);
+    leases_pass(b);
+}
+
+#[test]
+fn leases_a_refused_keepalive_renews_nothing() {
+    // A 503 at 1500 promised nothing happened: gone at 3050 is after TTL since 1000.
+    let b = abandoned().keepalive(1, 1500, 2500, LeaseReply::Fail);
+    leases_pass(b);
+}
+
+#[test]
+fn leases_a_keepalive_in_doubt_may_renew_until_its_window_ends() {
+    // Unknown at 1500: it may have been stamped until 1500 + 2000, so the deadline is
+    // 3500 + 3600 = 7100, not 4610.
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .keepalive(1, 1500, 4500, LeaseReply::Unknown)
+        .read(1, 7000, 7010, true);
+    leases_pass(b);
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .keepalive(1, 1500, 4500, LeaseReply::Unknown)
+        .read(1, 7100, 7110, true);
+    leases_fail(b, leases::ViolationKind::LateExpiry);
+}
+
+#[test]
+fn leases_fault_windows_extend_the_late_bound() {
+    // [2000, 3000] overlaps lease 1's life after 1010: 4610 + 1000 + 2 x 1100 = 7810.
+    let b = abandoned().fault(2000, 3000).read(1, 7700, 7710, true);
+    let v = leases_fail(b, leases::ViolationKind::KeyReappeared);
+    assert!(v.reason.contains("3.060ms") || v.reason.contains("3060"), "{v}");
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .fault(2000, 3000)
+        .read(1, 7700, 7710, true);
+    leases_pass(b);
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .fault(2000, 3000)
+        .read(1, 7810, 7820, true);
+    leases_fail(b, leases::ViolationKind::LateExpiry);
+    // A window over before the reference point extends nothing.
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .fault(100, 900)
+        .read(1, 4700, 4710, true);
+    leases_fail(b, leases::ViolationKind::LateExpiry);
+}
+
+#[test]
+fn leases_deadline_windows_chain() {
+    let b = lease_bounds();
+    let w = |s: u64, e: u64| FaultWindow { start_ns: s * MS, end_ns: e * MS };
+    assert_eq!(b.deadline(1000 * MS, 2000 * MS, &[]), 4600 * MS);
+    // The first window moves the deadline to 4600 + 500 + 2200 = 7300, which brings the
+    // second (starting at 7000) into range: 7300 + 100 + 2200 = 9600. The third starts after.
+    let windows = [w(9700, 9800), w(7000, 7100), w(4000, 4500)];
+    assert_eq!(b.deadline(1000 * MS, 2000 * MS, &windows), 9600 * MS);
+}
+
+#[test]
+fn leases_an_absent_key_before_ttl_is_an_early_expiry() {
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .read(1, 2900, 2990, false);
+    let v = leases_fail(b, leases::ViolationKind::EarlyExpiry);
+    assert!(v.reason.contains("10.0 ms before TTL"), "{v}");
+}
+
+#[test]
+fn leases_a_keepalive_refused_before_ttl_is_an_early_expiry() {
+    // What a deposed leader that never saw the renewal at 1000 would answer.
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .keepalive(1, 1500, 1502, LeaseReply::NotFound)
+        .read(1, 1600, 1610, true);
+    leases_fail(b, leases::ViolationKind::EarlyExpiry);
+    // A put refused because the lease was gone, too.
+    let b = LH::new().grant(1, 0, 10).put(1, 10, 1000, LeaseReply::NotFound);
+    leases_fail(b, leases::ViolationKind::EarlyExpiry);
+}
+
+#[test]
+fn leases_a_kept_alive_key_that_vanishes_is_caught() {
+    // Seen absent at 1210, yet the keepalive sent at 1500 was acknowledged.
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 500, 510, LeaseReply::Ok)
+        .read(1, 1200, 1210, false)
+        .keepalive(1, 1500, 1510, LeaseReply::Ok);
+    leases_fail(b, leases::ViolationKind::KeptAliveKeyVanished);
+    // After an acknowledged revoke, too.
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .revoke(1, 200, 210, LeaseReply::Ok)
+        .keepalive(1, 500, 510, LeaseReply::Ok);
+    leases_fail(b, leases::ViolationKind::KeptAliveKeyVanished);
+}
+
+#[test]
+fn leases_a_key_that_comes_back_is_caught() {
+    let b = abandoned().read(1, 3300, 3310, true);
+    leases_fail(b, leases::ViolationKind::KeyReappeared);
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .revoke(1, 700, 710, LeaseReply::Ok)
+        .read(1, 720, 730, true);
+    leases_fail(b, leases::ViolationKind::KeyReappeared);
+}
+
+#[test]
+fn leases_a_lease_alive_past_its_deadline_is_a_late_expiry() {
+    // Seen present at 4610, the deadline after the keepalive acknowledged at 1010; gone
+    // later (a read that began at 4609 would have passed).
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .read(1, 4609, 4700, true);
+    leases_pass(b);
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .read(1, 4610, 4620, true)
+        .read(1, 4800, 4810, false);
+    let v = leases_fail(b, leases::ViolationKind::LateExpiry);
+    assert!(v.reason.contains("past its deadline 4610.000ms"), "{v}");
+    // A keepalive acknowledged after the deadline is the lease seen alive, too.
+    let b = LH::new()
+        .grant(1, 0, 10)
+        .put(1, 10, 20, LeaseReply::Ok)
+        .keepalive(1, 1000, 1010, LeaseReply::Ok)
+        .keepalive(1, 5000, 5010, LeaseReply::Ok);
+    leases_fail(b, leases::ViolationKind::LateExpiry);
+    // A key present though no grant may have succeeded.
+    let b = LH::new()
+        .op(1, LeaseCall::Grant { ttl_ms: 2000 }, 0, 10, LeaseReply::Fail)
+        .put(1, 10, 20, LeaseReply::Unknown)
+        .read(1, 30, 40, true);
+    leases_fail(b, leases::ViolationKind::LateExpiry);
 }

@@ -16,6 +16,13 @@
 //! seed, the checker's violation with the offending sub-history, the nemesis events on the
 //! history's clock, and the node logs follow.
 //!
+//! Every round also runs the lease workload of `jepsen::recorder` ([`LeaseWorkload`]):
+//! leases granted through every live node, an ephemeral key under each, some kept alive,
+//! others abandoned or revoked, the keys observed with linearizable reads. It stops keeping
+//! leases alive once everything is healed, its observers read on until every key is gone,
+//! and the lease history is checked against the failover rule
+//! (`jepsen::leases::check_leases`, with each nemesis step's fault window).
+//!
 //! The `netns_*` tests need root, iproute2 and iptables (CI's `.ci/run` installs them);
 //! without them they fail with the reason, they never pass silently.
 //!
@@ -36,8 +43,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use jepsen::history::{Call, History, Op, Outcome};
+use jepsen::leases::{self, check_leases, FaultWindow};
 use jepsen::linearizability;
-use jepsen::recorder::{run_register, Endpoints, Recorder, RegisterWorkload};
+use jepsen::recorder::{run_leases, run_register, Endpoints, LeaseWorkload, Recorder, RegisterWorkload};
 use support::netns::Net;
 use support::process::{Cluster, ClusterOptions, Consistency, BIN};
 
@@ -149,6 +157,8 @@ struct Run {
     rec: Arc<Recorder>,
     /// This round's nemesis events, on the recorder's clock.
     events: Vec<String>,
+    /// When this round's faults were in force (each step, from its fault to its revert).
+    windows: Vec<FaultWindow>,
     /// For quick probes (`/v1/cluster`): a hung node must not stall the nemesis.
     probe: reqwest::Client,
     /// Process ids for the final reads, far from the workload's.
@@ -194,6 +204,7 @@ impl Run {
             paused: BTreeSet::new(),
             rec: Recorder::new(),
             events: Vec::new(),
+            windows: Vec::new(),
             probe,
             next_final_process: AtomicUsize::new(1_000_000),
             one_way_turn: 0,
@@ -286,6 +297,12 @@ impl Run {
     /// Applies one fault, holds it, and reverts it.
     async fn step(&mut self, nemesis: Nemesis) {
         self.sleep_ms(300, 1000).await;
+        let start_ns = self.rec.now_ns();
+        self.apply_and_revert(nemesis).await;
+        self.windows.push(FaultWindow { start_ns, end_ns: self.rec.now_ns() });
+    }
+
+    async fn apply_and_revert(&mut self, nemesis: Nemesis) {
         match nemesis {
             Kill9One => {
                 let (victim, why) = if self.rng.gen_bool(0.5) {
@@ -402,6 +419,7 @@ impl Run {
     ) -> Stats {
         self.rec = Recorder::new();
         self.events.clear();
+        self.windows.clear();
         let stop = Arc::new(AtomicBool::new(false));
         let workload = RegisterWorkload {
             keys: keys.clone(),
@@ -412,6 +430,15 @@ impl Run {
             seed: self.rng.gen(),
         };
         let clients = tokio::spawn(run_register(self.rec.clone(), self.endpoints(), workload, stop.clone()));
+        let lease_stop = Arc::new(AtomicBool::new(false));
+        let lease_workload =
+            LeaseWorkload::new(&format!("/jepsen-leases/{}", label.replace(' ', "")), self.rng.gen());
+        let lease_clients = tokio::spawn(run_leases(
+            self.rec.clone(),
+            self.endpoints(),
+            lease_workload.clone(),
+            lease_stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(500)).await;
         let until = Instant::now() + duration;
         while Instant::now() < until {
@@ -420,6 +447,9 @@ impl Run {
         }
         self.heal_all().await;
         self.cluster.leader_within(Duration::from_secs(30)).await;
+        // The leases stop being kept alive; their observers read on until every key is gone.
+        lease_stop.store(true, Ordering::Relaxed);
+        self.event("the lease workload stops keeping leases alive".into());
         // Load on the healed cluster for at least a second, and until the history holds
         // enough acknowledged ops to check (on a slow machine the faults may leave few).
         let healed = Instant::now();
@@ -443,7 +473,54 @@ impl Run {
         println!("{}: {label}: {stats}", self.name);
         self.check(label, &history, stats);
         self.check_versions(&keys, &history, &kvs);
+        let lease_run = lease_clients.await.expect("the lease workload finished");
+        self.check_leases(label, &lease_workload, &lease_run);
         stats
+    }
+
+    /// The lease history against the failover rule; every key must be gone at the end, and
+    /// the history must hold enough to check.
+    fn check_leases(&self, label: &str, w: &LeaseWorkload, run: &jepsen::recorder::LeaseRun) {
+        let o = self.cluster.options();
+        let checkpoint_ms = palisade::config::Config::defaults().lease_checkpoint_ms;
+        let bounds = leases::Bounds::of(o.election_timeout_ms, checkpoint_ms, o.request_timeout_ms);
+        let lh = self.rec.lease_history(self.windows.clone());
+        let saved = || {
+            let path =
+                std::env::temp_dir().join(format!("fault_process-{}-{}.leases.txt", self.name, self.seed));
+            match std::fs::write(&path, lh.render()) {
+                Ok(()) => format!("lease history: {}", path.display()),
+                Err(e) => format!("(could not write {}: {e})", path.display()),
+            }
+        };
+        let report = match check_leases(&lh, &bounds) {
+            Ok(r) => r,
+            Err(v) => self.fail("the leases broke the failover rule", &format!("{v}\n{}", saved()), None),
+        };
+        println!("{}: {label}: leases: {report}", self.name);
+        if !run.not_gone.is_empty() {
+            self.fail(
+                &format!(
+                    "{} of {} ephemeral keys were not seen gone within {:?} of the lease workload stopping (TTL {:?})",
+                    run.not_gone.len(),
+                    run.keys,
+                    w.drain_timeout,
+                    w.ttl
+                ),
+                &format!("{:?}\n{}", run.not_gone, saved()),
+                None,
+            );
+        }
+        if report.keys < 5 || report.leases_seen_ending < 3 || report.renewals < 10 {
+            self.fail(
+                &format!(
+                    "the lease history is too thin to check anything (need 5 keys, 3 leases seen ending, 10 \
+                     acknowledged renewals): {report}"
+                ),
+                &saved(),
+                None,
+            );
+        }
     }
 
     /// A linearizable read of every key on every node, recorded in the history (each as

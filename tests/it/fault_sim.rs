@@ -6,6 +6,13 @@
 //! each key is read once more on every node (recorded too), and the history is checked: per-key
 //! linearizability and the revisions the replies carried.
 //!
+//! Alongside, the lease workload of `jepsen::recorder` ([`LeaseWorkload`]) grants leases
+//! through every node, puts an ephemeral key under each, keeps some alive, abandons or
+//! revokes the others, and observes the keys with linearizable reads. It stops keeping
+//! leases alive once the last fault is healed, its observers read on until every key is
+//! gone, and the lease history is checked against the failover rule
+//! (`jepsen::leases::check_leases`, with the nemesis' fault windows).
+//!
 //! Every test prints its seed and, on failure, how to replay it:
 //! `PALISADE_SEED=<n> cargo test --test it fault_sim::<name> -- --nocapture`.
 //! Without `PALISADE_SEED`, each test uses a fixed seed of its own.
@@ -31,8 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jepsen::history::{Call, History, Op, Outcome};
+use jepsen::leases::{self, check_leases, FaultWindow};
 use jepsen::linearizability;
-use jepsen::recorder::{run_register, Endpoints, Recorder, RegisterWorkload};
+use jepsen::recorder::{run_leases, run_register, Endpoints, LeaseWorkload, Recorder, RegisterWorkload};
 use palisade::raft::NodeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -210,11 +218,20 @@ fn schedule(seed: u64, kinds: &[Nemesis], ids: &[NodeId], total: Duration) -> Ve
     steps
 }
 
-/// What the nemesis did, on the recorder's clock.
+/// What the nemesis did, on the recorder's clock, and when each step's faults were in force
+/// (from the first fault applied until healed, crashed nodes restarted).
 #[derive(Clone, Default)]
-struct EventLog(Arc<Mutex<Vec<(u64, String)>>>);
+struct EventLog(Arc<Mutex<Vec<(u64, String)>>>, Arc<Mutex<Vec<FaultWindow>>>);
 
 impl EventLog {
+    fn window(&self, start_ns: u64, end_ns: u64) {
+        self.1.lock().unwrap().push(FaultWindow { start_ns, end_ns });
+    }
+
+    fn windows(&self) -> Vec<FaultWindow> {
+        self.1.lock().unwrap().clone()
+    }
+
     fn push(&self, rec: &Recorder, what: String) {
         let at = rec.now_ns();
         println!("[nemesis {:>8.3}s] {what}", at as f64 / 1e9);
@@ -326,12 +343,14 @@ async fn recover(c: &Cluster) -> String {
 async fn run_nemesis(c: &Cluster, rec: &Recorder, steps: &[Step], log: &EventLog) {
     for step in steps {
         let mut what = Vec::new();
+        let start = rec.now_ns();
         for f in &step.faults {
             what.push(apply(c, f).await);
         }
         log.push(rec, format!("{:?}: {} (hold {:?})", step.kind, what.join("; "), step.hold));
         tokio::time::sleep(step.hold).await;
         log.push(rec, recover(c).await);
+        log.window(start, rec.now_ns());
         tokio::time::sleep(step.gap).await;
     }
 }
@@ -459,11 +478,24 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
     // Every node's URL, crashed ones included: those refuse connections.
     let endpoints: Endpoints = Arc::new(move || urls.all());
     let stop = Arc::new(AtomicBool::new(false));
+    // The leases stop being kept alive once the last fault is healed; their observers read
+    // on (meanwhile the register workload settles and the nodes converge) until every key
+    // is gone.
+    let lease_stop = Arc::new(AtomicBool::new(false));
+    let lease_workload = LeaseWorkload::new(
+        &format!("/jepsen-leases/{}/round{round}", sc.name),
+        seed.wrapping_add(round as u64).wrapping_mul(31),
+    );
+    let (ttl, drain) = (lease_workload.ttl, lease_workload.drain_timeout);
+    let lease_clients =
+        tokio::spawn(run_leases(rec.clone(), endpoints.clone(), lease_workload, lease_stop.clone()));
 
     let nemesis = async {
         tokio::time::sleep(LEAD).await;
         run_nemesis(c, &rec, steps, &log).await;
         log.push(&rec, recover(c).await);
+        lease_stop.store(true, Ordering::SeqCst);
+        log.push(&rec, "the lease workload stops keeping leases alive".into());
         tokio::time::sleep(SETTLE).await;
         stop.store(true, Ordering::SeqCst);
     };
@@ -474,7 +506,9 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
     c.leader().await;
     let state = c.converge().await;
     let finals = final_reads(c, &rec, &keys).await;
+    let lease_run = lease_clients.await.expect("the lease workload finished");
     let h = rec.history();
+    let lh = rec.lease_history(log.windows());
     let counts = Counts::of(&h);
     println!(
         "[fault_sim] {} round {round}: workload {during}; with final reads {counts}; {} nemesis events",
@@ -523,6 +557,45 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
         fail(format!(
             "the history has too few acknowledged ops to check anything (need {MIN_OK} ok, with 10 reads and 10 writes)"
         ));
+    }
+
+    // The leases, against the failover rule.
+    let opts = c.options();
+    let cfg = c.node(c.live()[0]).config().clone();
+    let bounds =
+        leases::Bounds::of(opts.election_timeout_ms, cfg.lease_checkpoint_ms, cfg.request_timeout_ms);
+    let lease_fail = |what: String| -> ! {
+        let path = save_lease_history(sc.name, seed, round, &lh);
+        fail(format!("{what}\nlease history: {path}"))
+    };
+    let report = match check_leases(&lh, &bounds) {
+        Ok(report) => report,
+        Err(v) => lease_fail(format!("the leases broke the failover rule:\n{v}")),
+    };
+    println!("[fault_sim] {} round {round}: leases: {report}", sc.name);
+    if !lease_run.not_gone.is_empty() {
+        lease_fail(format!(
+            "{} of {} ephemeral keys were not seen gone within {drain:?} of the lease workload stopping \
+             (TTL {ttl:?}): {:?}",
+            lease_run.not_gone.len(),
+            lease_run.keys,
+            lease_run.not_gone
+        ));
+    }
+    if report.keys < 5 || report.leases_seen_ending < 3 || report.renewals < 10 {
+        lease_fail(format!(
+            "the lease history is too thin to check anything (need 5 keys, 3 leases seen ending, \
+             10 acknowledged renewals): {report}"
+        ));
+    }
+}
+
+/// Writes the lease history next to the temp dir, for a failure's post-mortem.
+fn save_lease_history(name: &str, seed: u64, round: usize, h: &leases::LeaseHistory) -> String {
+    let path = std::env::temp_dir().join(format!("fault_sim-{name}-{seed}-round{round}.leases.txt"));
+    match std::fs::write(&path, h.render()) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("(could not write {}: {e})", path.display()),
     }
 }
 
@@ -712,6 +785,110 @@ async fn a_crashed_node_resets_and_refuses_connections() {
     c.leader().await;
     let r = get(again).await.expect("the restarted node answers");
     assert_eq!(r.status(), 404);
+    c.shutdown().await;
+}
+
+/// A leader cut off from the others still believes it leads for a while; it must not tell a
+/// client that a lease the new leader granted does not exist (its own table lacks it). It
+/// cannot confirm its leadership, so it answers 503, and the client tries another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_never_refuses_a_keepalive() {
+    let seed = seed_or(0x1ea5_0001);
+    let _hint = ReplayHint {
+        binary: "fault_sim",
+        name: "a_deposed_leader_never_refuses_a_keepalive",
+        seed,
+        soak: false,
+    };
+    let c = Cluster::start_with(cluster_options(3, seed)).await;
+    let (old, _) = c.leader().await;
+    c.isolate(old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        if let Some((l, _)) = c.acting_leader().filter(|(l, _)| *l != old) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no new leader within 10 s of isolating {old}\n{}", c.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        c.node(old).replica_status().role,
+        palisade::raft::Role::Leader,
+        "the isolated node must still believe it leads, or this test checks nothing"
+    );
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let url = |id| c.client_url(id).expect("an HTTP cluster has client URLs");
+    let r =
+        http.post(format!("{}/v1/leases", url(new))).json(&serde_json::json!({ "ttl": "10s" })).send().await;
+    let r = r.expect("the new leader answers");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_u64().expect("a lease id");
+
+    let r = http.post(format!("{}/v1/leases/{id}/keepalive", url(old))).send().await.expect("an answer");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(
+        status, 503,
+        "the deposed leader answered {status} {body} for lease {id}, alive on leader {new}"
+    );
+    let r = http.post(format!("{}/v1/leases/{id}/keepalive", url(new))).send().await.expect("an answer");
+    assert_eq!(r.status(), 200, "the new leader keeps lease {id} alive");
+    c.heal();
+    c.shutdown().await;
+}
+
+/// A keepalive that a leader could not commit (the followers' answers are cut, so nobody
+/// starts an election and the renewal waits in the log) is answered 503 only if the renewal
+/// will never happen; once it is in the log, the answer is 504 (it may still commit, and
+/// does once the links heal). A 503 whose renewal commits later would make the lease outlive
+/// the failover bound, which counts from the last acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_answered_503_renews_nothing() {
+    let seed = seed_or(0x1ea5_0002);
+    let _hint = ReplayHint {
+        binary: "fault_sim",
+        name: "a_keepalive_answered_503_renews_nothing",
+        seed,
+        soak: false,
+    };
+    let c = Cluster::start_with(cluster_options(3, seed)).await;
+    let (l, _) = c.leader().await;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let url = c.client_url(l).expect("an HTTP cluster has client URLs");
+    let r = http.post(format!("{url}/v1/leases")).json(&serde_json::json!({ "ttl": "10s" })).send().await;
+    let granted = Instant::now();
+    let r = r.expect("the leader answers");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_u64().expect("a lease id");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for o in others(&c, &[l]) {
+        c.cut(o, l);
+    }
+    let r = http.post(format!("{url}/v1/leases/{id}/keepalive")).send().await.expect("an answer");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    c.heal();
+    assert!(status == 503 || status == 504, "a keepalive that cannot commit got {status} {body}");
+
+    // The lease as the leader sees it once the links are back (the renewal, if it was in
+    // the log, commits with the next append).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read_at = Instant::now();
+    let r = http.get(format!("{url}/v1/leases/{id}")).send().await.expect("an answer");
+    assert_eq!(r.status(), 200, "lease {id} has 10 s to live");
+    let remaining =
+        r.json::<serde_json::Value>().await.unwrap()["remaining_ms"].as_u64().expect("remaining_ms");
+    // Without a renewal, no more than TTL minus the time since the grant was acknowledged.
+    let unrenewed = 10_000 - read_at.duration_since(granted).as_millis() as u64;
+    println!("keepalive answered {status} {body}; {remaining} ms left, {unrenewed} ms without a renewal");
+    if status == 503 {
+        assert!(
+            remaining <= unrenewed,
+            "the keepalive was answered 503 (nothing happened), yet lease {id} was renewed: {remaining} ms \
+             left, at most {unrenewed} ms without a renewal ({body})"
+        );
+    }
     c.shutdown().await;
 }
 

@@ -7,20 +7,29 @@
 //! a reset, or a client-side timeout is `Unknown`. An `Unknown` op is never retried: the
 //! client abandons its process id and continues as a fresh process, as Jepsen does, so
 //! every process stays sequential.
+//!
+//! The lease workload ([`run_leases`]) records into the same recorder, on the same clock,
+//! but apart from the register history (its reads are of keys nobody writes twice, checked
+//! by `leases::check_leases`, not by the register checker): see [`LeaseWorkload`].
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::history::{Call, History, Op, Outcome, Value};
+use super::leases::{FaultWindow, LeaseCall, LeaseHistory, LeaseOp, LeaseReply};
 
 /// Collects ops from every client.
 pub struct Recorder {
     start: Instant,
     ops: Mutex<Vec<Op>>,
+    /// The lease workload's requests and its reads of the leases' keys.
+    lease_ops: Mutex<Vec<LeaseOp>>,
+    lease_reads: Mutex<Vec<Op>>,
     next_id: AtomicUsize,
 }
 
@@ -29,6 +38,8 @@ impl Recorder {
         Arc::new(Recorder {
             start: Instant::now(),
             ops: Mutex::new(Vec::new()),
+            lease_ops: Mutex::new(Vec::new()),
+            lease_reads: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
         })
     }
@@ -68,6 +79,42 @@ impl Recorder {
         let mut ops = self.ops.lock().unwrap().clone();
         ops.sort_by_key(|o| o.id);
         History { ops }
+    }
+
+    /// Adds a lease request; returns its id.
+    pub fn record_lease(&self, mut op: LeaseOp) -> usize {
+        op.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = op.id;
+        self.lease_ops.lock().unwrap().push(op);
+        id
+    }
+
+    /// Reads `key` at `base` (linearizable) as `process` and records it with the lease
+    /// workload's reads; returns the op.
+    pub async fn invoke_lease_read(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        process: usize,
+        key: &str,
+    ) -> Op {
+        let invoke_ns = self.now_ns();
+        let outcome = perform(http, base, key, &Call::Read).await;
+        let complete_ns = Some(self.now_ns());
+        let mut op =
+            Op { id: 0, process, key: key.to_string(), call: Call::Read, invoke_ns, complete_ns, outcome };
+        op.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lease_reads.lock().unwrap().push(op.clone());
+        op
+    }
+
+    /// The lease workload's history so far, with the given fault windows.
+    pub fn lease_history(&self, faults: Vec<FaultWindow>) -> LeaseHistory {
+        let mut ops = self.lease_ops.lock().unwrap().clone();
+        ops.sort_by_key(|o| o.id);
+        let mut reads = self.lease_reads.lock().unwrap().clone();
+        reads.sort_by_key(|o| o.id);
+        LeaseHistory { ops, reads, faults }
     }
 }
 
@@ -279,5 +326,296 @@ async fn perform_txn(http: &reqwest::Client, base: &str, key: &str, call: &Call)
         503 => Outcome::Fail,
         s if (400..500).contains(&s) => Outcome::Fail,
         _ => Outcome::Unknown,
+    }
+}
+
+/// A lease workload: ephemeral keys, each put once under a lease of its own, kept alive,
+/// abandoned or revoked while faults happen, and read by observers.
+///
+/// - `keepers` clients each keep one lease alive for the whole run: a keepalive every
+///   `keepalive_every`; one that is not acknowledged is sent again after `retry_after`, to a
+///   node picked at random again, until one is. When their lease ends anyway (a 404), they
+///   grant another.
+/// - `churners` clients grant a lease, put its key, have 0 to 4 keepalives acknowledged,
+///   then abandon the lease (send nothing more) or, one time in four, revoke it (once),
+///   and start over.
+/// - `observers` read every key (linearizable GETs, through a transaction a quarter of the
+///   time, each on a node picked at random), over and over, until it has been seen absent
+///   three times.
+///
+/// When `stop` is set, the keepers and churners stop at once (every lease is abandoned),
+/// and the observers go on until every key has been seen absent twice, or `drain_timeout`
+/// has passed. Lease ids are chosen by the clients (`id_base + client * 1_000_000 + n`), so
+/// a grant whose outcome is unknown still names its lease. Every request is recorded with
+/// the time it was sent and the time its reply arrived ([`Recorder::lease_history`]).
+#[derive(Clone, Debug)]
+pub struct LeaseWorkload {
+    /// The keys are `{prefix}/l{lease id}`.
+    pub prefix: String,
+    pub keepers: usize,
+    pub churners: usize,
+    pub observers: usize,
+    pub ttl: Duration,
+    pub keepalive_every: Duration,
+    pub retry_after: Duration,
+    /// An observer's pause between two reads.
+    pub think: Duration,
+    /// Client-side timeout of one request.
+    pub request_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// Below 2^53 - 1 with room for `clients * 1_000_000` above it.
+    pub id_base: u64,
+    pub seed: u64,
+}
+
+impl LeaseWorkload {
+    /// The defaults for test clusters (election timeout 300 ms): a TTL of 2 s (the lowest
+    /// the server allows by default) and a keepalive every half second.
+    pub fn new(prefix: &str, seed: u64) -> LeaseWorkload {
+        LeaseWorkload {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            keepers: 2,
+            churners: 3,
+            observers: 2,
+            ttl: Duration::from_secs(2),
+            keepalive_every: Duration::from_millis(500),
+            retry_after: Duration::from_millis(100),
+            think: Duration::from_millis(10),
+            request_timeout: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(30),
+            id_base: 1 + (seed % (1 << 40)) * 1000,
+            seed,
+        }
+    }
+}
+
+/// What [`run_leases`] left behind.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseRun {
+    /// Keys whose put may have taken effect.
+    pub keys: usize,
+    /// Keys not seen absent twice by the end of the drain (each a lease that never ended,
+    /// or a cluster that stopped answering).
+    pub not_gone: Vec<String>,
+}
+
+/// The lease workload's shared state.
+struct LeaseClients {
+    rec: Arc<Recorder>,
+    endpoints: Endpoints,
+    w: LeaseWorkload,
+    stop: Arc<AtomicBool>,
+    /// Each key the observers read, with how many times it was seen absent.
+    keys: Mutex<std::collections::BTreeMap<String, u32>>,
+    /// Keepers and churners still running.
+    writers: AtomicUsize,
+}
+
+/// Runs the lease workload (see [`LeaseWorkload`]) until `stop` and the drain that follows
+/// it are over.
+pub async fn run_leases(
+    rec: Arc<Recorder>,
+    endpoints: Endpoints,
+    w: LeaseWorkload,
+    stop: Arc<AtomicBool>,
+) -> LeaseRun {
+    let writers = w.keepers + w.churners;
+    let ctx = Arc::new(LeaseClients {
+        rec,
+        endpoints,
+        w: w.clone(),
+        stop,
+        keys: Mutex::new(Default::default()),
+        writers: AtomicUsize::new(writers),
+    });
+    let mut tasks = Vec::new();
+    for c in 0..writers {
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            lease_client(&ctx, c, c >= ctx.w.keepers).await;
+            ctx.writers.fetch_sub(1, Ordering::SeqCst);
+        }));
+    }
+    let observers: Vec<_> =
+        (0..w.observers).map(|o| tokio::spawn(observe_leases(ctx.clone(), 100_000 + o))).collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    for o in observers {
+        let _ = o.await;
+    }
+    let keys = ctx.keys.lock().unwrap();
+    LeaseRun {
+        keys: keys.len(),
+        not_gone: keys.iter().filter(|(_, n)| **n < 2).map(|(k, _)| k.clone()).collect(),
+    }
+}
+
+impl LeaseClients {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// A node to send the next request to, waiting while none is up.
+    async fn node(&self, rng: &mut StdRng) -> Option<String> {
+        loop {
+            if self.stopped() {
+                return None;
+            }
+            let urls = (self.endpoints)();
+            if !urls.is_empty() {
+                return Some(urls[rng.gen_range(0..urls.len())].trim_end_matches('/').to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends one lease request built by `req` and records it.
+    async fn request(
+        &self,
+        process: usize,
+        lease: u64,
+        call: LeaseCall,
+        req: reqwest::RequestBuilder,
+        ok: u16,
+    ) -> LeaseReply {
+        let invoke_ns = self.rec.now_ns();
+        let reply = lease_reply(req, ok).await;
+        let complete_ns = self.rec.now_ns();
+        self.rec.record_lease(LeaseOp { id: 0, process, lease, call, invoke_ns, complete_ns, reply });
+        reply
+    }
+
+    /// Keepalives of `lease` until `acks` were acknowledged (`None`: until `stop`); false
+    /// when the lease turned out to have ended.
+    async fn keep_alive(
+        &self,
+        http: &reqwest::Client,
+        rng: &mut StdRng,
+        process: usize,
+        lease: u64,
+        acks: Option<usize>,
+    ) -> bool {
+        let mut acked = 0;
+        while acks != Some(acked) {
+            tokio::time::sleep(self.w.keepalive_every).await;
+            loop {
+                let Some(url) = self.node(rng).await else { return true };
+                let req = http.post(format!("{url}/v1/leases/{lease}/keepalive"));
+                match self.request(process, lease, LeaseCall::Keepalive, req, 200).await {
+                    LeaseReply::Ok => break,
+                    LeaseReply::NotFound => return false,
+                    LeaseReply::Fail | LeaseReply::Unknown => tokio::time::sleep(self.w.retry_after).await,
+                }
+            }
+            acked += 1;
+        }
+        true
+    }
+}
+
+/// One keeper (`churn == false`) or churner; see [`LeaseWorkload`].
+async fn lease_client(ctx: &LeaseClients, c: usize, churn: bool) {
+    let w = &ctx.w;
+    let mut rng = StdRng::seed_from_u64(w.seed.wrapping_mul(7919).wrapping_add(c as u64));
+    let http = http_client(w.request_timeout);
+    let ttl = format!("{}ms", w.ttl.as_millis());
+    for n in 0.. {
+        let lease = w.id_base + c as u64 * 1_000_000 + n;
+        let Some(url) = ctx.node(&mut rng).await else { return };
+        let req = http.post(format!("{url}/v1/leases")).json(&serde_json::json!({ "ttl": ttl, "id": lease }));
+        let call = LeaseCall::Grant { ttl_ms: w.ttl.as_millis() as u64 };
+        if ctx.request(c, lease, call, req, 201).await != LeaseReply::Ok {
+            tokio::time::sleep(w.retry_after).await;
+            continue;
+        }
+        let key = format!("{}/l{lease}", w.prefix);
+        let Some(url) = ctx.node(&mut rng).await else { return };
+        let req = http
+            .put(format!("{url}/v1/kv{key}"))
+            .json(&serde_json::json!({ "value": "ephemeral", "lease": lease }));
+        match ctx.request(c, lease, LeaseCall::Put { key: key.clone() }, req, 200).await {
+            LeaseReply::Ok | LeaseReply::Unknown => {
+                ctx.keys.lock().unwrap().insert(key, 0);
+            }
+            // Nothing was written (a 404: the lease ended already); the lease is left to expire.
+            LeaseReply::Fail | LeaseReply::NotFound => continue,
+        }
+        if !churn {
+            ctx.keep_alive(&http, &mut rng, c, lease, None).await;
+            continue;
+        }
+        let acks = rng.gen_range(0..=4);
+        if !ctx.keep_alive(&http, &mut rng, c, lease, Some(acks)).await {
+            continue;
+        }
+        if rng.gen_bool(0.25) {
+            let Some(url) = ctx.node(&mut rng).await else { return };
+            let req = http.delete(format!("{url}/v1/leases/{lease}"));
+            ctx.request(c, lease, LeaseCall::Revoke, req, 200).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..=300))).await;
+    }
+}
+
+/// An observer: reads every key until it has been seen absent three times; after `stop`,
+/// until every key has been seen absent twice, or the drain times out.
+async fn observe_leases(ctx: Arc<LeaseClients>, process: usize) {
+    let w = &ctx.w;
+    let mut rng = StdRng::seed_from_u64(w.seed.wrapping_mul(104_729).wrapping_add(process as u64));
+    let http = http_client(w.request_timeout);
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if ctx.stopped() && drain_until.is_none() {
+            drain_until = Some(Instant::now() + w.drain_timeout);
+        }
+        let (mut pending, drained) = {
+            let keys = ctx.keys.lock().unwrap();
+            let pending: Vec<String> = keys.iter().filter(|(_, n)| **n < 3).map(|(k, _)| k.clone()).collect();
+            (pending, keys.values().all(|n| *n >= 2))
+        };
+        if let Some(until) = drain_until {
+            let writers_done = ctx.writers.load(Ordering::SeqCst) == 0;
+            if (writers_done && drained) || Instant::now() >= until {
+                return;
+            }
+        }
+        if pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        pending.shuffle(&mut rng);
+        for key in pending {
+            let urls = (ctx.endpoints)();
+            if urls.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                break;
+            }
+            let url = &urls[rng.gen_range(0..urls.len())];
+            let op = ctx.rec.invoke_lease_read(&http, url, process, &key).await;
+            if let Outcome::Ok { read: Some(None), .. } = op.outcome {
+                *ctx.keys.lock().unwrap().entry(key).or_default() += 1;
+            }
+            tokio::time::sleep(w.think).await;
+        }
+    }
+}
+
+/// Sends a lease request and classifies the reply (see [`LeaseReply`]).
+async fn lease_reply(req: reqwest::RequestBuilder, ok: u16) -> LeaseReply {
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return LeaseReply::Fail,
+        Err(_) => return LeaseReply::Unknown,
+    };
+    let status = resp.status().as_u16();
+    let body: Option<serde_json::Value> = resp.json().await.ok();
+    let code = body.as_ref().and_then(|b| b["error"]["code"].as_str().map(str::to_string));
+    match status {
+        s if s == ok => LeaseReply::Ok,
+        404 if code.as_deref() == Some("lease_not_found") => LeaseReply::NotFound,
+        503 => LeaseReply::Fail,
+        s if (400..500).contains(&s) => LeaseReply::Fail,
+        _ => LeaseReply::Unknown,
     }
 }
