@@ -261,9 +261,8 @@ settings! {
     /// Longest lease TTL (ms).
     lease_max_ttl_ms: u64 = 24 * 3600 * 1000;
     /// The leader stamps its lease clock into the log at least this often while leases
-    /// exist (ms). A lease that nobody keeps alive ends at most TTL + this after its last
-    /// keepalive, plus, for each leader change meanwhile, the time without a leader and
-    /// this once more (the clock stands still while there is no leader).
+    /// exist (ms). After a restart of the whole cluster, a lease's time left is what it was
+    /// when the cluster stopped, give or take this.
     lease_checkpoint_ms: u64 = 500;
     /// Most leases the leader ends per second when many expire at once (their key deletes
     /// share the log with the writes, which this keeps flowing).

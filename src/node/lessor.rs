@@ -4,10 +4,12 @@
 //!
 //! Invariants:
 //! - the clock runs only while this node leads and has applied an entry of its own term
-//!   (everything earlier leaders committed is applied by then); it starts at the last
-//!   replicated reading and counts on with this node's monotonic clock, so a lease never
-//!   ends earlier than an earlier leader promised. It stops the moment leadership goes, and
-//!   a node that does not lead never expires anything.
+//!   (everything earlier leaders committed is applied by then). It counts on from the last
+//!   replicated reading, from the moment this node applied it (on its monotonic clock): the
+//!   reading was taken before that, so a lease never ends earlier than an earlier leader
+//!   promised, and the clock ran on through the election, so a lease left alone ends as
+//!   soon as the new leader is in place if its time ran out meanwhile. It stops the moment
+//!   leadership goes, and a node that does not lead never expires anything.
 //! - a keepalive is answered only once the renewal it asked for is committed (which a
 //!   deposed or partitioned leader cannot do) and applied; concurrent keepalives share one
 //!   log entry. One that gives up waiting (its deadline, or its caller gone) is withdrawn:
@@ -105,8 +107,14 @@ impl Node {
                 }
             };
             let Some(n) = node.upgrade() else { return };
-            let base_ms = n.replica.applied().state.leases().clock_ms();
-            let clock = LeaseClock::new(term, base_ms, Instant::now());
+            // The clock counts on from when this node applied its last reading: that reading
+            // was taken before then, so the clock never runs ahead of the old leader's, and
+            // it ran on through the election.
+            let (base_ms, seen) = {
+                let a = n.replica.applied();
+                (a.state.leases().clock_ms(), a.lease_clock_seen)
+            };
+            let clock = LeaseClock::new(term, base_ms, seen.unwrap_or_else(Instant::now));
             n.lessor.clock.send_replace(Some(clock));
             tracing::info!(term, clock_ms = base_ms, "leading leases");
             drop(n);

@@ -26,6 +26,13 @@ pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// When this node applied the entry that moved the lease clock to its current reading,
+    /// on this node's monotonic clock (so not replicated, and not in snapshots: `None` after
+    /// a restart or a snapshot install until the clock moves again). That entry was
+    /// proposed, and its reading taken, before this moment: a new leader may count the
+    /// clock on from here and never run it ahead of its predecessor's.
+    #[serde(skip)]
+    pub lease_clock_seen: Option<tokio::time::Instant>,
 }
 
 /// The applied position, published after every batch.
@@ -236,7 +243,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 a.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
                     EntryPayload::Blank => a.state.nothing(),
-                    EntryPayload::Normal(p) => a.state.apply(&p),
+                    EntryPayload::Normal(p) => {
+                        let clock = a.state.leases().clock_ms();
+                        let outcome = a.state.apply(&p);
+                        if a.state.leases().clock_ms() > clock {
+                            a.lease_clock_seen = Some(tokio::time::Instant::now());
+                        }
+                        outcome
+                    }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
                         a.state.nothing()

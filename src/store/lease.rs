@@ -4,11 +4,10 @@
 //! monotonic clock, and stamps into the lease commands it proposes (grants, renewals,
 //! clock ticks, expiries); apply keeps the largest stamp seen. A lease expires when the
 //! clock reaches its `expires_at`. A new leader maps the last replicated clock value to the
-//! moment it took over and counts on from there, so a lease never ends earlier than its
-//! old leader promised (every stamp it saw was made before it took over), and never later
-//! than that promise plus the time since the last stamp (at most one tick interval before
-//! the old leader was lost, plus the time without a leader). Apply never reads a clock:
-//! expiry is a
+//! moment it applied it and counts on from there, so a lease never ends earlier than its
+//! old leader promised (the stamp was made before it was applied), and never later than
+//! that promise plus the stamp's replication delay (or, if the promise ran out during the
+//! election, than the takeover). Apply never reads a clock: expiry is a
 //! command the leader proposes, and it is applied only to leases still expired at the
 //! stamp it carries.
 //!
