@@ -18,9 +18,10 @@
 //!   whose time is up (or that this node does not know) is refused, even before its expiry
 //!   is applied, but only once a quorum has confirmed that this node still leads (a
 //!   deposed leader's table may lack a grant or a renewal its successor made).
-//! - one task proposes every lease command, one at a time (renewals first, then
-//!   expiries, then a tick), so a renewal and an expiry of the same lease never race, and
-//!   the log carries the clock at least every `lease_checkpoint_ms` while leases exist.
+//! - one task decides every lease command (renewals first, then expiries, then a tick);
+//!   each is proposed on its own, so a slow commit holds up nothing else, but a lease with
+//!   a renewal or an expiry in flight is not expired meanwhile (nor twice). The log carries
+//!   the clock at least every `lease_checkpoint_ms` while leases exist.
 //! - expiries are batched and paced (`lease_revoke_rate` leases per second), so a mass
 //!   expiry shares the log with the writes instead of stalling them.
 
@@ -143,23 +144,26 @@ impl Node {
     ) {
         let Some(cfg) = node.upgrade().map(|n| n.cfg.clone()) else { return };
         let mut term = LeaseTerm::new(clock, Instant::now(), &cfg);
-        // Renewals in flight: each one's ids come back on `done` when it is decided.
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(Vec<u64>, bool)>();
-        let mut renewing: HashMap<u64, usize> = HashMap::new();
-        let mut in_flight = 0usize;
+        // Every lease command is proposed by a task of its own, so a slow commit never holds
+        // up the next decision; each reports on `done` when it is decided.
+        let (done_tx, mut done) = mpsc::unbounded_channel::<Decided>();
+        // Leases with a renewal or an expiry in flight (not expired meanwhile, nor twice).
+        let mut busy: HashMap<u64, usize> = HashMap::new();
+        let mut renewals = 0usize;
         loop {
-            while let Ok((ids, deposed)) = done.try_recv() {
-                in_flight -= 1;
-                for id in ids {
-                    if let Entry::Occupied(mut e) = renewing.entry(id) {
+            while let Ok(d) = done.try_recv() {
+                if d.renewal {
+                    renewals -= 1;
+                }
+                for id in d.ids {
+                    if let Entry::Occupied(mut e) = busy.entry(id) {
                         *e.get_mut() -= 1;
                         if *e.get() == 0 {
                             e.remove();
                         }
                     }
                 }
-                term.stamped(Instant::now());
-                if deposed {
+                if d.deposed {
                     return;
                 }
             }
@@ -168,11 +172,12 @@ impl Node {
                 return;
             }
             let Some(n) = node.upgrade() else { return };
-            let waiting = in_flight < MAX_RENEWALS_IN_FLIGHT
+            let waiting = renewals < MAX_RENEWALS_IN_FLIGHT
                 && !n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-            let busy = |id: u64| renewing.contains_key(&id);
-            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases(), busy);
-            let r = match step {
+            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases(), |id| {
+                busy.contains_key(&id)
+            });
+            let (cmd, ids, answer) = match step {
                 Step::Renew { clock_ms } => {
                     let waiting: Vec<(u64, KeepaliveReply)> = {
                         let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -181,35 +186,14 @@ impl Node {
                     };
                     let ids: Vec<u64> =
                         waiting.iter().map(|(id, _)| *id).collect::<BTreeSet<u64>>().into_iter().collect();
-                    for id in &ids {
-                        *renewing.entry(*id).or_default() += 1;
-                    }
-                    in_flight += 1;
-                    // Renewals are pipelined: the next batch need not wait for this one.
-                    let done_tx = done_tx.clone();
-                    let n = n.clone();
-                    tokio::spawn(async move {
-                        let cmd = Command::LeaseClock { clock_ms, renew: ids.clone() };
-                        let r = n.propose_lease_command(cmd).await;
-                        n.answer_keepalives(waiting, &r, clock);
-                        let _ = done_tx.send((ids, matches!(r, Err(PeerError::NotLeader { .. }))));
-                    });
-                    continue;
+                    renewals += 1;
+                    (Command::LeaseClock { clock_ms, renew: ids.clone() }, ids, Some(waiting))
                 }
                 Step::Expire { clock_ms, ids } => {
-                    let asked = ids.len();
-                    let r = n.propose_lease_command(Command::LeaseExpire { clock_ms, ids }).await;
-                    match &r {
-                        Ok(Outcome::LeasesExpired { expired, .. }) => {
-                            tracing::debug!(asked, expired = expired.len(), "leases expired")
-                        }
-                        Err(PeerError::NotLeader { .. }) => {}
-                        other => tracing::warn!(?other, "a lease expiry was not applied; trying again"),
-                    }
-                    r
+                    (Command::LeaseExpire { clock_ms, ids: ids.clone() }, ids, None)
                 }
                 Step::Tick { clock_ms } => {
-                    n.propose_lease_command(Command::LeaseClock { clock_ms, renew: Vec::new() }).await
+                    (Command::LeaseClock { clock_ms, renew: Vec::new() }, Vec::new(), None)
                 }
                 Step::Sleep { until } => {
                     // (The node is held for at most one checkpoint interval here.)
@@ -217,18 +201,38 @@ impl Node {
                         _ = n.lessor.wake.notified() => {}
                         _ = tokio::time::sleep_until(until) => {}
                         r = leadership.changed() => if r.is_err() { return },
-                        Some((ids, deposed)) = done.recv() => {
+                        Some(d) = done.recv() => {
                             // Handled like the others at the top of the loop.
-                            let _ = done_tx.send((ids, deposed));
+                            let _ = done_tx.send(d);
                         }
                     }
                     continue;
                 }
             };
-            term.stamped(Instant::now());
-            if matches!(r, Err(PeerError::NotLeader { .. })) {
-                return;
+            for id in &ids {
+                *busy.entry(*id).or_default() += 1;
             }
+            term.stamped(Instant::now());
+            let done_tx = done_tx.clone();
+            let n = n.clone();
+            tokio::spawn(async move {
+                let expiry = matches!(cmd, Command::LeaseExpire { .. });
+                let r = n.propose_lease_command(cmd).await;
+                let renewal = answer.is_some();
+                if let Some(waiting) = answer {
+                    n.answer_keepalives(waiting, &r, clock);
+                }
+                match &r {
+                    Ok(Outcome::LeasesExpired { expired, .. }) => {
+                        tracing::debug!(asked = ids.len(), expired = expired.len(), "leases expired")
+                    }
+                    Err(PeerError::NotLeader { .. }) | Ok(_) => {}
+                    Err(e) if expiry => tracing::warn!(%e, "a lease expiry was not applied; trying again"),
+                    Err(e) => tracing::debug!(%e, "a lease clock entry was not applied"),
+                }
+                let deposed = matches!(r, Err(PeerError::NotLeader { .. }));
+                let _ = done_tx.send(Decided { ids, renewal, deposed });
+            });
         }
     }
 
@@ -366,6 +370,16 @@ impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         self.lessor.withdraw(self.waiter);
     }
+}
+
+/// A lease command the lessor proposed was decided.
+struct Decided {
+    /// The leases it renewed or expired (no longer busy).
+    ids: Vec<u64>,
+    /// It was a renewal (one fewer in flight).
+    renewal: bool,
+    /// This node turned out not to lead any more.
+    deposed: bool,
 }
 
 /// What the lessor does next.
