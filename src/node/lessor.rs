@@ -5,8 +5,8 @@
 //! Invariants:
 //! - the clock runs only while this node leads and has applied an entry of its own term
 //!   (everything earlier leaders committed is applied by then). It counts on from the last
-//!   replicated reading, from the moment this node applied it (on its monotonic clock): the
-//!   reading was taken before that, so a lease never ends earlier than an earlier leader
+//!   replicated reading, from the moment its entry reached this node (on its monotonic
+//!   clock; see `Applied::lease_clock_seen`): the reading was taken before that, so a lease never ends earlier than an earlier leader
 //!   promised, and the clock ran on through the election, so a lease left alone ends as
 //!   soon as the new leader is in place if its time ran out meanwhile. It stops the moment
 //!   leadership goes, and a node that does not lead never expires anything.
@@ -108,9 +108,9 @@ impl Node {
                 }
             };
             let Some(n) = node.upgrade() else { return };
-            // The clock counts on from when this node applied its last reading: that reading
-            // was taken before then, so the clock never runs ahead of the old leader's, and
-            // it ran on through the election.
+            // The clock counts on from when the last reading reached this node: it was taken
+            // before then, so the clock never runs ahead of the old leader's, and it ran on
+            // through the election.
             let (base_ms, seen) = {
                 let a = n.replica.applied();
                 (a.state.leases().clock_ms(), a.lease_clock_seen)

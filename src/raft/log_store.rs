@@ -39,6 +39,10 @@ use crate::wal::{self, Ack, Health, Payload, Record, Records, Recovered, Wal};
 #[derive(Default)]
 struct State {
     entries: BTreeMap<u64, Arc<Entry>>,
+    /// When each entry appended since this process started reached this node (its
+    /// monotonic clock; entries recovered from disk have none). The lease clock of a new
+    /// leader counts on from these (see `StateMachine`).
+    received: BTreeMap<u64, tokio::time::Instant>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
@@ -48,17 +52,20 @@ impl State {
     fn append(&mut self, entry: Arc<Entry>) {
         let index = entry.log_id.index;
         drop(self.entries.split_off(&index));
+        drop(self.received.split_off(&index));
         self.entries.insert(index, entry);
+        self.received.insert(index, tokio::time::Instant::now());
     }
 
     fn truncate(&mut self, since: u64) {
         drop(self.entries.split_off(&since));
+        drop(self.received.split_off(&since));
     }
 
     fn purge(&mut self, upto: LogId) {
-        self.entries = match upto.index.checked_add(1) {
-            Some(next) => self.entries.split_off(&next),
-            None => BTreeMap::new(),
+        (self.entries, self.received) = match upto.index.checked_add(1) {
+            Some(next) => (self.entries.split_off(&next), self.received.split_off(&next)),
+            None => (BTreeMap::new(), BTreeMap::new()),
         };
         if self.last_purged.is_none_or(|p| upto.index > p.index) {
             self.last_purged = Some(upto);
@@ -164,6 +171,12 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
+    /// When the entry at `index` reached this node, if it was appended since this process
+    /// started (and not truncated or purged since).
+    pub fn received_at(&self, index: u64) -> Option<tokio::time::Instant> {
+        lock(&self.shared.state).received.get(&index).copied()
+    }
+
     /// Opens (creating if needed) the store in `dir` with the default WAL options.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         Self::open_with(dir, wal::Options::default())

@@ -182,6 +182,10 @@ impl Replica {
         };
         let log = LogStore::open_with(&cfg.log_dir, opts)?;
         let sm = StateMachine::open(&cfg.snapshot_dir)?;
+        sm.set_receipts({
+            let log = log.clone();
+            Box::new(move |index| log.received_at(index))
+        });
         let raft_cfg = openraft::Config {
             cluster_name: cfg.cluster_name.clone(),
             heartbeat_interval: cfg.heartbeat_ms,

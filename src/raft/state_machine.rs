@@ -26,11 +26,14 @@ pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
-    /// When this node applied the entry that moved the lease clock to its current reading,
-    /// on this node's monotonic clock (so not replicated, and not in snapshots: `None` after
-    /// a restart or a snapshot install until the clock moves again). That entry was
-    /// proposed, and its reading taken, before this moment: a new leader may count the
-    /// clock on from here and never run it ahead of its predecessor's.
+    /// When the entry that moved the lease clock to its current reading reached this node
+    /// (appended to its log; when it was applied if that is not known), on this node's
+    /// monotonic clock: so not replicated, and not in snapshots (`None` after a restart or
+    /// a snapshot install until the clock moves again). The entry was proposed, and its
+    /// reading taken, before this moment: a new leader may count the clock on from here and
+    /// never run it ahead of its predecessor's. (Not the moment it was applied: a follower
+    /// may learn that the last entries of a leader that died were committed only when it
+    /// has become leader itself.)
     #[serde(skip)]
     pub lease_clock_seen: Option<tokio::time::Instant>,
 }
@@ -61,7 +64,12 @@ struct Shared {
     snapshot_lock: tokio::sync::Mutex<()>,
     /// Makes snapshot ids unique within a process.
     counter: std::sync::atomic::AtomicU64,
+    /// When the log entry at an index reached this node, if known (see `Applied`).
+    receipts: std::sync::OnceLock<Receipts>,
 }
+
+/// When the log entry at an index reached this node, if known.
+pub type Receipts = Box<dyn Fn(u64) -> Option<tokio::time::Instant> + Send + Sync>;
 
 /// The state machine handle; clones share the same state.
 #[derive(Clone)]
@@ -107,12 +115,19 @@ impl StateMachine {
                 current: Mutex::new(current),
                 snapshot_lock: tokio::sync::Mutex::new(()),
                 counter: Default::default(),
+                receipts: Default::default(),
             }),
         })
     }
 
     fn position_of(a: &Applied) -> AppliedPosition {
         AppliedPosition { index: a.last_applied.map_or(0, |l| l.index), revision: a.state.revision() }
+    }
+
+    /// Tells the state machine when log entries reached this node (set once, by the
+    /// replica that owns both).
+    pub fn set_receipts(&self, receipts: Receipts) {
+        let _ = self.shared.receipts.set(receipts);
     }
 
     /// Read access to the applied state. Never hold it across an await.
@@ -247,7 +262,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let clock = a.state.leases().clock_ms();
                         let outcome = a.state.apply(&p);
                         if a.state.leases().clock_ms() > clock {
-                            a.lease_clock_seen = Some(tokio::time::Instant::now());
+                            let received = self.shared.receipts.get().and_then(|r| r(entry.log_id.index));
+                            a.lease_clock_seen = Some(received.unwrap_or_else(tokio::time::Instant::now));
                         }
                         outcome
                     }
@@ -340,6 +356,31 @@ mod tests {
         );
         assert!(StateMachine::validate_snapshot(&lying, &meta(40)).is_err());
         assert!(StateMachine::validate_snapshot(b"{}", &meta(40)).is_err());
+    }
+
+    /// The lease clock's reading is dated by when its entry reached this node, not by when
+    /// it was applied (a follower may apply a dead leader's last entries only once it leads).
+    #[tokio::test]
+    async fn the_lease_clock_is_dated_by_when_its_entry_arrived() {
+        use crate::store::{Command, Proposal};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let arrived = tokio::time::Instant::now() - std::time::Duration::from_secs(3);
+        sm.set_receipts(Box::new(move |index| (index == 2).then_some(arrived)));
+        let entry = |index: u64, cmd: Command| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal::new(cmd, 0)),
+        };
+        let grant = Command::LeaseGrant { id: Some(1), ttl_ms: 5_000, clock_ms: 100 };
+        sm.apply(vec![entry(1, grant)]).await.unwrap();
+        // Arrival unknown (e.g. recovered from disk): dated when applied.
+        let applied_at = sm.read().lease_clock_seen.unwrap();
+        assert!(applied_at > arrived + std::time::Duration::from_secs(2));
+        sm.apply(vec![entry(2, Command::LeaseClock { clock_ms: 200, renew: vec![1] })]).await.unwrap();
+        assert_eq!(sm.read().lease_clock_seen, Some(arrived));
+        // An entry that does not move the clock changes nothing.
+        sm.apply(vec![entry(3, Command::LeaseClock { clock_ms: 150, renew: vec![] })]).await.unwrap();
+        assert_eq!(sm.read().lease_clock_seen, Some(arrived));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,8 @@
 //! monotonic clock, and stamps into the lease commands it proposes (grants, renewals,
 //! clock ticks, expiries); apply keeps the largest stamp seen. A lease expires when the
 //! clock reaches its `expires_at`. A new leader maps the last replicated clock value to the
-//! moment it applied it and counts on from there, so a lease never ends earlier than its
-//! old leader promised (the stamp was made before it was applied), and never later than
+//! moment it received it and counts on from there, so a lease never ends earlier than its
+//! old leader promised (the stamp was made before it was received), and never later than
 //! that promise plus the stamp's replication delay (or, if the promise ran out during the
 //! election, than the takeover). Apply never reads a clock: expiry is a
 //! command the leader proposes, and it is applied only to leases still expired at the

@@ -20,8 +20,11 @@ use serde_json::{json, Value};
 use support::netns::Net;
 use support::process::{Cluster, ClusterOptions, Consistency, Http};
 
-/// Commit, apply and scheduling on a loaded 2-core machine, and the poll interval.
-const SLACK: Duration = Duration::from_millis(1_000);
+/// Commit, apply and scheduling on a loaded 2-core machine, and the poll interval, for the
+/// failover rule's upper bound (measured to within tens of milliseconds): under the
+/// election's length (about a second here), so a new leader that counted the lease clock
+/// from its takeover instead would fail.
+const UPPER_SLACK: Duration = Duration::from_millis(600);
 
 /// One JSON request to node `id`; `Err` when no HTTP reply came.
 async fn call(
@@ -90,6 +93,21 @@ async fn holds(c: &Cluster, id: u64, key: &str) -> Option<bool> {
 /// `/v1/cluster`'s lease counters on node `id`.
 async fn lease_counters(c: &Cluster, id: u64) -> Result<Value, String> {
     Ok(c.cluster_view(id).await?["leases"].clone())
+}
+
+/// Waits until every node's lease counters are `want` (they are replicated).
+async fn counters_reach(c: &Cluster, want: Value) {
+    for node in c.ids() {
+        eventually(c, Duration::from_secs(5), &format!("node {node}'s lease counters"), || async {
+            let v = lease_counters(c, node).await?;
+            if v == want {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        })
+        .await;
+    }
 }
 
 /// Polls `f` every 50 ms until it returns `Ok`, panicking with the last error (and the
@@ -172,18 +190,7 @@ async fn every_lease_route_works_through_followers_and_expiry_reaches_every_node
             gone - sent
         );
     }
-    let want = json!({"alive": 0, "granted": 2, "expired": 1, "revoked": 1});
-    for node in c.ids() {
-        eventually(&c, Duration::from_secs(5), &format!("node {node}'s lease counters"), || async {
-            let v = lease_counters(&c, node).await?;
-            if v == want {
-                Ok(())
-            } else {
-                Err(v.to_string())
-            }
-        })
-        .await;
-    }
+    counters_reach(&c, json!({"alive": 0, "granted": 2, "expired": 1, "revoked": 1})).await;
 }
 
 /// The failover rule, measured: a lease nobody keeps alive after its last keepalive ends
@@ -206,6 +213,14 @@ async fn a_lease_left_alone_ends_within_the_failover_bounds_across_a_leader_kill
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_left_alone_keeps_its_time_across_an_early_leader_kill() {
     left_alone_across_a_leader_kill(1).await;
+}
+
+/// The same with the leader killed right after the last acknowledgement: the followers
+/// may not have learnt yet that the renewal was committed (then they apply it only once one
+/// of them leads, and the clock must count from when the renewal reached them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_alone_keeps_no_extra_time_when_its_leader_dies_at_once() {
+    left_alone_across_a_leader_kill(0).await;
 }
 
 /// Grants a 4 s lease, keeps it alive three times, kills the leader `tenths` tenths of
@@ -257,7 +272,7 @@ async fn left_alone_across_a_leader_kill(tenths: u32) {
     // The rule: the TTL after the last acknowledgement, or, the leader being lost, as soon
     // as a new leader is in place, whichever is later (the new leader counts the clock on
     // from when it applied the last reading, so the clock ran on through the election).
-    let latest = (last_ack + ttl).max(elected) + SLACK;
+    let latest = (last_ack + ttl).max(elected) + UPPER_SLACK;
     eprintln!(
         "failover rule: ttl {} ms, election timeout {election_ms} ms; in ms after the grant was sent: last \
          keepalive sent {} and acknowledged {}, leader {leader} killed {}, a survivor named itself leader {} \
@@ -277,7 +292,7 @@ async fn left_alone_across_a_leader_kill(tenths: u32) {
     assert!(gone >= earliest, "the lease ended {:?} before last_sent + ttl", earliest - gone);
     assert!(
         gone <= latest,
-        "the lease ended {:?} after max(last_ack + ttl, the new leader) + slack",
+        "the lease ended {:?} after max(last_ack + ttl, the new leader) + {UPPER_SLACK:?}",
         gone - latest
     );
     assert_ne!(new_leader, leader);
@@ -499,18 +514,7 @@ async fn netns_a_partitioned_old_leader_neither_acknowledges_nor_expires() {
     expect(&c, old, Method::GET, &format!("/v1/leases/{kept}"), None, 200).await;
     expect(&c, old, Method::POST, &format!("/v1/leases/{kept}/keepalive"), None, 200).await;
     expect(&c, old, Method::GET, &format!("/v1/leases/{left}"), None, 404).await;
-    let want = json!({"alive": 1, "granted": 2, "expired": 1, "revoked": 0});
-    for node in c.ids() {
-        eventually(&c, Duration::from_secs(5), &format!("node {node}'s lease counters"), || async {
-            let v = lease_counters(&c, node).await?;
-            if v == want {
-                Ok(())
-            } else {
-                Err(v.to_string())
-            }
-        })
-        .await;
-    }
+    counters_reach(&c, json!({"alive": 1, "granted": 2, "expired": 1, "revoked": 0})).await;
 }
 
 /// 10,000 leases, each with one key, expire at once while a writer keeps writing: every
