@@ -417,21 +417,21 @@ impl LeaseTerm {
     }
 
     /// The next step at `now`, given whether keepalives wait and the applied lease table.
-    /// A lease for which `renewing` is true has a renewal in flight and is not expired
-    /// meanwhile (the keepalive behind it came in time).
+    /// A lease for which `busy` is true has a renewal or an expiry in flight and is not
+    /// expired meanwhile (a keepalive came in time, or its expiry is on its way).
     pub fn next(
         &mut self,
         now: Instant,
         renewals_waiting: bool,
         leases: &Leases,
-        renewing: impl Fn(u64) -> bool,
+        busy: impl Fn(u64) -> bool,
     ) -> Step {
         let clock_ms = self.clock.at(now);
         if renewals_waiting {
             return Step::Renew { clock_ms };
         }
         let allowed = self.pace.available(now).min(MAX_EXPIRIES);
-        let ids = leases.expired_except(clock_ms, allowed, &renewing);
+        let ids = leases.expired_except(clock_ms, allowed, &busy);
         if !ids.is_empty() {
             self.pace.spend(ids.len());
             return Step::Expire { clock_ms, ids };
@@ -444,7 +444,7 @@ impl LeaseTerm {
             return Step::Tick { clock_ms };
         }
         let mut until = tick_at;
-        if let Some(at) = leases.next_expiry_except(&renewing) {
+        if let Some(at) = leases.next_expiry_except(&busy) {
             // An expiry held back by the pace waits for the pace, not the clock.
             until = until.min(self.clock.instant_of(at).max(self.pace.next_token()));
         }
