@@ -364,6 +364,9 @@ impl Config {
             return Err(self.error("lease_max_ttl_ms", "must be at most a year"));
         }
         at_least("lease_checkpoint_ms", self.lease_checkpoint_ms, self.heartbeat_ms)?;
+        if self.lease_checkpoint_ms > 3_600_000 {
+            return Err(self.error("lease_checkpoint_ms", "must be at most an hour (3600000)"));
+        }
         at_least("lease_revoke_rate", self.lease_revoke_rate, 1)?;
         at_least("max_leases", self.max_leases, 1)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {

@@ -25,7 +25,7 @@ impl Node {
         self.check_lease_id(id)?;
         self.at_leader(
             || PeerRequest::LeaseKeepalive { id },
-            |node| async move { node.local_keepalive(id).await },
+            |node, deadline| async move { node.local_keepalive(id, deadline).await },
             |resp| match resp {
                 PeerResponse::LeaseKeepalive(r) => Some(r),
                 _ => None,
@@ -41,7 +41,7 @@ impl Node {
         self.check_lease_query(&q)?;
         self.at_leader(
             || PeerRequest::LeaseRead(q.clone()),
-            |node| {
+            |node, _| {
                 let q = q.clone();
                 async move { node.local_lease_read(q).await }
             },
@@ -96,7 +96,7 @@ impl Node {
         let applied = self.replica.applied();
         let state = &applied.state;
         // A lease whose time is up is gone, even before its expiry is applied.
-        let alive = |l: &&Lease| l.expires_at > now;
+        let alive = |l: &&Lease| l.expires_at > now || self.lessor.renewing(l.id);
         match q {
             LeaseQuery::One { id, max_keys } => {
                 let lease = state.leases().get(id).filter(alive);
@@ -154,7 +154,7 @@ impl Node {
         renews: bool,
     ) -> Result<T>
     where
-        F: Fn(Arc<Node>) -> Fut,
+        F: Fn(Arc<Node>, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, PeerError>>,
     {
         let no_answer = |what: &str| {
@@ -169,7 +169,9 @@ impl Node {
         loop {
             let leader = self.wait_leader(deadline, not).await?;
             if leader == self.id {
-                match tokio::time::timeout_at(deadline, local(self.clone())).await {
+                // The local call shares the deadline, so it answers first when it runs out
+                // (a keepalive never proposed is then a 503, nothing happened).
+                match tokio::time::timeout_at(deadline, local(self.clone(), deadline)).await {
                     Ok(Err(PeerError::NotLeader { .. })) => {
                         not = Some(self.id);
                         continue;

@@ -17,7 +17,8 @@
 //!   it had, the renewal may still commit (504, outcome unknown). A keepalive of a lease
 //!   whose time is up (or that this node does not know) is refused, even before its expiry
 //!   is applied, but only once a quorum has confirmed that this node still leads (a
-//!   deposed leader's table may lack a grant or a renewal its successor made).
+//!   deposed leader's table may lack a grant or a renewal its successor made), and never
+//!   while an earlier keepalive of it is queued or in flight (that one came in time).
 //! - one task decides every lease command (renewals first, then expiries, then a tick);
 //!   each is proposed on its own, so a slow commit holds up nothing else, but a lease with
 //!   a renewal or an expiry in flight is not expired meanwhile (nor twice). The log carries
@@ -79,13 +80,34 @@ impl LeaseClock {
 
 type KeepaliveReply = oneshot::Sender<Result<LeaseTimes, PeerError>>;
 
+/// Keepalives the lessor has not answered yet.
+#[derive(Default)]
+struct Pending {
+    /// Waiting for the next renewal entry: `(lease id, waiter, reply)`.
+    queue: Vec<(u64, u64, KeepaliveReply)>,
+    /// For each lease, keepalives queued or with a renewal in flight. Such a lease is not
+    /// expired meanwhile, nor refused as gone: a keepalive of it came in time.
+    renewing: HashMap<u64, usize>,
+}
+
+impl Pending {
+    fn done(&mut self, id: u64) {
+        if let Entry::Occupied(mut e) = self.renewing.entry(id) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// The lessor's shared state (a field of the node).
 #[derive(Default)]
 pub(super) struct Lessor {
     /// The running clock while this node leads; `None` otherwise.
     clock: watch::Sender<Option<LeaseClock>>,
-    /// Keepalives waiting for the next renewal entry: `(lease id, waiter, reply)`.
-    pending: Mutex<Vec<(u64, u64, KeepaliveReply)>>,
+    /// Keepalives waiting for a renewal entry, and the leases with one queued or in flight.
+    pending: Mutex<Pending>,
     /// The next waiter number.
     next_waiter: AtomicU64,
     /// Wakes the lessor task when a keepalive arrives.
@@ -123,7 +145,12 @@ impl Node {
             let Some(n) = node.upgrade() else { return };
             n.lessor.clock.send_replace(None);
             let leader = n.leadership().borrow().leader;
-            let waiting = std::mem::take(&mut *n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            let waiting = {
+                let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let waiting = std::mem::take(&mut p.queue);
+                waiting.iter().for_each(|(id, _, _)| p.done(*id));
+                waiting
+            };
             for (_, _, tx) in waiting {
                 let _ = tx.send(Err(PeerError::NotLeader { leader }));
             }
@@ -172,18 +199,22 @@ impl Node {
                 return;
             }
             let Some(n) = node.upgrade() else { return };
-            let waiting = renewals < MAX_RENEWALS_IN_FLIGHT
-                && !n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases(), |id| {
-                busy.contains_key(&id)
-            });
+            let (waiting, renewing) = {
+                let p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let ids: std::collections::HashSet<u64> = p.renewing.keys().copied().collect();
+                (renewals < MAX_RENEWALS_IN_FLIGHT && !p.queue.is_empty(), ids)
+            };
+            let is_busy = |id: u64| busy.contains_key(&id) || renewing.contains(&id);
+            let step = term.next(Instant::now(), waiting, n.replica.applied().state.leases(), is_busy);
             let (cmd, ids, answer) = match step {
-                Step::Renew { clock_ms } => {
+                Step::Renew { .. } => {
                     let waiting: Vec<(u64, KeepaliveReply)> = {
                         let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        let take = p.len().min(MAX_RENEWALS);
-                        p.drain(..take).map(|(id, _, tx)| (id, tx)).collect()
+                        let take = p.queue.len().min(MAX_RENEWALS);
+                        p.queue.drain(..take).map(|(id, _, tx)| (id, tx)).collect()
                     };
+                    // Stamped after the keepalives were taken: each arrived before it.
+                    let clock_ms = clock.now_ms();
                     let ids: Vec<u64> =
                         waiting.iter().map(|(id, _)| *id).collect::<BTreeSet<u64>>().into_iter().collect();
                     renewals += 1;
@@ -220,6 +251,10 @@ impl Node {
                 let r = n.propose_lease_command(cmd).await;
                 let renewal = answer.is_some();
                 if let Some(waiting) = answer {
+                    {
+                        let mut p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        waiting.iter().for_each(|(id, _)| p.done(*id));
+                    }
                     n.answer_keepalives(waiting, &r, clock);
                 }
                 match &r {
@@ -281,10 +316,13 @@ impl Node {
     pub(super) async fn lease_clock(&self, deadline: Instant) -> Result<LeaseClock, PeerError> {
         let mut rx = self.lessor.clock.subscribe();
         loop {
-            if let Some(c) = *rx.borrow_and_update() {
+            let l = *self.replica.leadership().borrow();
+            // Only the clock of the term this node leads now (an earlier term's may still
+            // be there for a moment after this node was elected again).
+            if let Some(c) = rx.borrow_and_update().filter(|c| l.is_self && c.term == l.term) {
                 return Ok(c);
             }
-            let leader = self.replica.leadership().borrow().leader;
+            let leader = l.leader;
             if leader != Some(self.id) {
                 return Err(PeerError::NotLeader { leader });
             }
@@ -300,12 +338,18 @@ impl Node {
 
     /// Keeps lease `id` alive, on this node as leader: answered once the renewal is
     /// committed and applied.
-    pub(super) async fn local_keepalive(self: &Arc<Self>, id: u64) -> Result<LeaseTimes, PeerError> {
-        let deadline = self.deadline();
+    pub(super) async fn local_keepalive(
+        self: &Arc<Self>,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<LeaseTimes, PeerError> {
         let clock = self.lease_clock(deadline).await?;
+        // A lease with a keepalive queued or in flight is alive: that keepalive came in
+        // time, and the lease is not expired before its renewal is decided.
         let alive = || {
+            let renewing = self.lessor.renewing(id);
             let applied = self.replica.applied();
-            applied.state.leases().get(id).is_some_and(|l| l.expires_at > clock.now_ms())
+            applied.state.leases().get(id).is_some_and(|l| renewing || l.expires_at > clock.now_ms())
         };
         // A refusal is final for the client, so only a leader a quorum still follows gives
         // one. (An acknowledgement needs no such check: it waits for the renewal to commit.)
@@ -317,7 +361,11 @@ impl Node {
         }
         let (tx, rx) = oneshot::channel();
         let waiter = self.lessor.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, waiter, tx));
+        {
+            let mut p = self.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.queue.push((id, waiter, tx));
+            *p.renewing.entry(id).or_default() += 1;
+        }
         // Withdraws the keepalive if this future is dropped before it is answered.
         let _withdraw = Withdraw { lessor: &self.lessor, waiter };
         self.lessor.wake.notify_one();
@@ -350,13 +398,19 @@ impl Node {
 }
 
 impl Lessor {
+    /// Whether lease `id` has a keepalive queued or a renewal in flight.
+    pub(super) fn renewing(&self, id: u64) -> bool {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).renewing.contains_key(&id)
+    }
+
     /// Removes keepalive `waiter` if it is still waiting for the lessor to take it; true if
     /// it was (its renewal will never be proposed).
     fn withdraw(&self, waiter: u64) -> bool {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let before = p.len();
-        p.retain(|(_, w, _)| *w != waiter);
-        p.len() != before
+        let Some(at) = p.queue.iter().position(|(_, w, _)| *w == waiter) else { return false };
+        let (id, _, _) = p.queue.remove(at);
+        p.done(id);
+        true
     }
 }
 

@@ -80,7 +80,7 @@ impl Node {
                 if let Err(e) = self.check_lease_id(id) {
                     return PeerResponse::LeaseKeepalive(Err(PeerError::Refused(e)));
                 }
-                PeerResponse::LeaseKeepalive(self.local_keepalive(id).await)
+                PeerResponse::LeaseKeepalive(self.local_keepalive(id, self.deadline()).await)
             }
             PeerRequest::LeaseRead(q) => {
                 if let Err(e) = self.check_lease_query(&q) {

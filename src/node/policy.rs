@@ -7,7 +7,9 @@
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::store::{key, Command, CompareTarget, Retention, Txn, TxnOp, MAX_LEASE_ID, SEQUENCE_DIGITS};
+use crate::store::{
+    key, Command, CompareTarget, Retention, Txn, TxnOp, MAX_CHOSEN_LEASE_ID, MAX_LEASE_ID, SEQUENCE_DIGITS,
+};
 
 /// The longest idempotency window a write may carry (a week)...
 const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -158,8 +160,10 @@ impl Node {
                 "a batch is made by the leader's proposer, never sent by a client".into(),
             )),
             Command::LeaseGrant { id, ttl_ms, .. } => {
-                if let Some(id) = id {
-                    self.check_lease(Some(*id))?;
+                if let Some(id) = id.filter(|&id| id == 0 || id > MAX_CHOSEN_LEASE_ID) {
+                    return Err(Error::InvalidArgument(format!(
+                        "a lease id of your own is between 1 and {MAX_CHOSEN_LEASE_ID} (2^52), not {id}"
+                    )));
                 }
                 self.check_ttl(*ttl_ms)?;
                 let (alive, max) = (self.replica.applied().state.leases().len() as u64, self.cfg.max_leases);

@@ -259,9 +259,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let outcome = match entry.payload {
                     EntryPayload::Blank => a.state.nothing(),
                     EntryPayload::Normal(p) => {
-                        let clock = a.state.leases().clock_ms();
                         let outcome = a.state.apply(&p);
-                        if a.state.leases().clock_ms() > clock {
+                        // The entry carries the clock's reading now (an equal reading of a later
+                        // entry too: its later date is the safer one).
+                        if p.cmd.lease_clock().is_some_and(|k| k == a.state.leases().clock_ms()) {
                             let received = self.shared.receipts.get().and_then(|r| r(entry.log_id.index));
                             a.lease_clock_seen = Some(received.unwrap_or_else(tokio::time::Instant::now));
                         }

@@ -174,6 +174,18 @@ impl Command {
         }
     }
 
+    /// The largest lease clock reading the command carries, if it carries one.
+    pub fn lease_clock(&self) -> Option<u64> {
+        match self {
+            Command::LeaseGrant { clock_ms, .. }
+            | Command::LeaseClock { clock_ms, .. }
+            | Command::LeaseExpire { clock_ms, .. } => Some(*clock_ms),
+            Command::Idempotent { cmd, .. } => cmd.lease_clock(),
+            Command::Batch { cmds } => cmds.iter().filter_map(Command::lease_clock).max(),
+            _ => None,
+        }
+    }
+
     /// How many single commands this is (a batch counts its members).
     pub fn count(&self) -> usize {
         match self {

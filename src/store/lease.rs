@@ -12,14 +12,19 @@
 //! stamp it carries.
 //!
 //! Invariants: `by_expiry` holds exactly one `(expires_at, id)` per lease; ids are between
-//! 1 and [`MAX_LEASE_ID`]; an id the table picks itself is above every id granted before
-//! (a client's chosen ones included), so it is never one a client may still hold, until
-//! the ids run out at [`MAX_LEASE_ID`] and start again from the smallest free one.
+//! 1 and [`MAX_LEASE_ID`], a client's chosen ones at most [`MAX_CHOSEN_LEASE_ID`]; an id the
+//! table picks itself is above every id granted before (a client's chosen ones included), so
+//! it is never one a client may still hold (2^52 grants would have to come first for the
+//! ids to run out and start again from the smallest free one), and picking one never
+//! searches.
 
 use serde::{Deserialize, Serialize};
 
 /// The largest lease id (ids travel as JSON numbers, exact up to 2^53 - 1).
 pub const MAX_LEASE_ID: u64 = (1 << 53) - 1;
+/// The largest id a client may choose: the ids above it stay for the table, which picks
+/// each one above every id granted before, so no client can use them up.
+pub const MAX_CHOSEN_LEASE_ID: u64 = 1 << 52;
 
 /// One lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +127,7 @@ impl Leases {
     pub(super) fn grant(&mut self, id: Option<u64>, ttl_ms: u64, clock: u64) -> Option<u64> {
         self.advance(clock);
         let id = match id {
-            Some(id) if id == 0 || id > MAX_LEASE_ID || self.leases.contains_key(&id) => return None,
+            Some(id) if id == 0 || id > MAX_CHOSEN_LEASE_ID || self.leases.contains_key(&id) => return None,
             Some(id) => {
                 self.last_id = self.last_id.max(id);
                 id
@@ -192,12 +197,13 @@ mod tests {
         assert_eq!(t.grant(Some(2), 1000, 5), None);
         assert_eq!(t.grant(Some(0), 1000, 5), None);
         assert_eq!(t.grant(Some(MAX_LEASE_ID + 1), 1000, 5), None);
+        assert_eq!(t.grant(Some(MAX_CHOSEN_LEASE_ID + 1), 1000, 5), None, "above the chosen range");
         t.remove(3, false);
         assert_eq!(t.grant(None, 1000, 5), Some(9), "the table's own ids are never reused");
         assert_eq!(t.counters(), LeaseCounters { granted: 6, expired: 0, revoked: 3 });
-        // At the end of the range it starts again from the smallest free id.
-        assert_eq!(t.grant(Some(MAX_LEASE_ID), 1000, 5), Some(MAX_LEASE_ID));
-        assert_eq!(t.grant(None, 1000, 5), Some(3));
+        // The largest id a client may choose leaves the table room above it.
+        assert_eq!(t.grant(Some(MAX_CHOSEN_LEASE_ID), 1000, 5), Some(MAX_CHOSEN_LEASE_ID));
+        assert_eq!(t.grant(None, 1000, 5), Some(MAX_CHOSEN_LEASE_ID + 1));
     }
 
     #[test]

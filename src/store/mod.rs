@@ -23,7 +23,7 @@ pub mod txn;
 pub use command::{Command, Condition, Outcome, Proposal, FORMAT_VERSION};
 pub use dedup::Retention;
 pub use kv::KeyValue;
-pub use lease::{Lease, LeaseCounters, Leases, MAX_LEASE_ID};
+pub use lease::{Lease, LeaseCounters, Leases, MAX_CHOSEN_LEASE_ID, MAX_LEASE_ID};
 pub use mvcc::{
     sequential_key, Child, ChildrenPage, ListOptions, ListPage, ReadError, Store, SEQUENCE_DIGITS,
 };

@@ -18,6 +18,8 @@ const BAD: StatusCode = StatusCode::BAD_REQUEST;
 const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
 /// The largest lease id (2^53 - 1).
 const MAX_ID: u64 = (1 << 53) - 1;
+/// The largest id a client may choose.
+const MAX_CHOSEN_ID: u64 = 1 << 52;
 
 /// A node whose floor allows short leases: election timeout 60 ms, so TTLs from 120 ms.
 fn short_leases(cfg: &mut Config) {
@@ -234,6 +236,8 @@ async fn bad_grants_are_refused_and_change_nothing() {
             r#"{"ttl": "10s", "ttl_ms": 10000}"#, // unknown field
             r#"{"ttl": "10s", "id": 0}"#,
             r#"{"ttl": "10s", "id": -1}"#,
+            r#"{"ttl": "10s", "id": 4503599627370497}"#, // 2^52 + 1: above the ids a client may choose
+            r#"{"ttl": "10s", "id": 9007199254740991}"#, // 2^53 - 1: the cluster's
             r#"{"ttl": "10s", "id": 9007199254740992}"#, // 2^53
             r#"{"ttl": "10s", "id": 18446744073709551615}"#,
             r#"{"ttl": "10s", "id": 1e20}"#,
@@ -254,9 +258,11 @@ async fn bad_grants_are_refused_and_change_nothing() {
         for uri in ["/v1/leases?ttl=10s", "/v1/leases?id=5", "/v1/leases?limit=1"] {
             refused(&api, Method::POST, uri, Some(r#"{"ttl":"10s"}"#), BAD, "invalid_argument").await;
         }
-        // The largest id is fine, and a whole number written as a float is that number.
-        let r = grant(&api, json!({"ttl": "10s", "id": MAX_ID})).await;
-        assert_eq!(r.json(), json!({"id": MAX_ID, "ttl_ms": 10_000}));
+        // The largest id a client may choose is fine, and the cluster's own ids go on above
+        // it; a whole number written as a float is that number.
+        let r = grant(&api, json!({"ttl": "10s", "id": MAX_CHOSEN_ID})).await;
+        assert_eq!(r.json(), json!({"id": MAX_CHOSEN_ID, "ttl_ms": 10_000}));
+        assert_eq!(grant_id(&api, "10s").await, MAX_CHOSEN_ID + 1);
         let r = grant(&api, json!({"ttl": "10s", "id": 7.0})).await;
         assert_eq!(r.json(), json!({"id": 7, "ttl_ms": 10_000}));
     })
