@@ -13,26 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::process::{run_to_exit, with_flag, Cluster, ClusterOptions, Consistency, Http, Listing};
-
-/// Polls `f` every 50 ms until it returns `Ok`, panicking with the last error (and the
-/// cluster's logs) after `within`.
-async fn eventually<T, F, Fut>(c: &Cluster, within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: not within {within:?}; last: {e}\n{}", c.logs())
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
+use support::process::{
+    eventually, run_to_exit, with_flag, Cluster, ClusterOptions, Consistency, Http, Listing,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_and_serve_everywhere() {

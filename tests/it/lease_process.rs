@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use support::netns::Net;
-use support::process::{Cluster, ClusterOptions, Consistency, Http};
+use support::process::{eventually, Cluster, ClusterOptions, Consistency, Http};
 
 /// Commit, apply and scheduling on a loaded 2-core machine, and the poll interval, for the
 /// failover rule's upper bound (measured to within tens of milliseconds): under the
@@ -107,25 +107,6 @@ async fn counters_reach(c: &Cluster, want: Value) {
             }
         })
         .await;
-    }
-}
-
-/// Polls `f` every 50 ms until it returns `Ok`, panicking with the last error (and the
-/// logs) after `within`.
-async fn eventually<T, F, Fut>(c: &Cluster, within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: not within {within:?}; last: {e}\n{}", c.logs())
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
     }
 }
 

@@ -802,3 +802,22 @@ impl Http {
         }
     }
 }
+
+/// Polls `f` every 50 ms until it returns `Ok`, panicking with the last error (and the
+/// cluster's logs) after `within`.
+pub async fn eventually<T, F, Fut>(c: &Cluster, within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last: {e}\n{}", c.logs())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
