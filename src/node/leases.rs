@@ -3,16 +3,13 @@
 //! leader, like a write. Grants and revokes are ordinary writes (`Node::write`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::lessor::LeaseClock;
-use super::{peer_error, Node};
+use super::Node;
 use crate::error::{Error, Result};
-use crate::peer::{
-    LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, PeerError, PeerRequest, PeerResponse, TransportError,
-};
+use crate::peer::{LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, PeerError, PeerRequest, PeerResponse};
 use crate::store::{Lease, State};
 
 /// Most keys a read of one lease lists.
@@ -30,7 +27,7 @@ impl Node {
                 PeerResponse::LeaseKeepalive(r) => Some(r),
                 _ => None,
             },
-            true,
+            Some("the renewal"),
         )
         .await
     }
@@ -49,7 +46,7 @@ impl Node {
                 PeerResponse::LeaseRead(r) => Some(r),
                 _ => None,
             },
-            false,
+            None,
         )
         .await
     }
@@ -73,16 +70,6 @@ impl Node {
                     )));
                 }
             }
-        }
-        Ok(())
-    }
-
-    pub(super) fn check_lease_id(&self, id: u64) -> Result<()> {
-        if id == 0 || id > crate::store::MAX_LEASE_ID {
-            return Err(Error::InvalidArgument(format!(
-                "a lease id is between 1 and {}, not {id}",
-                crate::store::MAX_LEASE_ID
-            )));
         }
         Ok(())
     }
@@ -139,78 +126,6 @@ impl Node {
         tokio::time::timeout_at(deadline, self.replica.wait_applied(reply.index))
             .await
             .map_err(|_| PeerError::Unavailable("this leader did not apply its read index in time".into()))
-    }
-
-    /// Runs a request on the leader: `local` when this node leads, else forwarded once as
-    /// `req` (and answered by `unwrap`) to the leader, trying again only when the call was
-    /// never delivered or the leader had moved on. A request that `renews` may have taken
-    /// effect when no answer came (a forwarded call delivered but unanswered, a local one
-    /// past the deadline): that is a 504 (outcome unknown), never a 503 (nothing happened).
-    async fn at_leader<T, F, Fut>(
-        self: &Arc<Self>,
-        req: impl Fn() -> PeerRequest,
-        local: F,
-        unwrap: fn(PeerResponse) -> Option<Result<T, PeerError>>,
-        renews: bool,
-    ) -> Result<T>
-    where
-        F: Fn(Arc<Node>, Instant) -> Fut,
-        Fut: std::future::Future<Output = Result<T, PeerError>>,
-    {
-        let no_answer = |what: &str| {
-            if renews {
-                Error::Timeout(format!("{what}; the renewal may or may not take effect"))
-            } else {
-                Error::Unavailable(what.to_string())
-            }
-        };
-        let deadline = self.deadline();
-        let mut not = None;
-        loop {
-            let leader = self.wait_leader(deadline, not).await?;
-            if leader == self.id {
-                // The local call shares the deadline, so it answers first when it runs out
-                // (a keepalive never proposed is then a 503, nothing happened).
-                match tokio::time::timeout_at(deadline, local(self.clone(), deadline)).await {
-                    Ok(Err(PeerError::NotLeader { .. })) => {
-                        not = Some(self.id);
-                        continue;
-                    }
-                    Ok(r) => return r.map_err(peer_error),
-                    Err(_) => return Err(no_answer("the leader did not answer within the deadline")),
-                }
-            }
-            let Some(member) = self.member(leader) else {
-                not = Some(leader);
-                continue;
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.transport.call(leader, &member, req(), left).await {
-                Ok(resp) => match unwrap(resp) {
-                    Some(Err(PeerError::NotLeader { .. })) => {
-                        not = Some(leader);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Some(r) => return r.map_err(peer_error),
-                    None => return Err(Error::Internal("the leader answered another request".into())),
-                },
-                Err(TransportError::Unreachable(_)) => {
-                    not = Some(leader);
-                    if Instant::now() >= deadline {
-                        return Err(Error::Unavailable(
-                            "the leader could not be reached within the deadline".into(),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(TransportError::Failed(e)) => {
-                    return Err(no_answer(&format!("the leader did not answer ({e})")))
-                }
-                Err(TransportError::Timeout) => {
-                    return Err(no_answer("the leader did not answer within the deadline"))
-                }
-            }
-        }
     }
 }
 

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::peer::{
     HttpTransport, PeerError, PeerHandler, PeerKey, PeerRequest, PeerResponse, RaftOverPeers, Transport,
+    TransportError,
 };
 use crate::raft::{
     Leadership, Member, NodeId, Replica, ReplicaConfig, ReplicaStatus, Role, Stall, StorageHealth,
@@ -311,6 +312,76 @@ impl Node {
                     ))
                 }
                 Err(_) => {}
+            }
+        }
+    }
+
+    /// Runs a request on the leader, within the request deadline: `local` when this node
+    /// leads, else forwarded once as `req` (and answered by `unwrap`) to the leader, trying
+    /// again only when the call was never delivered or the leader had moved on. When no
+    /// answer came (a forwarded call delivered but unanswered, a local one past the
+    /// deadline), a request that changes something (`changes`: what may have taken effect)
+    /// is a 504, outcome unknown; one that changes nothing is a 503.
+    pub(super) async fn at_leader<T, F, Fut>(
+        self: &Arc<Self>,
+        req: impl Fn() -> PeerRequest,
+        local: F,
+        unwrap: fn(PeerResponse) -> Option<Result<T, PeerError>>,
+        changes: Option<&'static str>,
+    ) -> Result<T>
+    where
+        F: Fn(Arc<Node>, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PeerError>>,
+    {
+        let no_answer = |what: &str| match changes {
+            Some(thing) => Error::Timeout(format!("{what}; {thing} may or may not take effect")),
+            None => Error::Unavailable(what.to_string()),
+        };
+        let deadline = self.deadline();
+        let mut not = None;
+        loop {
+            let leader = self.wait_leader(deadline, not).await?;
+            if leader == self.id {
+                // The local call shares the deadline, so it answers first when it runs out
+                // (with what it knows: a keepalive or write never proposed is a 503).
+                match tokio::time::timeout_at(deadline, local(self.clone(), deadline)).await {
+                    Ok(Err(PeerError::NotLeader { .. })) => {
+                        not = Some(self.id);
+                        continue;
+                    }
+                    Ok(r) => return r.map_err(peer_error),
+                    Err(_) => return Err(no_answer("no quorum decided it within the deadline")),
+                }
+            }
+            let Some(member) = self.member(leader) else {
+                not = Some(leader);
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.transport.call(leader, &member, req(), left).await {
+                Ok(resp) => match unwrap(resp) {
+                    Some(Err(PeerError::NotLeader { .. })) => {
+                        not = Some(leader);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some(r) => return r.map_err(peer_error),
+                    None => return Err(Error::Internal("the leader answered another request".into())),
+                },
+                Err(TransportError::Unreachable(_)) => {
+                    not = Some(leader);
+                    if Instant::now() >= deadline {
+                        return Err(Error::Unavailable(
+                            "the leader could not be reached within the deadline".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(TransportError::Failed(e)) => {
+                    return Err(no_answer(&format!("the leader did not answer ({e})")))
+                }
+                Err(TransportError::Timeout) => {
+                    return Err(no_answer("the leader did not answer within the deadline"))
+                }
             }
         }
     }

@@ -223,15 +223,20 @@ impl Node {
         Ok(())
     }
 
+    /// A lease a write attaches a key to, if any (see [`Self::check_lease_id`]).
+    fn check_lease(&self, lease: Option<u64>) -> Result<()> {
+        lease.map_or(Ok(()), |id| self.check_lease_id(id))
+    }
+
     /// A lease id a request names: 1 to 2^53 - 1. Whether it exists is decided by apply
     /// (this node's applied state may not have seen a grant the leader has).
-    fn check_lease(&self, lease: Option<u64>) -> Result<()> {
-        match lease {
-            Some(id) if id == 0 || id > MAX_LEASE_ID => {
-                Err(Error::InvalidArgument(format!("a lease id is between 1 and {MAX_LEASE_ID}, not {id}")))
-            }
-            _ => Ok(()),
+    pub(super) fn check_lease_id(&self, id: u64) -> Result<()> {
+        if id == 0 || id > MAX_LEASE_ID {
+            return Err(Error::InvalidArgument(format!(
+                "a lease id is between 1 and {MAX_LEASE_ID}, not {id}"
+            )));
         }
+        Ok(())
     }
 
     fn check_value(&self, what: &str, len: usize) -> Result<()> {

@@ -3,14 +3,12 @@
 //! round started, confirmed locally on the leader or by asking it from a follower.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
-use super::{peer_error, Node};
+use super::Node;
 use crate::error::{Error, Result};
-use crate::peer::{PeerError, PeerRequest, PeerResponse, ReadIndexReply, TransportError};
+use crate::peer::{PeerError, PeerRequest, PeerResponse, ReadIndexReply};
 use crate::raft::ReadIndexError;
 use crate::store::{ChildrenPage, KeyValue, ListOptions, ListPage, ReadError};
 
@@ -119,51 +117,17 @@ impl Node {
     }
 
     /// One read-index round: confirms leadership locally, or asks the leader.
-    async fn read_index_round(&self) -> Result<u64> {
-        let deadline = self.deadline();
-        let mut not = None;
-        loop {
-            let leader = self.wait_leader(deadline, not).await?;
-            if leader == self.id {
-                match tokio::time::timeout_at(deadline, self.local_read_index()).await {
-                    Ok(Err(PeerError::NotLeader { .. })) => {
-                        not = Some(self.id);
-                        continue;
-                    }
-                    Ok(r) => return r.map(|r| r.index).map_err(peer_error),
-                    Err(_) => {
-                        return Err(Error::Unavailable(
-                            "no quorum confirmed the read within the deadline".into(),
-                        ))
-                    }
-                }
-            }
-            let Some(member) = self.member(leader) else {
-                not = Some(leader);
-                continue;
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.transport.call(leader, &member, PeerRequest::ReadIndex, left).await {
-                Ok(PeerResponse::ReadIndex(Ok(r))) => return Ok(r.index),
-                Ok(PeerResponse::ReadIndex(Err(PeerError::NotLeader { .. })))
-                | Err(TransportError::Unreachable(_)) => {
-                    not = Some(leader);
-                    if Instant::now() >= deadline {
-                        return Err(Error::Unavailable(
-                            "the leader could not be reached within the deadline".into(),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(PeerResponse::ReadIndex(Err(e))) => return Err(peer_error(e)),
-                Ok(other) => return Err(Error::Internal(format!("unexpected read-index reply {other:?}"))),
-                Err(_) => {
-                    return Err(Error::Unavailable(
-                        "the leader did not confirm the read within the deadline".into(),
-                    ))
-                }
-            }
-        }
+    async fn read_index_round(self: &Arc<Self>) -> Result<u64> {
+        let reply = self.at_leader(
+            || PeerRequest::ReadIndex,
+            |node, _| async move { node.local_read_index().await },
+            |resp| match resp {
+                PeerResponse::ReadIndex(r) => Some(r),
+                _ => None,
+            },
+            None,
+        );
+        Ok(reply.await?.index)
     }
 
     /// The leader's read index, for a follower that asks (see [`Self::linearize`]).

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{peer_error, Node};
-use crate::error::{Error, Result};
-use crate::peer::{PeerError, PeerRequest, PeerResponse, TransportError};
+use super::Node;
+use crate::error::Result;
+use crate::peer::{PeerError, PeerRequest, PeerResponse};
 use crate::raft::ProposeError;
 use crate::store::{Command, Outcome, Proposal};
 
@@ -36,65 +36,36 @@ impl Node {
     /// node is a follower) and returns what applying it decided.
     pub async fn write(self: &Arc<Self>, cmd: Command) -> Result<Outcome> {
         self.check_write(&cmd)?;
-        let deadline = self.deadline();
-        let mut not = None;
-        loop {
-            let leader = self.wait_leader(deadline, not).await?;
-            if leader == self.id {
-                self.check_storage().map_err(Error::Unavailable)?;
-                if !self.quorum_contact(deadline).await {
-                    return Err(Error::Unavailable(
-                        "this leader has not heard from a quorum within an election timeout; nothing was proposed".into(),
-                    ));
-                }
-                match tokio::time::timeout_at(deadline, self.propose(cmd.clone())).await {
-                    Ok(Ok(outcome)) => return Ok(outcome),
-                    Ok(Err(PeerError::NotLeader { .. })) => {
-                        // Not proposed: leadership moved on. Try again with the new leader.
-                        not = Some(self.id);
-                        continue;
-                    }
-                    Ok(Err(e)) => return Err(peer_error(e)),
-                    Err(_) => {
-                        return Err(Error::Timeout(
-                            "the write was proposed but not committed within the deadline; it may or may not take effect".into(),
-                        ))
-                    }
-                }
-            }
-            let Some(member) = self.member(leader) else {
-                not = Some(leader);
-                continue;
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.transport.call(leader, &member, PeerRequest::Forward(cmd.clone()), left).await {
-                Ok(PeerResponse::Forward(Ok(outcome))) => return Ok(outcome),
-                Ok(PeerResponse::Forward(Err(PeerError::NotLeader { .. }))) => {
-                    not = Some(leader);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(PeerResponse::Forward(Err(e))) => return Err(peer_error(e)),
-                Ok(other) => return Err(Error::Internal(format!("unexpected forward reply {other:?}"))),
-                Err(TransportError::Unreachable(_)) => {
-                    // Not delivered: safe to try again once a leader is known.
-                    not = Some(leader);
-                    if Instant::now() >= deadline {
-                        return Err(Error::Unavailable("the leader could not be reached within the deadline".into()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(TransportError::Failed(e)) => {
-                    return Err(Error::Timeout(format!(
-                        "the leader did not answer ({e}); the write may or may not take effect"
-                    )))
-                }
-                Err(TransportError::Timeout) => {
-                    return Err(Error::Timeout(
-                        "the write was forwarded but not answered within the deadline; it may or may not take effect".into(),
-                    ))
-                }
-            }
+        self.at_leader(
+            || PeerRequest::Forward(cmd.clone()),
+            |node, deadline| {
+                let cmd = cmd.clone();
+                async move { node.propose_as_leader(cmd, deadline).await }
+            },
+            |resp| match resp {
+                PeerResponse::Forward(r) => Some(r),
+                _ => None,
+            },
+            Some("the write"),
+        )
+        .await
+    }
+
+    /// Proposes a checked write on this node as leader, unless its storage is stalled or it
+    /// has lost contact with a quorum (then nothing is proposed: 503).
+    async fn propose_as_leader(
+        self: &Arc<Self>,
+        cmd: Command,
+        deadline: Instant,
+    ) -> std::result::Result<Outcome, PeerError> {
+        self.check_storage().map_err(PeerError::Unavailable)?;
+        if !self.quorum_contact(deadline).await {
+            return Err(PeerError::Unavailable(
+                "this leader has not heard from a quorum within an election timeout; nothing was proposed"
+                    .into(),
+            ));
         }
+        self.propose(cmd).await
     }
 
     /// Whether this leader is in contact with a quorum: its last quorum acknowledgement
