@@ -42,7 +42,6 @@ pub async fn grant(
 ) -> Result<Response, ApiError> {
     let (req, once): (w::GrantRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let ttl_ms = w::ttl_ms(&req.ttl).map_err(ApiError::invalid)?;
-    node.check_ttl(ttl_ms)?;
     let cmd = Command::LeaseGrant { id: req.id, ttl_ms, clock_ms: 0 };
     let outcome = node.write(node.idempotent(once, cmd)?).await?;
     let term = node.term();

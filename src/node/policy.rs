@@ -182,7 +182,7 @@ impl Node {
     }
 
     /// A TTL a lease may be granted with: between the configured floor and maximum.
-    pub fn check_ttl(&self, ttl_ms: u64) -> Result<()> {
+    fn check_ttl(&self, ttl_ms: u64) -> Result<()> {
         let (min, max) = (self.cfg.lease_min_ttl_ms, self.cfg.lease_max_ttl_ms);
         if ttl_ms < min || ttl_ms > max {
             return Err(Error::InvalidArgument(format!(
