@@ -1,7 +1,7 @@
 //! Retried writes and retained history on real processes: an idempotent write whose
 //! leader is killed (`kill -9`) before or after it answers is retried on another node and
 //! applied exactly once; a snapshot and a restart of every node keep the compaction floor,
-//! the history above it, sequence counters and the idempotency table.
+//! the history above it, sequence counters, the idempotency table and the lease table.
 
 use std::time::Duration;
 
@@ -151,6 +151,25 @@ async fn snapshots_and_restarts_keep_history_sequences_and_idempotency() {
     // No key is left under /q: only the replicated counter knows where the sequence was.
     let r = http.delete(format!("{base}/v1/kv/q?recursive")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // A lease with a key, and a revoked one.
+    for id in [77, 78] {
+        let r = http
+            .post(format!("{base}/v1/leases"))
+            .json(&json!({"ttl": "1h", "id": id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = http
+        .put(format!("{base}/v1/kv/leased"))
+        .json(&json!({"value": "l", "lease": 77}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.delete(format!("{base}/v1/leases/78")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     // Everyone down, then up again (the late node for the first time since the start).
     c.kill_all_9();
     for id in c.ids() {
@@ -213,4 +232,24 @@ async fn snapshots_and_restarts_keep_history_sequences_and_idempotency() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+    // The lease and its key are still there, on every node; the revoked one stays revoked.
+    for id in c.ids() {
+        let base = c.client_url(id);
+        let kv: Value = http
+            .get(format!("{base}/v1/kv/leased?consistency=serializable"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(kv["kv"]["lease"], json!(77), "node {id}: {kv}");
+        let l: Value = http.get(format!("{base}/v1/leases/77")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(l["key_count"], json!(1), "node {id}: {l}");
+        assert!(l["remaining_ms"].as_u64().is_some_and(|ms| ms <= 3_600_000), "node {id}: {l}");
+        let r = http.get(format!("{base}/v1/leases/78")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "node {id}");
+    }
+    let r = http.post(format!("{base}/v1/leases/77/keepalive")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }
