@@ -382,18 +382,16 @@ impl Node {
     }
 
     /// Stamps this leader's lease clock into a grant (inside an idempotent write too).
-    pub(super) async fn stamp_lease_clock(&self, cmd: Command) -> Result<Command, PeerError> {
-        match cmd {
-            Command::LeaseGrant { id, ttl_ms, .. } => {
-                let clock = self.lease_clock(self.deadline()).await?;
-                Ok(Command::LeaseGrant { id, ttl_ms, clock_ms: clock.now_ms() })
-            }
-            Command::Idempotent { key, fingerprint, retain, cmd } => {
-                let cmd = Box::pin(self.stamp_lease_clock(*cmd)).await?;
-                Ok(Command::Idempotent { key, fingerprint, retain, cmd: Box::new(cmd) })
-            }
-            cmd => Ok(cmd),
+    pub(super) async fn stamp_lease_clock(&self, mut cmd: Command) -> Result<Command, PeerError> {
+        let grant = match &mut cmd {
+            Command::Idempotent { cmd, .. } => cmd.as_mut(),
+            cmd => cmd,
+        };
+        // Only a grant carries a stamp that the leader fills in; anything else passes as it is.
+        if let Command::LeaseGrant { clock_ms, .. } = grant {
+            *clock_ms = self.lease_clock(self.deadline()).await?.now_ms();
         }
+        Ok(cmd)
     }
 }
 
