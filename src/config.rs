@@ -271,6 +271,9 @@ settings! {
     max_leases: u64 = 1_000_000;
     /// Client requests served at once; more are refused with 429 `overloaded`.
     max_inflight_requests: usize = 2048;
+    /// Watch streams and long-polls open at once on this node; more are refused with 429
+    /// `overloaded`.
+    max_watchers: usize = 20_000;
     /// Open client connections; a connection past this is answered 503 and closed.
     max_client_connections: usize = 10_000;
     /// Time a client has to send a request's headers (ms).
@@ -335,6 +338,7 @@ impl Config {
         at_least("auto_compact_max_revisions", self.auto_compact_max_revisions, 1)?;
         at_least("max_inflight_requests", self.max_inflight_requests as u64, 1)?;
         at_least("max_client_connections", self.max_client_connections as u64, 1)?;
+        at_least("max_watchers", self.max_watchers as u64, 1)?;
         at_least("header_timeout_ms", self.header_timeout_ms, 1)?;
         at_least("body_timeout_ms", self.body_timeout_ms, 1)?;
         at_least("idle_timeout_ms", self.idle_timeout_ms, 1)?;

@@ -23,13 +23,19 @@ use super::query::Query;
 use super::write;
 use crate::error::Error;
 use crate::node::{Consistency, KvRead, KvReadResult, Node};
+use crate::store::events::Selector;
 use crate::store::{Command, Condition, ListOptions, Outcome};
 use crate::wire;
 
 /// The key a request addresses: the path after `/v1/kv`, percent-decoded and checked
 /// against the key rules first of all (the root is refused later, where it matters).
 fn key_of(node: &Node, uri: &Uri) -> Result<String, ApiError> {
-    let raw = uri.path().strip_prefix("/v1/kv").unwrap_or("");
+    key_under(node, uri, "/v1/kv")
+}
+
+/// The key a request addresses: the path after `route`, percent-decoded and checked.
+pub(super) fn key_under(node: &Node, uri: &Uri, route: &str) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix(route).unwrap_or("");
     let decoded = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::invalid_key("the key is not valid UTF-8 once percent-decoded"))?;
@@ -59,7 +65,7 @@ fn decode_token(token: &str) -> Result<(u64, String), ApiError> {
     Ok((Query::parse_u64("after", rev).map_err(|_| bad())?, last.to_string()))
 }
 
-fn consistency(q: &Query) -> Result<Consistency, ApiError> {
+pub(super) fn consistency(q: &Query) -> Result<Consistency, ApiError> {
     match q.str("consistency") {
         None | Some("linearizable") => Ok(Consistency::Linearizable),
         Some("serializable") => Ok(Consistency::Serializable),
@@ -76,10 +82,34 @@ struct GetRequest {
     /// Reply with the bare value bytes.
     raw: bool,
     keys_only: bool,
+    /// A long-poll: answer once what the read covers changed.
+    wait: Option<Wait>,
 }
 
-const GET_PARAMS: &[&str] =
-    &["recursive", "children", "raw", "consistency", "revision", "limit", "after", "keys_only", "count_only"];
+/// `?wait&after_revision=N&timeout=30s`.
+struct Wait {
+    /// Wait for a change after this revision; `None`: after the current one.
+    after: Option<u64>,
+    timeout: std::time::Duration,
+}
+
+/// How long a long-poll waits unless it says otherwise.
+const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+const GET_PARAMS: &[&str] = &[
+    "recursive",
+    "children",
+    "raw",
+    "consistency",
+    "revision",
+    "limit",
+    "after",
+    "keys_only",
+    "count_only",
+    "wait",
+    "after_revision",
+    "timeout",
+];
 
 impl GetRequest {
     fn parse(node: &Node, uri: &Uri) -> Result<GetRequest, ApiError> {
@@ -92,6 +122,25 @@ impl GetRequest {
         let keys_only = q.flag("keys_only")?;
         let count_only = q.flag("count_only")?;
         let mut revision = q.u64("revision")?;
+        let wait = if q.flag("wait")? {
+            if revision.is_some() || q.has("after") {
+                return Err(ApiError::invalid(
+                    "wait reads the current state; it cannot be combined with revision or a page token",
+                ));
+            }
+            if raw {
+                return Err(ApiError::invalid("wait cannot be combined with raw"));
+            }
+            Some(Wait {
+                after: q.u64("after_revision")?,
+                timeout: q.duration("timeout")?.unwrap_or(DEFAULT_WAIT),
+            })
+        } else {
+            if q.has("after_revision") || q.has("timeout") {
+                return Err(ApiError::invalid("after_revision and timeout apply to a long-poll (?wait)"));
+            }
+            None
+        };
         if recursive && children {
             return Err(ApiError::invalid("recursive and children cannot be combined"));
         }
@@ -135,13 +184,16 @@ impl GetRequest {
         } else {
             KvRead::Get { key, revision }
         };
-        Ok(GetRequest { read, consistency, raw, keys_only })
+        Ok(GetRequest { read, consistency, raw, keys_only, wait })
     }
 }
 
 /// `GET /v1/kv/{key}`: one key, a subtree (`?recursive`) or one level (`?children`).
 pub async fn get(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
-    let req = GetRequest::parse(&node, &uri)?;
+    let mut req = GetRequest::parse(&node, &uri)?;
+    if let Some(wait) = req.wait.take() {
+        return long_poll(node, req, wait).await;
+    }
     let key = match &req.read {
         KvRead::Get { key, .. } => Some(key.clone()),
         _ => None,
@@ -166,32 +218,70 @@ pub async fn get(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, Ap
             respond(StatusCode::OK, &wire::CountResponse { revision, count }, revision, term)
         }
         KvReadResult::List(p) => {
-            let next = if p.more { p.kvs.last().map(|kv| encode_token(p.revision, &kv.key)) } else { None };
-            let kvs = p
-                .kvs
-                .into_iter()
-                .map(|kv| if req.keys_only { wire::KeyValue::from(kv).without_value() } else { kv.into() })
-                .collect();
-            let body = wire::ListResponse { revision: p.revision, kvs, count: p.count, more: p.more, next };
-            respond(StatusCode::OK, &body, p.revision, term)
+            let revision = p.revision;
+            respond(StatusCode::OK, &list_body(p, req.keys_only), revision, term)
         }
         KvReadResult::Children(p) => {
-            let next =
-                if p.more { p.children.last().map(|c| encode_token(p.revision, &c.name)) } else { None };
-            let children = p
-                .children
-                .into_iter()
-                .map(|c| wire::Child {
-                    name: c.name,
-                    key: c.key,
-                    has_children: c.has_children,
-                    kv: c.kv.map(Into::into),
-                })
-                .collect();
-            let body = wire::ChildrenResponse { revision: p.revision, children, more: p.more, next };
-            respond(StatusCode::OK, &body, p.revision, term)
+            let revision = p.revision;
+            respond(StatusCode::OK, &children_body(p), revision, term)
         }
     })
+}
+
+fn list_body(p: crate::store::ListPage, keys_only: bool) -> wire::ListResponse {
+    let next = if p.more { p.kvs.last().map(|kv| encode_token(p.revision, &kv.key)) } else { None };
+    let kvs = p
+        .kvs
+        .into_iter()
+        .map(|kv| if keys_only { wire::KeyValue::from(kv).without_value() } else { kv.into() })
+        .collect();
+    wire::ListResponse { revision: p.revision, kvs, count: p.count, more: p.more, next }
+}
+
+fn children_body(p: crate::store::ChildrenPage) -> wire::ChildrenResponse {
+    let next = if p.more { p.children.last().map(|c| encode_token(p.revision, &c.name)) } else { None };
+    let children = p
+        .children
+        .into_iter()
+        .map(|c| wire::Child {
+            name: c.name,
+            key: c.key,
+            has_children: c.has_children,
+            kv: c.kv.map(Into::into),
+        })
+        .collect();
+    wire::ChildrenResponse { revision: p.revision, children, more: p.more, next }
+}
+
+/// A long-poll: waits until the key (or what is below it, for a listing) changes after
+/// `after_revision`, then answers the read as it is now, with `"changed": true`; at the
+/// timeout, the same with `"changed": false`. Always 200: a missing key is `"kv": null`.
+async fn long_poll(node: Arc<Node>, req: GetRequest, wait: Wait) -> Result<Response, ApiError> {
+    let selector = match &req.read {
+        KvRead::Get { key, .. } => Selector { key: key.clone(), recursive: false },
+        KvRead::List { key, .. } | KvRead::Count { key, .. } | KvRead::Children { key, .. } => {
+            Selector { key: key.clone(), recursive: true }
+        }
+    };
+    let changed = node.wait_change(selector, wait.after, wait.timeout, req.consistency).await?;
+    // Linearized (if asked) before the wait: the local state is at least as new.
+    let result = node.read(req.read, Consistency::Serializable).await?;
+    let (revision, mut body) = match result {
+        KvReadResult::Get { revision, kv } => {
+            (revision, serde_json::json!({ "revision": revision, "kv": kv.map(wire::KeyValue::from) }))
+        }
+        KvReadResult::Count { revision, count } => {
+            (revision, to_value(&wire::CountResponse { revision, count }))
+        }
+        KvReadResult::List(p) => (p.revision, to_value(&list_body(p, req.keys_only))),
+        KvReadResult::Children(p) => (p.revision, to_value(&children_body(p))),
+    };
+    body["changed"] = changed.into();
+    Ok(respond(StatusCode::OK, &body, revision, node.term()))
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("replies serialise")
 }
 
 fn condition(q: &Query) -> Result<Condition, ApiError> {

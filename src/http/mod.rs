@@ -21,6 +21,7 @@ mod peer;
 mod query;
 mod server;
 mod txn;
+mod watch;
 mod write;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/kv/{*key}"),
     ("POST", "/v1/kv/{*key}"),
     ("POST", "/v1/txn"),
+    ("GET", "/v1/watch/{*key}"),
     ("POST", "/v1/leases"),
     ("GET", "/v1/leases"),
     ("GET", "/v1/leases/{id}"),
@@ -62,6 +64,9 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/kv/", kv.clone())
         .route("/v1/kv/{*key}", kv)
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
+        .route("/v1/watch/", get(watch::watch))
+        .route("/v1/watch/{*key}", get(watch::watch))
         .route("/v1/leases", post(lease::grant).get(lease::list))
         .route("/v1/leases/{id}", get(lease::get).delete(lease::revoke))
         .route("/v1/leases/{id}/keepalive", post(lease::keepalive))
@@ -93,12 +98,17 @@ pub fn peer_router(node: Arc<Node>) -> Router {
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so
-/// memory and queues stay bounded under overload.
+/// memory and queues stay bounded under overload. A long-poll (`GET /v1/kv/...?wait`)
+/// spends most of its life waiting, not working: it is bounded by `--max-watchers`
+/// instead, like a watch.
 async fn limit_inflight(
     axum::extract::State(permits): axum::extract::State<Arc<tokio::sync::Semaphore>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if is_long_poll(&req) {
+        return next.run(req).await;
+    }
     match permits.try_acquire() {
         Ok(_permit) => next.run(req).await,
         Err(_) => ApiError::from(crate::error::Error::Overloaded(
@@ -106,6 +116,13 @@ async fn limit_inflight(
         ))
         .into_response(),
     }
+}
+
+/// Whether `req` is a long-poll: a key read with a `wait` parameter.
+fn is_long_poll(req: &axum::extract::Request) -> bool {
+    req.method() == Method::GET
+        && req.uri().path().starts_with("/v1/kv")
+        && req.uri().query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("wait")))
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -165,6 +182,12 @@ pub async fn serve(
             cap_setting: "max_peer_inflight",
         },
     ];
-    server::run(listeners, timeouts, cfg.request_timeout(), health, shutdown).await;
+    // Watches never finish by themselves: they end as the server starts draining.
+    let grace = cfg.request_timeout();
+    let shutdown = async move {
+        shutdown.await;
+        node.close_watches();
+    };
+    server::run(listeners, timeouts, grace, health, shutdown).await;
     Ok(())
 }

@@ -64,6 +64,19 @@ impl Query {
         self.params.get(name).map(|v| Self::parse_u64(name, v)).transpose()
     }
 
+    /// A duration: `2s`, `750ms`, `1m`, or a number of seconds (`30`, `0.5`).
+    pub fn duration(&self, name: &str) -> Result<Option<std::time::Duration>, ApiError> {
+        let Some(v) = self.params.get(name) else { return Ok(None) };
+        let json = match v.parse::<f64>() {
+            Ok(n) if v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+                serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+            _ => serde_json::Value::String(v.clone()),
+        };
+        let ms = crate::wire::lease::duration_ms(name, &json).map_err(ApiError::invalid)?;
+        Ok(Some(std::time::Duration::from_millis(ms)))
+    }
+
     /// Parses `v` as the value of `name`, strictly (see [`Self::u64`]).
     pub fn parse_u64(name: &str, v: &str) -> Result<u64, ApiError> {
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {

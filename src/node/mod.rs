@@ -38,12 +38,15 @@ mod lessor;
 mod peer;
 mod policy;
 mod reads;
+mod watch;
+mod watch_hub;
 mod writes;
 
 pub use identity::{format_cluster, Identity};
 pub use leases::MAX_LEASE_KEYS_SHOWN;
 pub use policy::check_idempotency_key;
 pub use reads::{Consistency, KvRead, KvReadResult};
+pub use watch::{Watch, WatchFrame, WatchRequest, MAX_WAIT_MS};
 
 use reads::ReadRounds;
 use writes::Proposals;
@@ -101,6 +104,8 @@ pub struct Node {
     proposals: Mutex<Proposals>,
     /// The leader's lease clock, and keepalives waiting for a renewal.
     lessor: lessor::Lessor,
+    /// Who watches which keys (streams and long-polls).
+    watches: Arc<watch_hub::WatchHub>,
     /// While a new data dir waits to bootstrap: why (see `bootstrap`).
     bootstrap_wait: Mutex<Option<String>>,
     /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
@@ -194,6 +199,7 @@ impl Node {
             reads: Mutex::default(),
             proposals: Mutex::default(),
             lessor: lessor::Lessor::default(),
+            watches: Arc::default(),
             bootstrap_wait: Mutex::default(),
             fatal,
         });
@@ -205,6 +211,7 @@ impl Node {
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         tokio::spawn(Self::auto_compact(Arc::downgrade(&node)));
         tokio::spawn(Self::run_lessor(Arc::downgrade(&node)));
+        tokio::spawn(watch_hub::WatchHub::run(Arc::downgrade(&node)));
         Ok(node)
     }
 

@@ -276,6 +276,11 @@ impl Replica {
         self.sm.wait_applied(index).await;
     }
 
+    /// The applied position (index and revision), published after every applied batch.
+    pub fn applied_position(&self) -> watch::Receiver<super::state_machine::AppliedPosition> {
+        self.sm.position()
+    }
+
     /// Read access to the applied state. Never hold it across an await.
     pub fn applied(&self) -> RwLockReadGuard<'_, Applied> {
         self.sm.read()

@@ -13,6 +13,8 @@
 
 pub mod command;
 pub mod dedup;
+pub mod events;
+mod history;
 pub mod key;
 pub mod kv;
 pub mod lease;

@@ -16,6 +16,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use super::history::History;
 use super::key;
 use super::kv::KeyValue;
 
@@ -88,6 +89,7 @@ pub struct ChildrenPage {
 
 /// The multi-version key space.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoreImage")]
 pub struct Store {
     keys: imbl::OrdMap<String, Vec<Version>>,
     revision: u64,
@@ -103,6 +105,63 @@ pub struct Store {
     /// The keys each lease owns now (a key belongs to the lease of its current version).
     #[serde(default)]
     lease_keys: imbl::OrdMap<u64, imbl::OrdSet<String>>,
+    /// Which keys each revision from the floor on changed (derived from `keys`).
+    #[serde(skip)]
+    history: History,
+}
+
+/// A store as serialised: everything but what is derived from it.
+#[derive(Deserialize)]
+struct StoreImage {
+    keys: imbl::OrdMap<String, Vec<Version>>,
+    revision: u64,
+    compact_revision: u64,
+    bytes: u64,
+    live: u64,
+    #[serde(default)]
+    sequences: imbl::OrdMap<String, u64>,
+    #[serde(default)]
+    lease_keys: imbl::OrdMap<u64, imbl::OrdSet<String>>,
+}
+
+impl TryFrom<StoreImage> for Store {
+    type Error = String;
+
+    /// Checks what the derived index relies on, then rebuilds it: a damaged image is
+    /// refused, never half-read.
+    fn try_from(s: StoreImage) -> Result<Store, String> {
+        if s.compact_revision > s.revision {
+            return Err(format!(
+                "compact revision {} is above the revision {}",
+                s.compact_revision, s.revision
+            ));
+        }
+        for (k, vs) in &s.keys {
+            if vs.is_empty() {
+                return Err(format!("key {k:?} has no versions"));
+            }
+            if vs.windows(2).any(|w| w[0].mod_revision > w[1].mod_revision)
+                || vs.last().is_some_and(|v| v.mod_revision > s.revision)
+            {
+                return Err(format!("the versions of key {k:?} are out of order or ahead of the store"));
+            }
+        }
+        let history = History::rebuild(
+            s.compact_revision,
+            s.revision,
+            s.keys.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (v.mod_revision, k.as_str()))),
+        );
+        Ok(Store {
+            keys: s.keys,
+            revision: s.revision,
+            compact_revision: s.compact_revision,
+            bytes: s.bytes,
+            live: s.live,
+            sequences: s.sequences,
+            lease_keys: s.lease_keys,
+            history,
+        })
+    }
 }
 
 /// The name width of a sequential key: every u64 fits, and names sort like numbers.
@@ -173,6 +232,16 @@ impl Store {
     /// Keys that exist now.
     pub fn live_keys(&self) -> u64 {
         self.live
+    }
+
+    /// Every version `key` holds, oldest first.
+    pub(super) fn versions(&self, key: &str) -> Option<&[Version]> {
+        self.keys.get(key).map(Vec::as_slice)
+    }
+
+    /// The revision index (which keys each revision changed).
+    pub(super) fn history(&self) -> &History {
+        &self.history
     }
 
     fn check_revision(&self, rev: Option<u64>) -> Result<u64, ReadError> {
@@ -376,6 +445,7 @@ impl Store {
             return false;
         }
         self.compact_revision = revision;
+        self.history.compact(revision);
         let mut gone: Vec<String> = Vec::new();
         let mut freed = 0u64;
         // Only keys with an old version to drop are touched (a write through the shared
@@ -427,6 +497,7 @@ impl WriteTxn<'_> {
         if !self.changed {
             self.changed = true;
             self.store.revision = self.rev;
+            self.store.history.begin(self.rev);
         }
     }
 
@@ -453,6 +524,7 @@ impl WriteTxn<'_> {
         versions.push(Version { mod_revision: rev, create_revision, version, value: Some(value), lease });
         let kv = to_kv(key, versions.last().expect("just pushed")).expect("has a value");
         store.attach(key, prev.as_ref().and_then(|p| p.lease), lease);
+        store.history.touch(key);
         (kv, prev)
     }
 
@@ -505,6 +577,7 @@ impl WriteTxn<'_> {
             store.bytes += kv.key.len() as u64;
             store.live -= 1;
             store.attach(&kv.key, kv.lease, None);
+            store.history.touch(&kv.key);
         }
         targets
     }

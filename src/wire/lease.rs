@@ -11,6 +11,12 @@ const MAX_PARSED_MS: f64 = 10.0 * 365.0 * 24.0 * 3600.0 * 1000.0;
 
 /// Parses a TTL (see the module doc) into milliseconds.
 pub fn ttl_ms(v: &serde_json::Value) -> Result<u64, String> {
+    duration_ms("ttl", v)
+}
+
+/// Parses a duration given as a TTL is (see the module doc) into milliseconds; errors name
+/// it `name`.
+pub fn duration_ms(name: &str, v: &serde_json::Value) -> Result<u64, String> {
     let (number, unit_ms, shown) = match v {
         serde_json::Value::Number(n) => (n.as_f64().unwrap_or(f64::NAN), 1000.0, n.to_string()),
         serde_json::Value::String(s) => {
@@ -25,7 +31,7 @@ pub fn ttl_ms(v: &serde_json::Value) -> Result<u64, String> {
                 (d, 3_600_000.0)
             } else {
                 return Err(format!(
-                    "ttl {t:?} has no unit: give \"10s\", \"750ms\", \"2m\", \"1h\" or a number of seconds"
+                    "{name} {t:?} has no unit: give \"10s\", \"750ms\", \"2m\", \"1h\" or a number of seconds"
                 ));
             };
             let plain = !digits.is_empty()
@@ -34,29 +40,31 @@ pub fn ttl_ms(v: &serde_json::Value) -> Result<u64, String> {
                 && !digits.starts_with('.')
                 && !digits.ends_with('.');
             if !plain {
-                return Err(format!("ttl {t:?} is not a duration such as \"10s\" or \"750ms\""));
+                return Err(format!("{name} {t:?} is not a duration such as \"10s\" or \"750ms\""));
             }
             (digits.parse::<f64>().unwrap_or(f64::NAN), unit, format!("{t:?}"))
         }
         other => {
-            return Err(format!("ttl must be a duration such as \"10s\" or a number of seconds, not {other}"))
+            return Err(format!(
+                "{name} must be a duration such as \"10s\" or a number of seconds, not {other}"
+            ))
         }
     };
     if !number.is_finite() || number < 0.0 {
-        return Err(format!("ttl {shown} is not a positive duration"));
+        return Err(format!("{name} {shown} is not a positive duration"));
     }
     let ms = number * unit_ms;
     if ms > MAX_PARSED_MS {
-        return Err(format!("ttl {shown} is far too long"));
+        return Err(format!("{name} {shown} is far too long"));
     }
     // Within a millionth of a millisecond of a whole number (decimal fractions such as
     // 0.1 s are not exact in binary).
     let whole_ms = ms.round();
     if (ms - whole_ms).abs() > 1e-6 {
-        return Err(format!("ttl {shown} is not a whole number of milliseconds"));
+        return Err(format!("{name} {shown} is not a whole number of milliseconds"));
     }
     if whole_ms < 1.0 {
-        return Err(format!("ttl {shown} must be more than zero"));
+        return Err(format!("{name} {shown} must be more than zero"));
     }
     Ok(whole_ms as u64)
 }

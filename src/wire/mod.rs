@@ -7,6 +7,7 @@ pub mod error;
 pub mod kv;
 pub mod lease;
 pub mod txn;
+pub mod watch;
 pub mod whole;
 
 pub use cluster::{ClusterResponse, HealthResponse, LeaseStats, MemberResponse};
