@@ -15,3 +15,4 @@ mod leases;
 mod listing;
 mod sequential;
 mod txn;
+mod watch;

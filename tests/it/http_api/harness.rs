@@ -194,6 +194,16 @@ impl Api {
         Resp { status: parts.status, headers: parts.headers, body, what: format!("{method} {uri}") }
     }
 
+    /// Sends a `GET` and hands back the reply with its body unread (for streams).
+    pub async fn open(&self, uri: &str, headers: &[(&str, &str)]) -> axum::response::Response {
+        let mut req = Request::builder().method(Method::GET).uri(uri);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Body::empty()).unwrap_or_else(|e| panic!("GET {uri}: bad request: {e}"));
+        self.router.clone().oneshot(req).await.expect("the router is infallible")
+    }
+
     pub async fn get(&self, uri: &str) -> Resp {
         self.send(Method::GET, uri, Body::empty(), None).await
     }
