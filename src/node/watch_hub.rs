@@ -192,10 +192,14 @@ impl WatchHub {
                 if watchers > 0 {
                     let applied = node.replica.applied();
                     let history = applied.state.kv();
-                    for rev in from..=to {
+                    let mut rev = from;
+                    while rev <= to {
                         let Some(keys) = history.changed_keys(rev) else {
-                            // Installed past by a snapshot: everyone looks for themselves.
+                            // Revisions the index no longer holds (a snapshot was installed
+                            // past them, or compaction overtook this loop): everyone looks
+                            // for themselves, once for the whole stretch.
                             reg.all().for_each(|(_, _, s)| s.flag(rev));
+                            rev = history.history_first().max(rev + 1);
                             continue;
                         };
                         if keys.len() <= watchers {
@@ -208,6 +212,7 @@ impl WatchHub {
                                 }
                             }
                         }
+                        rev += 1;
                     }
                 }
             }

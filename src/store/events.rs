@@ -108,6 +108,11 @@ impl Store {
         self.history().keys(rev)
     }
 
+    /// The lowest revision whose changed keys [`Self::changed_keys`] knows.
+    pub fn history_first(&self) -> u64 {
+        self.history().first()
+    }
+
     fn check_history(&self, from: u64) -> Result<(), ReadError> {
         if from < self.history().first() || from < self.compact_revision() {
             return Err(ReadError::Compacted { compact_revision: self.compact_revision() });
