@@ -530,3 +530,35 @@ async fn shutdown_finishes_requests_but_does_not_wait_for_stalled_clients() {
     assert!(c.stop(1, Duration::ZERO).is_some_and(|s| s.success()), "the node did not exit cleanly");
     assert!(stalled.closed_within(Duration::from_millis(100)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_watches_and_long_polls_at_once() {
+    // Watches never end by themselves: without ending them, shutdown would wait out the
+    // grace period (the request timeout, 1 s in the harness) and cut them off.
+    let c = node(&[]).await;
+    let a = addr(&c);
+    let mut watch = Raw::connect(&a).await;
+    watch.send(b"GET /v1/watch/app?recursive HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let head = watch.reply(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    let mut poll = Raw::connect(&a).await;
+    poll.send(b"GET /v1/kv/app?wait&timeout=60s HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let t = Instant::now();
+    c.signal(1, "TERM");
+    let r = poll.reply(Duration::from_millis(500)).await.unwrap();
+    r.assert_error(503, "unavailable");
+    assert!(watch.closed_within(Duration::from_millis(500)).await, "a watch outlived the shutdown");
+    while c.is_live(1) {
+        assert!(t.elapsed() < Duration::from_secs(5), "the node did not exit within 5 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "the shutdown waited for the watches: {:?}",
+        t.elapsed()
+    );
+    assert!(c.stop(1, Duration::ZERO).is_some_and(|s| s.success()), "the node did not exit cleanly");
+}
