@@ -240,6 +240,15 @@ impl Watch {
 }
 
 impl Node {
+    /// A selector's key: any path for a subtree, a key (not the root) for one key.
+    fn check_selector(&self, selector: &Selector) -> Result<()> {
+        if selector.recursive {
+            self.check_read_key(&selector.key)
+        } else {
+            self.check_key(&selector.key)
+        }
+    }
+
     fn register_watcher(self: &Arc<Self>, selector: &Selector) -> Result<Registration> {
         let max = self.cfg.max_watchers;
         self.watches.register(selector.clone(), max).ok_or_else(|| {
@@ -253,7 +262,7 @@ impl Node {
     /// registers the watcher. A start below the floor is not an error here: the watch
     /// then begins (and ends) with `Compacted`.
     pub async fn watch(self: &Arc<Self>, req: WatchRequest) -> Result<Watch> {
-        self.check_read_key(&req.selector.key)?;
+        self.check_selector(&req.selector)?;
         if req.start == Some(0) {
             return Err(Error::InvalidArgument("start_revision must be at least 1".into()));
         }
@@ -306,7 +315,7 @@ impl Node {
         timeout: Duration,
         consistency: Consistency,
     ) -> Result<bool> {
-        self.check_read_key(&selector.key)?;
+        self.check_selector(&selector)?;
         if timeout > Duration::from_millis(MAX_WAIT_MS) {
             return Err(Error::InvalidArgument(format!(
                 "timeout must be at most {} s, not {} ms",

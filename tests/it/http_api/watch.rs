@@ -607,6 +607,9 @@ async fn bad_watch_parameters_are_refused_before_the_stream() {
             ("/v1/watch/a//b", "invalid_key"),
             ("/v1/watch/a/../b", "invalid_key"),
             ("/v1/watch/%FF", "invalid_key"),
+            // The root is not a key: only its subtree can be watched.
+            ("/v1/watch/", "invalid_key"),
+            ("/v1/watch", "invalid_key"),
         ] {
             refused(&api, uri, &[], bad, code).await;
         }
