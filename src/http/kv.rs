@@ -258,7 +258,11 @@ fn children_body(p: crate::store::ChildrenPage) -> wire::ChildrenResponse {
 /// timeout, the same with `"changed": false`. Always 200: a missing key is `"kv": null`.
 async fn long_poll(node: Arc<Node>, req: GetRequest, wait: Wait) -> Result<Response, ApiError> {
     let selector = match &req.read {
-        KvRead::Get { key, .. } => Selector { key: key.clone(), recursive: false },
+        KvRead::Get { key, .. } => {
+            // The root is not a key: refused now, as the read after the wait would be.
+            node.check_key(key)?;
+            Selector { key: key.clone(), recursive: false }
+        }
         KvRead::List { key, .. } | KvRead::Count { key, .. } | KvRead::Children { key, .. } => {
             Selector { key: key.clone(), recursive: true }
         }

@@ -23,6 +23,22 @@ disagreement between the spec and the server.
   into 1..2 x PALISADE_FUZZ_LEASES: run.sh grants the leases 1..PALISADE_FUZZ_LEASES
   first, so about half of the ids name a lease that exists (until the fuzzer revokes it),
   and keepalives, reads, revokes and puts under leases get past 404.
+- A long-poll (`GET /v1/kv/{key}?wait`) waits up to its `timeout` (30 s by default) for a
+  change: every long-poll gets a `timeout` of 1 to 50 ms (in the spelling generated: with
+  a unit, or a bare number of seconds), so it answers `changed: false` quickly when
+  nothing changed. Its `after_revision` is folded like `revision` (it must not be above
+  the current revision; below the floor it is 410, a documented reply). The bounds of
+  `timeout` (1 ms to 10 min) are checked by tests/it/openapi_sync.rs.
+- A watch (`GET /v1/watch/{key}`) never ends while it is live, and a fuzzer reads every
+  reply whole: every watch starts below the compaction floor, which run.sh raises to
+  PALISADE_FUZZ_FLOOR before fuzzing (the fuzzer's own compactions only raise it), so its
+  stream is one `compacted` message and ends. `start_revision` is folded into
+  1..PALISADE_FUZZ_FLOOR - 1 (and set when absent: a watch from now would never end), and a
+  `Last-Event-ID` (which wins over it) into 0..PALISADE_FUZZ_FLOOR - 2. So the fuzzer covers
+  every parameter's acceptance, both framings (every other watch asks for NDJSON), the
+  headers and the `compacted` message, not live streams: those, and the refusals, are
+  covered by tests/it/openapi_sync.rs and tests/it/http_api/watch.rs. A `progress`
+  interval outside 100 ms to 1 h is replaced by a valid one of the same spelling.
 """
 
 import math
@@ -32,6 +48,8 @@ import re
 import schemathesis
 
 MAX_REVISION = int(os.environ.get("PALISADE_FUZZ_REVISION", "1"))
+# run.sh compacts to this revision before fuzzing: every watch starts below it.
+FLOOR = int(os.environ.get("PALISADE_FUZZ_FLOOR", "2"))
 LEASES = int(os.environ.get("PALISADE_FUZZ_LEASES", "0"))
 # The lease TTL bounds of `palisade serve` by default (--lease-min-ttl-ms, --lease-max-ttl-ms).
 MIN_TTL_MS, MAX_TTL_MS = 2_000, 86_400_000
@@ -60,6 +78,20 @@ def _fold_lease(lease):
 _UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
 
 
+# A watch's NDJSON stream is one JSON object per line; in this fuzz setup every watch ends
+# after its one `compacted` message (see `_fit_watch`), so the stream is that message,
+# which the media type's schema (one item) describes. More lines are reported as a failure
+# to deserialize.
+@schemathesis.deserializer("application/x-ndjson")
+def _ndjson(ctx, response):
+    import json
+
+    lines = response.content.decode("utf-8").split("\n")
+    if lines[-1] != "" or len(lines) != 2:
+        raise ValueError(f"expected one NDJSON line ending with a newline, got {response.content!r}")
+    return json.loads(lines[0])
+
+
 def _ttl_ms(ttl):
     """The milliseconds a TTL comes to, computed as the server does (src/wire/lease.rs:
     the same IEEE operations), or None when it refuses the spelling or the value."""
@@ -81,6 +113,71 @@ def _ttl_ms(ttl):
     if abs(ms - whole) > 1e-6:
         return None
     return whole
+
+
+def _query_ms(value):
+    """The milliseconds a query duration (`progress`, `timeout`) comes to, computed as the
+    server does (src/http/query.rs: a bare number is seconds, else as a TTL), or None."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", value):
+        return _ttl_ms(float(value))
+    return _ttl_ms(value)
+
+
+def _next():
+    global _counter
+    _counter += 1
+    return _counter
+
+
+def _fit_progress(progress):
+    """`progress` when the node takes it (100 ms to 1 h), else a valid one of the same
+    spelling."""
+    ms = _query_ms(progress)
+    if ms is not None and 100 <= ms <= 3_600_000:
+        return progress
+    ms = 100 + sum(map(ord, str(progress))) % 3000
+    return f"{ms / 1000}" if re.fullmatch(r"[0-9.]+", str(progress)) else f"{ms}ms"
+
+
+def _short_timeout(timeout):
+    """A long-poll timeout of 1 to 50 ms, spelled as `timeout` was (a bare number of
+    seconds, or with a unit)."""
+    ms = 1 + _next() % 50
+    if isinstance(timeout, str) and re.fullmatch(r"[0-9.]+", timeout):
+        return f"0.{ms:03d}"
+    return f"{ms}ms"
+
+
+def _truthy(flag):
+    return flag is True or (isinstance(flag, str) and flag.lower() in ("", "true", "1"))
+
+
+def _below_floor(value, room):
+    """A whole number in 0..room - 1, from `value` (whatever was generated), in its spelling."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = _next()
+    n = abs(n) % room
+    return str(n) if isinstance(value, str) else n
+
+
+def _fit_watch(case):
+    query = case.query if isinstance(case.query, dict) else {}
+    case.query = query
+    # Below the floor: 1..FLOOR - 1.
+    start = query.get("start_revision")
+    n = 1 + int(_below_floor(_next() if start is None else start, FLOOR - 1))
+    query["start_revision"] = str(n) if isinstance(start, str) else n
+    if "progress" in query:
+        query["progress"] = _fit_progress(query["progress"])
+    headers = case.headers if isinstance(case.headers, dict) else {}
+    case.headers = headers
+    for name in [h for h in headers if h.lower() == "last-event-id"]:
+        # It resumes at the revision after it: 0..FLOOR - 2 starts below the floor too.
+        headers[name] = str(_below_floor(headers[name], FLOOR - 1))
+    if _next() % 2:
+        headers["Accept"] = "application/x-ndjson"
 
 
 def _fit_ttl(ttl):
@@ -105,6 +202,10 @@ def _fold_query(query):
             q.pop("after", None)
             if "revision" in q:
                 q["revision"] = fold(q["revision"])
+            if "after_revision" in q:
+                q["after_revision"] = fold(q["after_revision"])
+            if _truthy(q.get("wait", False)):
+                q["timeout"] = _short_timeout(q.get("timeout"))
 
 
 def _within(key, root):
@@ -185,6 +286,8 @@ def before_call(ctx, case, **kwargs):
         case.path_parameters["id"] = _fold_lease(case.path_parameters["id"])
     if method == "GET" and path == "/v1/kv/{key}" and isinstance(case.query, dict):
         _fold_query(case.query)
+    elif method == "GET" and path == "/v1/watch/{key}":
+        _fit_watch(case)
     elif method in ("PUT", "POST") and path == "/v1/kv/{key}":
         _fit_put(case.body)
     elif method == "POST" and path == "/v1/leases" and isinstance(case.body, dict):

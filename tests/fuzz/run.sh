@@ -6,6 +6,12 @@
 # says which refusals of valid data the spec documents). The server is stopped and the
 # data removed on exit, failure included.
 #
+# Streams and long-polls: a watch never ends while it is live and a long-poll waits up to
+# its timeout (30 s by default), while schemathesis reads every reply whole; hooks.py starts
+# every watch below the compaction floor (raised to $floor below), so its stream is one
+# `compacted` message and ends, and gives every long-poll a timeout of at most 50 ms. Live
+# streams are checked against the spec by tests/it/openapi_sync.rs.
+#
 # Positive data only: with negative data, hypothesis under CPython 3.11.7 (the Python of
 # this project's machines) fails about every other run with "SystemError: AST constructor
 # recursion depth mismatch" while describing a strategy, an interpreter bug and not a
@@ -26,6 +32,9 @@ examples=${FUZZ_EXAMPLES:-20}
 max_time=${FUZZ_MAX_TIME:-60}
 seed_keys=20
 seed_leases=10
+# The compaction floor before fuzzing: every fuzzed watch starts below it (hooks.py), so its
+# stream is one `compacted` message and ends instead of going on live.
+floor=5
 
 if [[ ! -x $venv/bin/schemathesis ]] || [[ $("$venv/bin/schemathesis" --version 2>/dev/null) != *" $version" ]]; then
   echo "fuzz: installing schemathesis $version into $venv"
@@ -64,10 +73,12 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 curl -fsS "$url/readyz" >/dev/null || { cat "$work/server.log"; echo "fuzz: the server never got ready"; exit 1; }
-# Revisions 1..seed_keys exist from here on (tests/fuzz/hooks.py folds larger ones into them).
+# Revisions 1..seed_keys exist from here on (tests/fuzz/hooks.py folds larger ones into them);
+# those below the floor are compacted at once (reading them is 410, a documented reply).
 for i in $(seq 1 $seed_keys); do
   curl -fsS -X PUT "$url/v1/kv/fuzz/seed/$i" -d '{"value":"seed"}' >/dev/null
 done
+curl -fsS -X POST "$url/v1/maintenance/compact" -d "{\"revision\":$floor}" >/dev/null
 # Leases 1..seed_leases exist (until the fuzzer revokes them); hooks.py folds lease ids
 # into 1..2 x seed_leases, so about half name one.
 for i in $(seq 1 $seed_leases); do
@@ -79,7 +90,7 @@ start=$(date +%s)
 status=0
 # Run from target/fuzz-run, where schemathesis keeps its crash cache (`st replay ID` there).
 mkdir -p "$target/fuzz-run"
-(cd "$target/fuzz-run" && PALISADE_FUZZ_REVISION=$seed_keys PALISADE_FUZZ_LEASES=$seed_leases SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$root/tests/fuzz" \
+(cd "$target/fuzz-run" && PALISADE_FUZZ_REVISION=$seed_keys PALISADE_FUZZ_LEASES=$seed_leases PALISADE_FUZZ_FLOOR=$floor SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$root/tests/fuzz" \
   "$venv/bin/schemathesis" --config-file "$root/tests/fuzz/schemathesis.toml" run "$root/api/openapi.yaml" \
   --url "$url" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance,positive_data_acceptance \

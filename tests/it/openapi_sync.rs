@@ -9,14 +9,22 @@
 //!   404 `not_found` / 405 route miss) and misses what the spec does not list; each route
 //!   accepts exactly the query parameters the spec documents; and a tour of replies
 //!   (successes and errors) matches the documented statuses, media types, headers and
-//!   schemas; a node that cannot elect a leader gives the documented 503s; and history
-//!   reads of every kind report the revision asked for, as the `revision` parameter says.
+//!   schemas; a node that cannot elect a leader gives the documented 503s; a node past
+//!   `--max-watchers` gives the documented 429s; and history reads of every kind report
+//!   the revision asked for, as the `revision` parameter says.
+//! - Watch streams (`text/event-stream`, `application/x-ndjson`) never end by themselves:
+//!   a reply of a stream media type is read until its first messages arrived (or it ended,
+//!   or a patience ran out), and each message is checked, strictly framed, against the
+//!   media type's `schema`, which for these two describes one item of the stream (as
+//!   OpenAPI 3.2's `itemSchema` does): one SSE event `{id, event, data}`, whose `data` is
+//!   checked through `contentMediaType`/`contentSchema`, or one NDJSON line.
 //!
 //! The schema validator below covers the JSON Schema subset the spec uses (`$ref`,
 //! `allOf`/`anyOf`/`oneOf`/`not`, `type`, `enum`, `const`, `properties`, `required`,
 //! `additionalProperties`, `items`, `minItems`/`maxItems`, `minimum`/`maximum`,
-//! `minLength`/`maxLength`, `pattern`); any other validation keyword in the spec fails the
-//! well-formedness test, so it cannot be ignored silently. The key `pattern`s are checked
+//! `minLength`/`maxLength`, `pattern`, and `contentSchema` of a string whose
+//! `contentMediaType` is `application/json`); any other validation keyword in the spec
+//! fails the well-formedness test, so it cannot be ignored silently. The key `pattern`s are checked
 //! against the code's own key rules (`store::key::validate`) on a corpus of keys.
 //!
 //! A query parameter of type object with `style: form` and `explode: true` stands for the
@@ -30,6 +38,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -61,6 +70,7 @@ const CHECKED_KEYWORDS: &[&str] = &[
     "minItems",
     "maxItems",
     "pattern",
+    "contentSchema",
 ];
 
 /// Keywords that only annotate (or, for `pattern`, are deliberately not checked).
@@ -235,11 +245,13 @@ fn wildcard_parameters() -> BTreeSet<String> {
 
 /// The spec path template a request path falls under, if any. A wildcard parameter
 /// (`{key}`) takes the rest of the path, so it may only end a template; any other takes one
-/// segment. The root of the key space (`/v1/kv/` and `/v1/kv`) falls under `/v1/kv/{key}`,
-/// as its `key` parameter documents.
+/// segment. The root of the key space (`/v1/kv/` and `/v1/kv`, `/v1/watch/` and
+/// `/v1/watch`) falls under the template's `{key}`, as its `key` parameter documents.
 fn template_of(spec: &Value, path: &str) -> Option<String> {
-    if path == "/v1/kv" || path == "/v1/kv/" {
-        return Some("/v1/kv/{key}".into());
+    for root in ["/v1/kv", "/v1/watch"] {
+        if path == root || path.strip_prefix(root) == Some("/") {
+            return Some(format!("{root}/{{key}}"));
+        }
     }
     let wildcards = wildcard_parameters();
     let fits = |template: &str| {
@@ -417,6 +429,16 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<St
                 Err(e) => errs.push(format!("{here}: the pattern {p} does not compile: {e}")),
             }
         }
+        // A string holding a document of another media type (an SSE event's `data`).
+        if let Some(content) = s.get("contentSchema") {
+            match s.get("contentMediaType").and_then(Value::as_str) {
+                Some("application/json") => match serde_json::from_str::<Value>(text) {
+                    Ok(doc) => validate(spec, content, &doc, &format!("{at}(json)"), errs),
+                    Err(e) => errs.push(format!("{here}: {v} is not JSON: {e}")),
+                },
+                other => errs.push(format!("{here}: contentSchema with contentMediaType {other:?}")),
+            }
+        }
     }
 }
 
@@ -429,7 +451,7 @@ fn walk_schema(schema: &Value, at: &str, f: &mut dyn FnMut(&Value, &str)) {
             walk_schema(sub, &format!("{at}/{list}/{i}"), f);
         }
     }
-    for one in ["not", "items", "additionalProperties"] {
+    for one in ["not", "items", "additionalProperties", "contentSchema"] {
         if let Some(sub) = s.get(one).filter(|v| v.is_object()) {
             walk_schema(sub, &format!("{at}/{one}"), f);
         }
@@ -651,6 +673,22 @@ fn spec_is_well_formed() {
     examples(&spec, "#", &mut found);
     assert!(found.len() >= 20, "the spec should carry examples; found only {}", found.len());
     for (at, schema, example) in found {
+        // The example of a stream media type is a whole stream; its schema describes one item.
+        if let Some(media) = STREAM_MEDIA.iter().find(|m| at.contains(&format!("/content/{m}/"))) {
+            let text = example.as_str().unwrap_or_default();
+            match parse_stream(media, text.as_bytes(), true) {
+                Ok(items) if !items.is_empty() => {
+                    errs.extend(
+                        check_messages(&spec, schema, media, &items)
+                            .into_iter()
+                            .map(|e| format!("{at}: {e}")),
+                    );
+                }
+                Ok(_) => errs.push(format!("{at}: the example of a stream holds no message")),
+                Err(e) => errs.push(format!("{at}: the example is not a well-framed stream: {e}")),
+            }
+            continue;
+        }
         if let Err(e) = matches(&spec, schema, example) {
             errs.push(format!("{at}: the example does not match its schema: {}", e.join("; ")));
         }
@@ -803,6 +841,9 @@ struct Reply {
     status: StatusCode,
     headers: HeaderMap,
     body: Vec<u8>,
+    /// Whether the body was read to its end (always, except for a stream that was let go of
+    /// after its first messages).
+    ended: bool,
 }
 
 impl Reply {
@@ -822,6 +863,94 @@ impl Reply {
     fn describe(&self) -> String {
         format!("{} {} -> {} {}", self.method, self.uri, self.status, String::from_utf8_lossy(&self.body))
     }
+
+    /// The media type of the reply, without parameters.
+    fn media_type(&self) -> String {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The messages of a stream reply (empty when it is none, or not well framed).
+    fn messages(&self) -> Vec<StreamMessage> {
+        parse_stream(&self.media_type(), &self.body, self.ended).unwrap_or_default()
+    }
+
+    fn header_u64(&self, name: &str) -> Option<u64> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()?.parse().ok())
+    }
+}
+
+/// The media types of streams: a reply of one of them is read only until its first
+/// messages arrived.
+const STREAM_MEDIA: &[&str] = &["text/event-stream", "application/x-ndjson"];
+
+/// How long a stream reply may take to send the messages a request waits for.
+const STREAM_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One message of a stream, as received.
+#[derive(Debug, Clone)]
+struct StreamMessage {
+    /// The SSE `id:` (none in NDJSON, nor for an SSE message sent without one).
+    id: Option<String>,
+    /// The message's JSON.
+    data: Value,
+    /// What the media type's `schema` describes: the SSE event as a parser reads it
+    /// (`{id?, event, data}` with `data` the JSON text), or the NDJSON line's JSON.
+    item: Value,
+}
+
+/// The messages of a stream's bytes, framed strictly as the spec describes: SSE messages
+/// are `id:` (optional), `event:` and one `data:` line of JSON, each field once, then an
+/// empty line; NDJSON messages are one JSON per line. A message cut off at the end is
+/// fine while the stream goes on (the rest is still coming), an error once it `ended`.
+fn parse_stream(media: &str, bytes: &[u8], ended: bool) -> Result<Vec<StreamMessage>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("the stream is not UTF-8: {e}"))?;
+    let sse = match media {
+        "text/event-stream" => true,
+        "application/x-ndjson" => false,
+        other => return Err(format!("{other:?} is not a stream media type")),
+    };
+    let sep = if sse { "\n\n" } else { "\n" };
+    let mut pieces: Vec<&str> = text.split(sep).collect();
+    let rest = pieces.pop().unwrap_or_default();
+    if ended && !rest.is_empty() {
+        return Err(format!("the stream ended inside a message: {rest:?}"));
+    }
+    let mut out = Vec::new();
+    for piece in pieces {
+        if !sse {
+            let data: Value = serde_json::from_str(piece)
+                .map_err(|e| format!("an NDJSON line is not JSON ({e}): {piece:?}"))?;
+            out.push(StreamMessage { id: None, item: data.clone(), data });
+            continue;
+        }
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        for line in piece.split('\n') {
+            let (field, value) = line
+                .split_once(": ")
+                .ok_or_else(|| format!("an SSE line is not `field: value`: {line:?} in {piece:?}"))?;
+            if !["id", "event", "data"].contains(&field) {
+                return Err(format!("an SSE field the spec does not frame: {line:?} in {piece:?}"));
+            }
+            if fields.insert(field, value).is_some() {
+                return Err(format!("the SSE field {field} twice in one message: {piece:?}"));
+            }
+        }
+        let (Some(event), Some(raw)) = (fields.get("event"), fields.get("data")) else {
+            return Err(format!("an SSE message without event or data: {piece:?}"));
+        };
+        let data: Value = serde_json::from_str(raw)
+            .map_err(|e| format!("an SSE data line is not JSON ({e}): {piece:?}"))?;
+        let mut item = json!({"event": event, "data": raw});
+        if let Some(id) = fields.get("id") {
+            item["id"] = json!(id);
+        }
+        out.push(StreamMessage { id: fields.get("id").map(|s| s.to_string()), data, item });
+    }
+    Ok(out)
 }
 
 async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> Reply {
@@ -835,6 +964,21 @@ async fn send_with(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> Reply {
+    send_reading(router, method, uri, headers, body, 1, STREAM_PATIENCE).await
+}
+
+/// Sends a request and reads its reply: the whole body, or for a stream until `messages`
+/// messages arrived, the stream ended, or `patience` passed (then lets go of the stream,
+/// which ends it).
+async fn send_reading(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    messages: usize,
+    patience: Duration,
+) -> Reply {
     let mut req =
         Request::builder().method(Method::from_bytes(method.as_bytes()).expect("a method")).uri(uri);
     for (name, value) in headers {
@@ -844,13 +988,44 @@ async fn send_with(
     let resp = router.clone().oneshot(req).await.expect("the router is infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("a body").to_vec();
-    Reply { method: method.to_string(), uri: uri.to_string(), status, headers, body }
+    let mut reply = Reply {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        status,
+        headers,
+        body: Vec::new(),
+        ended: true,
+    };
+    let media = reply.media_type();
+    if !STREAM_MEDIA.contains(&media.as_str()) {
+        reply.body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("a body").to_vec();
+        return reply;
+    }
+    let sep: &[u8] = if media == "text/event-stream" { b"\n\n" } else { b"\n" };
+    let mut body = resp.into_body();
+    let deadline = tokio::time::Instant::now() + patience;
+    reply.ended = false;
+    while reply.body.windows(sep.len()).filter(|w| *w == sep).count() < messages {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break,
+            Ok(None) => {
+                reply.ended = true;
+                break;
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    reply.body.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) => panic!("{method} {uri}: the stream failed: {e}"),
+        }
+    }
+    reply
 }
 
 /// Whether `reply` is one the documented `response` object allows: media type, schema of
-/// a JSON body, required headers present and well typed, and no X-Palisade-*,
-/// Retry-After or Allow header the response does not document.
+/// a JSON body (of each message of a stream), required headers present and well typed, and
+/// no X-Palisade-*, Retry-After or Allow header the response does not document.
 fn conform_to(spec: &Value, response: &Value, reply: &Reply, errs: &mut Vec<String>) {
     let response = deref(spec, response);
     let what = reply.describe();
@@ -889,7 +1064,9 @@ fn conform_to(spec: &Value, response: &Value, reply: &Reply, errs: &mut Vec<Stri
         return;
     }
     let content = response.get("content").and_then(Value::as_object);
-    if reply.body.is_empty() {
+    let media = reply.media_type();
+    let stream = STREAM_MEDIA.contains(&media.as_str());
+    if reply.body.is_empty() && !stream {
         if content.is_some() {
             errs.push(format!("{what}: an empty body, but the response documents content"));
         }
@@ -898,15 +1075,12 @@ fn conform_to(spec: &Value, response: &Value, reply: &Reply, errs: &mut Vec<Stri
     let Some(content) = content else {
         return errs.push(format!("{what}: a body, but the response documents no content"));
     };
-    let media = reply
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
-        .unwrap_or_default();
     let Some(doc) = content.get(&media) else {
         return errs.push(format!("{what}: media type {media:?} is not documented for this response"));
     };
+    if stream {
+        return conform_stream(spec, doc, reply, &media, errs);
+    }
     if media == "application/json" {
         let Ok(body) = serde_json::from_slice::<Value>(&reply.body) else {
             return errs.push(format!("{what}: the body is not JSON"));
@@ -922,6 +1096,49 @@ fn conform_to(spec: &Value, response: &Value, reply: &Reply, errs: &mut Vec<Stri
             }
         }
     }
+}
+
+/// The messages of a stream reply against its media type object (whose `schema` describes
+/// one item), and the framing rules no schema states: an SSE message's `id` is its
+/// revision, `compacted` has none, and `compacted` is the last message of a stream, which
+/// ends with it. A stream that ended must not have ended empty or inside a message.
+fn conform_stream(spec: &Value, doc: &Value, reply: &Reply, media: &str, errs: &mut Vec<String>) {
+    let what = abbreviated(reply);
+    let messages = match parse_stream(media, &reply.body, reply.ended) {
+        Ok(m) => m,
+        Err(e) => return errs.push(format!("{what}: {e}")),
+    };
+    if reply.ended && messages.is_empty() {
+        errs.push(format!("{what}: the stream ended without a message"));
+    }
+    let Some(schema) = doc.get("schema") else {
+        return errs.push(format!("{what}: the stream's media type documents no schema"));
+    };
+    errs.extend(check_messages(spec, schema, media, &messages).into_iter().map(|e| format!("{what}: {e}")));
+}
+
+/// What is wrong with the messages of a stream: each against `schema` (one item), and the
+/// framing rules no schema states (an SSE `id` is the message's revision, `compacted` has
+/// none and comes last).
+fn check_messages(spec: &Value, schema: &Value, media: &str, messages: &[StreamMessage]) -> Vec<String> {
+    let mut errs = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if let Err(e) = matches(spec, schema, &m.item) {
+            errs.push(format!("message {i} does not match the schema: {}", e.join("; ")));
+        }
+        let is_compacted = m.data.get("compacted").is_some();
+        if is_compacted && i + 1 != messages.len() {
+            errs.push(format!("message {i} is `compacted` but more follow"));
+        }
+        if media == "text/event-stream" {
+            let revision = m.data.get("revision").or_else(|| m.data.get("progress")?.get("revision"));
+            let want = if is_compacted { None } else { revision.map(|r| r.to_string()) };
+            if m.id != want {
+                errs.push(format!("message {i} has the SSE id {:?}, its revision says {want:?}", m.id));
+            }
+        }
+    }
+    errs
 }
 
 /// Whether `reply`, to a request the spec lists, is documented: its status among the
@@ -1196,6 +1413,272 @@ async fn router_serves_the_spec_and_nothing_else() {
     tour.check("DELETE", &format!("{p}/c?if_mod_revision=1&if_version=1"), None, 409).await;
     tour.check("DELETE", &format!("{p}/c"), None, 200).await;
 
+    // Watches: a replay of known revisions in both framings, filters, a resume, a single
+    // key, a watch from now, the next revision, and refusals before the stream.
+    let w = "/openapi-sync/watch";
+    let js = |v: Value| Some(serde_json::to_vec(&v).expect("JSON"));
+    let rev = |r: &Reply| r.json()["revision"].as_u64().unwrap_or(0);
+    let r1 = rev(&tour.check("PUT", &format!("/v1/kv{w}/a"), js(json!({"value": "1"})), 200).await);
+    let r2 =
+        rev(&tour.check("PUT", &format!("/v1/kv{w}/b"), js(json!({"value_base64": "3q2+7w=="})), 200).await);
+    let r3 = rev(&tour.check("PUT", &format!("/v1/kv{w}/a"), js(json!({"value": "2"})), 200).await);
+    let txn = json!({"success": [{"put": {"key": format!("{w}/c"), "value": "3"}}, {"delete": {"key": format!("{w}/b")}}]});
+    let r4 = rev(&tour.check("POST", "/v1/txn", js(txn), 200).await);
+    let r5 = rev(&tour.check("DELETE", &format!("/v1/kv{w}?recursive"), None, 200).await);
+    // (revision, [(type, key, has prev_kv)]) of each change message.
+    type Change = (u64, Vec<(String, String, bool)>);
+    let changes = |r: &Reply| -> Vec<Change> {
+        r.messages()
+            .iter()
+            .map(|m| {
+                let events = m.data["events"].as_array().cloned().unwrap_or_default();
+                let events = events
+                    .iter()
+                    .map(|e| {
+                        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                        (s(&e["type"]), s(&e["kv"]["key"]), e.get("prev_kv").is_some())
+                    })
+                    .collect();
+                (m.data["revision"].as_u64().unwrap_or(0), events)
+            })
+            .collect()
+    };
+    let ev = |t: &str, k: &str, prev: bool| (t.to_string(), format!("{w}/{k}"), prev);
+    let replay = vec![
+        (r1, vec![ev("put", "a", false)]),
+        (r2, vec![ev("put", "b", false)]),
+        (r3, vec![ev("put", "a", true)]),
+        (r4, vec![ev("delete", "b", true), ev("put", "c", false)]),
+        (r5, vec![ev("delete", "a", true), ev("delete", "c", true)]),
+    ];
+    let ndjson = [("accept", "application/x-ndjson")];
+    for headers in [&[][..], &ndjson[..]] {
+        let uri = format!("/v1/watch{w}?recursive&start_revision={r1}&prev_kv");
+        let s = tour.stream(&uri, headers, 5, 200).await;
+        tour.expect(
+            changes(&s) == replay && !s.ended,
+            &s,
+            "a replay: one message per revision, in key order",
+        );
+        let media = if headers.is_empty() { "text/event-stream" } else { "application/x-ndjson" };
+        tour.expect(s.media_type() == media, &s, "the framing the Accept header asks for");
+        let deleted = s.messages().get(4).map(|m| m.data["events"][0]["kv"].clone());
+        tour.expect(
+            deleted == Some(json!({"key": format!("{w}/a"), "mod_revision": r5})),
+            &s,
+            "a delete's kv is its key and revision",
+        );
+    }
+    let s = tour
+        .stream(
+            &format!("/v1/watch{w}?recursive&start_revision={r1}&types=delete&prev_kv=false"),
+            &[],
+            2,
+            200,
+        )
+        .await;
+    tour.expect(
+        changes(&s)
+            == vec![
+                (r4, vec![ev("delete", "b", false)]),
+                (r5, vec![ev("delete", "a", false), ev("delete", "c", false)]),
+            ],
+        &s,
+        "types=delete",
+    );
+    let s = tour.stream(&format!("/v1/watch{w}?recursive&types=put&start_revision={r2}"), &[], 3, 200).await;
+    tour.expect(changes(&s).iter().map(|c| c.0).collect::<Vec<_>>() == [r2, r3, r4], &s, "types=put");
+    let last_id = r3.to_string();
+    let s = tour
+        .stream(
+            &format!("/v1/watch{w}?recursive&start_revision={r1}"),
+            &[("last-event-id", &last_id)],
+            1,
+            200,
+        )
+        .await;
+    tour.expect(changes(&s).first().map(|c| c.0) == Some(r4), &s, "Last-Event-ID resumes after its revision");
+    let s = tour
+        .stream(&format!("/v1/watch{w}/a?start_revision={r1}&consistency=serializable"), &[], 3, 200)
+        .await;
+    tour.expect(changes(&s).iter().map(|c| c.0).collect::<Vec<_>>() == [r1, r3, r5], &s, "a single key");
+    for (uri, headers) in [
+        (format!("/v1/watch{w}?recursive"), &[][..]),
+        (format!("/v1/watch{w}/a"), &ndjson[..]),
+        (
+            format!("/v1/watch{w}?recursive=true&progress=100ms&types=put,delete&consistency=linearizable"),
+            &[][..],
+        ),
+        ("/v1/watch/?recursive".to_string(), &ndjson[..]),
+        ("/v1/watch?recursive&consistency=serializable".to_string(), &[][..]),
+        (format!("/v1/watch{w}?progress=1.5&types=delete,put"), &[("accept", "text/event-stream")][..]),
+    ] {
+        let s = tour.stream(&uri, headers, 1, 200).await;
+        let first = s.messages().first().map(|m| m.data["progress"]["revision"].clone());
+        tour.expect(
+            !s.ended
+                && first.is_some_and(|r| {
+                    r.as_u64().is_some() && r.as_u64() == s.header_u64("x-palisade-revision")
+                }),
+            &s,
+            "a watch from now begins with progress at X-Palisade-Revision",
+        );
+    }
+    // The next revision: nothing until it happens.
+    let next_rev =
+        tour.check("GET", "/v1/cluster", None, 200).await.json()["revision"].as_u64().unwrap_or(0) + 1;
+    let s = tour
+        .stream_for(
+            &format!("/v1/watch{w}?recursive&start_revision={next_rev}"),
+            &[],
+            1,
+            Duration::from_millis(200),
+            200,
+        )
+        .await;
+    tour.expect(s.body.is_empty() && !s.ended, &s, "a watch from the next revision waits");
+    let s = tour
+        .stream(&format!("/v1/watch{w}?recursive&progress=100ms&start_revision={next_rev}"), &[], 1, 200)
+        .await;
+    tour.expect(
+        s.messages().first().map(|m| m.data["progress"]["revision"].clone()) == Some(json!(next_rev - 1)),
+        &s,
+        "progress after the interval",
+    );
+    let future = tour.check("GET", &format!("/v1/watch{w}?start_revision={}", next_rev + 1), None, 400).await;
+    tour.expect(
+        future.error_code().as_deref() == Some("future_revision")
+            && future.json()["error"]["revision"] == next_rev - 1,
+        &future,
+        "a start past the next revision",
+    );
+    let head = (next_rev - 1).to_string();
+    let s = tour
+        .stream_for(&format!("/v1/watch{w}"), &[("last-event-id", &head)], 1, Duration::from_millis(100), 200)
+        .await;
+    tour.expect(s.body.is_empty() && !s.ended, &s, "a resume from the current revision waits");
+    let past = next_rev.to_string();
+    let e = tour.check_with("GET", &format!("/v1/watch{w}"), &[("last-event-id", &past)], None, 400).await;
+    tour.expect(e.error_code().as_deref() == Some("future_revision"), &e, "Last-Event-ID in the future");
+    tour.check_with("GET", &format!("/v1/watch{w}"), &[("last-event-id", "forty")], None, 400).await;
+    for bad in [
+        "?recurisve",
+        "?recursive=maybe",
+        "?recursive&recursive",
+        "?start_revision=0",
+        "?start_revision=-1",
+        "?start_revision=x",
+        "?types=",
+        "?types=update",
+        "?types=put,",
+        "?progress=50ms",
+        "?progress=2h",
+        "?progress=2x",
+        "?progress=0",
+        "?consistency=eventual",
+        "?prev_kv=2",
+    ] {
+        let e = tour.check("GET", &format!("/v1/watch{w}{bad}"), None, 400).await;
+        tour.expect(e.error_code().as_deref() == Some("invalid_argument"), &e, "a bad watch parameter");
+    }
+    for bad in ["/v1/watch/openapi-sync//x", "/v1/watch/openapi-sync/x/", "/v1/watch/a/../b", "/v1/watch/%FF"]
+    {
+        let e = tour.check("GET", bad, None, 400).await;
+        tour.expect(e.error_code().as_deref() == Some("invalid_key"), &e, "a bad key to watch");
+    }
+
+    // Long-polls: changed already, woken by a write, timed out, a missing key, listings,
+    // and refusals.
+    let lp = "/openapi-sync/lp";
+    let l1 = rev(&tour.check("PUT", &format!("/v1/kv{lp}/a"), js(json!({"value": "1"})), 200).await);
+    let l2 = rev(&tour.check("PUT", &format!("/v1/kv{lp}/a"), js(json!({"value": "2"})), 200).await);
+    let v = tour.check("GET", &format!("/v1/kv{lp}/a?wait&after_revision={l1}"), None, 200).await;
+    tour.expect(
+        v.json()["changed"] == true && v.json()["kv"]["value"] == "2" && rev(&v) == l2,
+        &v,
+        "a long-poll of a key that changed already",
+    );
+    let v =
+        tour.check("GET", &format!("/v1/kv{lp}/a?wait&after_revision={l2}&timeout=100ms"), None, 200).await;
+    tour.expect(v.json()["changed"] == false && v.json()["kv"]["value"] == "2", &v, "a long-poll times out");
+    let v = tour.check("GET", &format!("/v1/kv{lp}/none?wait=true&timeout=50ms"), None, 200).await;
+    tour.expect(
+        v.json()["changed"] == false && v.json()["kv"].is_null(),
+        &v,
+        "a missing key is null, not 404",
+    );
+    let poll = format!("/v1/kv{lp}?recursive&wait=1&after_revision={l2}&timeout=30s&limit=1");
+    let (woken, put) = tokio::join!(send(tour.router, "GET", &poll, None), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send(tour.router, "DELETE", &format!("/v1/kv{lp}/a"), None).await
+    });
+    conform(tour.spec, &woken, tour.errs);
+    conform(tour.spec, &put, tour.errs);
+    let l3 = rev(&put);
+    tour.expect(
+        woken.status == StatusCode::OK
+            && woken.json()["changed"] == true
+            && rev(&woken) == l3
+            && woken.json()["count"] == 0,
+        &woken,
+        "a write wakes a long-poll of a subtree",
+    );
+    let v = tour
+        .check("GET", &format!("/v1/kv{lp}/a?wait&after_revision={l2}&consistency=serializable"), None, 200)
+        .await;
+    tour.expect(v.json()["changed"] == true && v.json()["kv"].is_null(), &v, "a deleted key: changed, null");
+    tour.check("PUT", &format!("/v1/kv{lp}/b"), js(json!({"value": "b"})), 200).await;
+    let v = tour
+        .check("GET", &format!("/v1/kv{lp}?recursive&keys_only&wait&after_revision={l3}"), None, 200)
+        .await;
+    tour.expect(v.json()["changed"] == true && v.json()["kvs"][0].get("value").is_none(), &v, "keys_only");
+    let v = tour.check("GET", &format!("/v1/kv{lp}?recursive&count_only&wait&timeout=20ms"), None, 200).await;
+    tour.expect(v.json()["changed"] == false && v.json()["count"] == 1, &v, "a count long-poll");
+    let v = tour
+        .check("GET", &format!("/v1/kv{lp}?children&limit=5&wait&after_revision=0&timeout=1.5"), None, 200)
+        .await;
+    tour.expect(
+        v.json()["changed"] == true && v.json()["children"][0]["name"] == "b",
+        &v,
+        "a children long-poll",
+    );
+    tour.check("GET", "/v1/kv/?children&wait&timeout=10ms", None, 200).await;
+    tour.check("GET", "/v1/kv?recursive&count_only&wait&timeout=10ms&consistency=serializable", None, 200)
+        .await;
+    let far = tour.check("GET", &format!("/v1/kv{lp}/a?wait&after_revision={}", l3 + 1000), None, 400).await;
+    tour.expect(far.error_code().as_deref() == Some("future_revision"), &far, "after_revision in the future");
+    for bad in [
+        "/a?wait&timeout=0",
+        "/a?wait&timeout=11m",
+        "/a?wait&timeout=600001ms",
+        "/a?wait&timeout=soon",
+        "/a?wait&timeout=0.0001",
+        "/a?wait&after_revision=x",
+        "/a?wait&revision=1",
+        "/a?wait&raw",
+        "?recursive&wait&after=NDI6L2E",
+        "/a?after_revision=1",
+        "/a?timeout=1s",
+        "/a?wait=false&timeout=1s",
+        "/a?wait=soon",
+        "/a?wait&wait",
+    ] {
+        let e = tour.check("GET", &format!("/v1/kv{lp}{bad}"), None, 400).await;
+        tour.expect(e.error_code().as_deref() == Some("invalid_argument"), &e, "a bad long-poll");
+    }
+    // The root is not a key, long-poll or not: refused at once, not after the timeout.
+    match tokio::time::timeout(Duration::from_secs(5), send(tour.router, "GET", "/v1/kv/?wait", None)).await {
+        Ok(e) => {
+            conform(tour.spec, &e, tour.errs);
+            tour.expect(
+                e.error_code().as_deref() == Some("invalid_key"),
+                &e,
+                "a long-poll of the root as a key",
+            );
+        }
+        Err(_) => tour.errs.push("GET /v1/kv/?wait: not refused at once (the root is not a key)".into()),
+    }
+
     // Sequential keys.
     let q = "/v1/kv/openapi-sync/queue";
     let v = || Some(br#"{"value":"job"}"#.to_vec());
@@ -1363,6 +1846,33 @@ async fn router_serves_the_spec_and_nothing_else() {
     tour.expect(old.json()["error"]["compact_revision"] == current, &old, "410 names the floor");
     tour.check("GET", &format!("{p}?recursive&after={next}"), None, 410).await;
     tour.check("GET", &format!("{p}?children&revision={first_rev}"), None, 410).await;
+
+    // Below the floor: a watch says `compacted` in its stream and ends; a long-poll is 410.
+    for headers in [&[][..], &ndjson[..]] {
+        let s = tour.stream(&format!("/v1/watch{w}?recursive&start_revision=1"), headers, 2, 200).await;
+        let m = s.messages();
+        tour.expect(
+            s.ended && m.len() == 1 && m[0].data == json!({"compacted": {"compact_revision": current}}),
+            &s,
+            "a watch from below the floor: compacted, then the end",
+        );
+    }
+    let s = tour.stream(&format!("/v1/watch{w}/a"), &[("last-event-id", "1")], 2, 200).await;
+    tour.expect(s.ended && s.messages().len() == 1, &s, "a resume from below the floor");
+    let s = tour
+        .stream_for(
+            &format!("/v1/watch{w}?start_revision={current}"),
+            &[],
+            1,
+            Duration::from_millis(100),
+            200,
+        )
+        .await;
+    tour.expect(!s.ended && s.body.is_empty(), &s, "a watch from the floor goes on");
+    let gone = tour.check("GET", &format!("/v1/kv{lp}/a?wait&after_revision=0"), None, 410).await;
+    tour.expect(gone.json()["error"]["compact_revision"] == current, &gone, "a long-poll below the floor");
+    tour.check("GET", &format!("/v1/kv{lp}/a?wait&after_revision={}&timeout=10ms", current - 1), None, 200)
+        .await;
 
     let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
     let c = cluster.json();
@@ -1640,9 +2150,52 @@ async fn leaderless_replies_match_the_spec() {
     tour.check("GET", "/v1/leases/1", None, 503).await;
     tour.check("GET", "/v1/leases", None, 503).await;
     tour.check("DELETE", "/v1/leases/1", None, 503).await;
+    // A linearizable watch or long-poll needs a quorum before it starts; a serializable
+    // one starts on the local replica.
+    let w = tour.check("GET", "/v1/watch/openapi-sync/leaderless?recursive", None, 503).await;
+    tour.expect(w.headers.get("retry-after").is_some_and(|v| v == "1"), &w, "a watch without a quorum");
+    let s = tour.stream("/v1/watch/openapi-sync/leaderless?consistency=serializable", &[], 1, 200).await;
+    tour.expect(
+        s.messages().first().map(|m| m.data.clone()) == Some(json!({"progress": {"revision": 0}})),
+        &s,
+        "a serializable watch starts without a leader",
+    );
+    tour.check("GET", &format!("{key}?wait&timeout=100ms"), None, 503).await;
+    let v = tour.check("GET", &format!("{key}?wait&timeout=100ms&consistency=serializable"), None, 200).await;
+    tour.expect(v.json()["changed"] == false && v.json()["kv"].is_null(), &v, "a serializable long-poll");
     let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
     tour.expect(cluster.json()["leader"].is_null(), &cluster, "no leader is known");
     tour.check("GET", "/healthz", None, 200).await;
+    n.stop().await;
+    assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
+}
+
+/// Past `--max-watchers`, a watch and a long-poll are 429 `overloaded` with Retry-After,
+/// as documented; a place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_limit_replies_match_the_spec() {
+    let spec = load_spec();
+    let n = TestNode::start(|cfg| cfg.max_watchers = 1).await;
+    let mut errs = Vec::new();
+    wait_ready(&spec, &n.router, &mut errs).await;
+    // A watch whose stream is kept open holds the only place.
+    let held = Request::get("/v1/watch/openapi-sync/limit").body(Body::empty()).expect("a request");
+    let held = n.router.clone().oneshot(held).await.expect("the router is infallible");
+    assert_eq!(held.status(), StatusCode::OK);
+    let mut tour = Tour { spec: &spec, router: &n.router, errs: &mut errs };
+    for uri in ["/v1/watch/openapi-sync/other?recursive", "/v1/kv/openapi-sync/other?wait&timeout=1s"] {
+        let r = tour.check("GET", uri, None, 429).await;
+        tour.expect(
+            r.error_code().as_deref() == Some("overloaded")
+                && r.headers.get("retry-after").is_some_and(|v| v == "1"),
+            &r,
+            "past --max-watchers",
+        );
+    }
+    tour.check("GET", "/v1/kv/openapi-sync/other", None, 404).await;
+    drop(held);
+    tour.stream("/v1/watch/openapi-sync/other?recursive", &[], 1, 200).await;
+    tour.check("GET", "/v1/kv/openapi-sync/other?wait&timeout=10ms", None, 200).await;
     n.stop().await;
     assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
 }
@@ -1702,6 +2255,28 @@ impl Tour<'_> {
         status: u16,
     ) -> Reply {
         let reply = send_with(self.router, method, uri, headers, body).await;
+        if reply.status.as_u16() != status {
+            self.errs.push(format!("expected {status}: {}", abbreviated(&reply)));
+        }
+        conform(self.spec, &reply, self.errs);
+        reply
+    }
+
+    /// A watch: its first `messages` messages (or fewer, if it ends or they take longer
+    /// than [`STREAM_PATIENCE`]).
+    async fn stream(&mut self, uri: &str, headers: &[(&str, &str)], messages: usize, status: u16) -> Reply {
+        self.stream_for(uri, headers, messages, STREAM_PATIENCE, status).await
+    }
+
+    async fn stream_for(
+        &mut self,
+        uri: &str,
+        headers: &[(&str, &str)],
+        messages: usize,
+        patience: Duration,
+        status: u16,
+    ) -> Reply {
+        let reply = send_reading(self.router, "GET", uri, headers, None, messages, patience).await;
         if reply.status.as_u16() != status {
             self.errs.push(format!("expected {status}: {}", abbreviated(&reply)));
         }

@@ -730,6 +730,12 @@ async fn bad_long_polls_are_refused() {
         ] {
             api.refused_get(uri, bad, "invalid_argument").await;
         }
+        // The root is not a key: refused at once, not after the wait (30 s by default).
+        for uri in ["/v1/kv/?wait", "/v1/kv?wait&consistency=serializable"] {
+            tokio::time::timeout(Duration::from_secs(5), api.refused_get(uri, bad, "invalid_key"))
+                .await
+                .unwrap_or_else(|_| panic!("GET {uri}: not refused at once"));
+        }
     })
     .await;
 }
