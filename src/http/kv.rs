@@ -75,6 +75,12 @@ pub(super) fn consistency(q: &Query) -> Result<Consistency, ApiError> {
     }
 }
 
+/// Whether a key read is a long-poll: its query, parsed as the route parses it, turns
+/// `wait` on.
+pub(super) fn is_long_poll(uri: &Uri) -> bool {
+    Query::parse(uri.query(), GET_PARAMS).is_ok_and(|q| q.flag("wait").unwrap_or(false))
+}
+
 /// A parsed `GET /v1/kv/{key}`: the read, and how to present it.
 struct GetRequest {
     read: KvRead,
@@ -258,11 +264,8 @@ fn children_body(p: crate::store::ChildrenPage) -> wire::ChildrenResponse {
 /// timeout, the same with `"changed": false`. Always 200: a missing key is `"kv": null`.
 async fn long_poll(node: Arc<Node>, req: GetRequest, wait: Wait) -> Result<Response, ApiError> {
     let selector = match &req.read {
-        KvRead::Get { key, .. } => {
-            // The root is not a key: refused now, as the read after the wait would be.
-            node.check_key(key)?;
-            Selector { key: key.clone(), recursive: false }
-        }
+        // The node refuses the root as one key before it waits, as the read would.
+        KvRead::Get { key, .. } => Selector { key: key.clone(), recursive: false },
         KvRead::List { key, .. } | KvRead::Count { key, .. } | KvRead::Children { key, .. } => {
             Selector { key: key.clone(), recursive: true }
         }

@@ -118,11 +118,12 @@ async fn limit_inflight(
     }
 }
 
-/// Whether `req` is a long-poll: a key read with a `wait` parameter.
+/// Whether `req` is a long-poll: a key read whose query turns `wait` on, parsed as the
+/// route parses it (a query the route refuses is no long-poll: it is answered at once).
 fn is_long_poll(req: &axum::extract::Request) -> bool {
-    req.method() == Method::GET
+    (req.method() == Method::GET || req.method() == Method::HEAD)
         && req.uri().path().starts_with("/v1/kv")
-        && req.uri().query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("wait")))
+        && kv::is_long_poll(req.uri())
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -67,8 +67,12 @@ impl Query {
     /// A duration: `2s`, `750ms`, `1m`, or a number of seconds (`30`, `0.5`).
     pub fn duration(&self, name: &str) -> Result<Option<std::time::Duration>, ApiError> {
         let Some(v) = self.params.get(name) else { return Ok(None) };
+        // A bare number of seconds is digits, with at most one `.` between digits (`.5`
+        // and `5.` are refused, as they are with a unit).
+        let (whole, frac) = v.split_once('.').unwrap_or((v, "0"));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         let json = match v.parse::<f64>() {
-            Ok(n) if v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+            Ok(n) if digits(whole) && digits(frac) => {
                 serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number)
             }
             _ => serde_json::Value::String(v.clone()),

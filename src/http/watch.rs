@@ -107,6 +107,9 @@ fn parse(node: &Node, uri: &Uri, headers: &HeaderMap) -> Result<(WatchRequest, F
     let key = key_under(node, uri, "/v1/watch")?;
     let q = Query::parse(uri.query(), PARAMS)?;
     let mut start = q.u64("start_revision")?;
+    if headers.get_all("last-event-id").iter().count() > 1 {
+        return Err(ApiError::invalid("Last-Event-ID is given twice"));
+    }
     if let Some(id) = headers.get("last-event-id") {
         let id = id.to_str().ok().and_then(|s| Query::parse_u64("Last-Event-ID", s.trim()).ok()).ok_or_else(
             || {

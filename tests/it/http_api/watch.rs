@@ -386,6 +386,8 @@ async fn resuming_with_last_event_id_neither_repeats_nor_skips() {
             "invalid_argument",
         )
         .await;
+        let twice = [("last-event-id", "1"), ("last-event-id", "2")];
+        refused(&api, "/v1/watch/r/k", &twice, StatusCode::BAD_REQUEST, "invalid_argument").await;
         refused(
             &api,
             "/v1/watch/r/k",
@@ -601,6 +603,9 @@ async fn bad_watch_parameters_are_refused_before_the_stream() {
             ("/v1/watch/a?progress=0", "invalid_argument"),
             ("/v1/watch/a?progress=50ms", "invalid_argument"),
             ("/v1/watch/a?progress=2h", "invalid_argument"),
+            ("/v1/watch/a?progress=.5", "invalid_argument"),
+            ("/v1/watch/a?progress=5.", "invalid_argument"),
+            ("/v1/watch/a?progress=1.5.1", "invalid_argument"),
             ("/v1/watch/a?consistency=eventual", "invalid_argument"),
             ("/v1/watch/a?prev_kv=2", "invalid_argument"),
             ("/v1/watch/a/", "invalid_key"),
@@ -737,5 +742,30 @@ async fn bad_long_polls_are_refused() {
                 .unwrap_or_else(|_| panic!("GET {uri}: not refused at once"));
         }
     })
+    .await;
+}
+
+#[tokio::test]
+async fn long_polls_hold_no_in_flight_slot() {
+    with_node_config(
+        |cfg| cfg.max_inflight_requests = 1,
+        |api| async move {
+            let polls: Vec<_> = (0..3)
+                .map(|i| {
+                    let api = api.clone();
+                    tokio::spawn(async move { api.get(&format!("/v1/kv/ip/{i}?wait&timeout=2s")).await.ok() })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The one slot is free for a plain read and a write while three long-polls wait.
+            api.get("/v1/kv/ip?recursive").await.ok();
+            put(&api, "/ip/0", "x").await;
+            for (i, p) in polls.into_iter().enumerate() {
+                assert_eq!(p.await.unwrap()["changed"], json!(i == 0));
+            }
+            // `wait=false` is a plain read.
+            api.get("/v1/kv/ip/0?wait=false").await.ok();
+        },
+    )
     .await;
 }
