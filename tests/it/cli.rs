@@ -689,7 +689,7 @@ async fn cli_watch_refuses_bad_input_at_once() {
 async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
     use crate::jepsen::watch::{check_watches, CommittedLog, WatchMessage, WatchStream};
     use palisade::client::{Client, ListOptions, PutOptions};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
     let c = Cluster::start(ClusterOptions::default()).await;
@@ -710,8 +710,10 @@ async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
     // under an idempotency key: an acknowledged put has its revision, a failed one may or
     // may not have applied.
     let stop = Arc::new(AtomicBool::new(false));
+    let last_acked = Arc::new(AtomicU64::new(0));
     let writer = {
         let stop = stop.clone();
+        let last_acked = last_acked.clone();
         let client =
             Client::with_timeout(vec![c.client_url(leader), c.client_url(f2)], Duration::from_secs(2))
                 .unwrap();
@@ -727,6 +729,7 @@ async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
                 };
                 if let Ok(r) = client.put(&key, i.to_string().as_bytes(), opts).await {
                     acked.push((key, r.revision));
+                    last_acked.store(r.revision, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -754,8 +757,20 @@ async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
     // f1 hangs: its stream goes silent, and after 3 progress intervals the watch resumes on
     // the leader.
     c.pause(f1);
-    said(&format!("connection to {} lost (nothing received", c.client_url(f1)), &mut lines, &mut read_for);
+    let lost = format!("connection to {} lost (nothing received", c.client_url(f1));
+    said(&lost, &mut lines, &mut read_for);
+    let written = last_acked.load(Ordering::SeqCst);
     c.resume(f1);
+    // The writes acknowledged while f1 hung are replayed from the leader's history.
+    let stderr = w.stderr();
+    let resumed_at: u64 = stderr
+        .lines()
+        .find(|l| l.contains(&lost))
+        .and_then(|l| l.split("resuming at revision ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(resumed_at <= written, "nothing was written while f1 hung ({resumed_at} > {written})");
     read_for(&mut lines, Duration::from_secs(1));
     // The leader dies: the watch resumes on f2 (or f1), once a new leader is in place.
     c.kill_9(leader);
