@@ -1,8 +1,9 @@
-//! `palisade kv get|put|del|ls|txn`: keys from the command line.
+//! `palisade kv get|put|del|ls|txn|watch`: keys from the command line.
 //!
 //! Every write carries an idempotency key (`--idempotency-key`, or one made up per
 //! command), so the client's own retries after a timeout or an unavailable leader never
-//! apply a write twice.
+//! apply a write twice. `watch` prints changes as they come and resumes by itself on
+//! another endpoint when its connection is lost (see [`crate::client::Watcher`]).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -14,7 +15,9 @@ use clap::{Args, Subcommand};
 use super::output::{self, ClientArgs, Failure, Output};
 use crate::client::{
     self, ChildrenOptions, Client, Conditions, DeleteOptions, GetOptions, ListOptions, PutOptions,
+    WatchOptions, WatchUpdate,
 };
+use crate::wire::watch::{WatchEvent, WatchMessage};
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
@@ -42,6 +45,22 @@ pub enum KvCommand {
     /// `{"compare": [...], "success": [...], "failure": [...]}`. Prints each result; exit
     /// code 1 when the compares failed (the failure branch ran).
     Txn(TxnArgs),
+    /// Print the changes to a key (or a subtree) as they happen, until Ctrl-C; a lost
+    /// connection is resumed on the next endpoint.
+    ///
+    /// One line per changed key: `PUT KEY = VALUE revision=R` or `DELETE KEY revision=R`
+    /// (`-o json`: one line per message, the server's JSON; see below).
+    ///
+    /// A lost connection (a node gone, a broken stream, or one silent for 3 progress
+    /// intervals) is resumed on the next endpoint, round-robin, just after the last revision
+    /// printed or confirmed by the server: no revision is printed twice or skipped. Each
+    /// resume is one `watch:` line on stderr; reopening is retried after a transport error,
+    /// 429, 503 or 504, with a growing pause (at most 2 s). `--timeout` bounds the wait for
+    /// each reply's head and, until the watch first starts, how long starting is retried.
+    /// Exits 1 when the server refuses the watch (a bad key, a revision in the future, ...)
+    /// or when the history to resume from was compacted; 2 when no endpoint can be reached
+    /// at the start.
+    Watch(WatchArgs),
 }
 
 /// The idempotency key of a write.
@@ -159,6 +178,37 @@ pub struct LsArgs {
     pub serializable: bool,
 }
 
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Output (-o json): one line per message, as the server sent it:
+  {\"revision\":R,\"events\":[{\"type\":\"put\",\"kv\":{...},\"prev_kv\":{...}},...]}
+      every change of one revision
+  {\"progress\":{\"revision\":N}}
+      every change up to N was printed (to continue later: --from N+1); the first line
+      of a watch from now, then printed only when N is above the last revision printed
+Human output: one line per changed key (values with control characters are quoted and
+escaped); with --prev-kv each is followed by a `  prev: ...` line. Progress is not shown.
+On Ctrl-C, stderr says which --from continues where the watch stopped.")]
+pub struct WatchArgs {
+    /// The key, e.g. `/app/config` (with --recursive, the root of the subtree; `/` for
+    /// every key).
+    pub key: String,
+    /// Watch the key and everything below it.
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+    /// Print the history from this revision (inclusive), then the changes as they happen
+    /// (default: from now).
+    #[arg(long, value_name = "REV")]
+    pub from: Option<u64>,
+    /// Also show each key's previous value.
+    #[arg(long)]
+    pub prev_kv: bool,
+    /// How often the server confirms an idle watch; after 3 times this without a word from
+    /// it, the connection is taken as lost and the watch resumes on the next endpoint.
+    #[arg(long, value_name = "DURATION", value_parser = output::parse_duration, default_value = "5s")]
+    pub progress: Duration,
+}
+
 pub fn run(args: KvArgs) -> ExitCode {
     output::run(async move {
         let client = args.client.client()?;
@@ -169,6 +219,7 @@ pub fn run(args: KvArgs) -> ExitCode {
             KvCommand::Del(a) => del(&client, out, a).await,
             KvCommand::Ls(a) => ls(&client, out, a).await,
             KvCommand::Txn(a) => txn(&client, out, a).await,
+            KvCommand::Watch(a) => watch(&client, out, a).await,
         }
     })
 }
@@ -432,5 +483,105 @@ async fn txn(client: &Client, out: Output, a: TxnArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::Exit(1))
+    }
+}
+
+/// Text on one line: as it is, or quoted and escaped when it holds control characters.
+fn one_line(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        format!("{s:?}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// The human lines of one revision's events.
+fn change_lines(revision: u64, events: &[WatchEvent], prev_kv: bool) -> String {
+    let mut text = String::new();
+    for e in events {
+        let prev = match e {
+            WatchEvent::Put { kv, prev_kv: prev } => {
+                text.push_str(&format!(
+                    "PUT {} = {} revision={revision}\n",
+                    one_line(&kv.key),
+                    one_line(&output::display_value(kv))
+                ));
+                prev
+            }
+            WatchEvent::Delete { kv, prev_kv: prev } => {
+                text.push_str(&format!("DELETE {} revision={revision}\n", one_line(&kv.key)));
+                prev
+            }
+        };
+        if prev_kv {
+            match prev {
+                Some(p) => text.push_str(&format!("  prev: {}\n", output::describe(p))),
+                None => text.push_str("  prev: (the key did not exist)\n"),
+            }
+        }
+    }
+    text
+}
+
+async fn watch(client: &Client, out: Output, a: WatchArgs) -> Result<(), Failure> {
+    let opts = WatchOptions {
+        recursive: a.recursive,
+        start_revision: a.from,
+        prev_kv: a.prev_kv,
+        progress: a.progress,
+    };
+    let mut watcher = client.watch(&a.key, opts)?;
+    // The last revision printed (a change, or in JSON a progress message).
+    let mut printed: Option<u64> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let update = tokio::select! {
+            u = watcher.next() => u?,
+            r = &mut ctrl_c => {
+                r.map_err(|e| Failure::Local(format!("cannot wait for Ctrl-C: {e}")))?;
+                match watcher.resume_revision() {
+                    Some(r) => eprintln!(
+                        "watch: stopped; every change up to revision {} was printed (continue with --from {r})",
+                        r - 1
+                    ),
+                    None => eprintln!("watch: stopped"),
+                }
+                return Ok(());
+            }
+        };
+        let Some(update) = update else { return Ok(()) };
+        let (message, json) = match update {
+            WatchUpdate::Notice(n) => {
+                eprintln!("watch: {n}");
+                continue;
+            }
+            WatchUpdate::Message { message, json } => (message, json),
+        };
+        match message {
+            WatchMessage::Change { revision, events } => {
+                printed = Some(revision);
+                match out {
+                    Output::Json => output::line(&json)?,
+                    Output::Table => {
+                        output::write_out(change_lines(revision, &events, a.prev_kv).as_bytes())?
+                    }
+                }
+            }
+            WatchMessage::Progress { progress } => {
+                if out == Output::Json && printed.is_none_or(|p| progress.revision > p) {
+                    printed = Some(progress.revision);
+                    output::line(&json)?;
+                }
+            }
+            WatchMessage::Compacted { compacted } => {
+                let at = watcher.resume_revision().map_or_else(String::new, |r| format!(" at revision {r}"));
+                return Err(Failure::Local(format!(
+                    "the watch cannot go on{at}: the history below revision {} was compacted; read the \
+                     current keys again and watch from a later revision",
+                    compacted.compact_revision
+                )));
+            }
+        }
     }
 }

@@ -33,6 +33,7 @@ mod cluster;
 mod kv;
 mod lease;
 mod txn;
+mod watch;
 
 pub use crate::wire::lease::{
     GrantResponse, KeepaliveResponse, LeaseListResponse, LeaseResponse, LeaseSummary, RevokeResponse,
@@ -43,6 +44,7 @@ pub use crate::wire::{
     GetResponse, KeyValue, ListResponse, MemberResponse, PutResponse,
 };
 pub use kv::{ChildrenOptions, Conditions, DeleteOptions, GetOptions, ListOptions, PutOptions};
+pub use watch::{WatchOptions, WatchUpdate, Watcher};
 
 /// Attempts of an idempotent write before its last error is returned.
 pub const WRITE_ATTEMPTS: u32 = 5;
@@ -190,10 +192,15 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String, Error> {
 /// `/`, and `.` / `..` segments (URL parsers fold them away). Other key rules are the
 /// server's to check, so its `invalid_key` reply reaches the caller.
 pub fn kv_path(key: &str) -> Result<String, Error> {
+    key_path("/v1/kv", key)
+}
+
+/// The URL path of a key under `route` (`/v1/kv`, `/v1/watch`); see [`kv_path`].
+pub fn key_path(route: &str, key: &str) -> Result<String, Error> {
     let Some(rest) = key.strip_prefix('/') else {
         return Err(Error::Other(format!("invalid key {key:?}: a key must start with '/'")));
     };
-    let mut path = String::from("/v1/kv");
+    let mut path = String::from(route);
     for seg in rest.split('/') {
         if seg == "." || seg == ".." {
             return Err(Error::Other(format!("invalid key {key:?}: a key must not have a '{seg}' segment")));

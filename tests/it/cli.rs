@@ -524,3 +524,311 @@ async fn cli_keepalive_renews_shows_time_left_and_reports_a_lost_lease() {
         k.stderr()
     );
 }
+
+/// A message a `kv watch -o json` printed.
+fn watch_message(line: &str) -> palisade::wire::watch::WatchMessage {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a watch message ({e}): {line:?}"))
+}
+
+/// An event as (type, key, value).
+type Ev = (String, String, Option<String>);
+
+/// The `revision=N` of a CLI line.
+fn revision_of(e: &Exited) -> u64 {
+    field(&e.stdout, "revision").and_then(|r| r.parse().ok()).unwrap_or_else(|| panic!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
+    use palisade::wire::watch::{WatchEvent, WatchMessage};
+
+    let c = Cluster::start(ClusterOptions { nodes: 1, ..ClusterOptions::default() }).await;
+    c.leader().await;
+    let ep = c.client_url(1);
+    let put = |key: &str, value: &str| {
+        let e = cli(&ep, &["kv", "put", key, value]);
+        assert!(ok(&e), "{e:?}");
+        revision_of(&e)
+    };
+    let r1 = put("/app/a", "1");
+
+    // From now, in JSON: first a progress message at the current revision, then one line
+    // per revision that changed a key under /app, as the server sent it.
+    let w = Running::start(&ep, &["kv", "watch", "/app", "--recursive", "-o", "json", "--progress", "1m"]);
+    let line = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("no first line: {}", w.stderr()));
+    assert_eq!(line, format!(r#"{{"progress":{{"revision":{r1}}}}}"#));
+    let r2 = put("/app/b", "2");
+    put("/other", "x");
+    let r4 = put("/app/a", "1b");
+    let e = cli(&ep, &["kv", "del", "/app", "--recursive"]);
+    assert!(e.stdout.starts_with("deleted=2 "), "{e:?}");
+    let r5 = revision_of(&e);
+    let r6 = put("/app/c/d", "3");
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let line = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{got:?}: {}", w.stderr()));
+        got.push(watch_message(&line));
+    }
+    let summary: Vec<(u64, Vec<Ev>)> = got
+        .iter()
+        .map(|m| match m {
+            WatchMessage::Change { revision, events } => (
+                *revision,
+                events
+                    .iter()
+                    .map(|e| match e {
+                        WatchEvent::Put { kv, prev_kv } => {
+                            assert!(prev_kv.is_none(), "{m:?}");
+                            assert_eq!(kv.mod_revision, *revision, "{m:?}");
+                            ("put".into(), kv.key.clone(), kv.value_str().map(str::to_string))
+                        }
+                        WatchEvent::Delete { kv, .. } => {
+                            assert_eq!(kv.mod_revision, *revision, "{m:?}");
+                            ("delete".into(), kv.key.clone(), None)
+                        }
+                    })
+                    .collect(),
+            ),
+            other => panic!("expected changes only, got {other:?}"),
+        })
+        .collect();
+    let ev = |t: &str, k: &str, v: Option<&str>| (t.to_string(), k.to_string(), v.map(str::to_string));
+    assert_eq!(
+        summary,
+        vec![
+            (r2, vec![ev("put", "/app/b", Some("2"))]),
+            (r4, vec![ev("put", "/app/a", Some("1b"))]),
+            (r5, vec![ev("delete", "/app/a", None), ev("delete", "/app/b", None)]),
+            (r6, vec![ev("put", "/app/c/d", Some("3"))]),
+        ]
+    );
+    assert_eq!(w.line(Duration::from_millis(300)), None, "nothing else");
+    assert_eq!(w.stderr(), "", "no notice without a reason");
+
+    // --from replays the history, then goes on live; for people, one line per key, and
+    // with --prev-kv the value before. Ctrl-C says where to continue.
+    let mut h = Running::start(&ep, &["kv", "watch", "/app", "-r", "--from", &r1.to_string(), "--prev-kv"]);
+    let r7 = put("/app/e", "two\nlines");
+    let mut lines = Vec::new();
+    while lines.len() < 14 {
+        lines.push(h.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{lines:?}: {}", h.stderr())));
+    }
+    let none = "  prev: (the key did not exist)".to_string();
+    let prev = |k: &str, v: &str, version: u64, modr: u64, create: u64| {
+        format!("  prev: key={k} value={v:?} version={version} mod_revision={modr} create_revision={create} lease=none")
+    };
+    assert_eq!(
+        lines,
+        vec![
+            format!("PUT /app/a = 1 revision={r1}"),
+            none.clone(),
+            format!("PUT /app/b = 2 revision={r2}"),
+            none.clone(),
+            format!("PUT /app/a = 1b revision={r4}"),
+            prev("/app/a", "1", 1, r1, r1),
+            format!("DELETE /app/a revision={r5}"),
+            prev("/app/a", "1b", 2, r4, r1),
+            format!("DELETE /app/b revision={r5}"),
+            prev("/app/b", "2", 1, r2, r2),
+            format!("PUT /app/c/d = 3 revision={r6}"),
+            none.clone(),
+            format!("PUT /app/e = \"two\\nlines\" revision={r7}"),
+            none,
+        ]
+    );
+    h.signal("INT");
+    assert_eq!(h.exit(Duration::from_secs(10)), Some(Some(0)), "{}", h.stderr());
+    assert!(h.stderr().contains(&format!("continue with --from {}", r7 + 1)), "{}", h.stderr());
+
+    // History that is gone: an error, exit 1, at once. The running watch is unaffected.
+    let e = cli(&ep, &["compact", "--keep", "1"]);
+    assert!(ok(&e), "{e:?}");
+    let e = cli(&ep, &["kv", "watch", "/app", "-r", "--from", &r1.to_string()]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    assert!(e.stderr.contains("compacted") && e.stdout.is_empty(), "{e:?}");
+    let r8 = put("/app/f", "4");
+    for r in [r7, r8] {
+        let line = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{}", w.stderr()));
+        assert!(
+            matches!(watch_message(&line), WatchMessage::Change { revision, .. } if revision == r),
+            "{r}: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_refuses_bad_input_at_once() {
+    let c = Cluster::start(ClusterOptions { nodes: 1, ..ClusterOptions::default() }).await;
+    c.leader().await;
+    let ep = c.client_url(1);
+    let e = cli(&ep, &["kv", "put", "/app/a", "1"]);
+    assert!(ok(&e), "{e:?}");
+    let head = revision_of(&e);
+    let future = (head + 100).to_string();
+    let dead = format!("127.0.0.1:{}", support::process::free_ports(1)[0]);
+    let cases: Vec<(&str, Vec<&str>, i32, &str)> = vec![
+        (&ep, vec!["kv", "watch", "/app", "--from", "0"], 1, "start_revision"),
+        (&ep, vec!["kv", "watch", "/app", "--from", &future], 1, "future_revision"),
+        (&ep, vec!["kv", "watch", "/a//b"], 1, "invalid_key"),
+        (&ep, vec!["kv", "watch", "app"], 1, "must start with '/'"),
+        (&ep, vec!["kv", "watch", "/app", "--progress", "10ms"], 1, "progress"),
+        (&ep, vec!["kv", "watch", "/app", "--from", "x"], 2, "invalid value"),
+        (&dead, vec!["kv", "watch", "/app"], 2, "cannot connect to any endpoint"),
+    ];
+    for (endpoints, args, want, says) in cases {
+        let started = std::time::Instant::now();
+        let e = cli(endpoints, &args);
+        assert_eq!(code(&e), Some(want), "{args:?}: {e:?}");
+        assert!(e.stderr.contains(says), "{args:?}: {e:?}");
+        assert!(e.stdout.is_empty(), "{args:?}: {e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?} took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
+    use crate::jepsen::watch::{check_watches, CommittedLog, WatchMessage, WatchStream};
+    use palisade::client::{Client, ListOptions, PutOptions};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let (leader, _) = c.leader().await;
+    let followers: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    // The watch starts on f1 (the first endpoint), then goes round-robin: the leader, f2.
+    let eps = format!("{},{},{}", c.client_url(f1), c.client_url(leader), c.client_url(f2));
+    let w = Running::start(&eps, &["kv", "watch", "/w", "--recursive", "-o", "json", "--progress", "500ms"]);
+    let first = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("no first line: {}", w.stderr()));
+    let WatchMessage::Progress { revision: started_at } =
+        WatchMessage::from_json(&serde_json::from_str(&first).unwrap()).unwrap()
+    else {
+        panic!("the first line is not a progress message: {first}")
+    };
+
+    // A writer of one new key after another (never through f1, which will be paused), each
+    // under an idempotency key: an acknowledged put has its revision, a failed one may or
+    // may not have applied.
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let stop = stop.clone();
+        let last_acked = last_acked.clone();
+        let client =
+            Client::with_timeout(vec![c.client_url(leader), c.client_url(f2)], Duration::from_secs(2))
+                .unwrap();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let key = format!("/w/{i:06}");
+                let opts = PutOptions {
+                    idempotency_key: Some(palisade::client::new_idempotency_key()),
+                    ..PutOptions::default()
+                };
+                if let Ok(r) = client.put(&key, i.to_string().as_bytes(), opts).await {
+                    acked.push((key, r.revision));
+                    last_acked.store(r.revision, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    let mut lines = Vec::new();
+    let mut read_for = |lines: &mut Vec<String>, d: Duration| {
+        let until = std::time::Instant::now() + d;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            if let Some(l) = w.line(left) {
+                lines.push(l);
+            }
+        }
+    };
+    let said = |what: &str, lines: &mut Vec<String>, read: &mut dyn FnMut(&mut Vec<String>, Duration)| {
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        while !w.stderr().contains(what) {
+            assert!(std::time::Instant::now() < until, "the watch never said {what:?}: {}", w.stderr());
+            read(lines, Duration::from_millis(100));
+        }
+    };
+    read_for(&mut lines, Duration::from_secs(1));
+
+    // f1 hangs: its stream goes silent, and after 3 progress intervals the watch resumes on
+    // the leader.
+    c.pause(f1);
+    let lost = format!("connection to {} lost (nothing received", c.client_url(f1));
+    said(&lost, &mut lines, &mut read_for);
+    let written = last_acked.load(Ordering::SeqCst);
+    c.resume(f1);
+    // The writes acknowledged while f1 hung are replayed from the leader's history.
+    let stderr = w.stderr();
+    let resumed_at: u64 = stderr
+        .lines()
+        .find(|l| l.contains(&lost))
+        .and_then(|l| l.split("resuming at revision ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(resumed_at <= written, "nothing was written while f1 hung ({resumed_at} > {written})");
+    read_for(&mut lines, Duration::from_secs(1));
+    // The leader dies: the watch resumes on f2 (or f1), once a new leader is in place.
+    c.kill_9(leader);
+    said(&format!("connection to {} lost", c.client_url(leader)), &mut lines, &mut read_for);
+    read_for(&mut lines, Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+
+    // Every key the writer created, as the cluster has it now.
+    let reader = Client::new(vec![c.client_url(f1), c.client_url(f2)]).unwrap();
+    let dump = reader.list_all("/w", ListOptions::default()).await.unwrap();
+    let head = dump.revision;
+    assert!(acked.len() >= 20, "only {} acknowledged writes", acked.len());
+    // Until the watch has printed everything.
+    let covered = |lines: &[String]| {
+        lines.iter().any(|l| match WatchMessage::from_json(&serde_json::from_str(l).unwrap()).unwrap() {
+            WatchMessage::Change { revision, .. } | WatchMessage::Progress { revision } => revision >= head,
+            WatchMessage::Compacted { .. } => true,
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while !covered(&lines) {
+        assert!(std::time::Instant::now() < until, "the watch never reached revision {head}: {}", w.stderr());
+        read_for(&mut lines, Duration::from_millis(100));
+    }
+    let stderr = w.stderr();
+    drop(w);
+
+    let mut log = CommittedLog::new(head);
+    for kv in &dump.kvs {
+        log = log.put(kv.mod_revision, &kv.key, kv.value_str().unwrap());
+    }
+    for (key, rev) in &acked {
+        assert!(dump.kvs.iter().any(|kv| &kv.key == key && kv.mod_revision == *rev), "{key}@{rev} lost");
+    }
+    let messages: Vec<WatchMessage> =
+        lines.iter().map(|l| WatchMessage::from_json(&serde_json::from_str(l).unwrap()).unwrap()).collect();
+    let changes: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| match m {
+            WatchMessage::Change { revision, .. } => Some(*revision),
+            _ => None,
+        })
+        .collect();
+    assert!(changes.windows(2).all(|p| p[0] < p[1]), "revisions not strictly increasing: {changes:?}");
+    let stream = WatchStream {
+        id: "palisade kv watch".into(),
+        key_or_prefix: "/w".into(),
+        recursive: true,
+        start_revision: started_at + 1,
+        messages,
+    };
+    let acknowledged: Vec<(String, u64)> = acked.clone();
+    let report = check_watches(&[stream], &log, &acknowledged)
+        .unwrap_or_else(|v| panic!("{v}\nstderr of the watch:\n{stderr}"));
+    assert_eq!(report.acknowledged_seen, acked.len(), "{report:?}");
+    assert_eq!(changes.len(), dump.kvs.len(), "one change per key created");
+    // Each resume was one line on stderr naming the revision it resumed at.
+    assert!(stderr.lines().all(|l| l.starts_with("watch: ")), "{stderr}");
+    assert!(stderr.contains("resuming at revision "), "{stderr}");
+}
