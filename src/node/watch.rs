@@ -10,8 +10,10 @@
 //! Guarantees (each a test): frames come in revision order, each revision once, its events
 //! all in one message (a revision too big for one page is sent in parts of one message,
 //! read from a pinned clone of the store, so compaction cannot cut it); nothing selected is
-//! skipped; progress claims only revisions whose events were all delivered; a cursor below
-//! the compaction floor ends the watch with `Compacted`.
+//! skipped; progress claims only revisions whose events were all delivered, and (unless the
+//! watch is serializable) only after a quorum confirmed this node is current, so a node cut
+//! off from the cluster goes silent rather than vouch for stale state; a cursor below the
+//! compaction floor ends the watch with `Compacted`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +127,8 @@ pub struct Watch {
     deletes: bool,
     progress: Duration,
     next_progress: Instant,
+    /// Progress only once a quorum confirmed this node is current (the default).
+    linearizable: bool,
     partial: Option<Partial>,
     /// A frame to send before anything else.
     queued: Option<WatchFrame>,
@@ -157,6 +161,13 @@ impl Watch {
                 biased;
                 _ = slot.changed() => self.cursor.woken(),
                 _ = tokio::time::sleep_until(self.next_progress) => {
+                    if self.linearizable && self.node.linearize().await.is_err() {
+                        // Out of touch with a quorum (a partitioned or leaderless node): a
+                        // progress message would vouch for a revision that may be stale.
+                        // Silence instead, which a client resumes elsewhere after.
+                        self.next_progress = Instant::now() + self.progress;
+                        continue;
+                    }
                     // Read `dispatched` first: unflagged after it means told of everything
                     // up to it.
                     let dispatched = self.cursor.reg.dispatched();
@@ -298,6 +309,7 @@ impl Node {
             deletes: req.deletes,
             progress: req.progress,
             next_progress: Instant::now() + req.progress,
+            linearizable: req.consistency == Consistency::Linearizable,
             partial: None,
             queued,
             done: false,
