@@ -256,6 +256,12 @@ impl LogStore {
     /// The entries with index in `range` that the log holds: the range is clipped to
     /// `last purged + 1 ..= last`, and every index inside that must be there.
     fn read_range(&self, range: &impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
+        // Deep copies are made outside the lock.
+        Ok(self.read_shared(range)?.iter().map(|e| Entry::clone(e)).collect())
+    }
+
+    /// The entries of `range` that the log holds, shared (see [`Self::read_range`]).
+    fn read_shared(&self, range: &impl RangeBounds<u64>) -> io::Result<Vec<Arc<Entry>>> {
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
             Bound::Excluded(&s) => match s.checked_add(1) {
@@ -294,8 +300,7 @@ impl LogStore {
             }
             found
         };
-        // Deep copies are made outside the lock.
-        Ok(found.iter().map(|e| Entry::clone(e)).collect())
+        Ok(found)
     }
 }
 
@@ -314,7 +319,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         self.read_range(&range).map_err(|e| StorageIOError::read_logs(&e).into())
     }
+
+    /// What replication sends in one AppendEntries: the entries of `start..end` from the
+    /// first, up to [`APPEND_BYTES`] on the wire (at least one). openraft 0.9 gives an
+    /// AppendEntries one heartbeat interval to be sent, checked, written and answered, and
+    /// retries the same batch after a timeout: a batch too big for that would be retried
+    /// for ever, and a follower that fell behind by big entries would never catch up.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let found = self.read_shared(&(start..end)).map_err(|e| StorageIOError::read_logs(&e))?;
+        let fit = super::network::entries_that_fit(&found, APPEND_BYTES);
+        Ok(found[..fit].iter().map(|e| Entry::clone(e)).collect())
+    }
 }
+
+/// The most entry bytes (as sent) one AppendEntries carries, unless one entry alone is more.
+pub const APPEND_BYTES: usize = 512 << 10;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;

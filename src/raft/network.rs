@@ -129,11 +129,11 @@ fn wire_bytes(e: &Entry) -> usize {
 }
 
 /// How many of `entries`, from the first, fit in `budget` bytes (at least one).
-fn entries_that_fit(entries: &[Entry], budget: usize) -> usize {
+pub(crate) fn entries_that_fit<E: std::borrow::Borrow<Entry>>(entries: &[E], budget: usize) -> usize {
     let mut used = 0;
     let mut n = 0;
     for e in entries {
-        used += wire_bytes(e);
+        used += wire_bytes(e.borrow());
         if n > 0 && used > budget {
             break;
         }
