@@ -458,7 +458,8 @@ impl Run {
                 // Not drawn from `rng`: the nemesis schedule of a seed stays what it was.
                 seed: label.bytes().fold(self.seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
             },
-        );
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let until = Instant::now() + duration;
         while Instant::now() < until {

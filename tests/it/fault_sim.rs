@@ -507,7 +507,8 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
             progress_ms: 300,
             seed: seed.wrapping_add(round as u64).wrapping_mul(17),
         },
-    );
+    )
+    .await;
 
     let nemesis = async {
         tokio::time::sleep(LEAD).await;

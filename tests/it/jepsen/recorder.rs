@@ -626,7 +626,8 @@ async fn lease_reply(req: reqwest::RequestBuilder, ok: u16) -> LeaseReply {
 
 /// A watch workload beside the register workload: on every node, a recursive watch of the
 /// register keys' common parent (SSE, from now, resumed by `Last-Event-ID`) and a watch of
-/// one register key (NDJSON, from revision 1, resumed by `start_revision`), each moving to
+/// one register key (NDJSON, replayed from the revision before the watches start, resumed
+/// by `start_revision`), each moving to
 /// another node after any error (see `support::watch_client`): a refused or broken
 /// connection, or one silent for five progress intervals (a paused node). Besides, about
 /// once a second a stream picked at random drops its connection and resumes elsewhere,
@@ -655,13 +656,18 @@ pub struct WatchRun {
 }
 
 /// Starts the watch workload on the nodes `endpoints` names now.
-pub fn start_watches(endpoints: Endpoints, w: WatchWorkload) -> WatchRun {
+pub async fn start_watches(endpoints: Endpoints, w: WatchWorkload) -> WatchRun {
+    // Where the single-key watches replay from (not revision 1: a long soak compacts it).
+    let past = match linearizable_dump(&endpoints, &w.prefix, Duration::from_secs(10)).await {
+        Ok((revision, _)) => revision.max(1),
+        Err(e) => panic!("the watch workload could not read the current revision: {e}"),
+    };
     let clock = WatchClock::new();
     let mut clients = Vec::new();
     for (i, url) in endpoints().into_iter().enumerate() {
         let key = &w.keys[i % w.keys.len()];
         let tree = WatchSpec::new(&w.prefix).recursive().resume_by(ResumeBy::LastEventId);
-        let one = WatchSpec::new(key).starting_at(1).ndjson().resume_by(ResumeBy::StartRevision);
+        let one = WatchSpec::new(key).starting_at(past).ndjson().resume_by(ResumeBy::StartRevision);
         for (name, mut spec) in [(format!("tree{i}"), tree), (format!("key{i}:{key}"), one)] {
             spec.progress_ms = w.progress_ms;
             spec.idle = Duration::from_millis(5 * w.progress_ms);
