@@ -13,7 +13,8 @@
 //! - a follower that catches up by snapshot while history is compacted: its watches from
 //!   the floor match the leader's, and below the floor they end `compacted`;
 //! - watchers that never read, beside a writer: every write succeeds, the reading watchers
-//!   get everything, the node stays healthy.
+//!   get everything, the node stays healthy;
+//! - transactions bigger than a page of the watch cursor arrive as one message each.
 //!
 //! The ground truth of each test is what its writer was acknowledged plus a final
 //! linearizable dump (`CommittedLog`). The first test also rebuilds the whole log from
@@ -882,4 +883,72 @@ async fn a_stalled_watcher_holds_up_nobody() {
         println!("the node at {theirs} holds {queued} bytes it could not send to the stalled watcher");
     }
     drop(stalled);
+}
+
+/// Transactions whose events outweigh a page of the watch cursor (256 KiB) are sent in
+/// parts of one message: every watcher, on every node, with and without `prev_kv`, gets
+/// each of them as one whole message. (Slower Raft timings than the default test ones: a
+/// 400 KiB entry must replicate within one heartbeat, see
+/// `cluster_process::a_follower_behind_by_big_entries_catches_up`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_bigger_than_a_page_arrives_whole() {
+    let opts = ClusterOptions {
+        heartbeat_ms: 250,
+        election_timeout_ms: 1000,
+        request_timeout_ms: 5000,
+        ..Default::default()
+    };
+    let c = Cluster::start(opts).await;
+    c.leader().await;
+    let prefix = "/wbig";
+    let up = Up::all(&c);
+    let clock = WatchClock::new();
+    let mut watches = Vec::new();
+    for id in c.ids() {
+        let specs = [
+            (format!("tree@{id}"), WatchSpec::new(prefix).recursive()),
+            (format!("prev@{id}"), WatchSpec::new(prefix).recursive().prev_kv().ndjson()),
+            (format!("one@{id}"), WatchSpec::new(&format!("{prefix}/k7"))),
+        ];
+        for (name, spec) in specs {
+            let w = WatchClient::new(&name, spec, clock.clone());
+            w.connect(&c.client_url(id));
+            watches.push(w);
+        }
+    }
+    established(&c, &watches).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut big = WriterSpec::puts(prefix, 100, 8);
+    (big.puts, big.multi, big.width, big.pad, big.max_ops) = (0, 100, 100, 4 * 1024, 3);
+    let mut small = WriterSpec::mixed(prefix, 9);
+    small.max_ops = 10;
+    for spec in [small.clone(), big.clone(), small.clone(), big, small] {
+        write(up.endpoints(), spec, Arc::new(AtomicBool::new(false)), ledger.clone()).await;
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert!(ledger.unknown.is_empty() && ledger.failed == 0, "{}", ledger_summary(&ledger));
+    let checked = finish(&c, &up.endpoints(), prefix, &watches, &ledger).await;
+    assert!(checked.log.complete);
+    println!("a_revision_bigger_than_a_page_arrives_whole: {}; {}", ledger_summary(&ledger), checked.report);
+    let big_revs: Vec<u64> = ledger.acked.iter().filter(|(_, ch)| ch.len() == 100).map(|(r, _)| *r).collect();
+    assert_eq!(big_revs.len(), 6, "{}", ledger_summary(&ledger));
+    for r in checked.recs.iter().filter(|r| r.stream.recursive) {
+        for rev in &big_revs {
+            let n = r
+                .stream
+                .messages
+                .iter()
+                .filter_map(|m| match m {
+                    WatchMessage::Change { revision, events } if revision == rev => Some(events.len()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            assert_eq!(
+                n,
+                vec![100],
+                "revision {rev} arrives as one message of 100 events:\n{}",
+                r.describe()
+            );
+        }
+    }
 }
