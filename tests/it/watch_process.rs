@@ -801,7 +801,15 @@ async fn watches_on_a_follower_restored_from_a_snapshot() {
 /// watchers that read get every change, and the nodes stay healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_holds_up_nobody() {
-    let c = Cluster::start(ClusterOptions::default()).await;
+    // Slower Raft timings than the default test ones: a follower that falls behind on a
+    // loaded machine must not meet `cluster_process::a_follower_behind_by_big_entries_catches_up`.
+    let opts = ClusterOptions {
+        heartbeat_ms: 250,
+        election_timeout_ms: 1000,
+        request_timeout_ms: 5000,
+        ..Default::default()
+    };
+    let c = Cluster::start(opts).await;
     let (leader, _) = c.leader().await;
     let follower = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     let prefix = "/wstall";
