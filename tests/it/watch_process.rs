@@ -14,7 +14,8 @@
 //!   the floor match the leader's, and below the floor they end `compacted`;
 //! - watchers that never read, beside a writer: every write succeeds, the reading watchers
 //!   get everything, the node stays healthy;
-//! - transactions bigger than a page of the watch cursor arrive as one message each.
+//! - transactions bigger than a page of the watch cursor arrive as one message each;
+//! - watches open on a paused follower that then catches up by installing a snapshot.
 //!
 //! The ground truth of each test is what its writer was acknowledged plus a final
 //! linearizable dump (`CommittedLog`). The first test also rebuilds the whole log from
@@ -957,6 +958,95 @@ async fn a_revision_bigger_than_a_page_arrives_whole() {
                 "revision {rev} arrives as one message of 100 events:\n{}",
                 r.describe()
             );
+        }
+    }
+}
+
+/// Watches stay open on a follower while it is paused (SIGSTOP), the leader writes past
+/// several snapshots and purges its log, and the follower, resumed, catches up by
+/// installing a snapshot under them: the history they read jumps from the old store to the
+/// installed one. Without compaction, they deliver every change; with history compacted
+/// past them meanwhile, a watch ends `compacted` rather than skip anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_open_across_a_snapshot_install() {
+    for compact in [false, true] {
+        let mut extra = vec!["--snapshot-every", "100"];
+        if compact {
+            extra.extend(["--auto-compact-max-revisions", "100"]);
+        }
+        let opts = ClusterOptions {
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let c = Cluster::start(opts).await;
+        let (leader, _) = c.leader().await;
+        let follower = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
+        let prefix = "/wsnap";
+        let clock = WatchClock::new();
+        let url = c.client_url(follower);
+        let mut watches = Vec::new();
+        for (name, spec) in [
+            ("tree", WatchSpec::new(prefix).recursive()),
+            ("key", WatchSpec::new(&format!("{prefix}/k1")).ndjson()),
+            ("reference@leader", WatchSpec::new(prefix).recursive().ndjson()),
+        ] {
+            let mut spec = spec;
+            // The connection stays open, silent, while the node is paused.
+            spec.idle = Duration::from_secs(60);
+            let w = WatchClient::new(name, spec, clock.clone());
+            w.connect(&if name.ends_with("@leader") { c.client_url(leader) } else { url.clone() });
+            watches.push(w);
+        }
+        established(&c, &watches).await;
+        let snapshot = c.data_dir(follower).join("snapshot").join("snapshot.bin");
+        assert!(!snapshot.exists(), "no snapshot yet");
+        let lead = Up(Arc::new(Mutex::new(BTreeMap::from([(leader, c.client_url(leader))]))));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let mut spec = WriterSpec::puts(prefix, 3, 10);
+        spec.max_ops = 20;
+        write(lead.endpoints(), spec.clone(), Arc::new(AtomicBool::new(false)), ledger.clone()).await;
+        wait_changes(&c, &watches[0], 20).await;
+        c.pause(follower);
+        spec.max_ops = 500;
+        spec.seed = 11;
+        write(lead.endpoints(), spec, Arc::new(AtomicBool::new(false)), ledger.clone()).await;
+        c.resume(follower);
+        let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+        assert_eq!(ledger.acked.len(), 520, "{}", ledger_summary(&ledger));
+        eventually(&c, Duration::from_secs(20), "the follower installs a snapshot", || async {
+            if snapshot.exists() {
+                Ok(())
+            } else {
+                Err("no snapshot on the follower".to_string())
+            }
+        })
+        .await;
+        let recs = if compact {
+            // A watch behind the floor ends compacted; one that caught up first may not.
+            for w in &watches[..2] {
+                let what = "the watch catches up or ends compacted";
+                let caught_up = |w: &WatchClient| w.is_idle() || w.covered() >= 520;
+                if let Err(e) = w.wait_until(CATCH_UP, what, caught_up).await {
+                    panic!("{e}\n{}", c.logs());
+                }
+            }
+            let recs: Vec<Recording> = watches.iter().map(|w| w.stop()).collect();
+            let up = Up::all(&c);
+            let (head, dump) = linearizable_dump(&up.endpoints(), prefix, CATCH_UP).await.expect("a dump");
+            let (log, acknowledged) = ledger.log(&dump, head);
+            let report = check(&recs, &log, &acknowledged);
+            println!("watches_open_across_a_snapshot_install (compacting): {report}");
+            recs
+        } else {
+            let checked = finish(&c, &Up::all(&c).endpoints(), prefix, &watches, &ledger).await;
+            assert!(checked.log.complete);
+            println!("watches_open_across_a_snapshot_install: {}", checked.report);
+            assert_eq!(changes_of(&checked.recs[0]), changes_of(&checked.recs[2]));
+            checked.recs
+        };
+        for r in &recs {
+            assert_eq!(r.connections.len(), 1, "one connection throughout:\n{}", r.describe());
+            println!("  {}", r.describe().lines().next().unwrap_or_default());
         }
     }
 }
