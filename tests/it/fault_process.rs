@@ -23,6 +23,13 @@
 //! and the lease history is checked against the failover rule
 //! (`jepsen::leases::check_leases`, with each nemesis step's fault window).
 //!
+//! Every round also watches the register keys (`jepsen::recorder::start_watches`): on every
+//! node a recursive watch of their parent and a watch of one key, each resuming on another
+//! node after an error. Once healed, every stream is brought up to the final revision and
+//! checked (`jepsen::watch::check_watches`: order, no gap, no duplicate, every event of a
+//! revision together, the same history on every node) against the acknowledged writes
+//! and a final linearizable dump.
+//!
 //! The `netns_*` tests need root, iproute2 and iptables (CI's `.ci/run` installs them);
 //! without them they fail with the reason, they never pass silently.
 //!
@@ -45,7 +52,10 @@ use rand::{Rng, SeedableRng};
 use jepsen::history::{Call, History, Op, Outcome};
 use jepsen::leases::{self, check_leases, FaultWindow};
 use jepsen::linearizability;
-use jepsen::recorder::{run_leases, run_register, Endpoints, LeaseWorkload, Recorder, RegisterWorkload};
+use jepsen::recorder::{
+    run_leases, run_register, start_watches, Endpoints, LeaseWorkload, Recorder, RegisterWorkload,
+    WatchWorkload,
+};
 use support::netns::Net;
 use support::process::{Cluster, ClusterOptions, Consistency, BIN};
 
@@ -439,6 +449,17 @@ impl Run {
             lease_workload.clone(),
             lease_stop.clone(),
         ));
+        let watches = start_watches(
+            self.endpoints(),
+            WatchWorkload {
+                prefix: common_parent(&keys),
+                keys: keys.clone(),
+                progress_ms: 300,
+                // Not drawn from `rng`: the nemesis schedule of a seed stays what it was.
+                seed: label.bytes().fold(self.seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+            },
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let until = Instant::now() + duration;
         while Instant::now() < until {
@@ -473,6 +494,10 @@ impl Run {
         println!("{}: {label}: {stats}", self.name);
         self.check(label, &history, stats);
         self.check_versions(&keys, &history, &kvs);
+        match watches.finish(&history, Duration::from_secs(20)).await {
+            Ok(summary) => println!("{}: {label}: watches: {summary}", self.name),
+            Err(e) => self.fail("the watches of the register keys are wrong", &e, None),
+        }
         let lease_run = lease_clients.await.expect("the lease workload finished");
         self.check_leases(label, &lease_workload, &lease_run);
         stats

@@ -13,6 +13,12 @@
 //! gone, and the lease history is checked against the failover rule
 //! (`jepsen::leases::check_leases`, with the nemesis' fault windows).
 //!
+//! And the watch workload of `jepsen::recorder` ([`start_watches`]): on every node a
+//! recursive watch of the register keys' parent and a watch of one key, over the same HTTP
+//! API, each resuming on another node after an error. Once healed, every stream is brought
+//! up to the final revision and checked (`jepsen::watch::check_watches`) against the
+//! register history's acknowledged writes and a final linearizable dump.
+//!
 //! Every test prints its seed and, on failure, how to replay it:
 //! `PALISADE_SEED=<n> cargo test --test it fault_sim::<name> -- --nocapture`.
 //! Without `PALISADE_SEED`, each test uses a fixed seed of its own.
@@ -40,7 +46,10 @@ use std::time::Duration;
 use jepsen::history::{Call, History, Op, Outcome};
 use jepsen::leases::{self, check_leases, FaultWindow};
 use jepsen::linearizability;
-use jepsen::recorder::{run_leases, run_register, Endpoints, LeaseWorkload, Recorder, RegisterWorkload};
+use jepsen::recorder::{
+    run_leases, run_register, start_watches, Endpoints, LeaseWorkload, Recorder, RegisterWorkload,
+    WatchWorkload,
+};
 use palisade::raft::NodeId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -490,6 +499,17 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
     let lease_clients =
         tokio::spawn(run_leases(rec.clone(), endpoints.clone(), lease_workload, lease_stop.clone()));
 
+    let watches = start_watches(
+        endpoints.clone(),
+        WatchWorkload {
+            prefix: format!("/jepsen/{}/round{round}", sc.name),
+            keys: keys.clone(),
+            progress_ms: 300,
+            seed: seed.wrapping_add(round as u64).wrapping_mul(17),
+        },
+    )
+    .await;
+
     let nemesis = async {
         tokio::time::sleep(LEAD).await;
         run_nemesis(c, &rec, steps, &log).await;
@@ -499,7 +519,7 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
         tokio::time::sleep(SETTLE).await;
         stop.store(true, Ordering::SeqCst);
     };
-    tokio::join!(run_register(rec.clone(), endpoints, workload, stop.clone()), nemesis);
+    tokio::join!(run_register(rec.clone(), endpoints.clone(), workload, stop.clone()), nemesis);
     let during = Counts::of(&rec.history());
 
     // Every node must come back to one state.
@@ -552,6 +572,11 @@ async fn run_round(c: &Cluster, sc: &Scenario, seed: u64, round: usize, steps: &
                 state.value(key)
             ));
         }
+    }
+    // The watches of the register keys, against the same history.
+    match watches.finish(&h, Duration::from_secs(20)).await {
+        Ok(summary) => println!("[fault_sim] {} round {round}: watches: {summary}", sc.name),
+        Err(e) => fail(format!("the watches of the register keys are wrong:\n{e}")),
     }
     if counts.ok < MIN_OK || counts.ok_reads < 10 || counts.ok_writes + counts.ok_cas < 10 {
         fail(format!(

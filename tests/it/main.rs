@@ -8,6 +8,9 @@
 //! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
 //! - `lease_process`: leases on real processes (followers, the failover rule across a
 //!   leader kill, a partitioned old leader, a mass expiry).
+//! - `watch_process`: watches on real processes (a leader killed, resumes on other nodes, a
+//!   follower restarted, snapshot install and compaction, stalled watchers), checked by
+//!   `jepsen::watch`.
 //! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
 //!   out of file descriptors).
 
@@ -28,3 +31,4 @@ mod http_api;
 mod idempotency_process;
 mod lease_process;
 mod openapi_sync;
+mod watch_process;

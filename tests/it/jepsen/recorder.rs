@@ -11,6 +11,9 @@
 //! The lease workload ([`run_leases`]) records into the same recorder, on the same clock,
 //! but apart from the register history (its reads are of keys nobody writes twice, checked
 //! by `leases::check_leases`, not by the register checker): see [`LeaseWorkload`].
+//!
+//! The watch workload ([`start_watches`]) watches the register keys on every node while the
+//! register workload runs, and is checked against its history: see [`WatchWorkload`].
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use super::history::{Call, History, Op, Outcome, Value};
 use super::leases::{FaultWindow, LeaseCall, LeaseHistory, LeaseOp, LeaseReply};
+use crate::support::watch_client::{Recording, ResumeBy, WatchClient, WatchClock, WatchSpec};
 
 /// Collects ops from every client.
 pub struct Recorder {
@@ -617,5 +621,183 @@ async fn lease_reply(req: reqwest::RequestBuilder, ok: u16) -> LeaseReply {
         503 => LeaseReply::Fail,
         s if (400..500).contains(&s) => LeaseReply::Fail,
         _ => LeaseReply::Unknown,
+    }
+}
+
+/// A watch workload beside the register workload: on every node, a recursive watch of the
+/// register keys' common parent (SSE, from now, resumed by `Last-Event-ID`) and a watch of
+/// one register key (NDJSON, replayed from the revision before the watches start, resumed
+/// by `start_revision`), each moving to
+/// another node after any error (see `support::watch_client`): a refused or broken
+/// connection, or one silent for five progress intervals (a paused node). Besides, about
+/// once a second a stream picked at random drops its connection and resumes elsewhere,
+/// so resumes also happen under faults that leave connections alone (partitions). [`WatchRun::finish`] brings
+/// every stream up to the final revision and checks them all with
+/// `watch::check_watches` against the register history's acknowledged writes plus a final
+/// linearizable dump.
+#[derive(Clone, Debug)]
+pub struct WatchWorkload {
+    /// The register keys' common parent.
+    pub prefix: String,
+    pub keys: Vec<String>,
+    /// `?progress=` of every stream (ms).
+    pub progress_ms: u64,
+    /// Which streams drop their connection, and when.
+    pub seed: u64,
+}
+
+/// The streams of a [`WatchWorkload`].
+pub struct WatchRun {
+    pub clients: Arc<Vec<WatchClient>>,
+    w: WatchWorkload,
+    endpoints: Endpoints,
+    /// Drops a random stream's connection now and then, until the run finishes.
+    kicker: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the watch workload on the nodes `endpoints` names now.
+pub async fn start_watches(endpoints: Endpoints, w: WatchWorkload) -> WatchRun {
+    // Where the single-key watches replay from (not revision 1: a long soak compacts it).
+    let past = match linearizable_dump(&endpoints, &w.prefix, Duration::from_secs(10)).await {
+        Ok((revision, _)) => revision.max(1),
+        Err(e) => panic!("the watch workload could not read the current revision: {e}"),
+    };
+    let clock = WatchClock::new();
+    let mut clients = Vec::new();
+    for (i, url) in endpoints().into_iter().enumerate() {
+        let key = &w.keys[i % w.keys.len()];
+        let tree = WatchSpec::new(&w.prefix).recursive().resume_by(ResumeBy::LastEventId);
+        let one = WatchSpec::new(key).starting_at(past).ndjson().resume_by(ResumeBy::StartRevision);
+        for (name, mut spec) in [(format!("tree{i}"), tree), (format!("key{i}:{key}"), one)] {
+            spec.progress_ms = w.progress_ms;
+            spec.idle = Duration::from_millis(5 * w.progress_ms);
+            let c = WatchClient::new(&name, spec, clock.clone());
+            c.follow(endpoints.clone(), Some(url.clone()));
+            clients.push(c);
+        }
+    }
+    let clients = Arc::new(clients);
+    let kicker = {
+        let (clients, seed) = (clients.clone(), w.seed);
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            loop {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..=1500))).await;
+                clients[rng.gen_range(0..clients.len())].kick();
+            }
+        })
+    };
+    WatchRun { clients, w, endpoints, kicker }
+}
+
+/// A linearizable listing of `prefix` through any node of `endpoints` (trying them in turn
+/// for up to `within`): its revision and `(key, value, mod_revision)` of every key.
+pub async fn linearizable_dump(
+    endpoints: &Endpoints,
+    prefix: &str,
+    within: Duration,
+) -> Result<(u64, Vec<(String, String, u64)>), String> {
+    let http = crate::support::process::Http::new(Duration::from_secs(3));
+    let deadline = Instant::now() + within;
+    let mut last = String::from("no node to ask");
+    loop {
+        for url in endpoints() {
+            match http.list(&url, prefix, crate::support::process::Consistency::Linearizable).await {
+                Ok(l) => {
+                    let mut dump = Vec::new();
+                    for (key, kv) in l.kvs {
+                        let value =
+                            kv["value"].as_str().ok_or_else(|| format!("{key} without a value: {kv}"))?;
+                        let rev = kv["mod_revision"]
+                            .as_u64()
+                            .ok_or_else(|| format!("{key} without mod_revision: {kv}"))?;
+                        dump.push((key, value.to_string(), rev));
+                    }
+                    return Ok((l.revision, dump));
+                }
+                Err(e) => last = e,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no linearizable listing of {prefix} within {within:?}; last: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What [`WatchRun::finish`] checked.
+#[derive(Clone, Debug)]
+pub struct WatchSummary {
+    pub report: super::watch::Report,
+    /// Connections over every stream, attempts included.
+    pub connections: usize,
+    /// Resumed connections that delivered messages.
+    pub resumed: usize,
+    pub head: u64,
+}
+
+impl std::fmt::Display for WatchSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} connections, {} resumes that delivered, checked through revision {})",
+            self.report, self.connections, self.resumed, self.head
+        )
+    }
+}
+
+impl WatchRun {
+    /// Once the faults are healed and the writers stopped: waits (up to `within`) until
+    /// every stream covers the revision of a linearizable read, stops them, and checks them
+    /// against `history` (the register workload's) plus a final linearizable dump. `Err`
+    /// carries the violation and the connections of the stream that broke a rule.
+    pub async fn finish(self, history: &History, within: Duration) -> Result<WatchSummary, String> {
+        self.kicker.abort();
+        let (target, _) = linearizable_dump(&self.endpoints, &self.w.prefix, within).await?;
+        let deadline = Instant::now() + within;
+        for c in self.clients.iter() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = c.wait_covered(target, left).await {
+                return Err(format!(
+                    "a watch did not catch up with the final revision {target} after the heal: {e}"
+                ));
+            }
+        }
+        let recs: Vec<Recording> = self.clients.iter().map(|c| c.stop()).collect();
+        // Read after every stream stopped: nothing any stream saw is above it.
+        let (head, dump) = linearizable_dump(&self.endpoints, &self.w.prefix, within).await?;
+        let all = || recs.iter().map(|r| r.describe()).collect::<Vec<_>>().join("");
+        for r in &recs {
+            if !r.protocol_errors.is_empty() {
+                return Err(format!("a watch broke the protocol:\n{}", r.describe()));
+            }
+        }
+        let log = super::watch::CommittedLog::from_history(history, &dump, head)
+            .map_err(|e| format!("the acknowledged writes and the final dump disagree: {e}"))?;
+        let acked: Vec<(String, u64)> = history
+            .ops
+            .iter()
+            .filter(|o| matches!(o.call, Call::Write { .. } | Call::Cas { .. }))
+            .filter_map(|o| match o.outcome {
+                Outcome::Ok { revision: Some(r), .. } => Some((o.key.clone(), r)),
+                _ => None,
+            })
+            .collect();
+        let streams: Vec<_> = recs.iter().map(|r| r.stream.clone()).collect();
+        let report = super::watch::check_watches(&streams, &log, &acked).map_err(|v| {
+            let conns =
+                recs.iter().find(|r| r.stream.id == v.stream).map(|r| r.describe()).unwrap_or_default();
+            format!("the watches broke a rule: {v}\nconnections of that watch:\n{conns}")
+        })?;
+        if report.acknowledged_seen == 0 || report.changes == 0 {
+            return Err(format!(
+                "the watches saw no acknowledged write: they check nothing ({report})\n{}",
+                all()
+            ));
+        }
+        let connections = recs.iter().map(|r| r.connections.len()).sum();
+        let resumed =
+            recs.iter().flat_map(|r| &r.connections).filter(|c| c.by.is_some() && c.count > 0).count();
+        Ok(WatchSummary { report, connections, resumed, head })
     }
 }
