@@ -109,7 +109,10 @@ async fn invalid_query_parameters() {
         get("/v1/kv/a?recursive&bogus=1").await;
         get("/v1/kv/a?if_version=0").await;
         get("/v1/kv/a?prev_kv").await;
-        get("/v1/kv/a?wait").await;
+        get("/v1/kv/a?wiat").await;
+        get("/v1/kv/a?watch").await;
+        put("/v1/kv/a?wait").await;
+        del("/v1/kv/a?wait").await;
         put("/v1/kv/a?recurisve").await;
         put("/v1/kv/a?recursive").await;
         put("/v1/kv/a?ifversion=0").await;
