@@ -1003,10 +1003,26 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
         o.append("| product | beside the put | put req/s | change | p50 ms | p99 ms | p99 change "
                  "| server CPU % | RSS at end MiB |")
         o.append("|---|---|" + "|".join(["---:"] * 7) + "|")
-        failed, notes = [], []
+        failed, notes, verdicts = [], [], []
         for t in tgts:
             base = [r for r in put_rows if r["target"] == t and r["beside"] == "none"]
             base_rate, base_p99 = med(base, rate), med(base, lambda r: ms(r["p99_us"]))
+            if t == "palisade":
+                def of(beside, f):
+                    return med([r for r in put_rows if r["target"] == t and r["beside"] == beside], f)
+                p99_idle, rate_stall = of("idle", lambda r: ms(r["p99_us"])), of("stalled", rate)
+                p99_again, rate_again = of("none-after", lambda r: ms(r["p99_us"])), of("none-after", rate)
+                if p99_idle is not None and base_p99:
+                    verdicts.append(f"put p99 beside {n_idle:,} idle watchers {change(p99_idle, base_p99)} against "
+                                    "alone (goal: within 10%" + (", met" if p99_idle <= 1.1 * base_p99 else ", **not met**")
+                                    + ")")
+                if rate_stall is not None and base_rate:
+                    verdicts.append(f"put req/s beside a stalled watcher {change(rate_stall, base_rate)} (goal: "
+                                    "unchanged)")
+                if p99_again is not None and base_p99:
+                    verdicts.append(f"the second run alone differs from the first by {change(rate_again, base_rate)} "
+                                    f"in req/s and {change(p99_again, base_p99)} in p99, which is the noise to "
+                                    "read the other changes against")
             for beside in BESIDE:
                 g = [r for r in put_rows if r["target"] == t and r["beside"] == beside]
                 if not g:
@@ -1041,6 +1057,8 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
         o.append("")
         o.append("Failed requests: " + ("; ".join(failed) if failed else "none") + ".")
         o.append(" ".join(notes) + "\n")
+        if verdicts:
+            o.append("Palisade against the goals: " + "; ".join(verdicts) + ".\n")
     vals = [v for v, _ in others if v is not None]
     if vals:
         worst = max((x for x in others if x[0] is not None), key=lambda x: x[0])

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """benches/watch.py: the watch clients of benches/run.sh (stdlib only, one thread each).
 
-  watch.py latency palisade|etcd PUT_URL WATCH_URL N PREFIX SAMPLES WARM
+  watch.py latency palisade|etcd PUT_URL WATCH_URL N PREFIX SAMPLES WARM [GAP_MS]
         One watcher on WATCH_URL (a recursive watch of PREFIX) and one putter on its own
         connection to PUT_URL, which writes WARM + N fresh keys PREFIXk000000000000,
-        PREFIXk000000000001, ... one at a time, each after the previous one's ack. For each
+        PREFIXk000000000001, ... one at a time, each after the previous one's ack (and a
+        pause of GAP_MS, 0 by default: run.sh does not pause; a pause shows whether a
+        follower learns of a commit only from the next write). For each
         of the last N keys it appends "send_to_event_us ack_to_event_us put_us" to SAMPLES
         (t_send: just before the request is written; t_ack: its answer read in full;
         t_event: the watch stream's bytes carrying its event read). Prints one line
@@ -180,8 +182,8 @@ def open_watch(product, url, key, recursive, timeout=10.0):
                 return s, r
 
 
-def cmd_latency(product, put_url, watch_url, n, prefix, samples_path, warm):
-    n, warm = int(n), int(warm)
+def cmd_latency(product, put_url, watch_url, n, prefix, samples_path, warm, gap_ms="0"):
+    n, warm, gap = int(n), int(warm), float(gap_ms) / 1e3
     sess = "/" if product == "palisade" else ""
     watch_key = sess + prefix.rstrip("/") if product == "palisade" else prefix
     ws, wr = open_watch(product, watch_url, watch_key, True)
@@ -229,6 +231,11 @@ def cmd_latency(product, put_url, watch_url, n, prefix, samples_path, warm):
                         t_ack[i] = t
         if pr.status != 200:
             raise RuntimeError(f"put {k}: HTTP {pr.status} {bytes(pr.body[:200])!r}")
+        end = time.monotonic() + gap
+        while gap and time.monotonic() < end:  # a pause, still reading the watch
+            for sk, _ in sel.select(max(0.0, end - time.monotonic())):
+                if sk.data == "watch":
+                    on_watch()
     puts_s = time.monotonic() - wall0
     deadline = time.monotonic() + 10
     while not all(t_event[warm:]) and time.monotonic() < deadline:
