@@ -19,11 +19,10 @@
 #     21 minutes (10 min per product plus start-up, preload and warm-up).
 #   - the watch part (WATCH): put->event latency (one watcher, one putter writing WATCH_N
 #     fresh keys one at a time) on WATCH_NODES-node clusters, the watcher on the leader
-#     and, for 3 nodes, on a follower, WATCH_ROUNDS runs each; then WATCH_ROUNDS groups
-#     per product on 1 node: the memory of WATCH_IDLE idle watchers (each its own
-#     connection), and put at WATCH_CONNS connections alone, beside one stalled watcher,
-#     beside the WATCH_IDLE idle watchers, and alone again (about 3 minutes per product
-#     with the defaults).
+#     and, for 3 nodes, on a follower, WATCH_ROUNDS runs each; then WATCH_ROUNDS rounds
+#     of put at WATCH_CONNS connections on 1 node alone, beside one stalled watcher and
+#     beside WATCH_IDLE idle watchers (each its own connection; their memory is measured
+#     first), each on a fresh node (about 3 minutes per product with the defaults).
 # So `make bench` takes about 72 minutes, 12-15 of them for leases (the keepalive
 # groups, put under keepalives, failover) and about 6 for watches; the script prints a
 # (low) estimate when it starts.
@@ -71,8 +70,8 @@
 #             watch part (1)
 #   WATCH_NODES   cluster sizes of the latency runs (1 3)
 #   WATCH_N       measured puts per latency run, after 100 unmeasured ones (1000)
-#   WATCH_ROUNDS  latency runs per cluster size and watcher placement, and groups of the
-#             idle/stalled-watcher part per product (3)
+#   WATCH_ROUNDS  latency runs per cluster size and watcher placement, and rounds of the
+#             put runs beside idle and stalled watchers (3)
 #   WATCH_IDLE    idle watchers (10000); Palisade then runs with --max-client-connections
 #             and --max-watchers of WATCH_IDLE + 1000, and the open-file limit (soft) is
 #             raised to the hard limit, which must be at least WATCH_IDLE + 1000
@@ -635,47 +634,45 @@ watch_put() {
   log "$(printf '%-8s 1 node put c=%-3s beside %-10s' "$product" "$WATCH_CONNS" "$beside") $(summary "$res")"
 }
 
-# watch_group ROUND PRODUCT: one fresh node with the KEYS keys under load/. The memory of
-# WATCH_IDLE idle watchers (RSS before and after opening them, on the quiet node); then put
-# alone, beside one stalled watcher of load/, beside the WATCH_IDLE idle watchers, and alone
-# again. Appends to watchidle.txt and watchput.txt.
-watch_group() {
-  local round=$1 product=$2 rss0 rss1 ready row
-  local dir="$work/watch-$round-$product"
+# watch_cell ROUND PRODUCT BESIDE: a fresh node with the KEYS keys under load/, and put at
+# WATCH_CONNS connections for DURATION s beside nothing (none), one stalled watcher of
+# load/ (stalled) or WATCH_IDLE idle watchers (idle). Every cell starts from the same state,
+# so the history left by one run does not weigh on the next. The idle cell first measures
+# the memory of its watchers: RSS before and 2 s after opening them, on the quiet node
+# (watchidle.txt). Appends a row to watchput.txt.
+watch_cell() {
+  local round=$1 product=$2 beside=$3 rss0 rss1 ready row
+  local dir="$work/watch-$round-$product-$beside"
   mkdir -p "$dir"
-  [[ $product != palisade ]] ||
-    PALISADE_PART_FLAGS=$WATCH_PALISADE_FLAGS
+  [[ $product != palisade ]] || PALISADE_PART_FLAGS=$WATCH_PALISADE_FLAGS
   start "$product" 1 "$dir"
   PALISADE_PART_FLAGS=""
   python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" load/ || die "$product: preload failed"
-  sleep 1
-  rss0=$(vm_rss "${PIDS[0]}")
-  watch_client "$dir/idle-mem.out" idle "$product" "$LEADER_URL" "$WATCH_IDLE"
-  ready=$(sed -n 's/^IDLE ready //p' "$dir/idle-mem.out")
-  sleep 2
-  rss1=$(vm_rss "${PIDS[0]}")
-  end_client "$dir/idle-mem.out" ""
-  all_alive "$product" "$dir" "the idle watchers"
-  echo "round=$round target=$product $ready rss_before_kib=$rss0 rss_after_kib=$rss1 $END" >>"$work/watchidle.txt"
-  log "$(printf '%-8s 1 node %s idle watchers: %s; RSS %d -> %d MiB' "$product" "$WATCH_IDLE" "$ready" \
-    $((rss0 / 1024)) $((rss1 / 1024)))"
-  [[ $(field opened "$ready") == "$WATCH_IDLE" ]] || die "$product: not every idle watcher opened ($ready; see $dir/idle-mem.out)"
-  sleep 1
+  if [[ $beside == idle ]]; then
+    sleep 1
+    rss0=$(vm_rss "${PIDS[0]}")
+    watch_client "$dir/idle.out" idle "$product" "$LEADER_URL" "$WATCH_IDLE"
+    ready=$(sed -n 's/^IDLE ready //p' "$dir/idle.out")
+    sleep 2
+    rss1=$(vm_rss "${PIDS[0]}")
+    all_alive "$product" "$dir" "the idle watchers"
+    echo "round=$round target=$product $ready rss_before_kib=$rss0 rss_after_kib=$rss1" >>"$work/watchidle.txt"
+    log "$(printf '%-8s 1 node %s idle watchers: %s; RSS %d -> %d MiB' "$product" "$WATCH_IDLE" "$ready" \
+      $((rss0 / 1024)) $((rss1 / 1024)))"
+    [[ $(field opened "$ready") == "$WATCH_IDLE" ]] || die "$product: not every idle watcher opened ($ready; see $dir/idle.out)"
+  fi
   warm_up "$product" put "$dir/warmup.log" BENCH_PREFIX=load/
-  watch_put "$round" "$product" "$dir" none >>"$work/watchput.txt"
-  watch_client "$dir/stall.out" stall "$product" "$LEADER_URL" load/
-  row=$(watch_put "$round" "$product" "$dir" stalled "$CLIENT")
-  end_client "$dir/stall.out" stall_
-  echo "$row $END" >>"$work/watchput.txt"
-  watch_client "$dir/idle.out" idle "$product" "$LEADER_URL" "$WATCH_IDLE"
-  ready=$(sed -n 's/^IDLE ready //p' "$dir/idle.out")
-  [[ $(field opened "$ready") == "$WATCH_IDLE" ]] || die "$product: not every idle watcher opened ($ready; see $dir/idle.out)"
-  row=$(watch_put "$round" "$product" "$dir" idle "$CLIENT")
-  end_client "$dir/idle.out" idle_
-  echo "$row $END" >>"$work/watchput.txt"
-  sleep 1
-  watch_put "$round" "$product" "$dir" none-after >>"$work/watchput.txt"
-  stop_servers KILL
+  if [[ $beside == stalled ]]; then
+    watch_client "$dir/stalled.out" stall "$product" "$LEADER_URL" load/
+  fi
+  if [[ $beside == none ]]; then
+    watch_put "$round" "$product" "$dir" "$beside" >>"$work/watchput.txt"
+  else
+    row=$(watch_put "$round" "$product" "$dir" "$beside" "$CLIENT")
+    end_client "$dir/$beside.out" "${beside}_"
+    echo "$row $END" >>"$work/watchput.txt"
+  fi
+  stop_servers KILL # nothing of this node is kept
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
@@ -740,7 +737,7 @@ if [[ $WATCH != 0 ]]; then # latency runs (~2 ms a put), then the idle/stalled g
   for n in $WATCH_NODES; do
     watch_est=$((watch_est + nt * (5 + WATCH_ROUNDS * (n > 1 ? 2 : 1) * ((WATCH_N + WATCH_WARM) / 500 + 1))))
   done
-  watch_est=$((watch_est + WATCH_ROUNDS * nt * (4 * (DURATION + 1) + WARMUP + 2 * (WATCH_IDLE / 2000 + 2) + KEYS / 2000 + 10)))
+  watch_est=$((watch_est + WATCH_ROUNDS * nt * (3 * (DURATION + WARMUP + KEYS / 2000 + 4) + WATCH_IDLE / 2000 + 3)))
 fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
@@ -774,8 +771,10 @@ if [[ $WATCH != 0 ]]; then
     done
   done
   for ((round = 1; round <= WATCH_ROUNDS; round++)); do
-    for product in $TARGETS; do
-      watch_group "$round" "$product"
+    for beside in none stalled idle; do
+      for product in $TARGETS; do
+        watch_cell "$round" "$product" "$beside"
+      done
     done
   done
 fi

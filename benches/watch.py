@@ -17,7 +17,8 @@
         w/00001, ... (no one writes them), at most OPENING at a time; prints "IDLE ready ..."
         once every one is established (or failed), then reads whatever comes (Palisade's
         progress messages) until SIGTERM, and prints "IDLE end ..." (how many are still
-        open, how many the server closed).
+        open, how many the server closed, the bytes received in all and after the watches
+        were established).
   watch.py stall palisade|etcd URL PREFIX
         Opens one recursive watch of PREFIX, reads its answer head and first message, then
         never reads its socket again; prints "STALL ready", and on SIGTERM "STALL end
@@ -292,7 +293,7 @@ def cmd_idle(product, url, n):
     sel = selectors.DefaultSelector()
     todo = list(range(n))
     todo.reverse()
-    opening, opened, failed, closed_by_server, nbytes, first_error = 0, 0, 0, 0, 0, None
+    opening, opened, failed, closed_by_server, nbytes, later, first_error = 0, 0, 0, 0, 0, 0, None
     t0 = time.monotonic()
     ready_printed = False
 
@@ -353,6 +354,7 @@ def cmd_idle(product, url, n):
                 continue
             nbytes += len(data)
             if w.state == "open":
+                later += len(data)
                 continue
             w.resp.feed(data)
             if w.resp.status is not None and w.resp.status != 200:
@@ -363,7 +365,8 @@ def cmd_idle(product, url, n):
                 opened += 1
                 opening -= 1
     still = sum(1 for sk in sel.get_map().values() if sk.data.state == "open")
-    print(f"IDLE end still_open={still} closed_by_server={closed_by_server} bytes={nbytes}", flush=True)
+    print(f"IDLE end still_open={still} closed_by_server={closed_by_server} bytes={nbytes} "
+          f"later_bytes={later}", flush=True)
     return 0
 
 
