@@ -908,10 +908,12 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
             f"{runs} run(s) per row on one cluster per product and size, the watcher on the "
             "leader and on a follower taking turns; percentiles (nearest rank) over the samples of "
             "all runs. On 3 nodes a watcher on a follower hears of a write once the follower has "
-            "learnt it is committed and applied it.\n")
+            "learnt it is committed and applied it. **other CPU %**: what the rest of the machine "
+            "used during the runs (median; busy CPU minus the servers and the client; 100 = one "
+            "core): high values mean other work competed for the 2 cores.\n")
         o.append("| nodes | watcher on | product | samples | put→event p50 ms | p99 ms | max ms "
-                 "| ack→event p50 ms | p99 ms | put p50 ms | put p99 ms |")
-        o.append("|---:|---|---|" + "|".join(["---:"] * 8) + "|")
+                 "| ack→event p50 ms | p99 ms | put p50 ms | put p99 ms | other CPU % |")
+        o.append("|---:|---|---|" + "|".join(["---:"] * 9) + "|")
         p99s, missing = {}, []
         for nodes, where in cases:
             for t in tgts:
@@ -931,7 +933,8 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
                     str(nodes), where, meta["desc_" + t], fmt(len(e2s)),
                     fmt(pct(e2s, 50), 2), fmt(pct(e2s, 99), 2), fmt(max(e2s), 2),
                     fmt(pct(e2a, 50), 2), fmt(pct(e2a, 99), 2),
-                    fmt(pct(put, 50), 2), fmt(pct(put, 99), 2)]) + " |")
+                    fmt(pct(put, 50), 2), fmt(pct(put, 99), 2),
+                    fmt(med(g, lambda r: other_cpu(hz, r, float(r["client_cpu_s"]))))]) + " |")
         o.append("")
         o.append("Missing events (a put whose event never came within 10 s): "
                  + ("; ".join(missing) if missing else "none") + ".\n")
@@ -995,11 +998,12 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
             f"{meta['warmup']} s checked warm-up, so the history one run leaves behind does not weigh on "
             "the next; the rounds take the three in turn, and the products in turn within each. "
             f"Medians over {rounds} round(s); **change** against the put alone; **server CPU %** of the "
-            "node (100 = one core); **RSS at end** the node's resident set when the put ended. The "
-            "client holding the watchers, wrk and the server share the machine's cores.\n")
+            "node (100 = one core); **other CPU %** the rest of the machine, less wrk and the watch "
+            "client; **RSS at end** the node's resident set when the put ended. The client holding "
+            "the watchers, wrk and the server share the machine's cores.\n")
         o.append("| product | beside the put | put req/s | change | p50 ms | p99 ms | p99 change "
-                 "| server CPU % | RSS at end MiB |")
-        o.append("|---|---|" + "|".join(["---:"] * 7) + "|")
+                 "| server CPU % | other CPU % | RSS at end MiB |")
+        o.append("|---|---|" + "|".join(["---:"] * 8) + "|")
         failed, notes, verdicts = [], [], []
         for t in tgts:
             base = [r for r in put_rows if r["target"] == t and r["beside"] == "none"]
@@ -1016,6 +1020,8 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
                     fmt(med(g, lambda r: ms(r["p50_us"])), 2), fmt(p99, 2),
                     "-" if beside == "none" else change(p99, base_p99),
                     fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"]))),
+                    fmt(med(g, lambda r: other_cpu(hz, r, float(r["client_cpu_s"])
+                                                   + float(r.get("watch_client_cpu_s", 0))))),
                     fmt(med(g, lambda r: int(r["rss_end_kib"]) / 1024))]) + " |")
                 n_err = sum(int(r["errors"]) for r in g)
                 if n_err:
