@@ -870,7 +870,8 @@ def other_cpu(hz, r, client_s=0.0):
     return max(100.0 * (int(r["busy_ticks"]) - int(r["server_ticks"])) / hz / w - 100.0 * client_s / w, 0.0)
 
 
-BESIDE = {"none": "nothing", "stalled": "1 stalled watcher", "idle": "{n} idle watchers"}
+BESIDE = {"none": "nothing", "reading": "1 watcher reading every event", "stalled": "1 stalled watcher",
+          "idle": "{n} idle watchers"}
 
 
 def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
@@ -913,9 +914,9 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
             "learnt it is committed and applied it. **other CPU %**: what the rest of the machine "
             "used during the runs (median; busy CPU minus the servers and the client; 100 = one "
             "core): high values mean other work competed for the 2 cores.\n")
-        o.append("| nodes | watcher on | product | samples | put→event p50 ms | p99 ms | max ms "
-                 "| ack→event p50 ms | p99 ms | put p50 ms | put p99 ms | other CPU % |")
-        o.append("|---:|---|---|" + "|".join(["---:"] * 9) + "|")
+        o.append("| nodes | watcher on | product | samples | put→event p50 ms | p99 ms | p99 of each run ms "
+                 "| max ms | ack→event p50 ms | p99 ms | put p50 ms | put p99 ms | other CPU % |")
+        o.append("|---:|---|---|" + "|".join(["---:"] * 10) + "|")
         p99s, missing = {}, []
         for nodes, where in cases:
             for t in tgts:
@@ -931,9 +932,15 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
                 if not e2s:
                     continue
                 p99s[(nodes, where, t)] = pct(e2s, 99)
+                each, at = [], 0  # the samples file holds the runs' samples in turn
+                for r in sorted(g, key=lambda r: int(r["round"])):
+                    part = e2s[at:at + int(r["received"])]
+                    at += int(r["received"])
+                    if part:
+                        each.append(fmt(pct(part, 99), 2))
                 o.append("| " + " | ".join([
                     str(nodes), where, meta["desc_" + t], fmt(len(e2s)),
-                    fmt(pct(e2s, 50), 2), fmt(pct(e2s, 99), 2), fmt(max(e2s), 2),
+                    fmt(pct(e2s, 50), 2), fmt(pct(e2s, 99), 2), " / ".join(each), fmt(max(e2s), 2),
                     fmt(pct(e2a, 50), 2), fmt(pct(e2a, 99), 2),
                     fmt(pct(put, 50), 2), fmt(pct(put, 99), 2),
                     fmt(med(g, lambda r: other_cpu(hz, r, float(r["client_cpu_s"]))))]) + " |")
@@ -992,13 +999,16 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
         o.append("### Writes beside idle and stalled watchers\n")
         o.append(
             f"**put** as in the load tables (keys under `load/`) at {conns} connections for "
-            f"{meta['duration']} s on a single node: alone; beside one **stalled watcher**, a recursive "
-            "watch of `load/` (so every put is an event for it) whose client reads its answer head and "
-            "first message and then never reads its socket again; and beside the "
+            f"{meta['duration']} s on a single node: alone; beside one **watcher reading every event**, "
+            "a recursive watch of `load/` (so every put is an event for it) whose client reads "
+            "(and counts, without parsing) all that comes; beside one **stalled watcher** of `load/`, "
+            "whose client reads its answer head and first message and then never reads its socket "
+            "again (until its socket buffers fill, the server writes to it as to a reading one); and "
+            "beside the "
             f"**{n_idle:,} idle watchers** of the table above, open from before the warm-up to the end. "
             f"Each run has a fresh node of its own with the same {int(meta['keys']):,} keys and a "
             f"{meta['warmup']} s checked warm-up, so the history one run leaves behind does not weigh on "
-            "the next; the rounds take the three in turn, and the products in turn within each. "
+            "the next; the rounds take the four in turn, and the products in turn within each. "
             f"Medians over {rounds} round(s); **change** against the put alone; **server CPU %** of the "
             "node (100 = one core); **other CPU %** the rest of the machine, less wrk and the watch "
             "client; **RSS at end** the node's resident set when the put ended. The client holding "
@@ -1035,6 +1045,9 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
                     notes.append(f"{meta['desc_' + t]} alone ranged over the rounds from {fmt(min(rates))} to "
                                  f"{fmt(max(rates))} req/s and from {fmt(min(p99s), 2)} to {fmt(max(p99s), 2)} ms "
                                  "p99: the noise to read the changes against.")
+                if beside == "reading":
+                    kib = med(g, lambda r: int(r["reading_bytes"]) / 1024)
+                    notes.append(f"{meta['desc_' + t]}'s reading watcher received {fmt(kib)} KiB (median).")
                 if beside == "stalled":
                     kib = med(g, lambda r: int(r["stalled_bytes"]) / 1024)
                     closed = sum(int(r["stalled_eof"]) for r in g)

@@ -20,9 +20,10 @@
 #   - the watch part (WATCH): put->event latency (one watcher, one putter writing WATCH_N
 #     fresh keys one at a time) on WATCH_NODES-node clusters, the watcher on the leader
 #     and, for 3 nodes, on a follower, WATCH_ROUNDS runs each; then WATCH_ROUNDS rounds
-#     of put at WATCH_CONNS connections on 1 node alone, beside one stalled watcher and
-#     beside WATCH_IDLE idle watchers (each its own connection; their memory is measured
-#     first), each on a fresh node (about 3 minutes per product with the defaults).
+#     of put at WATCH_CONNS connections on 1 node alone, beside one watcher reading every
+#     event, beside one that reads nothing, and beside WATCH_IDLE idle watchers (each its
+#     own connection; their memory is measured first), each on a fresh node (about 3.5
+#     minutes per product with the defaults).
 # So `make bench` takes about 72 minutes, 12-15 of them for leases (the keepalive
 # groups, put under keepalives, failover) and about 6 for watches; the script prints a
 # (low) estimate when it starts.
@@ -635,8 +636,9 @@ watch_put() {
 }
 
 # watch_cell ROUND PRODUCT BESIDE: a fresh node with the KEYS keys under load/, and put at
-# WATCH_CONNS connections for DURATION s beside nothing (none), one stalled watcher of
-# load/ (stalled) or WATCH_IDLE idle watchers (idle). Every cell starts from the same state,
+# WATCH_CONNS connections for DURATION s beside nothing (none), one watcher of load/ that
+# reads every event (reading), one that reads nothing (stalled) or WATCH_IDLE idle
+# watchers (idle). Every cell starts from the same state,
 # so the history left by one run does not weigh on the next. The idle cell first measures
 # the memory of its watchers: RSS before and 2 s after opening them, on the quiet node
 # (watchidle.txt). Appends a row to watchput.txt.
@@ -664,6 +666,8 @@ watch_cell() {
   warm_up "$product" put "$dir/warmup.log" BENCH_PREFIX=load/
   if [[ $beside == stalled ]]; then
     watch_client "$dir/stalled.out" stall "$product" "$LEADER_URL" load/
+  elif [[ $beside == reading ]]; then
+    watch_client "$dir/reading.out" follow "$product" "$LEADER_URL" load/
   fi
   if [[ $beside == none ]]; then
     watch_put "$round" "$product" "$dir" "$beside" >>"$work/watchput.txt"
@@ -737,7 +741,7 @@ if [[ $WATCH != 0 ]]; then # latency runs (~2 ms a put), then the idle/stalled g
   for n in $WATCH_NODES; do
     watch_est=$((watch_est + nt * (5 + WATCH_ROUNDS * (n > 1 ? 2 : 1) * ((WATCH_N + WATCH_WARM) / 500 + 1))))
   done
-  watch_est=$((watch_est + WATCH_ROUNDS * nt * (3 * (DURATION + WARMUP + KEYS / 2000 + 4) + WATCH_IDLE / 2000 + 3)))
+  watch_est=$((watch_est + WATCH_ROUNDS * nt * (4 * (DURATION + WARMUP + KEYS / 2000 + 3) + WATCH_IDLE / 2000 + 3)))
 fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
@@ -771,7 +775,7 @@ if [[ $WATCH != 0 ]]; then
     done
   done
   for ((round = 1; round <= WATCH_ROUNDS; round++)); do
-    for beside in none stalled idle; do
+    for beside in none reading stalled idle; do
       for product in $TARGETS; do
         watch_cell "$round" "$product" "$beside"
       done

@@ -24,6 +24,9 @@
         never reads its socket again; prints "STALL ready", and on SIGTERM "STALL end
         bytes=.. eof=0|1": what it finds in the socket then (what the server had written
         into the kernel's buffers) and whether the server had closed it.
+  watch.py follow palisade|etcd URL PREFIX
+        The same watch, read as fast as it comes (the bytes are counted, not parsed);
+        "FOLLOW ready", and on SIGTERM "FOLLOW end bytes=.. eof=0|1".
 
 The watch requests: Palisade `GET /v1/watch/<key>[?recursive]` with
 `Accept: application/x-ndjson` (established once its first message, a progress, comes);
@@ -370,17 +373,31 @@ def cmd_idle(product, url, n):
     return 0
 
 
-def cmd_stall(product, url, prefix):
+def cmd_stall(product, url, prefix, read=False):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     key = "/" + prefix.rstrip("/") if product == "palisade" else prefix
     s, _ = open_watch(product, url, key, True)
-    print("STALL ready", flush=True)
-    while not stop:
-        time.sleep(0.2)
-    s.setblocking(False)
+    what = "FOLLOW" if read else "STALL"
+    print(f"{what} ready", flush=True)
     nbytes, eof = 0, 0
-    while True:
+    if read:  # read (and count) everything as it comes
+        s.settimeout(0.2)
+        while not stop and not eof:
+            try:
+                data = s.recv(1 << 20)
+            except TimeoutError:
+                continue
+            except OSError:
+                eof = 1
+                break
+            eof = int(not data)
+            nbytes += len(data)
+    else:
+        while not stop:
+            time.sleep(0.2)
+    s.setblocking(False)
+    while not eof:  # what is left in the socket
         try:
             data = s.recv(1 << 20)
         except BlockingIOError:
@@ -388,16 +405,18 @@ def cmd_stall(product, url, prefix):
         except OSError:
             eof = 1
             break
-        if not data:
-            eof = 1
-            break
+        eof = int(not data)
         nbytes += len(data)
-    print(f"STALL end bytes={nbytes} eof={eof}", flush=True)
+    print(f"{what} end bytes={nbytes} eof={eof}", flush=True)
     return 0
 
 
+def cmd_follow(product, url, prefix):
+    return cmd_stall(product, url, prefix, read=True)
+
+
 def main():
-    cmds = {"latency": cmd_latency, "idle": cmd_idle, "stall": cmd_stall}
+    cmds = {"latency": cmd_latency, "idle": cmd_idle, "stall": cmd_stall, "follow": cmd_follow}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2
