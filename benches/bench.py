@@ -975,8 +975,11 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
             "progress; etcd: its `created` message); 2 s later the resident set is read again. "
             "**KiB per watcher** is the difference over the number of watchers: the server's own "
             "memory for a connection and its watch, not the kernel's socket buffers, which `VmRSS` "
-            f"does not count. Palisade ran with `{meta.get('watch_flags_palisade', '')}` (each watch "
-            "is a connection, and both caps default to less than this many); the open-file limit was "
+            f"does not count. Each watcher here is an HTTP/1.1 connection of its own, so the figure "
+            "is that of a connection and its watch together (for etcd also the gateway's gRPC "
+            "stream to its server per watch). Palisade ran with "
+            f"`{meta.get('watch_flags_palisade', '')}` (its default cap on client connections, "
+            "10,000, would refuse some of them); the open-file limit was "
             f"{meta.get('nofile', '?')} for the servers and the client. Medians over {rounds} "
             "round(s); **opened in s** the time to open and establish them all.\n")
         o.append("| product | watchers | opened in s | RSS before MiB | RSS after MiB | KiB per watcher "
