@@ -3,7 +3,9 @@
 
   bench.py leader palisade|etcd URL...   print the leader's URL once every member is ready
                                          and all agree on one leader; exit 1 otherwise
-  bench.py preload palisade|etcd URL N   write keys k000000000000000 .. N-1 (the wrk key space)
+  bench.py preload palisade|etcd URL N [PREFIX]
+                                         write keys PREFIXk000000000000000 .. N-1 (the wrk
+                                         key space; BENCH_PREFIX of the wrk scripts)
   bench.py leases palisade|etcd URL N TTL FILE
                                          grant N leases of TTL s; their ids to FILE, one a line
                                          (the keepalive load's BENCH_LEASES)
@@ -16,8 +18,13 @@
   bench.py sample SECS FILE PRODUCT PID...
                                          append the RSS (VmRSS) of each PID to FILE now and
                                          every SECS s until terminated (the memory run)
+  bench.py latsummary FILE               p50/p99 of a watch latency samples file (for the log)
   bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt,
-                                         putka.txt,failover.txt,rss.txt,rss-samples-*.txt}
+                                         putka.txt,failover.txt,rss.txt,rss-samples-*.txt,
+                                         watchlat.txt,watchlat-*.txt,watchidle.txt,watchput.txt}
+  bench.py splice FROM INTO [SECTION]    put the "## SECTION" (Watches) of the report FROM into
+                                         the report INTO, in place of its own if it has one,
+                                         else before its memory run or machine section
 """
 
 import base64
@@ -39,8 +46,8 @@ def b64(s):
     return base64.b64encode(s.encode()).decode()
 
 
-def key(i):
-    return "k%015d" % i
+def key(i, prefix=""):
+    return prefix + "k%015d" % i
 
 
 class Conn:
@@ -117,13 +124,14 @@ def in_parallel(url, n, one, conns=16):
     return failures[0] if failures else None
 
 
-def cmd_preload(product, url, n):
+def cmd_preload(product, url, n, prefix=""):
     def one(c, i):
+        k = key(i, prefix)
         if product == "palisade":
-            st, body = c.call("PUT", "/v1/kv/" + key(i), {"value": VALUE})
+            st, body = c.call("PUT", "/v1/kv/" + k, {"value": VALUE})
         else:
-            st, body = c.call("POST", "/v3/kv/put", {"key": b64(key(i)), "value": b64(VALUE)})
-        return None if st == 200 else "%s: HTTP %d %s" % (key(i), st, body[:200])
+            st, body = c.call("POST", "/v3/kv/put", {"key": b64(k), "value": b64(VALUE)})
+        return None if st == 200 else "%s: HTTP %d %s" % (k, st, body[:200])
 
     err = in_parallel(url, int(n), one)
     if err:
@@ -378,6 +386,7 @@ def cmd_report(workdir, out):
     putka_rows = read_rows(os.path.join(workdir, "putka.txt"))
     failover_rows = read_rows(os.path.join(workdir, "failover.txt"))
     rss_rows = read_rows(os.path.join(workdir, "rss.txt"))
+    watch = [read_rows(os.path.join(workdir, f)) for f in ("watchlat.txt", "watchidle.txt", "watchput.txt")]
     o = []
     o.append("# Benchmarks\n")
     o.append("Palisade and etcd on the same machine under the same closed-loop HTTP load "
@@ -388,6 +397,9 @@ def cmd_report(workdir, out):
         targets += report_cells(meta, hz, rows, o)
     if ka_rows or putka_rows or failover_rows:
         targets += report_leases(meta, hz, ka_rows, putka_rows, failover_rows, o)
+    if any(watch):
+        alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows)
+        targets += report_watches(meta, hz, workdir, *watch, o, alone)
     if rss_rows:
         targets += report_rss(meta, hz, workdir, rss_rows, o)
     targets = list(dict.fromkeys(targets))
@@ -825,8 +837,293 @@ def report_rss(meta, hz, workdir, rss_rows, o):
     return targets
 
 
+# --- watches ---------------------------------------------------------------------------
+
+def lat_samples(path):
+    """(send_to_event, ack_to_event, put) lists in ms from a watch.py latency samples file."""
+    cols = ([], [], [])
+    if os.path.exists(path):
+        for line in open(path):
+            f = line.split()
+            if len(f) == 3:
+                for c, v in zip(cols, f):
+                    c.append(float(v) / 1e3)
+    return cols
+
+
+def cmd_latsummary(path):
+    e2s, e2a, put = lat_samples(path)
+    if not e2s:
+        print("no samples")
+        return 0
+    print(f"put->event p50 {pct(e2s, 50):.2f} p99 {pct(e2s, 99):.2f} ms, ack->event p50 "
+          f"{pct(e2a, 50):.2f} p99 {pct(e2a, 99):.2f} ms, put p99 {pct(put, 99):.2f} ms ({len(e2s)} so far)")
+    return 0
+
+
+def other_cpu(hz, r, client_s=0.0):
+    """% of a core the rest of the machine used during a run: busy minus the servers and
+    the clients this script ran."""
+    w = float(r["wall_s"])
+    if w <= 0:
+        return None
+    return max(100.0 * (int(r["busy_ticks"]) - int(r["server_ticks"])) / hz / w - 100.0 * client_s / w, 0.0)
+
+
+BESIDE = {"none": "nothing", "reading": "1 watcher reading every event", "stalled": "1 stalled watcher",
+          "idle": "{n} idle watchers"}
+
+
+def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
+    """The watch section into o: put->event latency, the memory of idle watchers, put beside
+    idle and stalled watchers; returns the products. alone: the report holds nothing else,
+    so the section says when and how it ran (for `bench.py splice`)."""
+    targets, others = [], []
+    n_idle = int(meta.get("watch_idle", "0"))
+    o.append("## Watches\n")
+    if alone:
+        o.append(f"Run on {meta['date']} with `{meta['command']}` ({meta['cores']} cores, {meta['cpu']}; "
+                 f"disk fsync: {meta['fsync'].split(' (')[0]}; {meta.get('version_palisade', '?')}, "
+                 f"{meta.get('version_etcd', '')}).\n")
+    if lat_rows:
+        tgts = list(dict.fromkeys(r["target"] for r in lat_rows))
+        targets += tgts
+        cases = list(dict.fromkeys((int(r["nodes"]), r["watcher"]) for r in lat_rows))
+        cases.sort(key=lambda c: (c[0], c[1] != "leader"))
+        runs = max(int(r["round"]) for r in lat_rows)
+        o.append("### Put to event latency\n")
+        o.append(
+            "One watcher and one putter, each on its own HTTP/1.1 connection. The watcher holds a "
+            "recursive watch of a prefix (Palisade `GET /v1/watch/<prefix>?recursive` with "
+            "`Accept: application/x-ndjson`; etcd `POST /v3/watch` through its JSON gateway, with "
+            "`key` and `range_end`; the gateway, inside the etcd process, passes requests and "
+            "events on over a loopback gRPC connection, a hop its figures include), opened before "
+            "the puts start. The putter always writes "
+            f"through the leader: {int(meta['watch_warm'])} unmeasured puts, then "
+            f"{int(meta['watch_n']):,} measured ones, each of a fresh key under that prefix with a "
+            "64-byte value, one at a time, the next sent as soon as the previous one is "
+            "acknowledged. Both sockets are served by one single-threaded client (Python, "
+            "`selectors`), which records for each key t_send (just before the request is written), "
+            "t_ack (its answer read in full) and t_event (the watch bytes carrying its event read). "
+            "**put→event** is t_event - t_send: commit, apply and notification; **ack→event** is "
+            "t_event - t_ack, how long after the writer's ack the watcher hears of the write "
+            "(negative: before it); **put** is t_ack - t_send, the write's own latency. "
+            f"{runs} run(s) per row on one cluster per product and size, the watcher on the "
+            "leader and on a follower taking turns; percentiles (nearest rank) over the samples of "
+            "all runs. On 3 nodes a watcher on a follower hears of a write once the follower has "
+            "learnt it is committed and applied it. **other CPU %**: what the rest of the machine "
+            "used during the runs (median; busy CPU minus the servers and the client; 100 = one "
+            "core): high values mean other work competed for the 2 cores.\n")
+        o.append("| nodes | watcher on | product | samples | put→event p50 ms | p99 ms | p99 of each run ms "
+                 "| max ms | ack→event p50 ms | p99 ms | put p50 ms | put p99 ms | other CPU % |")
+        o.append("|---:|---|---|" + "|".join(["---:"] * 10) + "|")
+        p99s, missing = {}, []
+        for nodes, where in cases:
+            for t in tgts:
+                g = [r for r in lat_rows if r["target"] == t and int(r["nodes"]) == nodes and r["watcher"] == where]
+                if not g:
+                    continue
+                e2s, e2a, put = lat_samples(os.path.join(workdir, f"watchlat-{t}-{nodes}-{where}.txt"))
+                n_missing = sum(int(r["missing"]) for r in g)
+                if n_missing:
+                    missing.append(f"{n_missing} in {meta['desc_' + t]}, {nodes} node(s), watcher on the {where}")
+                others += [(other_cpu(hz, r, float(r["client_cpu_s"])),
+                            f"{meta['desc_' + t]}, {nodes} node(s), latency, watcher on the {where}") for r in g]
+                if not e2s:
+                    continue
+                p99s[(nodes, where, t)] = pct(e2s, 99)
+                each, at = [], 0  # the samples file holds the runs' samples in turn
+                for r in sorted(g, key=lambda r: int(r["round"])):
+                    part = e2s[at:at + int(r["received"])]
+                    at += int(r["received"])
+                    if part:
+                        each.append(fmt(pct(part, 99), 2))
+                o.append("| " + " | ".join([
+                    str(nodes), where, meta["desc_" + t], fmt(len(e2s)),
+                    fmt(pct(e2s, 50), 2), fmt(pct(e2s, 99), 2), " / ".join(each), fmt(max(e2s), 2),
+                    fmt(pct(e2a, 50), 2), fmt(pct(e2a, 99), 2),
+                    fmt(pct(put, 50), 2), fmt(pct(put, 99), 2),
+                    fmt(med(g, lambda r: other_cpu(hz, r, float(r["client_cpu_s"]))))]) + " |")
+        o.append("")
+        o.append("Missing events (a put whose event never came within 10 s): "
+                 + ("; ".join(missing) if missing else "none") + ".\n")
+        verdicts = []
+        for nodes, where in cases:
+            mine, theirs = p99s.get((nodes, where, "palisade")), p99s.get((nodes, where, "etcd"))
+            if mine is None:
+                continue
+            v = f"{nodes} node(s), watcher on the {where}: p99 {mine:.2f} ms, " + (
+                "under 2 ms" if mine < 2 else "**not** under 2 ms")
+            if theirs is not None:
+                v += ", " + ("below" if mine < theirs else "**not** below") + f" etcd's {theirs:.2f} ms"
+            verdicts.append(v)
+        if verdicts:
+            o.append("Against the goal (Palisade's put→event p99 under 2 ms and below etcd's): "
+                     + "; ".join(verdicts) + ".\n")
+    if idle_rows:
+        tgts = list(dict.fromkeys(r["target"] for r in idle_rows))
+        targets += tgts
+        rounds = max(int(r["round"]) for r in idle_rows)
+        o.append("### Idle watchers\n")
+        o.append(
+            f"A fresh single node per product and round, holding the {int(meta['keys']):,} keys of the "
+            f"put load below. Its resident set (`VmRSS`) is read, then one client (Python, "
+            f"`selectors`, one thread) opens {n_idle:,} watches, each on its own HTTP/1.1 connection and "
+            "its own key (`w/00000`, `w/00001`, ...; nobody writes them; Palisade "
+            "`GET /v1/watch/w/00000`, etcd `POST /v3/watch` with that `key`), at most 256 being "
+            "opened at a time, and waits until each is established (Palisade: its first message, a "
+            "progress; etcd: its `created` message); 2 s later the resident set is read again. "
+            "**KiB per watcher** is the difference over the number of watchers: the server's own "
+            "memory for a connection and its watch, not the kernel's socket buffers, which `VmRSS` "
+            f"does not count. Each watcher here is an HTTP/1.1 connection of its own, so the figure "
+            "is that of a connection and its watch together (for etcd also the gateway's gRPC "
+            "stream to its server per watch). Palisade ran with "
+            f"`{meta.get('watch_flags_palisade', '')}` (its default cap on client connections, "
+            "10,000, would refuse some of them); the open-file limit was "
+            f"{meta.get('nofile', '?')} for the servers and the client. Medians over {rounds} "
+            "round(s); **opened in s** the time to open and establish them all.\n")
+        o.append("| product | watchers | opened in s | RSS before MiB | RSS after MiB | KiB per watcher "
+                 "| failed to open |")
+        o.append("|---|" + "|".join(["---:"] * 6) + "|")
+        for t in tgts:
+            g = [r for r in idle_rows if r["target"] == t]
+            per = med(g, lambda r: (int(r["rss_after_kib"]) - int(r["rss_before_kib"])) / int(r["watchers"]))
+            o.append("| " + " | ".join([
+                meta["desc_" + t], fmt(int(g[0]["watchers"])), fmt(med(g, lambda r: float(r["open_s"])), 1),
+                fmt(med(g, lambda r: int(r["rss_before_kib"]) / 1024)),
+                fmt(med(g, lambda r: int(r["rss_after_kib"]) / 1024)), fmt(per, 1),
+                fmt(sum(int(r["failed"]) for r in g))]) + " |")
+        o.append("")
+    if put_rows:
+        tgts = list(dict.fromkeys(r["target"] for r in put_rows))
+        targets += tgts
+        rounds = max(int(r["round"]) for r in put_rows)
+        conns = put_rows[0]["conns"]
+        o.append("### Writes beside idle and stalled watchers\n")
+        o.append(
+            f"**put** as in the load tables (keys under `load/`) at {conns} connections for "
+            f"{meta['duration']} s on a single node: alone; beside one **watcher reading every event**, "
+            "a recursive watch of `load/` (so every put is an event for it) whose client reads "
+            "(and counts, without parsing) all that comes; beside one **stalled watcher** of `load/`, "
+            "whose client reads its answer head and first message and then never reads its socket "
+            "again (until its socket buffers fill, the server writes to it as to a reading one); and "
+            "beside the "
+            f"**{n_idle:,} idle watchers** of the table above, open from before the warm-up to the end. "
+            f"Each run has a fresh node of its own with the same {int(meta['keys']):,} keys and a "
+            f"{meta['warmup']} s checked warm-up, so the history one run leaves behind does not weigh on "
+            "the next; the rounds take the four in turn, and the products in turn within each. "
+            f"Medians over {rounds} round(s); **change** against the put alone; **server CPU %** of the "
+            "node (100 = one core); **other CPU %** the rest of the machine, less wrk and the watch "
+            "client; **RSS at end** the node's resident set when the put ended. The client holding "
+            "the watchers, wrk and the server share the machine's cores.\n")
+        o.append("| product | beside the put | put req/s | change | p50 ms | p99 ms | p99 change "
+                 "| server CPU % | other CPU % | RSS at end MiB |")
+        o.append("|---|---|" + "|".join(["---:"] * 8) + "|")
+        failed, notes, verdicts = [], [], []
+        for t in tgts:
+            base = [r for r in put_rows if r["target"] == t and r["beside"] == "none"]
+            base_rate, base_p99 = med(base, rate), med(base, lambda r: ms(r["p99_us"]))
+            for beside in BESIDE:
+                g = [r for r in put_rows if r["target"] == t and r["beside"] == beside]
+                if not g:
+                    continue
+                what = BESIDE[beside].format(n=f"{n_idle:,}")
+                r_rate, p99 = med(g, rate), med(g, lambda r: ms(r["p99_us"]))
+                o.append("| " + " | ".join([
+                    meta["desc_" + t], what, fmt(r_rate),
+                    "-" if beside == "none" else change(r_rate, base_rate),
+                    fmt(med(g, lambda r: ms(r["p50_us"])), 2), fmt(p99, 2),
+                    "-" if beside == "none" else change(p99, base_p99),
+                    fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"]))),
+                    fmt(med(g, lambda r: other_cpu(hz, r, float(r["client_cpu_s"])
+                                                   + float(r.get("watch_client_cpu_s", 0))))),
+                    fmt(med(g, lambda r: int(r["rss_end_kib"]) / 1024))]) + " |")
+                n_err = sum(int(r["errors"]) for r in g)
+                if n_err:
+                    failed.append(f"{n_err} in {meta['desc_' + t]}, beside {what}")
+                others += [(other_cpu(hz, r, float(r["client_cpu_s"]) + float(r.get("watch_client_cpu_s", 0))),
+                            f"{meta['desc_' + t]}, put beside {what}") for r in g]
+                if beside == "none" and len(g) > 1:
+                    rates, p99s = [rate(r) for r in g], [ms(r["p99_us"]) for r in g]
+                    notes.append(f"{meta['desc_' + t]} alone ranged over the rounds from {fmt(min(rates))} to "
+                                 f"{fmt(max(rates))} req/s and from {fmt(min(p99s), 2)} to {fmt(max(p99s), 2)} ms "
+                                 "p99: the noise to read the changes against.")
+                if beside == "reading":
+                    kib = med(g, lambda r: int(r["reading_bytes"]) / 1024)
+                    notes.append(f"{meta['desc_' + t]}'s reading watcher received {fmt(kib)} KiB (median).")
+                if beside == "stalled":
+                    kib = med(g, lambda r: int(r["stalled_bytes"]) / 1024)
+                    closed = sum(int(r["stalled_eof"]) for r in g)
+                    notes.append(
+                        f"{meta['desc_' + t]}'s stalled watcher found {fmt(kib)} KiB waiting in its socket "
+                        "when the put ended (median; what the server wrote before the kernel's buffers "
+                        "filled), and its connection was "
+                        + ("open in every round" if not closed else f"closed by the server in {closed} round(s)")
+                        + ".")
+                if beside == "idle":
+                    still = min(int(r["idle_still_open"]) for r in g)
+                    later = med(g, lambda r: int(r["idle_later_bytes"]) / 1024)
+                    notes.append(f"{meta['desc_' + t]}: at least {fmt(still)} of the {n_idle:,} idle watches "
+                                 f"were still open when the put ended; they received {fmt(later)} KiB in all "
+                                 "once established (median).")
+                if t == "palisade" and beside == "idle" and base_p99:
+                    verdicts.append(f"put p99 beside {n_idle:,} idle watchers {change(p99, base_p99)} against "
+                                    "alone (goal: within 10%" + (", met" if p99 <= 1.1 * base_p99 else ", **not met**")
+                                    + ")")
+                if t == "palisade" and beside == "stalled" and base_rate:
+                    verdicts.append(f"put req/s beside a stalled watcher {change(r_rate, base_rate)} (goal: "
+                                    "unchanged)")
+        o.append("")
+        o.append("Failed requests: " + ("; ".join(failed) if failed else "none") + ".")
+        o.append(" ".join(notes) + "\n")
+        o.append("Palisade sends an idle watch a progress message 10 s after its last message (its "
+                 "default `progress`), so the idle watchers, opened together, each get one within about "
+                 "10 s of opening, which falls in or near the put run; etcd sends none unless asked.\n")
+        if verdicts:
+            o.append("Palisade against the goals: " + "; ".join(verdicts) + ".\n")
+    vals = [v for v, _ in others if v is not None]
+    if vals:
+        worst = max((x for x in others if x[0] is not None), key=lambda x: x[0])
+        o.append(f"Other processes on the machine used a median of {statistics.median(vals):.0f}% of a "
+                 "core during these runs" + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else ".")
+                 + "\n")
+    return targets
+
+
+def cmd_splice(src, dst, section="Watches"):
+    """Put the "## section" of the report src into the report dst."""
+    def split(text):
+        head, parts = [], []
+        for line in text.splitlines(keepends=True):
+            if line.startswith("## "):
+                parts.append([line])
+            elif parts:
+                parts[-1].append(line)
+            else:
+                head.append(line)
+        return head, parts
+
+    _, src_parts = split(open(src).read())
+    mine = [p for p in src_parts if p[0].strip() == "## " + section]
+    if not mine:
+        print(f"{src} has no section '## {section}'", file=sys.stderr)
+        return 1
+    head, parts = split(open(dst).read())
+    at = next((i for i, p in enumerate(parts) if p[0].strip() == "## " + section), None)
+    if at is not None:
+        parts[at] = mine[0]
+    else:
+        at = next((i for i, p in enumerate(parts) if p[0].startswith(("## Memory", "## Machine"))), len(parts))
+        parts.insert(at, mine[0])
+    with open(dst, "w") as f:
+        f.write("".join(head) + "".join("".join(p) for p in parts))
+    print(f"put the section '## {section}' of {src} into {dst}")
+    return 0
+
+
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] not in ("leader", "preload", "leases", "failover", "fsync", "sample", "report"):
+    cmds = ("leader", "preload", "leases", "failover", "fsync", "sample", "latsummary", "report", "splice")
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2
     return globals()["cmd_" + sys.argv[1]](*sys.argv[2:])

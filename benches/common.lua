@@ -7,6 +7,8 @@
 -- Environment (set by benches/run.sh):
 --   BENCH_KEYS    size of the key space (10000): keys are "k%015d" (16 bytes), picked at
 --                 random; benches/bench.py preload writes all of them first
+--   BENCH_PREFIX  put before every key ("": none); the watch part writes under "load/",
+--                 so that one watch of that prefix sees the whole load
 --   BENCH_VERIFY  "1": check every response with bench.check (the warm-up does this)
 --   BENCH_LEASES  a file of lease ids, one a line (benches/bench.py leases writes it);
 --                 bench.lease() picks one at random. Ids stay strings: etcd's do not fit
@@ -17,12 +19,13 @@
 local M = {}
 
 M.keys = tonumber(os.getenv("BENCH_KEYS") or "10000")
+M.prefix = os.getenv("BENCH_PREFIX") or ""
 M.verify = os.getenv("BENCH_VERIFY") == "1"
 -- 64 bytes; benches/bench.py writes the same value in the preload.
 M.value = string.rep("0123456789abcdef", 4)
 
 function M.key()
-  return string.format("k%015d", math.random(0, M.keys - 1))
+  return M.prefix .. string.format("k%015d", math.random(0, M.keys - 1))
 end
 
 M.leases = {}
@@ -44,7 +47,7 @@ end
 function M.two_keys()
   local a = math.random(0, M.keys - 1)
   local b = (a + math.random(1, math.max(M.keys - 1, 1))) % M.keys
-  return string.format("k%015d", a), string.format("k%015d", b)
+  return M.prefix .. string.format("k%015d", a), M.prefix .. string.format("k%015d", b)
 end
 
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

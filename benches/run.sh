@@ -17,21 +17,31 @@
 #     against an RSS_NODES-node cluster of each product, sampling the RSS of every member
 #     every RSS_INTERVAL s; with the defaults (put, 64 conns, 600 s, 3 nodes) about
 #     21 minutes (10 min per product plus start-up, preload and warm-up).
-# So `make bench` takes about 65 minutes, 12-15 of them for leases (the keepalive
-# groups, put under keepalives, failover); the script prints a (low) estimate when it
-# starts.
+#   - the watch part (WATCH): put->event latency (one watcher, one putter writing WATCH_N
+#     fresh keys one at a time) on WATCH_NODES-node clusters, the watcher on the leader
+#     and, for 3 nodes, on a follower, WATCH_ROUNDS runs each; then WATCH_ROUNDS rounds
+#     of put at WATCH_CONNS connections on 1 node alone, beside one watcher reading every
+#     event, beside one that reads nothing, and beside WATCH_IDLE idle watchers (each its
+#     own connection; their memory is measured first), each on a fresh node (about 3.5
+#     minutes per product with the defaults).
+# So `make bench` takes about 72 minutes, 12-15 of them for leases (the keepalive
+# groups, put under keepalives, failover) and about 6 for watches; the script prints a
+# (low) estimate when it starts.
 #
 #   make bench                                      # everything, as above (~65 min)
-#   RSS_RUN=0 make bench                            # the load cells and failover (~45 min)
+#   RSS_RUN=0 make bench                            # all but the memory run (~50 min)
 #   make bench-rss                                  # only the memory run (~21 min), to
 #                                                   # BENCHMARKS-rss.md unless OUT is set
 #   make bench-lease                                # only the lease parts (~15 min):
-#                                                   # LOADS=keepalive RSS_RUN=0, to
+#                                                   # LOADS=keepalive RSS_RUN=0 WATCH=0, to
 #                                                   # BENCHMARKS-lease.md unless OUT is set
-#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 make bench   # quick look
+#   make bench-watch                                # only the watch part (~6 min):
+#                                                   # WATCH=only, to BENCHMARKS-watch.md
+#                                                   # unless OUT is set
+#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 make bench   # quick look
 #   TARGETS=palisade NODES=3 LOADS=put CONNS=16 FAILOVER=0 benches/run.sh
 #   RSS_RUN=only RSS_DURATION=30 OUT=/tmp/rss.md benches/run.sh   # quick look at the memory run
-#   ROUNDS=0 RSS_RUN=0 OUT=/tmp/failover.md benches/run.sh        # only the failover trials
+#   ROUNDS=0 RSS_RUN=0 WATCH=0 OUT=/tmp/failover.md benches/run.sh   # only the failover trials
 #
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
@@ -57,9 +67,20 @@
 #             clients of a 15 s TTL would; "2000 0" adds the flat-out case, ~1 min)
 #   FAILOVER  1 runs the failover trials after the load cells, 0 skips them (1)
 #   FAILOVER_TRIALS  trials per product (8);  FAILOVER_TTL  the lease's TTL in s (3)
+#   WATCH     1 runs the watch part after the failover trials, 0 skips it, only: just the
+#             watch part (1)
+#   WATCH_NODES   cluster sizes of the latency runs (1 3)
+#   WATCH_N       measured puts per latency run, after 100 unmeasured ones (1000)
+#   WATCH_ROUNDS  latency runs per cluster size and watcher placement, and rounds of the
+#             put runs beside idle and stalled watchers (3)
+#   WATCH_IDLE    idle watchers (10000); Palisade then runs with --max-client-connections
+#             and --max-watchers of WATCH_IDLE + 1000, and the open-file limit (soft) is
+#             raised to the hard limit, which must be at least WATCH_IDLE + 1000
+#   WATCH_CONNS   the put load's connections beside the watchers (16)
 #   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
-#             BENCHMARKS-rss.md, and for LOADS=keepalive RSS_RUN=0, BENCHMARKS-lease.md,
-#             so a partial run does not replace the full report)
+#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0, BENCHMARKS-lease.md, and
+#             for WATCH=only, BENCHMARKS-watch.md, so a partial run does not replace the
+#             full report; `benches/bench.py splice` moves a section into BENCHMARKS.md)
 #   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
 #   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
@@ -83,16 +104,19 @@ knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALIS
   PALISADE_PORTS ETCD_PORTS PALISADE_EXTRA_FLAGS ETCD_EXTRA_FLAGS
   LEASES LEASE_TTL PUT_KA PUT_KA_CONNS PUT_KA_KA_CONNS PUT_KA_RATES
   FAILOVER FAILOVER_TRIALS FAILOVER_TTL
-  RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS)
+  RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS
+  WATCH WATCH_NODES WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS)
 make_target=bench
 if [[ -n ${MAKELEVEL:-} ]]; then
   [[ ${RSS_RUN:-} == only ]] && make_target=bench-rss
-  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 ]] && make_target=bench-lease
+  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 && ${WATCH:-} == 0 ]] && make_target=bench-lease
+  [[ ${WATCH:-} == only ]] && make_target=bench-watch
 fi
 set_knobs=""
 for k in "${knobs[@]}"; do
   [[ $make_target == bench-rss && $k == RSS_RUN ]] && continue
-  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS) ]] && continue
+  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS || $k == WATCH) ]] && continue
+  [[ $make_target == bench-watch && $k == WATCH ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
@@ -121,9 +145,20 @@ done
 : "${RSS_DURATION:=600}"
 : "${RSS_INTERVAL:=10}"
 : "${RSS_MARKS:=60 120 300 600}"
+: "${WATCH:=1}"
+: "${WATCH_NODES:=1 3}"
+: "${WATCH_N:=1000}"
+: "${WATCH_ROUNDS:=3}"
+: "${WATCH_IDLE:=10000}"
+: "${WATCH_CONNS:=16}"
+WATCH_WARM=100 # unmeasured puts before each latency run's WATCH_N
+# Each idle watcher is a connection and a watch: Palisade's caps go above their number.
+WATCH_PALISADE_FLAGS="--max-client-connections $((WATCH_IDLE + 1000)) --max-watchers $((WATCH_IDLE + 1000))"
 if [[ $RSS_RUN == only ]]; then
   : "${OUT:=$root/BENCHMARKS-rss.md}"
-elif [[ $LOADS == keepalive && $RSS_RUN == 0 ]]; then
+elif [[ $WATCH == only ]]; then
+  : "${OUT:=$root/BENCHMARKS-watch.md}"
+elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 ]]; then
   : "${OUT:=$root/BENCHMARKS-lease.md}"
 else
   : "${OUT:=$root/BENCHMARKS.md}"
@@ -165,6 +200,21 @@ for n in $PUT_KA; do
   [[ $n == 0 || $n == 1 || $n == 3 ]] || die "PUT_KA: $n (cluster sizes 1 and 3, or 0 for none)"
 done
 [[ $FAILOVER == 0 || $FAILOVER == 1 ]] || die "FAILOVER: $FAILOVER (0 or 1)"
+[[ $WATCH == 0 || $WATCH == 1 || $WATCH == only ]] || die "WATCH: $WATCH (0, 1 or only)"
+[[ $RSS_RUN != only || $WATCH != only ]] || die "RSS_RUN=only and WATCH=only: one part at a time"
+for n in $WATCH_NODES; do
+  [[ $n == 1 || $n == 3 ]] || die "WATCH_NODES: $n (1 or 3)"
+done
+for k in WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS; do
+  [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
+done
+if [[ $WATCH != 0 && $RSS_RUN != only ]]; then
+  # Every watcher is a connection, in the client and in the server: both inherit this.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  nofile=$(ulimit -n)
+  [[ $nofile == unlimited ]] || ((nofile >= WATCH_IDLE + 1000)) ||
+    die "WATCH_IDLE=$WATCH_IDLE needs an open-file limit of at least $((WATCH_IDLE + 1000)) (ulimit -n: $nofile, and the hard limit is $(ulimit -Hn)); lower WATCH_IDLE or raise the hard limit"
+fi
 for r in $PUT_KA_RATES; do
   [[ $r =~ ^[0-9]+$ ]] || die "PUT_KA_RATES: $r (keepalives/s, 0 for as fast as they go)"
 done
@@ -184,6 +234,10 @@ fi
 # --- processes and cleanup --------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/palisade-bench.XXXXXX")
 PIDS=()     # every server process this script started and has not reaped yet
+CLIENTS=()  # the watch clients (benches/watch.py) running in the background
+CLIENT=""   # the one started last
+END=""      # what end_client found
+PALISADE_PART_FLAGS=""  # more Palisade flags for one part of the run (the watch part's limits)
 URLS=()     # client URLs of the running members
 SAMPLER=""  # the RSS sampler of the memory run while it runs
 
@@ -213,9 +267,17 @@ stop_sampler() {
   SAMPLER=""
 }
 
+stop_clients() {
+  local pid
+  for pid in "${CLIENTS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${CLIENTS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  CLIENTS=()
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_clients
   stop_sampler
   stop_servers
   if [[ $KEEP_DATA == 1 ]]; then
@@ -245,7 +307,7 @@ palisade_member() {
   # shellcheck disable=SC2086 # PALISADE_EXTRA_FLAGS is a word list on purpose
   "$PALISADE_BIN" serve --node-id "$1" --data-dir "$2" \
     --listen-client "127.0.0.1:$3" --listen-peer "127.0.0.1:$4" \
-    --initial-cluster "$5" --log-level warn $PALISADE_EXTRA_FLAGS \
+    --initial-cluster "$5" --log-level warn $PALISADE_EXTRA_FLAGS $PALISADE_PART_FLAGS \
     >"$6" 2>&1 </dev/null &
   PIDS+=("$!")
 }
@@ -490,6 +552,134 @@ rss_run() {
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
+# --- watches ----------------------------------------------------------------------------
+
+vm_rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; } # KiB
+
+# watch_client OUT WHAT ARGS...: benches/watch.py WHAT ARGS in the background, its output
+# to OUT; waits until it prints its "ready" line (dies if it exits first). Sets CLIENT.
+watch_client() {
+  local out=$1 what=$2 i
+  shift 2
+  python3 "$here/watch.py" "$what" "$@" >"$out" 2>&1 &
+  CLIENT=$!
+  CLIENTS+=("$CLIENT")
+  for ((i = 0; i < 1200; i++)); do
+    grep -q ' ready' "$out" && return 0
+    alive "$CLIENT" || break
+    sleep 0.1
+  done
+  cat "$out" >&2
+  die "watch.py $what did not get ready (see above)"
+}
+
+# end_client OUT PREFIX: SIGTERM the client started last and wait for it; sets END to the
+# fields of its "end" line, each name with PREFIX before it.
+end_client() {
+  local pid left=()
+  kill -TERM "$CLIENT" 2>/dev/null || true
+  wait "$CLIENT" || die "watch.py failed (see $1)"
+  for pid in "${CLIENTS[@]}"; do [[ $pid == "$CLIENT" ]] || left+=("$pid"); done
+  CLIENTS=(${left[@]+"${left[@]}"})
+  END=$(sed -n "s/^[A-Z]* end //p" "$1" | sed "s/\([a-z_]*=\)/$2\1/g")
+}
+
+# watch_latency PRODUCT NODES: a fresh cluster; WATCH_ROUNDS latency runs with the watcher
+# on the leader and (3 nodes) as many on a follower, taking turns; the putter always writes
+# through the leader. Appends to watchlat.txt, the samples to watchlat-*.txt.
+watch_latency() {
+  local product=$1 nodes=$2 r where url follower="" res i t0 b0 w0
+  local dir="$work/watchlat-$product-$nodes"
+  mkdir -p "$dir"
+  start "$product" "$nodes" "$dir"
+  for i in "${!URLS[@]}"; do
+    [[ ${URLS[i]} == "$LEADER_URL" || -n $follower ]] || follower=${URLS[i]}
+  done
+  for ((r = 1; r <= WATCH_ROUNDS; r++)); do
+    for where in leader follower; do
+      url=$LEADER_URL
+      if [[ $where == follower ]]; then
+        [[ -n $follower ]] || continue
+        url=$follower
+      fi
+      t0=$(cpu_ticks "${PIDS[@]}")
+      b0=$(busy_ticks)
+      w0=$EPOCHREALTIME
+      res=$(python3 "$here/watch.py" latency "$product" "$LEADER_URL" "$url" "$WATCH_N" "lat$r$where/" \
+        "$work/watchlat-$product-$nodes-$where.txt" "$WATCH_WARM") || { echo "$res" >&2; die "$product: watch latency run failed"; }
+      all_alive "$product" "$dir" "the watch latency runs"
+      echo "round=$r target=$product nodes=$nodes watcher=$where ${res#WATCHLAT }" \
+        "server_ticks=$(($(cpu_ticks "${PIDS[@]}") - t0)) busy_ticks=$(($(busy_ticks) - b0))" \
+        "wall_s=$(bc_s "$w0" "$EPOCHREALTIME")" >>"$work/watchlat.txt"
+      log "$(printf '%-8s %s node(s) watcher on the %-8s' "$product" "$nodes" "$where")" \
+        "$(python3 "$here/bench.py" latsummary "$work/watchlat-$product-$nodes-$where.txt")"
+    done
+  done
+  stop_servers KILL # nothing of this cluster is kept (3 etcd members take ~7 s to stop on TERM)
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
+# watch_put ROUND PRODUCT DIR BESIDE [CLIENT_PID]: put at WATCH_CONNS connections for
+# DURATION s on the running node (beside the watch client CLIENT_PID, whose CPU time is
+# counted); prints its row for watchput.txt.
+watch_put() {
+  local round=$1 product=$2 dir=$3 beside=$4 client=${5:-} res rss0 c0=0 c1=0
+  rss0=$(vm_rss "${PIDS[0]}")
+  [[ -z $client ]] || c0=$(cpu_ticks "$client")
+  res=$(run_wrk "$product" put "$WATCH_CONNS" "$DURATION" "$dir/put-$beside.log" BENCH_PREFIX=load/)
+  [[ -z $client ]] || c1=$(cpu_ticks "$client")
+  all_alive "$product" "$dir" "the put load"
+  echo "round=$round target=$product conns=$WATCH_CONNS beside=$beside $res rss_start_kib=$rss0" \
+    "rss_end_kib=$(vm_rss "${PIDS[0]}")" \
+    "watch_client_cpu_s=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN{printf "%.2f", t/hz}')"
+  log "$(printf '%-8s 1 node put c=%-3s beside %-10s' "$product" "$WATCH_CONNS" "$beside") $(summary "$res")"
+}
+
+# watch_cell ROUND PRODUCT BESIDE: a fresh node with the KEYS keys under load/, and put at
+# WATCH_CONNS connections for DURATION s beside nothing (none), one watcher of load/ that
+# reads every event (reading), one that reads nothing (stalled) or WATCH_IDLE idle
+# watchers (idle). Every cell starts from the same state,
+# so the history left by one run does not weigh on the next. The idle cell first measures
+# the memory of its watchers: RSS before and 2 s after opening them, on the quiet node
+# (watchidle.txt). Appends a row to watchput.txt.
+watch_cell() {
+  local round=$1 product=$2 beside=$3 rss0 rss1 ready row
+  local dir="$work/watch-$round-$product-$beside"
+  mkdir -p "$dir"
+  [[ $product != palisade ]] || PALISADE_PART_FLAGS=$WATCH_PALISADE_FLAGS
+  start "$product" 1 "$dir"
+  PALISADE_PART_FLAGS=""
+  python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" load/ || die "$product: preload failed"
+  if [[ $beside == idle ]]; then
+    sleep 1
+    rss0=$(vm_rss "${PIDS[0]}")
+    watch_client "$dir/idle.out" idle "$product" "$LEADER_URL" "$WATCH_IDLE"
+    ready=$(sed -n 's/^IDLE ready //p' "$dir/idle.out")
+    sleep 2
+    rss1=$(vm_rss "${PIDS[0]}")
+    all_alive "$product" "$dir" "the idle watchers"
+    echo "round=$round target=$product $ready rss_before_kib=$rss0 rss_after_kib=$rss1" >>"$work/watchidle.txt"
+    log "$(printf '%-8s 1 node %s idle watchers: %s; RSS %d -> %d MiB' "$product" "$WATCH_IDLE" "$ready" \
+      $((rss0 / 1024)) $((rss1 / 1024)))"
+    [[ $(field opened "$ready") == "$WATCH_IDLE" ]] || die "$product: not every idle watcher opened ($ready; see $dir/idle.out)"
+  fi
+  warm_up "$product" put "$dir/warmup.log" BENCH_PREFIX=load/
+  if [[ $beside == stalled ]]; then
+    watch_client "$dir/stalled.out" stall "$product" "$LEADER_URL" load/
+  elif [[ $beside == reading ]]; then
+    watch_client "$dir/reading.out" follow "$product" "$LEADER_URL" load/
+  fi
+  if [[ $beside == none ]]; then
+    watch_put "$round" "$product" "$dir" "$beside" >>"$work/watchput.txt"
+  else
+    row=$(watch_put "$round" "$product" "$dir" "$beside" "$CLIENT")
+    end_client "$dir/$beside.out" "${beside}_"
+    echo "$row $END" >>"$work/watchput.txt"
+  fi
+  stop_servers KILL # nothing of this node is kept
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
 # --- machine, versions, the run ---------------------------------------------------------
 command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || echo "benches/run.sh")"
 {
@@ -522,11 +712,17 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
   echo "rss_interval=$RSS_INTERVAL"
   echo "rss_marks=$RSS_MARKS"
   echo "flags_palisade=$PALISADE_EXTRA_FLAGS"
+  echo "watch_n=$WATCH_N"
+  echo "watch_warm=$WATCH_WARM"
+  echo "watch_idle=$WATCH_IDLE"
+  echo "watch_flags_palisade=$WATCH_PALISADE_FLAGS"
+  echo "nofile=$(ulimit -n)"
   echo "flags_etcd=$ETCD_EXTRA_FLAGS"
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
-[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; }
+[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; }
+[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; }
 nt=$(wc -w <<<"$TARGETS")
 ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * nt))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
@@ -540,11 +736,20 @@ fi
 failover_est=$((FAILOVER * FAILOVER_TRIALS * nt * (2 * FAILOVER_TTL + 8)))
 rss_est=0
 [[ $RSS_RUN == 0 ]] || rss_est=$((nt * (RSS_DURATION + WARMUP + 15)))
+watch_est=0
+if [[ $WATCH != 0 ]]; then # latency runs (~2 ms a put), then the idle/stalled groups
+  for n in $WATCH_NODES; do
+    watch_est=$((watch_est + nt * (5 + WATCH_ROUNDS * (n > 1 ? 2 : 1) * ((WATCH_N + WATCH_WARM) / 500 + 1))))
+  done
+  watch_est=$((watch_est + WATCH_ROUNDS * nt * (4 * (DURATION + WARMUP + KEYS / 2000 + 3) + WATCH_IDLE / 2000 + 3)))
+fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
+[[ $WATCH == 0 ]] || plan+=", the watch part"
 [[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
 [[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
-log "$plan; about $(((est + failover_est + rss_est) / 60 + 1)) min; work dir $work"
+[[ $WATCH != only ]] || plan="only the watch part"
+log "$plan; about $(((est + failover_est + watch_est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -559,6 +764,21 @@ if [[ $FAILOVER == 1 ]]; then
   for ((trial = 1; trial <= FAILOVER_TRIALS; trial++)); do
     for product in $TARGETS; do
       failover "$trial" "$product"
+    done
+  done
+fi
+
+if [[ $WATCH != 0 ]]; then
+  for nodes in $WATCH_NODES; do
+    for product in $TARGETS; do
+      watch_latency "$product" "$nodes"
+    done
+  done
+  for ((round = 1; round <= WATCH_ROUNDS; round++)); do
+    for beside in none reading stalled idle; do
+      for product in $TARGETS; do
+        watch_cell "$round" "$product" "$beside"
+      done
     done
   done
 fi
