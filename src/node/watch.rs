@@ -64,6 +64,14 @@ pub enum WatchFrame {
     Compacted { compact_revision: u64 },
 }
 
+/// When a watch silent from now on sends its next progress message: after `every`, less up
+/// to a tenth at random, so that watches opened (or confirmed) together do not all send
+/// theirs in the same instant.
+fn next_progress(every: Duration) -> Instant {
+    use rand::Rng;
+    Instant::now() + every.mul_f64(rand::thread_rng().gen_range(0.9..=1.0))
+}
+
 /// A revision being sent in parts, read from a clone of the store pinned for it.
 struct Partial {
     store: Store,
@@ -148,7 +156,7 @@ impl Watch {
         }
         loop {
             if let Some(frame) = self.step() {
-                self.next_progress = Instant::now() + self.progress;
+                self.next_progress = next_progress(self.progress);
                 self.done = matches!(frame, WatchFrame::Compacted { .. });
                 return Some(frame);
             }
@@ -165,7 +173,7 @@ impl Watch {
                         // Out of touch with a quorum (a partitioned or leaderless node): a
                         // progress message would vouch for a revision that may be stale.
                         // Silence instead, which a client resumes elsewhere after.
-                        self.next_progress = Instant::now() + self.progress;
+                        self.next_progress = next_progress(self.progress);
                         continue;
                     }
                     // Read `dispatched` first: unflagged after it means told of everything
@@ -174,7 +182,7 @@ impl Watch {
                     if !slot.flagged() {
                         let revision = dispatched.max(self.cursor.scan_from - 1);
                         self.cursor.scan_from = revision + 1;
-                        self.next_progress = Instant::now() + self.progress;
+                        self.next_progress = next_progress(self.progress);
                         return Some(WatchFrame::Progress { revision });
                     }
                 }
@@ -308,7 +316,7 @@ impl Node {
             puts: req.puts,
             deletes: req.deletes,
             progress: req.progress,
-            next_progress: Instant::now() + req.progress,
+            next_progress: next_progress(req.progress),
             linearizable: req.consistency == Consistency::Linearizable,
             partial: None,
             queued,
