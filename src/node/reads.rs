@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::Node;
 use crate::error::{Error, Result};
@@ -64,6 +65,8 @@ fn read_error(e: ReadError, requested: Option<u64>) -> Error {
 pub(super) struct ReadRounds {
     waiting: Vec<oneshot::Sender<Result<u64>>>,
     running: bool,
+    /// When the last round that a quorum confirmed started.
+    confirmed_at: Option<Instant>,
 }
 
 impl Node {
@@ -97,6 +100,19 @@ impl Node {
         Ok(())
     }
 
+    /// Whether a quorum confirmed, within `max_age`, that this node was in touch with the
+    /// cluster's leader (a read-index round that succeeded); else one more round tells.
+    pub async fn confirm_contact(self: &Arc<Self>, max_age: std::time::Duration) -> Result<()> {
+        let recent = {
+            let r = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            r.confirmed_at.is_some_and(|at| at.elapsed() <= max_age)
+        };
+        if recent {
+            return Ok(());
+        }
+        self.linearize().await
+    }
+
     /// Runs read-index rounds while reads are waiting; each round answers every read that
     /// was waiting when it started.
     async fn read_rounds(self: Arc<Self>) {
@@ -109,7 +125,12 @@ impl Node {
                 }
                 std::mem::take(&mut r.waiting)
             };
+            let started = Instant::now();
             let result = self.read_index_round().await;
+            if result.is_ok() {
+                let mut r = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+                r.confirmed_at = r.confirmed_at.max(Some(started));
+            }
             for w in waiting {
                 let _ = w.send(result.clone());
             }
