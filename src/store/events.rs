@@ -8,7 +8,7 @@
 
 use super::key;
 use super::kv::KeyValue;
-use super::mvcc::{ReadError, Store, Version};
+use super::mvcc::{to_kv, ReadError, Store};
 
 /// The keys a watch selects: one key, or a key and everything below it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -88,17 +88,6 @@ pub struct EventsPage {
     pub events: Vec<Event>,
     /// Where the next page of the same revision starts; `None`: the revision is complete.
     pub next: Option<usize>,
-}
-
-fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
-    v.value.as_ref().map(|value| KeyValue {
-        key: key.to_string(),
-        value: value.clone(),
-        create_revision: v.create_revision,
-        mod_revision: v.mod_revision,
-        version: v.version,
-        lease: v.lease,
-    })
 }
 
 impl Store {

@@ -176,7 +176,8 @@ pub fn sequential_key(parent: &str, n: u64) -> String {
     }
 }
 
-fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
+/// What a reader sees of `v`, a version of `key` (nothing for a delete).
+pub(super) fn to_kv(key: &str, v: &Version) -> Option<KeyValue> {
     v.value.as_ref().map(|value| KeyValue {
         key: key.to_string(),
         value: value.clone(),

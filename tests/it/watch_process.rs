@@ -805,15 +805,7 @@ async fn watches_on_a_follower_restored_from_a_snapshot() {
 /// watchers that read get every change, and the nodes stay healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_holds_up_nobody() {
-    // Slower Raft timings than the default test ones: a follower that falls behind on a
-    // loaded machine must not meet `cluster_process::a_follower_behind_by_big_entries_catches_up`.
-    let opts = ClusterOptions {
-        heartbeat_ms: 250,
-        election_timeout_ms: 1000,
-        request_timeout_ms: 5000,
-        ..Default::default()
-    };
-    let c = Cluster::start(opts).await;
+    let c = Cluster::start(big_entry_options()).await;
     let (leader, _) = c.leader().await;
     let follower = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     let prefix = "/wstall";
@@ -897,20 +889,26 @@ async fn a_stalled_watcher_holds_up_nobody() {
     drop(stalled);
 }
 
-/// Transactions whose events outweigh a page of the watch cursor (256 KiB) are sent in
-/// parts of one message: every watcher, on every node, with and without `prev_kv`, gets
-/// each of them as one whole message. (Slower Raft timings than the default test ones: a
-/// 400 KiB entry must replicate within one heartbeat, see
-/// `cluster_process::a_follower_behind_by_big_entries_catches_up`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revision_bigger_than_a_page_arrives_whole() {
-    let opts = ClusterOptions {
+/// Raft timings slower than the default test ones, for tests that write big entries: one
+/// entry of a few hundred KiB must replicate within one heartbeat (an AppendEntries carries
+/// at least one entry, whatever its size; see
+/// `cluster_process::a_follower_behind_by_big_entries_catches_up`), on a loaded machine and
+/// in a debug build.
+fn big_entry_options() -> ClusterOptions {
+    ClusterOptions {
         heartbeat_ms: 250,
         election_timeout_ms: 1000,
         request_timeout_ms: 5000,
         ..Default::default()
-    };
-    let c = Cluster::start(opts).await;
+    }
+}
+
+/// Transactions whose events outweigh a page of the watch cursor (256 KiB) are sent in
+/// parts of one message: every watcher, on every node, with and without `prev_kv`, gets
+/// each of them as one whole message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_bigger_than_a_page_arrives_whole() {
+    let c = Cluster::start(big_entry_options()).await;
     c.leader().await;
     let prefix = "/wbig";
     let up = Up::all(&c);
