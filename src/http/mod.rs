@@ -123,6 +123,8 @@ async fn limit_inflight(
 fn is_long_poll(req: &axum::extract::Request) -> bool {
     (req.method() == Method::GET || req.method() == Method::HEAD)
         && req.uri().path().starts_with("/v1/kv")
+        // Parsed only when it may be one (the name, or a percent-encoded one, is there).
+        && req.uri().query().is_some_and(|q| q.contains("wait") || q.contains('%'))
         && kv::is_long_poll(req.uri())
 }
 

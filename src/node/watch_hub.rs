@@ -206,8 +206,7 @@ impl WatchHub {
                             keys.iter().for_each(|k| reg.flag_key(k, rev));
                         } else {
                             for (k, recursive, slot) in reg.all() {
-                                let sel = Selector { key: k.clone(), recursive };
-                                if keys.iter().any(|x| sel.matches(x)) {
+                                if keys.iter().any(|x| Selector::selects(k, recursive, x)) {
                                     slot.flag(rev);
                                 }
                             }

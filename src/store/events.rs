@@ -20,12 +20,15 @@ pub struct Selector {
 impl Selector {
     /// Whether `k` is selected.
     pub fn matches(&self, k: &str) -> bool {
-        if !self.recursive {
-            return k == self.key;
+        Self::selects(&self.key, self.recursive, k)
+    }
+
+    /// Whether the selector of `key` (with `recursive`) selects `k`.
+    pub fn selects(key: &str, recursive: bool, k: &str) -> bool {
+        if !recursive {
+            return k == key;
         }
-        key::is_root(&self.key)
-            || k == self.key
-            || k.strip_prefix(self.key.as_str()).is_some_and(|r| r.starts_with('/'))
+        key::is_root(key) || k == key || k.strip_prefix(key).is_some_and(|r| r.starts_with('/'))
     }
 
     /// The positions in `keys` (sorted, distinct) of the keys selected, in order.
@@ -305,6 +308,10 @@ mod tests {
         assert!(serde_json::from_value::<Store>(image).is_err());
         let mut image: serde_json::Value = serde_json::to_value(&s).unwrap();
         image["revision"] = 2.into();
+        assert!(serde_json::from_value::<Store>(image).is_err());
+        // Revisions no version accounts for (the index would hold an entry for each).
+        let mut image: serde_json::Value = serde_json::to_value(&s).unwrap();
+        image["revision"] = (1u64 << 50).into();
         assert!(serde_json::from_value::<Store>(image).is_err());
     }
 }

@@ -146,6 +146,18 @@ impl TryFrom<StoreImage> for Store {
                 return Err(format!("the versions of key {k:?} are out of order or ahead of the store"));
             }
         }
+        // Every revision changed a key, and every version at or above the floor is kept:
+        // an image claiming more revisions than that is damaged (and would make the index
+        // allocate an entry for each).
+        let first = s.compact_revision.max(1);
+        let held: u64 =
+            s.keys.values().map(|vs| vs.iter().filter(|v| v.mod_revision >= first).count() as u64).sum();
+        if s.revision.saturating_add(1).saturating_sub(first) > held {
+            return Err(format!(
+                "the store claims revisions {first}..={} but holds only {held} versions of them",
+                s.revision
+            ));
+        }
         let history = History::rebuild(
             s.compact_revision,
             s.revision,
