@@ -269,6 +269,9 @@ settings! {
     lease_revoke_rate: u64 = 5_000;
     /// Most leases that may exist at once; a grant past it is refused (507).
     max_leases: u64 = 1_000_000;
+    /// Most lock holders and waiters and election candidates at once over the cluster; an
+    /// acquire or campaign past it is refused (507).
+    max_lock_owners: u64 = 100_000;
     /// Client requests served at once; more are refused with 429 `overloaded`.
     max_inflight_requests: usize = 2048;
     /// Watch streams and long-polls open at once on this node; more are refused with 429
@@ -373,6 +376,7 @@ impl Config {
         }
         at_least("lease_revoke_rate", self.lease_revoke_rate, 1)?;
         at_least("max_leases", self.max_leases, 1)?;
+        at_least("max_lock_owners", self.max_lock_owners, 1)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(self.error("log_level", format!("{:?} is not a log filter: {e}", self.log_level)));
         }

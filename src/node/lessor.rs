@@ -388,7 +388,9 @@ impl Node {
             cmd => cmd,
         };
         // Only a grant carries a stamp that the leader fills in; anything else passes as it is.
-        if let Command::LeaseGrant { clock_ms, .. } = grant {
+        if let Command::LeaseGrant { clock_ms, .. } | Command::LockAcquire { lease: None, clock_ms, .. } =
+            grant
+        {
             *clock_ms = self.lease_clock(self.deadline()).await?.now_ms();
         }
         Ok(cmd)

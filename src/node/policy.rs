@@ -8,7 +8,8 @@
 use super::Node;
 use crate::error::{Error, Result};
 use crate::store::{
-    key, Command, CompareTarget, Retention, Txn, TxnOp, MAX_CHOSEN_LEASE_ID, MAX_LEASE_ID, SEQUENCE_DIGITS,
+    key, Command, CompareOp, CompareTarget, Kind, Retention, Txn, TxnOp, MAX_CHOSEN_LEASE_ID, MAX_LEASE_ID,
+    SEQUENCE_DIGITS,
 };
 
 /// The longest idempotency window a write may carry (a week)...
@@ -24,6 +25,34 @@ pub fn check_idempotency_key(key: &str) -> Result<()> {
         return Err(Error::InvalidArgument(
             "an idempotency key is 1 to 128 printable ASCII characters without spaces".into(),
         ));
+    }
+    Ok(())
+}
+
+/// The most holders a lock (a semaphore) may have at once.
+pub const MAX_LOCK_LIMIT: u32 = 10_000;
+
+/// A lock or election name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+pub fn check_lock_name(kind: Kind, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "{name:?} is not a {} name: give 1 to 128 characters of A-Z a-z 0-9 . _ -",
+            kind.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// An owner a request names: 1 to 128 printable ASCII characters (whether it exists is
+/// decided by apply).
+pub fn check_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() || owner.len() > 128 || !owner.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument(format!(
+            "{owner:?} is not an owner: give the owner an acquire or a campaign returned"
+        )));
     }
     Ok(())
 }
@@ -178,6 +207,56 @@ impl Node {
             Command::LeaseClock { .. } | Command::LeaseExpire { .. } => Err(Error::InvalidArgument(
                 "lease clock ticks and expiries are made by the leader, never sent by a client".into(),
             )),
+            Command::LockAcquire { kind, name, lease, ttl_ms, limit, value, .. } => {
+                check_lock_name(*kind, name)?;
+                match lease {
+                    Some(id) => self.check_lease_id(*id)?,
+                    None => self.check_ttl(*ttl_ms)?,
+                }
+                match (kind, limit) {
+                    (Kind::Election, Some(_)) => {
+                        return Err(Error::InvalidArgument(
+                            "an election has one leader: it takes no limit".into(),
+                        ))
+                    }
+                    (Kind::Lock, Some(n)) if *n == 0 || *n > MAX_LOCK_LIMIT => {
+                        return Err(Error::InvalidArgument(format!(
+                            "a lock's limit is 1 to {MAX_LOCK_LIMIT}, not {n}"
+                        )))
+                    }
+                    _ => {}
+                }
+                if *kind == Kind::Lock && !value.is_empty() {
+                    return Err(Error::InvalidArgument("a lock takes no value".into()));
+                }
+                self.check_value("the value", value.len())?;
+                let state = &self.replica.applied().state;
+                let (owners, max) = (state.locks().owners() as u64, self.cfg.max_lock_owners);
+                if owners >= max {
+                    return Err(Error::QuotaExceeded(format!(
+                        "{owners} lock holders and waiters exist, the most this cluster allows (--max-lock-owners); \
+                         release some first"
+                    )));
+                }
+                if lease.is_none() {
+                    let (alive, max) = (state.leases().len() as u64, self.cfg.max_leases);
+                    if alive >= max {
+                        return Err(Error::QuotaExceeded(format!(
+                            "{alive} leases exist, the most this cluster allows (--max-leases); revoke some first"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Command::LockRelease { kind, name, owner } | Command::LockCancel { kind, name, owner } => {
+                check_lock_name(*kind, name)?;
+                check_owner(owner)
+            }
+            Command::Proclaim { name, owner, value } => {
+                check_lock_name(Kind::Election, name)?;
+                check_owner(owner)?;
+                self.check_value("the value", value.len())
+            }
         }
     }
 
@@ -273,9 +352,20 @@ impl Node {
             )));
         }
         for c in &txn.compare {
-            self.check_key(&c.key)?;
-            if let CompareTarget::Value(v) = &c.target {
-                self.check_value("a compared value", v.len())?;
+            match &c.target {
+                CompareTarget::Fence(_) => {
+                    check_lock_name(Kind::Lock, &c.key)?;
+                    if !matches!(c.op, CompareOp::Eq | CompareOp::Ne) {
+                        return Err(Error::InvalidArgument(
+                            "a fence compare is \"==\" (the token is a current holder's) or \"!=\"".into(),
+                        ));
+                    }
+                }
+                CompareTarget::Value(v) => {
+                    self.check_key(&c.key)?;
+                    self.check_value("a compared value", v.len())?;
+                }
+                _ => self.check_key(&c.key)?,
             }
         }
         let mut adds = 0u64;

@@ -192,16 +192,14 @@ impl WatchHub {
                 if watchers > 0 {
                     let applied = node.replica.applied();
                     let history = applied.state.kv();
-                    let mut rev = from;
-                    while rev <= to {
-                        let Some(keys) = history.changed_keys(rev) else {
-                            // Revisions the index no longer holds (a snapshot was installed
-                            // past them, or compaction overtook this loop): everyone looks
-                            // for themselves, once for the whole stretch.
-                            reg.all().for_each(|(_, _, s)| s.flag(rev));
-                            rev = history.history_first().max(rev + 1);
-                            continue;
-                        };
+                    let first = history.history_first();
+                    if from < first {
+                        // Revisions the index no longer holds (a snapshot was installed
+                        // past them, or compaction overtook this loop): everyone looks
+                        // for themselves, once for the whole stretch.
+                        reg.all().for_each(|(_, _, s)| s.flag(from));
+                    }
+                    for (rev, keys) in history.changes(from.max(first), to) {
                         if keys.len() <= watchers {
                             keys.iter().for_each(|k| reg.flag_key(k, rev));
                         } else {
@@ -211,7 +209,6 @@ impl WatchHub {
                                 }
                             }
                         }
-                        rev += 1;
                     }
                 }
             }

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::dedup::Retention;
 use super::kv::KeyValue;
+use super::lock::{Holder, Kind, Waiter};
 use super::mvcc::Store;
 use super::txn::{Txn, TxnResult};
 
 /// The proposal format this binary writes, and the newest it can read.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// One log entry's business payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +154,38 @@ pub enum Command {
     /// reached first is left alone); each lease's keys go at a revision of its own.
     /// Proposed by the leader only.
     LeaseExpire { clock_ms: u64, ids: Vec<u64> },
+    /// Acquire the lock (or campaign in the election) `name` under `lease`, or under a new
+    /// lease of `ttl_ms` (the leader stamps `clock_ms`, as on a grant). Granted at once when
+    /// there is room; else queued when `wait`, or refused as busy. `limit`: how many may
+    /// hold it (set by the acquirer of an idle name; an election's is 1). `value`: a
+    /// candidate's value.
+    LockAcquire {
+        kind: Kind,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
+        #[serde(default)]
+        ttl_ms: u64,
+        #[serde(default)]
+        clock_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(default)]
+        wait: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "super::bytes_b64")]
+        value: Vec<u8>,
+    },
+    /// `owner` releases the lock (or resigns), or leaves its queue.
+    LockRelease { kind: Kind, name: String, owner: String },
+    /// `owner`'s wait ran out: it leaves the queue, unless it was granted meanwhile.
+    LockCancel { kind: Kind, name: String, owner: String },
+    /// The leader `owner` of election `name` gives its leadership a new value.
+    Proclaim {
+        name: String,
+        owner: String,
+        #[serde(with = "super::bytes_b64")]
+        value: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -171,6 +204,11 @@ impl Command {
             Command::Batch { cmds } => cmds.iter().map(Command::data_bytes).sum(),
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 0,
             Command::LeaseClock { renew: ids, .. } | Command::LeaseExpire { ids, .. } => 8 * ids.len(),
+            Command::LockAcquire { name, value, .. } => name.len() + value.len(),
+            Command::LockRelease { name, owner, .. } | Command::LockCancel { name, owner, .. } => {
+                name.len() + owner.len()
+            }
+            Command::Proclaim { name, owner, value } => name.len() + owner.len() + value.len(),
         }
     }
 
@@ -180,6 +218,7 @@ impl Command {
             Command::LeaseGrant { clock_ms, .. }
             | Command::LeaseClock { clock_ms, .. }
             | Command::LeaseExpire { clock_ms, .. } => Some(*clock_ms),
+            Command::LockAcquire { lease: None, clock_ms, .. } => Some(*clock_ms),
             Command::Idempotent { cmd, .. } => cmd.lease_clock(),
             Command::Batch { cmds } => cmds.iter().filter_map(Command::lease_clock).max(),
             _ => None,
@@ -236,6 +275,25 @@ pub enum Outcome {
     LeaseClock { revision: u64, missing: Vec<u64> },
     /// These leases expired (each one's keys went at a revision of its own).
     LeasesExpired { revision: u64, expired: Vec<u64> },
+    /// The acquirer holds the lock (or leads the election): granted at `holder.token`, or
+    /// (a cancel) granted before its wait ran out.
+    LockHeld { revision: u64, holder: Holder },
+    /// The acquirer joined the queue, `position` owners ahead of it.
+    LockQueued { revision: u64, waiter: Waiter, position: u64 },
+    /// Held to its limit and the acquirer would not wait; nothing changed.
+    LockBusy { revision: u64 },
+    /// The lock is held or waited for under another limit; nothing changed.
+    LockLimitMismatch { revision: u64, limit: u32 },
+    /// The owner released what it held (`held`), or left the queue.
+    LockReleased { revision: u64, held: bool },
+    /// The waiter left the queue (its wait ran out).
+    LockCancelled { revision: u64 },
+    /// The owner neither holds nor waits; nothing changed.
+    OwnerNotFound { revision: u64 },
+    /// The leader gave its leadership a new value.
+    Proclaimed { revision: u64, holder: Holder },
+    /// The proclaimer does not lead the election; nothing changed.
+    NotLeader { revision: u64 },
 }
 
 impl Outcome {
@@ -256,7 +314,16 @@ impl Outcome {
             | Outcome::LeaseNotFound { revision, .. }
             | Outcome::LeaseRevoked { revision, .. }
             | Outcome::LeaseClock { revision, .. }
-            | Outcome::LeasesExpired { revision, .. } => *revision,
+            | Outcome::LeasesExpired { revision, .. }
+            | Outcome::LockHeld { revision, .. }
+            | Outcome::LockQueued { revision, .. }
+            | Outcome::LockBusy { revision }
+            | Outcome::LockLimitMismatch { revision, .. }
+            | Outcome::LockReleased { revision, .. }
+            | Outcome::LockCancelled { revision }
+            | Outcome::OwnerNotFound { revision }
+            | Outcome::Proclaimed { revision, .. }
+            | Outcome::NotLeader { revision } => *revision,
             Outcome::Replayed { first } => first.revision(),
             Outcome::Batch { revision, .. } => *revision,
         }
@@ -284,6 +351,16 @@ impl Outcome {
             Outcome::LeaseClock { missing: ids, .. } | Outcome::LeasesExpired { expired: ids, .. } => {
                 8 * ids.len()
             }
+            Outcome::LockHeld { holder, .. } | Outcome::Proclaimed { holder, .. } => {
+                holder.owner.len() + holder.value.len()
+            }
+            Outcome::LockQueued { waiter, .. } => waiter.owner.len() + waiter.value.len(),
+            Outcome::LockBusy { .. }
+            | Outcome::LockLimitMismatch { .. }
+            | Outcome::LockReleased { .. }
+            | Outcome::LockCancelled { .. }
+            | Outcome::OwnerNotFound { .. }
+            | Outcome::NotLeader { .. } => 0,
         }
     }
 }
@@ -352,6 +429,11 @@ impl Store {
             | Command::LeaseRevoke { .. }
             | Command::LeaseClock { .. }
             | Command::LeaseExpire { .. } => self.nothing_outcome(),
+            // Locks and elections are the state root's too.
+            Command::LockAcquire { .. }
+            | Command::LockRelease { .. }
+            | Command::LockCancel { .. }
+            | Command::Proclaim { .. } => self.nothing_outcome(),
         }
     }
 }

@@ -89,6 +89,13 @@ pub fn fingerprint(cmd: &Command) -> String {
         Command::LeaseGrant { id, ttl_ms, .. } => {
             serde_json::to_vec(&Command::LeaseGrant { id: *id, ttl_ms: *ttl_ms, clock_ms: 0 })
         }
+        Command::LockAcquire { lease: None, .. } => {
+            let mut client_part = cmd.clone();
+            if let Command::LockAcquire { clock_ms, .. } = &mut client_part {
+                *clock_ms = 0;
+            }
+            serde_json::to_vec(&client_part)
+        }
         cmd => serde_json::to_vec(cmd),
     }
     .unwrap_or_default();

@@ -2,24 +2,26 @@
 //! watch can walk history revision by revision without looking at keys that did not change.
 //!
 //! Invariants:
-//! - revisions are dense: the index holds one entry for every revision from `first` to the
-//!   store's current revision (an entry may be empty: a revision that changed no key);
+//! - entries are sparse and in revision order: one for each revision from `first` on that
+//!   changed a key (a revision that changed only locks or elections has none);
 //! - each entry's keys are sorted and distinct, whatever order the writes came in, so the
 //!   index of a node that applied the log and of one that loaded a snapshot are equal;
-//! - it is derived data: never serialised, rebuilt from the key versions on load, trimmed
-//!   by compaction exactly as the versions are (nothing at or above the floor goes).
+//! - it is derived data: never serialised, rebuilt from the key versions on load (so its
+//!   size is bounded by the versions held), trimmed by compaction exactly as the versions
+//!   are (nothing at or above the floor goes).
 //!
 //! A persistent vector of shared entries: cloning the store stays O(1), and a write after a
 //! clone copies a path of the tree, not the entries.
 
 use std::sync::Arc;
 
-/// The keys each revision changed, for revisions `first..first + len`.
+/// The keys each revision from `first` on changed, for the revisions that changed any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct History {
-    /// The revision of the first entry.
+    /// The lowest revision the index speaks for.
     first: u64,
-    entries: imbl::Vector<Arc<Vec<Box<str>>>>,
+    /// `(revision, keys)`, revisions increasing.
+    entries: imbl::Vector<(u64, Arc<Vec<Box<str>>>)>,
 }
 
 impl Default for History {
@@ -30,47 +32,66 @@ impl Default for History {
 
 impl History {
     /// The index of a store whose first revision still known is `first` (at least 1),
-    /// from `(revision, key)` pairs in any order; revisions up to `last` get an entry.
+    /// from `(revision, key)` pairs in any order; pairs outside `first..=last` are ignored.
     pub fn rebuild<'a>(first: u64, last: u64, changes: impl Iterator<Item = (u64, &'a str)>) -> History {
         let first = first.max(1);
-        let len = last.saturating_add(1).saturating_sub(first);
-        let mut buckets: Vec<Vec<Box<str>>> = vec![Vec::new(); len as usize];
+        let mut buckets: std::collections::BTreeMap<u64, Vec<Box<str>>> = Default::default();
         for (rev, key) in changes {
             if rev >= first && rev <= last {
-                buckets[(rev - first) as usize].push(key.into());
+                buckets.entry(rev).or_default().push(key.into());
             }
         }
         let entries = buckets
             .into_iter()
-            .map(|mut keys| {
+            .map(|(rev, mut keys)| {
                 keys.sort_unstable();
                 keys.dedup();
-                Arc::new(keys)
+                (rev, Arc::new(keys))
             })
             .collect();
         History { first, entries }
     }
 
-    /// The lowest revision the index holds (or would hold: the next one, when empty).
+    /// The lowest revision the index speaks for.
     pub fn first(&self) -> u64 {
         self.first
     }
 
-    /// The keys revision `rev` changed, sorted; `None` outside the index.
+    /// Where the entries of revisions at or above `rev` begin.
+    fn position(&self, rev: u64) -> usize {
+        self.entries.binary_search_by(|(r, _)| r.cmp(&rev)).unwrap_or_else(|i| i)
+    }
+
+    /// The keys revision `rev` changed, sorted (none: it changed no key); `None` below
+    /// the index. (Revisions past the store's current one are the caller's to refuse.)
     pub fn keys(&self, rev: u64) -> Option<&[Box<str>]> {
-        let i = rev.checked_sub(self.first)?;
-        self.entries.get(usize::try_from(i).ok()?).map(|keys| keys.as_slice())
+        if rev < self.first {
+            return None;
+        }
+        let i = self.position(rev);
+        Some(match self.entries.get(i) {
+            Some((r, keys)) if *r == rev => keys.as_slice(),
+            _ => &[],
+        })
     }
 
-    /// Opens the entry of revision `rev`, which must follow the last one.
-    pub fn begin(&mut self, rev: u64) {
-        debug_assert_eq!(rev, self.first + self.entries.len() as u64, "revisions are dense");
-        self.entries.push_back(Arc::new(Vec::new()));
+    /// The revisions from `from` to `to` (inclusive) that changed keys, with their keys,
+    /// in order.
+    pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, &[Box<str>])> + '_ {
+        self.entries
+            .iter()
+            .skip(self.position(from))
+            .take_while(move |(r, _)| *r <= to)
+            .map(|(r, keys)| (*r, keys.as_slice()))
     }
 
-    /// Records that the revision opened last changed `key`.
-    pub fn touch(&mut self, key: &str) {
-        let Some(last) = self.entries.back_mut() else { return };
+    /// Records that revision `rev` (the newest) changed `key`.
+    pub fn touch(&mut self, rev: u64, key: &str) {
+        if self.entries.back().is_none_or(|(r, _)| *r != rev) {
+            debug_assert!(self.entries.back().is_none_or(|(r, _)| *r < rev), "revisions increase");
+            self.entries.push_back((rev, Arc::new(Vec::new())));
+        }
+        let Some((_, last)) = self.entries.back_mut() else { return };
         let keys = Arc::make_mut(last);
         // Writes of one revision mostly come in key order (a recursive delete always does).
         match keys.last() {
@@ -89,12 +110,9 @@ impl History {
         if floor <= self.first {
             return;
         }
-        let drop = ((floor - self.first) as usize).min(self.entries.len());
+        let drop = self.position(floor);
         self.entries = self.entries.skip(drop);
-        self.first += drop as u64;
-        if self.entries.is_empty() {
-            self.first = floor;
-        }
+        self.first = floor;
     }
 }
 
@@ -107,21 +125,20 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_dense_sorted_and_distinct() {
+    fn entries_are_sparse_sorted_and_distinct() {
         let mut h = History::default();
-        h.begin(1);
-        h.touch("/b");
-        h.touch("/a");
-        h.touch("/b");
-        h.touch("/c");
-        h.begin(2);
-        h.begin(3);
-        h.touch("/z");
+        h.touch(1, "/b");
+        h.touch(1, "/a");
+        h.touch(1, "/b");
+        h.touch(1, "/c");
+        // Revision 2 changed no key.
+        h.touch(3, "/z");
         assert_eq!(keys(&h, 1), Some(vec!["/a", "/b", "/c"]));
         assert_eq!(keys(&h, 2), Some(vec![]));
         assert_eq!(keys(&h, 3), Some(vec!["/z"]));
         assert_eq!(keys(&h, 0), None);
-        assert_eq!(keys(&h, 4), None);
+        assert_eq!(h.range(2, 9).map(|(r, _)| r).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(h.range(1, 2).map(|(r, k)| (r, k.len())).collect::<Vec<_>>(), vec![(1, 3)]);
         let rebuilt =
             History::rebuild(0, 3, [(3, "/z"), (1, "/c"), (1, "/b"), (1, "/a"), (1, "/b")].into_iter());
         assert_eq!(rebuilt, h);
@@ -131,8 +148,7 @@ mod tests {
     fn compaction_keeps_the_floor() {
         let mut h = History::default();
         for rev in 1..=5 {
-            h.begin(rev);
-            h.touch(&format!("/k{rev}"));
+            h.touch(rev, &format!("/k{rev}"));
         }
         let before = h.clone();
         h.compact(3);
@@ -148,7 +164,8 @@ mod tests {
         // Past the end: empty, and the next revision follows on.
         h.compact(6);
         assert_eq!((h.first(), keys(&h, 5)), (6, None));
-        h.begin(6);
+        h.touch(7, "/n");
         assert_eq!(keys(&h, 6), Some(vec![]));
+        assert_eq!(keys(&h, 7), Some(vec!["/n"]));
     }
 }

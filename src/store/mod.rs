@@ -18,6 +18,8 @@ mod history;
 pub mod key;
 pub mod kv;
 pub mod lease;
+pub mod lock;
+pub mod locks;
 pub mod mvcc;
 pub mod state;
 pub mod txn;
@@ -26,6 +28,8 @@ pub use command::{Command, Condition, Outcome, Proposal, FORMAT_VERSION};
 pub use dedup::Retention;
 pub use kv::KeyValue;
 pub use lease::{Lease, LeaseCounters, Leases, MAX_CHOSEN_LEASE_ID, MAX_LEASE_ID};
+pub use lock::{Holder, Kind, Lock, Waiter};
+pub use locks::{LockCounters, LockEvent, Locks};
 pub use mvcc::{
     sequential_key, Child, ChildrenPage, ListOptions, ListPage, ReadError, Store, SEQUENCE_DIGITS,
 };

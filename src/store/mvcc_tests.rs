@@ -988,6 +988,8 @@ mod model {
                 CompareTarget::CreateRevision(n) => op(cur.map_or(0, |m| m.create_revision), *n),
                 CompareTarget::ModRevision(n) => op(cur.map_or(0, |m| m.mod_revision), *n),
                 CompareTarget::Lease(n) => op(0, *n),
+                // The store alone knows no lock holders.
+                CompareTarget::Fence(_) => false,
             }
         }
 
@@ -1112,7 +1114,11 @@ mod model {
                 Command::LeaseGrant { .. }
                 | Command::LeaseRevoke { .. }
                 | Command::LeaseClock { .. }
-                | Command::LeaseExpire { .. } => Outcome::Nothing { revision: self.revision },
+                | Command::LeaseExpire { .. }
+                | Command::LockAcquire { .. }
+                | Command::LockRelease { .. }
+                | Command::LockCancel { .. }
+                | Command::Proclaim { .. } => Outcome::Nothing { revision: self.revision },
                 Command::Batch { cmds } => {
                     let outcomes = cmds
                         .iter()

@@ -1,9 +1,11 @@
 //! The root of the replicated state: everything `apply` changes lives here.
 //!
-//! Today that is the multi-version key space, the lease table and the idempotency table;
-//! locks and elections join it as they arrive. A write that names a lease which does not
-//! exist is refused whole (`LeaseNotFound`), so every key's lease exists; a lease's end
-//! deletes the keys it owns at one revision. Every node applies the same proposals in the
+//! The multi-version key space, the lease table, the lock and election table and the
+//! idempotency table. A write that names a lease which does not exist is refused whole
+//! (`LeaseNotFound`), so every key's, lock holder's and waiter's lease exists; a lease's
+//! end deletes the keys it owns and removes its lock holders and waiters at one revision,
+//! then grants the waiters that lets in, each at a revision of its own. The key space owns
+//! the revision: a change to locks or elections takes the next one too. Every node applies the same proposals in the
 //! same order to a `State` and so holds the same one, byte for byte (it is what a snapshot
 //! captures). Nothing here reads a clock or does I/O: time arrives inside the proposal.
 
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{apply_batch, Command, Outcome, Proposal};
 use super::dedup::{self, Dedup, Seen};
 use super::lease::Leases;
+use super::locks::{AcquireArgs, Locks};
 use super::mvcc::Store;
 use super::txn::TxnOp;
 
@@ -26,6 +29,9 @@ pub struct State {
     /// Leases and the lease clock.
     #[serde(default)]
     leases: Leases,
+    /// Locks and elections.
+    #[serde(default)]
+    locks: Locks,
 }
 
 impl State {
@@ -53,9 +59,15 @@ impl State {
         &self.leases
     }
 
+    /// The lock and election table.
+    pub fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
     /// Applies one proposal and returns what it decided. Deterministic, never panics.
     /// Idempotency entries that expired by the proposal's leader stamp go first.
     pub fn apply(&mut self, p: &Proposal) -> Outcome {
+        self.locks.open_journal(self.revision());
         self.dedup.expire(p.leader_time_ms);
         match &p.cmd {
             Command::Batch { cmds } => {
@@ -115,25 +127,50 @@ impl State {
                 }
                 Outcome::LeasesExpired { revision: self.revision(), expired }
             }
-            cmd => match self.missing_lease(cmd) {
-                Some(lease) => Outcome::LeaseNotFound { revision, lease },
-                None => self.kv.apply(cmd),
-            },
+            Command::LockAcquire { kind, name, lease, ttl_ms, clock_ms, limit, wait, value } => {
+                let args = AcquireArgs {
+                    kind: *kind,
+                    name,
+                    lease: *lease,
+                    ttl_ms: *ttl_ms,
+                    clock_ms: *clock_ms,
+                    limit: *limit,
+                    wait: *wait,
+                    value,
+                };
+                self.locks.acquire(&mut self.kv, &mut self.leases, args)
+            }
+            Command::LockRelease { kind, name, owner } => {
+                self.locks.release(&mut self.kv, *kind, name, owner)
+            }
+            Command::LockCancel { kind, name, owner } => self.locks.cancel(&mut self.kv, *kind, name, owner),
+            Command::Proclaim { name, owner, value } => self.locks.proclaim(&mut self.kv, name, owner, value),
+            Command::Txn(txn) => {
+                // Fence compares ask the lock table; a branch naming a missing lease is
+                // refused whole.
+                let locks = &self.locks;
+                let (succeeded, ops) =
+                    txn.branch_with(&self.kv, &|name, token| locks.holds_token(name, token));
+                let missing = ops.iter().find_map(|op| match op {
+                    TxnOp::Put { lease, .. } => self.missing_lease(*lease),
+                    _ => None,
+                });
+                if let Some(lease) = missing {
+                    return Outcome::LeaseNotFound { revision, lease };
+                }
+                let results = self.kv.apply_branch(txn, succeeded);
+                Outcome::Txn { revision: self.revision(), succeeded, results }
+            }
+            Command::Put { lease, .. } if self.missing_lease(*lease).is_some() => {
+                Outcome::LeaseNotFound { revision, lease: lease.unwrap_or(0) }
+            }
+            cmd => self.kv.apply(cmd),
         }
     }
 
-    /// A lease the write would attach a key to that does not exist (for a transaction,
-    /// in the branch its compares choose).
-    fn missing_lease(&self, cmd: &Command) -> Option<u64> {
-        let missing = |lease: &Option<u64>| lease.filter(|l| !self.leases.contains(*l));
-        match cmd {
-            Command::Put { lease, .. } => missing(lease),
-            Command::Txn(txn) => txn.branch(&self.kv).1.iter().find_map(|op| match op {
-                TxnOp::Put { lease, .. } => missing(lease),
-                _ => None,
-            }),
-            _ => None,
-        }
+    /// The lease a write would attach a key to, when it does not exist.
+    fn missing_lease(&self, lease: Option<u64>) -> Option<u64> {
+        lease.filter(|l| !self.leases.contains(*l))
     }
 
     /// Ends lease `id`: deletes the keys it owns, all at one revision. Returns how many
@@ -143,6 +180,12 @@ impl State {
         let keys: Vec<String> = self.kv.lease_keys(id).cloned().collect();
         let mut w = self.kv.write();
         let deleted = keys.iter().map(|k| w.delete(k, false).len() as u64).sum();
+        if self.locks.lease_owners(id).next().is_some() {
+            // Its holders and waiters leave at the same revision as its keys.
+            w.mark();
+        }
+        drop(w);
+        self.locks.end_lease(&mut self.kv, id);
         Some(deleted)
     }
 

@@ -27,6 +27,9 @@ pub enum CompareTarget {
     ModRevision(u64),
     /// The owning lease; 0 for none (or a missing key).
     Lease(u64),
+    /// A fencing token: `==` holds when it is a current holder's token of the lock (or the
+    /// election) named by the compare's `key`, `!=` when it is not.
+    Fence(u64),
 }
 
 /// How a key's attribute is compared to the operand.
@@ -71,7 +74,27 @@ impl Compare {
             CompareTarget::CreateRevision(n) => self.op.holds(&num(|kv| kv.create_revision), n),
             CompareTarget::ModRevision(n) => self.op.holds(&num(|kv| kv.mod_revision), n),
             CompareTarget::Lease(n) => self.op.holds(&num(|kv| kv.lease.unwrap_or(0)), n),
+            // Only the state root knows the holders (see `holds_with`).
+            CompareTarget::Fence(_) => false,
         }
+    }
+
+    /// Whether the compare holds, with `fence(name, token)` telling whether a token is a
+    /// current holder's.
+    pub fn holds_with(&self, kv: Option<&KeyValue>, fence: &dyn Fn(&str, u64) -> bool) -> bool {
+        match &self.target {
+            CompareTarget::Fence(token) => match self.op {
+                CompareOp::Eq => fence(&self.key, *token),
+                CompareOp::Ne => !fence(&self.key, *token),
+                CompareOp::Lt | CompareOp::Gt => false,
+            },
+            _ => self.holds(kv),
+        }
+    }
+
+    /// Whether the compare looks at a key (a fence compare names a lock instead).
+    pub fn is_on_key(&self) -> bool {
+        !matches!(self.target, CompareTarget::Fence(_))
     }
 }
 
@@ -178,7 +201,15 @@ pub struct Txn {
 impl Txn {
     /// Whether the compares hold against `kv` as it is, and the branch they choose.
     pub fn branch(&self, kv: &Store) -> (bool, &[TxnOp]) {
-        let succeeded = self.compare.iter().all(|c| c.holds(kv.current(&c.key).as_ref()));
+        self.branch_with(kv, &|_, _| false)
+    }
+
+    /// The same, with `fence` deciding the fence compares (see [`Compare::holds_with`]).
+    pub fn branch_with(&self, kv: &Store, fence: &dyn Fn(&str, u64) -> bool) -> (bool, &[TxnOp]) {
+        let succeeded = self.compare.iter().all(|c| {
+            let current = if c.is_on_key() { kv.current(&c.key) } else { None };
+            c.holds_with(current.as_ref(), fence)
+        });
         (succeeded, if succeeded { &self.success } else { &self.failure })
     }
 
@@ -207,11 +238,16 @@ impl Store {
     /// Runs a transaction: the compares choose the branch; the branch runs at one revision.
     /// Returns whether the compares held, and the branch's results in order.
     pub(crate) fn apply_txn(&mut self, txn: &Txn) -> (bool, Vec<TxnResult>) {
-        let (succeeded, ops) = txn.branch(self);
+        let (succeeded, _) = txn.branch(self);
+        (succeeded, self.apply_branch(txn, succeeded))
+    }
+
+    /// Runs the branch of `txn` that `succeeded` chooses, at one revision.
+    pub(crate) fn apply_branch(&mut self, txn: &Txn, succeeded: bool) -> Vec<TxnResult> {
+        let ops = if succeeded { &txn.success } else { &txn.failure };
         let mut budget = txn.max_read_bytes;
         let mut w = self.write();
-        let results = ops.iter().map(|op| run_op(&mut w, op, &mut budget, txn.default_get_limit)).collect();
-        (succeeded, results)
+        ops.iter().map(|op| run_op(&mut w, op, &mut budget, txn.default_get_limit)).collect()
     }
 }
 
