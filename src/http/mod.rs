@@ -12,10 +12,12 @@
 
 mod cluster;
 mod connection;
+mod election;
 pub mod error;
 mod extract;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod peer;
 mod query;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use serde::Serialize;
 
@@ -49,6 +51,16 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/leases/{id}"),
     ("DELETE", "/v1/leases/{id}"),
     ("POST", "/v1/leases/{id}/keepalive"),
+    ("POST", "/v1/locks/{name}"),
+    ("GET", "/v1/locks/{name}"),
+    ("DELETE", "/v1/locks/{name}"),
+    ("GET", "/v1/locks"),
+    ("POST", "/v1/fence/check"),
+    ("POST", "/v1/elections/{name}/campaign"),
+    ("GET", "/v1/elections/{name}"),
+    ("PUT", "/v1/elections/{name}/leader"),
+    ("DELETE", "/v1/elections/{name}/leader"),
+    ("GET", "/v1/elections/{name}/observe"),
     ("POST", "/v1/maintenance/compact"),
     ("GET", "/v1/cluster"),
     ("GET", "/healthz"),
@@ -70,6 +82,13 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/leases", post(lease::grant).get(lease::list))
         .route("/v1/leases/{id}", get(lease::get).delete(lease::revoke))
         .route("/v1/leases/{id}/keepalive", post(lease::keepalive))
+        .route("/v1/locks", get(lock::list))
+        .route("/v1/locks/{name}", post(lock::acquire).get(lock::get).delete(lock::release))
+        .route("/v1/fence/check", post(lock::fence_check))
+        .route("/v1/elections/{name}", get(election::get))
+        .route("/v1/elections/{name}/campaign", post(election::campaign))
+        .route("/v1/elections/{name}/leader", put(election::proclaim).delete(election::resign))
+        .route("/v1/elections/{name}/observe", get(election::observe))
         .route("/v1/maintenance/compact", post(maintenance::compact))
         .route("/v1/cluster", get(cluster::cluster))
         .layer(axum::middleware::from_fn_with_state(
@@ -98,15 +117,15 @@ pub fn peer_router(node: Arc<Node>) -> Router {
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so
-/// memory and queues stay bounded under overload. A long-poll (`GET /v1/kv/...?wait`)
-/// spends most of its life waiting, not working: it is bounded by `--max-watchers`
-/// instead, like a watch.
+/// memory and queues stay bounded under overload. A long-poll (`GET /v1/kv/...?wait`), a
+/// lock acquire and an election campaign spend most of their life waiting, not working:
+/// they are bounded by `--max-watchers` instead, like a watch.
 async fn limit_inflight(
     axum::extract::State(permits): axum::extract::State<Arc<tokio::sync::Semaphore>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if is_long_poll(&req) {
+    if is_long_poll(&req) || is_lock_wait(&req) {
         return next.run(req).await;
     }
     match permits.try_acquire() {
@@ -126,6 +145,14 @@ fn is_long_poll(req: &axum::extract::Request) -> bool {
         // Parsed only when it may be one (the name, or a percent-encoded one, is there).
         && req.uri().query().is_some_and(|q| q.contains("wait") || q.contains('%'))
         && kv::is_long_poll(req.uri())
+}
+
+/// Whether `req` may wait for a grant: an acquire or a campaign.
+fn is_lock_wait(req: &axum::extract::Request) -> bool {
+    let path = req.uri().path();
+    req.method() == Method::POST
+        && ((path.starts_with("/v1/locks/") && path.len() > "/v1/locks/".len())
+            || (path.starts_with("/v1/elections/") && path.ends_with("/campaign")))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

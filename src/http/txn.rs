@@ -42,15 +42,6 @@ fn at(list: &str, i: usize, message: String) -> ApiError {
 }
 
 fn compare(c: &w::CompareSpec) -> Result<Compare, String> {
-    if c.target == "fence" {
-        return Err(
-            "fence compares check a lock's fencing token, and locks are not available in this version".into(),
-        );
-    }
-    if c.lock.is_some() {
-        return Err("lock belongs to fence compares; a key compare names its key".into());
-    }
-    let key = c.key.clone().ok_or("a compare needs a key")?;
     let op = match c.op.as_str() {
         "==" => CompareOp::Eq,
         "!=" => CompareOp::Ne,
@@ -58,6 +49,21 @@ fn compare(c: &w::CompareSpec) -> Result<Compare, String> {
         ">" => CompareOp::Gt,
         other => return Err(format!("unknown compare op {other:?}: one of ==, !=, <, >")),
     };
+    if c.target == "fence" {
+        // `{"target": "fence", "lock": NAME, "op": "==", "value": TOKEN}`.
+        if c.key.is_some() {
+            return Err("a fence compare names its lock (\"lock\"), not a key".into());
+        }
+        let lock = c.lock.clone().ok_or("a fence compare needs the lock's name (\"lock\")")?;
+        let w::Operand::Number(token) = c.operand()? else {
+            return Err("a fence compare takes a fencing token (an integer) as its value".into());
+        };
+        return Ok(Compare { key: lock, op, target: CompareTarget::Fence(token) });
+    }
+    if c.lock.is_some() {
+        return Err("lock belongs to fence compares; a key compare names its key".into());
+    }
+    let key = c.key.clone().ok_or("a compare needs a key")?;
     let target = match (c.target.as_str(), c.operand()?) {
         ("value", w::Operand::Value(v)) => CompareTarget::Value(v),
         ("version", w::Operand::Number(n)) => CompareTarget::Version(n),

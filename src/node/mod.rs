@@ -35,6 +35,8 @@ mod compactor;
 mod identity;
 mod leases;
 mod lessor;
+mod lock_hub;
+mod locks;
 mod peer;
 mod policy;
 mod reads;
@@ -44,7 +46,8 @@ mod writes;
 
 pub use identity::{format_cluster, Identity};
 pub use leases::MAX_LEASE_KEYS_SHOWN;
-pub use policy::check_idempotency_key;
+pub use locks::{AcquireRequest, Acquired, ElectionObserver, ElectionView};
+pub use policy::{check_idempotency_key, check_lock_name, check_owner, MAX_LOCK_LIMIT};
 pub use reads::{Consistency, KvRead, KvReadResult};
 pub use watch::{Watch, WatchFrame, WatchRequest, MAX_WAIT_MS};
 
@@ -106,6 +109,8 @@ pub struct Node {
     lessor: lessor::Lessor,
     /// Who watches which keys (streams and long-polls).
     watches: Arc<watch_hub::WatchHub>,
+    /// Who waits on which lock owners and observes which elections.
+    lock_hub: Arc<lock_hub::LockHub>,
     /// While a new data dir waits to bootstrap: why (see `bootstrap`).
     bootstrap_wait: Mutex<Option<String>>,
     /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
@@ -200,6 +205,7 @@ impl Node {
             proposals: Mutex::default(),
             lessor: lessor::Lessor::default(),
             watches: Arc::default(),
+            lock_hub: Arc::default(),
             bootstrap_wait: Mutex::default(),
             fatal,
         });
@@ -212,6 +218,7 @@ impl Node {
         tokio::spawn(Self::auto_compact(Arc::downgrade(&node)));
         tokio::spawn(Self::run_lessor(Arc::downgrade(&node)));
         tokio::spawn(watch_hub::WatchHub::run(Arc::downgrade(&node)));
+        tokio::spawn(lock_hub::LockHub::run(Arc::downgrade(&node)));
         Ok(node)
     }
 

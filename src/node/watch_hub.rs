@@ -157,7 +157,38 @@ impl Drop for Registration {
     }
 }
 
+/// A place among the watchers for a request that waits on something other than keys (a
+/// lock wait, an election observer): it counts against the same limit.
+pub(super) struct Seat {
+    hub: Weak<WatchHub>,
+    closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Seat {
+    /// Resolves when the node shuts down.
+    pub async fn closed(&mut self) {
+        let _ = self.closed.wait_for(|c| *c).await;
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl WatchHub {
+    /// Takes a [`Seat`], unless `max` watchers are registered already.
+    pub fn reserve(self: &Arc<Self>, max: usize) -> Option<Seat> {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Seat { hub: Arc::downgrade(self), closed: self.closed.subscribe() })
+    }
+
     /// Watchers registered now.
     pub fn watchers(&self) -> usize {
         self.count.load(Ordering::Relaxed)

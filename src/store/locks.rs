@@ -332,7 +332,7 @@ impl Locks {
                 self.table_mut(kind).remove(name);
                 return;
             }
-            if !(lock.holders.len() < lock.limit as usize && !lock.waiters.is_empty()) {
+            if lock.holders.len() >= lock.limit as usize || lock.waiters.is_empty() {
                 return;
             }
             let rev = kv.bump();

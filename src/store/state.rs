@@ -178,13 +178,13 @@ impl State {
     fn end_lease(&mut self, id: u64, expired: bool) -> Option<u64> {
         self.leases.remove(id, expired)?;
         let keys: Vec<String> = self.kv.lease_keys(id).cloned().collect();
+        let has_owners = self.locks.lease_owners(id).next().is_some();
         let mut w = self.kv.write();
         let deleted = keys.iter().map(|k| w.delete(k, false).len() as u64).sum();
-        if self.locks.lease_owners(id).next().is_some() {
+        if has_owners {
             // Its holders and waiters leave at the same revision as its keys.
             w.mark();
         }
-        drop(w);
         self.locks.end_lease(&mut self.kv, id);
         Some(deleted)
     }

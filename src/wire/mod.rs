@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod txn;
 pub mod watch;
 pub mod whole;

@@ -186,7 +186,7 @@ impl CompareSpec {
                     .ok_or("a value compare needs value (or value_base64)")?;
                 Ok(Operand::Value(bytes))
             }
-            "version" | "create_revision" | "mod_revision" | "lease" => {
+            "version" | "create_revision" | "mod_revision" | "lease" | "fence" => {
                 if self.value_base64.is_some() {
                     return Err(format!("value_base64 is for value compares, not {}", self.target));
                 }
@@ -199,7 +199,7 @@ impl CompareSpec {
                 }
             }
             other => Err(format!(
-                "unknown compare target {other:?}: one of value, version, create_revision, mod_revision, lease"
+                "unknown compare target {other:?}: one of value, version, create_revision, mod_revision, lease, fence"
             )),
         }
     }
