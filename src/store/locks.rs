@@ -306,9 +306,9 @@ impl Locks {
         }
     }
 
-    /// Removes `owner` from the lock of `name`, at a revision of its own, and grants the
-    /// waiters this lets in. `None` when the owner is not there.
-    fn remove(&mut self, kv: &mut Store, kind: Kind, name: &str, owner: &str) -> Option<Place> {
+    /// Removes `owner` from the lock of `name`, at a revision of its own (returned), and
+    /// grants the waiters this lets in. `None` when the owner is not there.
+    fn remove(&mut self, kv: &mut Store, kind: Kind, name: &str, owner: &str) -> Option<(Place, u64)> {
         let lock = self.table_mut(kind).get_mut(name)?;
         let place = lock.place(owner)?;
         let lease = match place {
@@ -320,7 +320,7 @@ impl Locks {
         self.unindex(lease, kind, name, owner);
         self.record(rev, kind, name, owner);
         self.promote(kv, kind, name);
-        Some(place)
+        Some((place, rev))
     }
 
     /// Grants the first waiters of `name` while there is room, each at a revision of its
@@ -343,11 +343,12 @@ impl Locks {
         }
     }
 
-    /// Releases a holder or withdraws a waiter (a resign, for an election).
+    /// Releases a holder or withdraws a waiter (a resign, for an election). The outcome's
+    /// revision is the release's own (a hand-off it lets happen comes after).
     pub(super) fn release(&mut self, kv: &mut Store, kind: Kind, name: &str, owner: &str) -> Outcome {
         match self.remove(kv, kind, name, owner) {
-            Some(place) => {
-                Outcome::LockReleased { revision: kv.revision(), held: matches!(place, Place::Holding(_)) }
+            Some((place, revision)) => {
+                Outcome::LockReleased { revision, held: matches!(place, Place::Holding(_)) }
             }
             None => Outcome::OwnerNotFound { revision: kv.revision() },
         }
@@ -359,8 +360,8 @@ impl Locks {
         match self.get(kind, name).and_then(|l| Some((l, l.place(owner)?))) {
             Some((l, Place::Holding(i))) => Outcome::LockHeld { revision, holder: l.holders[i].clone() },
             Some((_, Place::Waiting(_))) => {
-                self.remove(kv, kind, name, owner);
-                Outcome::LockCancelled { revision: kv.revision() }
+                let revision = self.remove(kv, kind, name, owner).map_or(revision, |(_, r)| r);
+                Outcome::LockCancelled { revision }
             }
             None => Outcome::OwnerNotFound { revision },
         }

@@ -108,7 +108,7 @@ impl State {
                 }
             }
             Command::LeaseRevoke { id } => match self.end_lease(*id, false) {
-                Some(deleted) => Outcome::LeaseRevoked { revision: self.revision(), id: *id, deleted },
+                Some((deleted, revision)) => Outcome::LeaseRevoked { revision, id: *id, deleted },
                 None => Outcome::LeaseNotFound { revision, lease: *id },
             },
             Command::LeaseClock { clock_ms, renew } => {
@@ -173,9 +173,11 @@ impl State {
         lease.filter(|l| !self.leases.contains(*l))
     }
 
-    /// Ends lease `id`: deletes the keys it owns, all at one revision. Returns how many
-    /// went, or `None` if there is no such lease.
-    fn end_lease(&mut self, id: u64, expired: bool) -> Option<u64> {
+    /// Ends lease `id`: deletes the keys it owns and removes its lock owners, all at one
+    /// revision, then grants the waiters that lets in. Returns how many keys went and the
+    /// revision the lease ended at (the grants come after it), or `None` if there is no
+    /// such lease.
+    fn end_lease(&mut self, id: u64, expired: bool) -> Option<(u64, u64)> {
         self.leases.remove(id, expired)?;
         let keys: Vec<String> = self.kv.lease_keys(id).cloned().collect();
         let has_owners = self.locks.lease_owners(id).next().is_some();
@@ -185,8 +187,9 @@ impl State {
             // Its holders and waiters leave at the same revision as its keys.
             w.mark();
         }
+        let ended = self.kv.revision();
         self.locks.end_lease(&mut self.kv, id);
-        Some(deleted)
+        Some((deleted, ended))
     }
 
     /// The outcome of a log entry with no business payload (blank or membership).
