@@ -34,6 +34,14 @@ pub async fn cluster(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response
             expired: s.lease_counters.expired,
             revoked: s.lease_counters.revoked,
         },
+        locks: wire::LockStats {
+            active: s.locks_active,
+            owners: s.lock_owners,
+            grants: s.lock_counters.grants,
+            handoffs: s.lock_counters.handoffs,
+            waits: s.lock_counters.waits,
+            lease_ended: s.lock_counters.lease_ended,
+        },
         members: s
             .members
             .into_iter()

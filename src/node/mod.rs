@@ -73,6 +73,11 @@ pub struct ClusterStatus {
     pub leases_alive: u64,
     /// Leases granted, expired and revoked since the cluster began.
     pub lease_counters: crate::store::LeaseCounters,
+    /// Locks and elections held or waited for, and their holders and waiters.
+    pub locks_active: u64,
+    pub lock_owners: u64,
+    /// Grants, hand-offs, waits and lease ends since the cluster began.
+    pub lock_counters: crate::store::LockCounters,
     pub members: Vec<MemberStatus>,
 }
 
@@ -423,6 +428,11 @@ impl Node {
                 is_leader: s.leader == Some(m.id),
             })
             .collect();
+        let (locks_active, lock_owners, lock_counters) = {
+            let a = self.replica.applied();
+            let locks = a.state.locks();
+            (locks.len() as u64, locks.owners() as u64, locks.counters())
+        };
         let (revision, compact_revision, store_bytes, idempotency_keys, leases_alive, lease_counters) = {
             let a = self.replica.applied();
             let kv = a.state.kv();
@@ -449,6 +459,9 @@ impl Node {
             idempotency_keys,
             leases_alive,
             lease_counters,
+            locks_active,
+            lock_owners,
+            lock_counters,
             members,
         }
     }

@@ -78,6 +78,9 @@ pub struct Locks {
     counters: LockCounters,
     #[serde(skip)]
     by_lease: imbl::OrdMap<u64, imbl::OrdSet<(Kind, String, String)>>,
+    /// Entries in `by_lease` (holders and waiters), derived.
+    #[serde(skip)]
+    owners: usize,
     #[serde(skip)]
     journal: Journal,
 }
@@ -103,6 +106,7 @@ impl TryFrom<LocksImage> for Locks {
             elections: image.elections,
             counters: image.counters,
             by_lease: imbl::OrdMap::new(),
+            owners: 0,
             journal: Journal::default(),
         };
         let mut entries = Vec::new();
@@ -122,7 +126,7 @@ impl TryFrom<LocksImage> for Locks {
             }
         }
         for (lease, kind, name, owner) in entries {
-            t.by_lease.entry(lease).or_default().insert((kind, name, owner));
+            t.index(lease, kind, &name, &owner);
         }
         Ok(t)
     }
@@ -189,7 +193,7 @@ impl Locks {
 
     /// Holders and waiters over all locks and elections.
     pub fn owners(&self) -> usize {
-        self.by_lease.values().map(|s| s.len()).sum()
+        self.owners
     }
 
     /// How many locks and elections are held or waited for.
@@ -248,12 +252,17 @@ impl Locks {
     }
 
     fn index(&mut self, lease: u64, kind: Kind, name: &str, owner: &str) {
-        self.by_lease.entry(lease).or_default().insert((kind, name.to_string(), owner.to_string()));
+        let entry = (kind, name.to_string(), owner.to_string());
+        if self.by_lease.entry(lease).or_default().insert(entry).is_none() {
+            self.owners += 1;
+        }
     }
 
     fn unindex(&mut self, lease: u64, kind: Kind, name: &str, owner: &str) {
         if let Some(set) = self.by_lease.get_mut(&lease) {
-            set.remove(&(kind, name.to_string(), owner.to_string()));
+            if set.remove(&(kind, name.to_string(), owner.to_string())).is_some() {
+                self.owners -= 1;
+            }
             if set.is_empty() {
                 self.by_lease.remove(&lease);
             }
@@ -388,6 +397,7 @@ impl Locks {
     /// lets in are granted, name by name in order, each at a revision of its own.
     pub(super) fn end_lease(&mut self, kv: &mut Store, id: u64) {
         let Some(owners) = self.by_lease.remove(&id) else { return };
+        self.owners -= owners.len();
         let rev = kv.revision();
         let mut names: Vec<(Kind, String)> = Vec::new();
         for (kind, name, owner) in owners {

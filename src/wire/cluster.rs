@@ -36,6 +36,9 @@ pub struct ClusterResponse {
     /// Leases now, and since the cluster began.
     #[serde(default)]
     pub leases: LeaseStats,
+    /// Locks and elections now, and since the cluster began.
+    #[serde(default)]
+    pub locks: LockStats,
     pub members: Vec<MemberResponse>,
 }
 
@@ -49,6 +52,23 @@ pub struct LeaseStats {
     pub expired: u64,
     /// Ended by a client.
     pub revoked: u64,
+}
+
+/// Lock and election counters in `GET /v1/cluster` (replicated, like the lease counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockStats {
+    /// Locks and elections held or waited for now.
+    pub active: u64,
+    /// Holders and waiters now.
+    pub owners: u64,
+    /// Grants (and leaderships won) since the cluster began...
+    pub grants: u64,
+    /// ...of which went to an owner that had waited (a hand-off).
+    pub handoffs: u64,
+    /// Owners that had to wait.
+    pub waits: u64,
+    /// Holders and waiters removed because their lease ended.
+    pub lease_ended: u64,
 }
 
 /// `GET /healthz` and `GET /readyz` when all is well: `{"status": "ok"}` / `"ready"`.
