@@ -92,6 +92,11 @@ pub async fn get(
         remaining_ms: l.remaining_ms,
         key_count: l.key_count,
         keys: l.keys,
+        locks: l
+            .locks
+            .into_iter()
+            .map(|(kind, name, owner)| w::LeaseLock { kind: kind.as_str().to_string(), name, owner })
+            .collect(),
     };
     Ok(reply(StatusCode::OK, &body, node.applied_revision(), node.term()))
 }

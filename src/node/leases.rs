@@ -137,5 +137,6 @@ fn info(state: &State, l: &Lease, now: u64, max_keys: usize) -> LeaseInfo {
         remaining_ms: l.expires_at.saturating_sub(now),
         key_count: state.kv().lease_key_count(l.id) as u64,
         keys: state.kv().lease_keys(l.id).take(max_keys).cloned().collect(),
+        locks: state.locks().lease_owners(l.id).take(max_keys).cloned().collect(),
     }
 }

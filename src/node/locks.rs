@@ -118,8 +118,10 @@ impl Node {
         } else {
             Command::LockRelease { kind, name: name.to_string(), owner: owner.to_string() }
         };
+        // Called from drops too: a runtime that is already gone leaves it to the lease.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let node = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = node.write(cmd.clone()).await {
                 tracing::warn!(%e, ?cmd, "an abandoned lock owner could not be withdrawn; its lease's end will");
             }

@@ -58,6 +58,10 @@ pub struct LeaseInfo {
     pub key_count: u64,
     /// The first of them, in key order (a page read lists none).
     pub keys: Vec<String>,
+    /// The locks and elections it holds or waits for: `(kind, name, owner)`, the first of
+    /// them in name order (a page read lists none).
+    #[serde(default)]
+    pub locks: Vec<(crate::store::Kind, String, String)>,
 }
 
 /// What a [`LeaseQuery`] found.

@@ -105,6 +105,18 @@ pub struct LeaseResponse {
     pub key_count: u64,
     /// The first of them (at most 1000), in key order.
     pub keys: Vec<String>,
+    /// The locks and elections it holds or waits for (at most 1000).
+    #[serde(default)]
+    pub locks: Vec<LeaseLock>,
+}
+
+/// A lock or an election a lease holds or waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseLock {
+    /// `lock` or `election`.
+    pub kind: String,
+    pub name: String,
+    pub owner: String,
 }
 
 /// One lease in a listing.
