@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch soak fuzz clean
+.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch bench-lock soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -53,10 +53,10 @@ cluster: build
 # Palisade and etcd side by side under the same wrk load; writes BENCHMARKS.md. Builds
 # Palisade and installs wrk and etcd when missing (apt-get, as root). Runs the load cells
 # (put, get, get-serializable, txn, keepalive, and put under keepalives; ~40 min), the
-# lease failover trials (~3 min), the watch part (~6 min) and then the 10-minute memory
-# run of each product (~21 min): about 72 minutes in all. Knobs in benches/run.sh, e.g.
-# `DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 make bench` for a quick
-# look.
+# lease failover trials (~3 min), the watch part (~6 min), the lock part (~10 min) and
+# then the 10-minute memory run of each product (~21 min): about 82 minutes in all. Knobs
+# in benches/run.sh, e.g. `DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1
+# LOCK_ROUNDS=1 LOCK_SECS=2 make bench` for a quick look.
 bench:
 	./benches/run.sh
 
@@ -68,7 +68,7 @@ bench-rss:
 # Only the lease parts (keepalive load, put under keepalives, failover; ~15 min); writes
 # BENCHMARKS-lease.md unless OUT is set.
 bench-lease:
-	LOADS=keepalive RSS_RUN=0 WATCH=0 ./benches/run.sh
+	LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 ./benches/run.sh
 
 # Only the watch part (~6 min): put->event latency on 1 and 3 nodes (watcher on the leader
 # and on a follower), the memory of 10,000 idle watchers, and put beside them and beside a
@@ -78,6 +78,17 @@ bench-lease:
 # Watches section into BENCHMARKS.md.
 bench-watch:
 	WATCH=only ./benches/run.sh
+
+# Only the lock part (~10 min): uncontended acquire+release pairs/s at 1, 16 and 64
+# clients (each its own lock name and lease) and the contended hand-off latency (8 clients
+# on one name: release sent -> next holder's grant read), on 1 and 3 nodes of each
+# product, through benches/lock.py; writes BENCHMARKS-lock.md unless OUT is set. Knobs:
+# LOCK_ROUNDS, LOCK_SECS, LOCK_CONNS, LOCK_NODES, LOCK_WAITERS, LOCK_HOLD_MS (see
+# benches/run.sh), e.g. `LOCK_ROUNDS=1 LOCK_SECS=3 make bench-lock` for a quick look.
+# `python3 benches/bench.py splice BENCHMARKS-lock.md BENCHMARKS.md Locks` then puts its
+# Locks section into BENCHMARKS.md.
+bench-lock:
+	LOCK=only ./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a
 # failure prints its seed, and SEED= replays the same schedule.

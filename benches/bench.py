@@ -21,10 +21,12 @@
   bench.py latsummary FILE               p50/p99 of a watch latency samples file (for the log)
   bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt,
                                          putka.txt,failover.txt,rss.txt,rss-samples-*.txt,
-                                         watchlat.txt,watchlat-*.txt,watchidle.txt,watchput.txt}
-  bench.py splice FROM INTO [SECTION]    put the "## SECTION" (Watches) of the report FROM into
-                                         the report INTO, in place of its own if it has one,
-                                         else before its memory run or machine section
+                                         watchlat.txt,watchlat-*.txt,watchidle.txt,watchput.txt,
+                                         lockpairs.txt,lockhandoff.txt}
+  bench.py splice FROM INTO [SECTION]    put the "## SECTION" (Watches; or Locks, ...) of the
+                                         report FROM into the report INTO, in place of its own
+                                         if it has one, else before its memory run or machine
+                                         section
 """
 
 import base64
@@ -387,6 +389,7 @@ def cmd_report(workdir, out):
     failover_rows = read_rows(os.path.join(workdir, "failover.txt"))
     rss_rows = read_rows(os.path.join(workdir, "rss.txt"))
     watch = [read_rows(os.path.join(workdir, f)) for f in ("watchlat.txt", "watchidle.txt", "watchput.txt")]
+    locks = [read_rows(os.path.join(workdir, f)) for f in ("lockpairs.txt", "lockhandoff.txt")]
     o = []
     o.append("# Benchmarks\n")
     o.append("Palisade and etcd on the same machine under the same closed-loop HTTP load "
@@ -400,6 +403,9 @@ def cmd_report(workdir, out):
     if any(watch):
         alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows)
         targets += report_watches(meta, hz, workdir, *watch, o, alone)
+    if any(locks):
+        alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows or any(watch))
+        targets += report_locks(meta, hz, *locks, o, alone)
     if rss_rows:
         targets += report_rss(meta, hz, workdir, rss_rows, o)
     targets = list(dict.fromkeys(targets))
@@ -1081,6 +1087,149 @@ def report_watches(meta, hz, workdir, lat_rows, idle_rows, put_rows, o, alone):
                  "10 s of opening, which falls in or near the put run; etcd sends none unless asked.\n")
         if verdicts:
             o.append("Palisade against the goals: " + "; ".join(verdicts) + ".\n")
+    vals = [v for v, _ in others if v is not None]
+    if vals:
+        worst = max((x for x in others if x[0] is not None), key=lambda x: x[0])
+        o.append(f"Other processes on the machine used a median of {statistics.median(vals):.0f}% of a "
+                 "core during these runs" + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else ".")
+                 + "\n")
+    return targets
+
+
+# --- locks -----------------------------------------------------------------------------
+
+def client_cpu(r):
+    w = float(r["wall_s"])
+    return 100.0 * float(r["client_cpu_s"]) / w if w > 0 else None
+
+
+def report_locks(meta, hz, pair_rows, handoff_rows, o, alone):
+    """The lock section into o: uncontended acquire+release pairs, contended hand-off;
+    returns the products. alone: the report holds nothing else (for `bench.py splice`)."""
+    targets, others, client_bound = [], [], False
+    o.append("## Locks\n")
+    if alone:
+        o.append(f"Run on {meta['date']} with `{meta['command']}` ({meta['cores']} cores, {meta['cpu']}; "
+                 f"disk fsync: {meta['fsync'].split(' (')[0]}; {meta.get('version_palisade', '?')}, "
+                 f"{meta.get('version_etcd', '')}).\n")
+    rounds = max(int(r["round"]) for r in pair_rows + handoff_rows)
+    o.append(
+        "Each round starts fresh servers for every cluster size and product in turn (the products "
+        "take turns within a round) and runs the uncontended pairs at each client count, then the "
+        "contended hand-off, all through the leader. The client is one Python process "
+        f"({meta.get('python', 'python3')}, `benches/lock.py`, stdlib only): one thread serving "
+        "every client's own persistent HTTP/1.1 connection through one selector, requests built by "
+        "hand, every answer read by the same incremental parser, JSON-decoded and checked (status, "
+        "name, lease, key; Palisade's fencing tokens grow with each grant; in the hand-off run no "
+        "grant comes while another client holds the lock): a wrong answer fails the run. The same "
+        "client code serves both products, so its overhead is the same for both. Each client has a "
+        "lease of its own, granted once before the run with a TTL longer than the run (so no "
+        "keepalive is needed) and revoked after it. Each run measures "
+        f"{meta.get('lock_secs', '?')} s after 1 s unmeasured. Palisade: `POST /v1/locks/<name>` "
+        "`{\"lease\": ID}` (answered once granted), `DELETE /v1/locks/<name>?owner=<owner>`. etcd "
+        "(v3 JSON gateway): `POST /v3/lock/lock` `{name, lease}` (answered once granted: its lock "
+        "service puts a key `<name>/<lease>` under the lease and waits for the keys created before "
+        "it to go), `POST /v3/lock/unlock` `{key}` (deletes that key). "
+        f"Figures are medians over {rounds} round(s); **server CPU %** the CPU time of all members "
+        "over the measured window (100 = one core), **client CPU %** that of the client.\n")
+    if pair_rows:
+        tgts = list(dict.fromkeys(r["target"] for r in pair_rows))
+        targets += tgts
+        cells = {}
+        for r in pair_rows:
+            cells.setdefault((int(r["nodes"]), int(r["clients"]), r["target"]), []).append(r)
+
+        def pairs_s(r):
+            return int(r["pairs"]) / float(r["window_s"])
+
+        o.append("### Uncontended acquire and release\n")
+        o.append(
+            "Each of **clients** clients loops on a lock name of its own: acquire, then release as "
+            "soon as the grant is read, then acquire again. **pairs/s**: acquire+release pairs whose "
+            "release answer came within the window; **p50/p99/max ms**: the pair's latency, from "
+            "writing the acquire to reading the release's answer (two writes committed one after "
+            "the other; percentiles by nearest rank within each round, then the median over the "
+            "rounds; max the largest of any round); **vs etcd**: Palisade's pairs/s over etcd's.\n")
+        o.append("| nodes | clients | product | pairs/s | vs etcd | p50 ms | p99 ms | max ms | server CPU % "
+                 "| client CPU % |")
+        o.append("|---:|---:|---|" + "|".join(["---:"] * 7) + "|")
+        verdicts = []
+        for k in sorted(cells, key=lambda k: (k[0], k[1], tgts.index(k[2]))):
+            nodes, n, t = k
+            g = cells[k]
+            mine = med(g, pairs_s)
+            theirs = med(cells.get((nodes, n, "etcd"), []), pairs_s)
+            ratio = "-"
+            if t == "palisade" and theirs:
+                ratio = f"{mine / theirs:.1f}x"
+                verdicts.append(f"{nodes} node(s), {n} client(s): {mine / theirs:.1f}x"
+                                + ("" if mine >= 3 * theirs else " (**not met**)"))
+            mark = ""
+            if med(g, client_cpu) >= 90:
+                mark, client_bound = " \\*", True
+            others += [(other_cpu(hz, r, float(r["client_cpu_s"])),
+                        f"{meta['desc_' + t]}, {nodes} node(s), pairs, {n} client(s)") for r in g]
+            o.append("| " + " | ".join([
+                str(nodes), str(n), meta["desc_" + t], fmt(mine) + mark, ratio,
+                fmt(med(g, lambda r: ms(r["p50_us"])), 2), fmt(med(g, lambda r: ms(r["p99_us"])), 2),
+                fmt(max(ms(r["max_us"]) for r in g), 2),
+                fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"]))), fmt(med(g, client_cpu))]) + " |")
+        o.append("")
+        if verdicts:
+            o.append("Against the goal (Palisade's pairs/s at least 3x etcd's): " + "; ".join(verdicts) + ".\n")
+    if handoff_rows:
+        tgts = list(dict.fromkeys(r["target"] for r in handoff_rows))
+        targets += tgts
+        cells = {}
+        for r in handoff_rows:
+            cells.setdefault((int(r["nodes"]), r["target"]), []).append(r)
+        waiters = handoff_rows[0]["clients"]
+        hold = handoff_rows[0].get("hold_ms", meta.get("lock_hold_ms", "?"))
+        o.append("### Contended hand-off\n")
+        o.append(
+            f"{waiters} clients on ONE lock name, each with its own lease and connection. Each asks for "
+            f"the lock, holds it {hold} ms (at least: the selector wakes in whole ms) once its grant is "
+            "read, releases it, and asks again once "
+            "the release is answered (so it joins the back of the queue): the lock passes from "
+            f"client to client with {int(waiters) - 2} or {int(waiters) - 1} others waiting. A "
+            "**hand-off** is a grant that follows a release: **release→grant** runs from writing the "
+            "holder's release request to reading the next holder's acquire answer in full (commit "
+            "of the release, the grant, and its answer to the waiting request); **ack→grant** from "
+            "reading the release's own answer to reading that grant (negative: the next holder "
+            "heard first). Both requests are served by the same client thread, so the two moments "
+            "are on one clock. **hand-offs/s** hand-offs (grants read) within the window; "
+            "percentiles by nearest rank within each round, then the median over the rounds "
+            "(**p99 of each round** lists them; max the largest of any round).\n")
+        o.append("| nodes | product | hand-offs/s | release→grant p50 ms | p99 ms | p99 of each round ms "
+                 "| max ms | ack→grant p50 ms | ack→grant p99 ms | server CPU % | client CPU % |")
+        o.append("|---:|---|" + "|".join(["---:"] * 9) + "|")
+        verdicts = []
+        for k in sorted(cells, key=lambda k: (k[0], tgts.index(k[1]))):
+            nodes, t = k
+            g = sorted(cells[k], key=lambda r: int(r["round"]))
+            others += [(other_cpu(hz, r, float(r["client_cpu_s"])),
+                        f"{meta['desc_' + t]}, {nodes} node(s), hand-off") for r in g]
+            p99 = med(g, lambda r: ms(r["p99_us"]))
+            mark = ""
+            if med(g, client_cpu) >= 90:
+                mark, client_bound = " \\*", True
+            o.append("| " + " | ".join([
+                str(nodes), meta["desc_" + t],
+                fmt(med(g, lambda r: int(r["handoffs"]) / float(r["window_s"]))) + mark,
+                fmt(med(g, lambda r: ms(r["p50_us"])), 2), fmt(p99, 2),
+                " / ".join(fmt(ms(r["p99_us"]), 2) for r in g), fmt(max(ms(r["max_us"]) for r in g), 2),
+                fmt(med(g, lambda r: ms(r["ack_p50_us"])), 2), fmt(med(g, lambda r: ms(r["ack_p99_us"])), 2),
+                fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"]))), fmt(med(g, client_cpu))]) + " |")
+            if t == "palisade" and (nodes, "etcd") in cells:
+                theirs = med(cells[(nodes, "etcd")], lambda r: ms(r["p99_us"]))
+                verdicts.append(f"{nodes} node(s): p99 {p99:.2f} ms, "
+                                + ("below" if p99 < theirs else "**not** below") + f" etcd's {theirs:.2f} ms")
+        o.append("")
+        if verdicts:
+            o.append("Against the goal (Palisade's release→grant p99 below etcd's): " + "; ".join(verdicts) + ".\n")
+    if client_bound:
+        o.append("\\* the client used 90% or more of a core during this run, so the figure is a lower "
+                 "bound of what the server can do.\n")
     vals = [v for v, _ in others if v is not None]
     if vals:
         worst = max((x for x in others if x[0] is not None), key=lambda x: x[0])

@@ -2,7 +2,7 @@
 # benches/run.sh (`make bench`): Palisade and etcd under the same wrk load, one after
 # the other, on 127.0.0.1; writes BENCHMARKS.md at the top of the repository.
 #
-# Three parts, all on by default:
+# The parts, all on by default:
 #   - the load cells: every load x cluster size x connection count, ROUNDS rounds;
 #     with the defaults 60 groups of 26 s of load plus start-up, preload and shut-down
 #     (5-15 s each), about 40 minutes. The keepalive load's groups grant LEASES leases
@@ -24,24 +24,37 @@
 #     event, beside one that reads nothing, and beside WATCH_IDLE idle watchers (each its
 #     own connection; their memory is measured first), each on a fresh node (about 3.5
 #     minutes per product with the defaults).
-# So `make bench` takes about 72 minutes, 12-15 of them for leases (the keepalive
-# groups, put under keepalives, failover) and about 6 for watches; the script prints a
-# (low) estimate when it starts.
+#   - the lock part (LOCK): LOCK_ROUNDS rounds of one group per LOCK_NODES cluster size and
+#     product, each on fresh servers: uncontended acquire+release pairs at each client count
+#     of LOCK_CONNS (each client its own lock name and lease, looping acquire -> release),
+#     then the contended hand-off (LOCK_WAITERS clients on one name, each holding it
+#     LOCK_HOLD_MS ms), LOCK_SECS s each after 1 s unmeasured (benches/lock.py; about
+#     10 minutes with the defaults).
+# So `make bench` takes about 82 minutes, 12-15 of them for leases (the keepalive
+# groups, put under keepalives, failover), about 6 for watches and about 10 for locks;
+# the script prints a (low) estimate when it starts.
 #
-#   make bench                                      # everything, as above (~65 min)
-#   RSS_RUN=0 make bench                            # all but the memory run (~50 min)
+#   make bench                                      # everything, as above (~82 min)
+#   RSS_RUN=0 make bench                            # all but the memory run (~61 min)
 #   make bench-rss                                  # only the memory run (~21 min), to
 #                                                   # BENCHMARKS-rss.md unless OUT is set
 #   make bench-lease                                # only the lease parts (~15 min):
-#                                                   # LOADS=keepalive RSS_RUN=0 WATCH=0, to
-#                                                   # BENCHMARKS-lease.md unless OUT is set
+#                                                   # LOADS=keepalive RSS_RUN=0 WATCH=0
+#                                                   # LOCK=0, to BENCHMARKS-lease.md unless
+#                                                   # OUT is set
 #   make bench-watch                                # only the watch part (~6 min):
 #                                                   # WATCH=only, to BENCHMARKS-watch.md
 #                                                   # unless OUT is set
-#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 make bench   # quick look
+#   make bench-lock                                 # only the lock part (~10 min):
+#                                                   # LOCK=only, to BENCHMARKS-lock.md
+#                                                   # unless OUT is set
+#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 make bench
+#                                                   # quick look
+#   LOCK=only LOCK_ROUNDS=1 LOCK_SECS=3 LOCK_CONNS="1 16" LOCK_NODES=1 benches/run.sh
+#                                                   # quick look at the lock part
 #   TARGETS=palisade NODES=3 LOADS=put CONNS=16 FAILOVER=0 benches/run.sh
 #   RSS_RUN=only RSS_DURATION=30 OUT=/tmp/rss.md benches/run.sh   # quick look at the memory run
-#   ROUNDS=0 RSS_RUN=0 WATCH=0 OUT=/tmp/failover.md benches/run.sh   # only the failover trials
+#   ROUNDS=0 RSS_RUN=0 WATCH=0 LOCK=0 OUT=/tmp/failover.md benches/run.sh   # only the failover trials
 #
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
@@ -77,10 +90,19 @@
 #             and --max-watchers of WATCH_IDLE + 1000, and the open-file limit (soft) is
 #             raised to the hard limit, which must be at least WATCH_IDLE + 1000
 #   WATCH_CONNS   the put load's connections beside the watchers (16)
+#   LOCK      1 runs the lock part after the watch part, 0 skips it, only: just the lock
+#             part (1)
+#   LOCK_NODES    cluster sizes of the lock groups (1 3)
+#   LOCK_CONNS    client counts of the uncontended pair runs (1 16 64)
+#   LOCK_SECS     measured seconds of each pair run and hand-off run (8)
+#   LOCK_ROUNDS   rounds of the lock groups; the report gives medians over them (3)
+#   LOCK_WAITERS  clients on the one name of the hand-off run (8)
+#   LOCK_HOLD_MS  how long each of them holds the lock once granted, in ms (1)
 #   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
-#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0, BENCHMARKS-lease.md, and
-#             for WATCH=only, BENCHMARKS-watch.md, so a partial run does not replace the
-#             full report; `benches/bench.py splice` moves a section into BENCHMARKS.md)
+#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0,
+#             BENCHMARKS-lease.md, for WATCH=only, BENCHMARKS-watch.md, and for LOCK=only,
+#             BENCHMARKS-lock.md, so a partial run does not replace the full report;
+#             `benches/bench.py splice` moves a section into BENCHMARKS.md)
 #   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
 #   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
@@ -105,18 +127,22 @@ knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALIS
   LEASES LEASE_TTL PUT_KA PUT_KA_CONNS PUT_KA_KA_CONNS PUT_KA_RATES
   FAILOVER FAILOVER_TRIALS FAILOVER_TTL
   RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS
-  WATCH WATCH_NODES WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS)
+  WATCH WATCH_NODES WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS
+  LOCK LOCK_NODES LOCK_CONNS LOCK_SECS LOCK_ROUNDS LOCK_WAITERS LOCK_HOLD_MS)
 make_target=bench
 if [[ -n ${MAKELEVEL:-} ]]; then
   [[ ${RSS_RUN:-} == only ]] && make_target=bench-rss
-  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 && ${WATCH:-} == 0 ]] && make_target=bench-lease
+  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 && ${WATCH:-} == 0 && ${LOCK:-} == 0 ]] &&
+    make_target=bench-lease
   [[ ${WATCH:-} == only ]] && make_target=bench-watch
+  [[ ${LOCK:-} == only ]] && make_target=bench-lock
 fi
 set_knobs=""
 for k in "${knobs[@]}"; do
   [[ $make_target == bench-rss && $k == RSS_RUN ]] && continue
-  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS || $k == WATCH) ]] && continue
+  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS || $k == WATCH || $k == LOCK) ]] && continue
   [[ $make_target == bench-watch && $k == WATCH ]] && continue
+  [[ $make_target == bench-lock && $k == LOCK ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
@@ -151,6 +177,13 @@ done
 : "${WATCH_ROUNDS:=3}"
 : "${WATCH_IDLE:=10000}"
 : "${WATCH_CONNS:=16}"
+: "${LOCK:=1}"
+: "${LOCK_NODES:=1 3}"
+: "${LOCK_CONNS:=1 16 64}"
+: "${LOCK_SECS:=8}"
+: "${LOCK_ROUNDS:=3}"
+: "${LOCK_WAITERS:=8}"
+: "${LOCK_HOLD_MS:=1}"
 WATCH_WARM=100 # unmeasured puts before each latency run's WATCH_N
 # Each idle watcher is a connection and a watch: Palisade's caps go above their number.
 WATCH_PALISADE_FLAGS="--max-client-connections $((WATCH_IDLE + 1000)) --max-watchers $((WATCH_IDLE + 1000))"
@@ -158,7 +191,9 @@ if [[ $RSS_RUN == only ]]; then
   : "${OUT:=$root/BENCHMARKS-rss.md}"
 elif [[ $WATCH == only ]]; then
   : "${OUT:=$root/BENCHMARKS-watch.md}"
-elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 ]]; then
+elif [[ $LOCK == only ]]; then
+  : "${OUT:=$root/BENCHMARKS-lock.md}"
+elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 && $LOCK == 0 ]]; then
   : "${OUT:=$root/BENCHMARKS-lease.md}"
 else
   : "${OUT:=$root/BENCHMARKS.md}"
@@ -201,7 +236,22 @@ for n in $PUT_KA; do
 done
 [[ $FAILOVER == 0 || $FAILOVER == 1 ]] || die "FAILOVER: $FAILOVER (0 or 1)"
 [[ $WATCH == 0 || $WATCH == 1 || $WATCH == only ]] || die "WATCH: $WATCH (0, 1 or only)"
-[[ $RSS_RUN != only || $WATCH != only ]] || die "RSS_RUN=only and WATCH=only: one part at a time"
+[[ $LOCK == 0 || $LOCK == 1 || $LOCK == only ]] || die "LOCK: $LOCK (0, 1 or only)"
+onlys=0
+for k in RSS_RUN WATCH LOCK; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
+((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only: one part at a time"
+[[ $LOCK != only ]] || WATCH=0 # before the open-file limit check below
+for n in $LOCK_NODES; do
+  [[ $n == 1 || $n == 3 ]] || die "LOCK_NODES: $n (1 or 3)"
+done
+for n in $LOCK_CONNS; do
+  [[ $n =~ ^[0-9]+$ && $n -ge 1 ]] || die "LOCK_CONNS: $n (a number of clients, 1 or more)"
+done
+for k in LOCK_SECS LOCK_ROUNDS LOCK_HOLD_MS; do
+  [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
+done
+[[ $LOCK_SECS -ge 1 ]] || die "LOCK_SECS: $LOCK_SECS (1 or more)"
+[[ $LOCK_WAITERS =~ ^[0-9]+$ && $LOCK_WAITERS -ge 2 ]] || die "LOCK_WAITERS: $LOCK_WAITERS (2 or more)"
 for n in $WATCH_NODES; do
   [[ $n == 1 || $n == 3 ]] || die "WATCH_NODES: $n (1 or 3)"
 done
@@ -680,6 +730,42 @@ watch_cell() {
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
+# --- locks -----------------------------------------------------------------------------
+
+# lock_group ROUND PRODUCT NODES: a fresh cluster; benches/lock.py measures the uncontended
+# pairs at each client count of LOCK_CONNS, then the contended hand-off, each for LOCK_SECS
+# s (after 1 s unmeasured), through the leader, with the CPU time of all members over the
+# measured window. Appends to lockpairs.txt and lockhandoff.txt.
+lock_group() {
+  local round=$1 product=$2 nodes=$3 conns res
+  local dir="$work/lock-$round-$product-$nodes"
+  mkdir -p "$dir"
+  start "$product" "$nodes" "$dir"
+  for conns in $LOCK_CONNS; do
+    res=$(python3 "$here/lock.py" pairs "$product" "$LEADER_URL" "$conns" "$LOCK_SECS" "${PIDS[@]}") ||
+      { echo "$res" >&2; die "$product: lock pair run ($conns clients) failed (see above)"; }
+    all_alive "$product" "$dir" "the lock pair run"
+    echo "round=$round target=$product nodes=$nodes ${res#LOCKPAIRS }" >>"$work/lockpairs.txt"
+    log "$(printf '%-8s %s node(s) lock pairs c=%-3s %8.0f pairs/s  p50 %6.2f ms  p99 %7.2f ms  client CPU %3.0f%%' \
+      "$product" "$nodes" "$conns" \
+      "$(awk -v n="$(field pairs "$res")" -v d="$(field window_s "$res")" 'BEGIN{print n/d}')" \
+      "$(awk -v u="$(field p50_us "$res")" 'BEGIN{print u/1000}')" \
+      "$(awk -v u="$(field p99_us "$res")" 'BEGIN{print u/1000}')" \
+      "$(awk -v c="$(field client_cpu_s "$res")" -v w="$(field wall_s "$res")" 'BEGIN{print 100*c/w}')")"
+  done
+  res=$(python3 "$here/lock.py" handoff "$product" "$LEADER_URL" "$LOCK_WAITERS" "$LOCK_SECS" "$LOCK_HOLD_MS" \
+    "${PIDS[@]}") || { echo "$res" >&2; die "$product: lock hand-off run failed (see above)"; }
+  all_alive "$product" "$dir" "the lock hand-off run"
+  echo "round=$round target=$product nodes=$nodes ${res#LOCKHANDOFF }" >>"$work/lockhandoff.txt"
+  log "$(printf '%-8s %s node(s) lock hand-off, %s clients: %6.0f hand-offs/s  release->grant p50 %6.2f ms  p99 %7.2f ms' \
+    "$product" "$nodes" "$LOCK_WAITERS" \
+    "$(awk -v n="$(field handoffs "$res")" -v d="$(field window_s "$res")" 'BEGIN{print n/d}')" \
+    "$(awk -v u="$(field p50_us "$res")" 'BEGIN{print u/1000}')" \
+    "$(awk -v u="$(field p99_us "$res")" 'BEGIN{print u/1000}')")"
+  stop_servers KILL # nothing of this cluster is kept (3 etcd members take ~7 s to stop on TERM)
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
 # --- machine, versions, the run ---------------------------------------------------------
 command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || echo "benches/run.sh")"
 {
@@ -718,11 +804,16 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
   echo "watch_flags_palisade=$WATCH_PALISADE_FLAGS"
   echo "nofile=$(ulimit -n)"
   echo "flags_etcd=$ETCD_EXTRA_FLAGS"
+  echo "lock_secs=$LOCK_SECS"
+  echo "lock_waiters=$LOCK_WAITERS"
+  echo "lock_hold_ms=$LOCK_HOLD_MS"
+  echo "python=$(python3 -c 'import platform; print(platform.python_implementation(), platform.python_version())')"
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
-[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; }
-[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; }
+[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; }
+[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; }
+[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; }
 nt=$(wc -w <<<"$TARGETS")
 ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * nt))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
@@ -743,13 +834,19 @@ if [[ $WATCH != 0 ]]; then # latency runs (~2 ms a put), then the idle/stalled g
   done
   watch_est=$((watch_est + WATCH_ROUNDS * nt * (4 * (DURATION + WARMUP + KEYS / 2000 + 3) + WATCH_IDLE / 2000 + 3)))
 fi
+lock_est=0
+if [[ $LOCK != 0 ]]; then # per group: start-up and stop, then each run's lead-in, grants and clean-up
+  lock_est=$((LOCK_ROUNDS * $(wc -w <<<"$LOCK_NODES") * nt * (8 + ($(wc -w <<<"$LOCK_CONNS") + 1) * (LOCK_SECS + 2))))
+fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
 [[ $WATCH == 0 ]] || plan+=", the watch part"
+[[ $LOCK == 0 ]] || plan+=", $LOCK_ROUNDS round(s) of the lock part"
 [[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
 [[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
 [[ $WATCH != only ]] || plan="only the watch part"
-log "$plan; about $(((est + failover_est + watch_est + rss_est) / 60 + 1)) min; work dir $work"
+[[ $LOCK != only ]] || plan="only the lock part, $LOCK_ROUNDS round(s)"
+log "$plan; about $(((est + failover_est + watch_est + lock_est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -778,6 +875,16 @@ if [[ $WATCH != 0 ]]; then
     for beside in none reading stalled idle; do
       for product in $TARGETS; do
         watch_cell "$round" "$product" "$beside"
+      done
+    done
+  done
+fi
+
+if [[ $LOCK != 0 ]]; then
+  for ((round = 1; round <= LOCK_ROUNDS; round++)); do
+    for nodes in $LOCK_NODES; do
+      for product in $TARGETS; do
+        lock_group "$round" "$product" "$nodes"
       done
     done
   done
