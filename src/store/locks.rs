@@ -393,9 +393,10 @@ impl Locks {
     }
 
     /// Lease `id` has ended (its keys went at the store's current revision, taken by the
-    /// caller if there were none): its owners leave at that revision, then the waiters this
-    /// lets in are granted, name by name in order, each at a revision of its own.
-    pub(super) fn end_lease(&mut self, kv: &mut Store, id: u64) {
+    /// caller if there were none): its owners leave at that revision. The names they left go
+    /// into `freed`, for [`Locks::promote_all`] once every lease ending in the same command
+    /// has left, so a waiter whose lease ends together with a holder's is never granted.
+    pub(super) fn end_lease(&mut self, kv: &mut Store, id: u64, freed: &mut Vec<(Kind, String)>) {
         let Some(owners) = self.by_lease.remove(&id) else { return };
         self.owners -= owners.len();
         let rev = kv.revision();
@@ -412,8 +413,20 @@ impl Locks {
                 names.push((kind, name));
             }
         }
-        for (kind, name) in names {
+        freed.extend(names);
+    }
+
+    /// Grants the waiters that ended leases let in (see [`Locks::end_lease`]), name by name
+    /// in order, each at a revision of its own.
+    pub(super) fn promote_all(&mut self, kv: &mut Store, mut freed: Vec<(Kind, String)>) {
+        freed.sort_unstable();
+        freed.dedup();
+        for (kind, name) in freed {
             self.promote(kv, kind, &name);
         }
     }
 }
+
+#[cfg(test)]
+#[path = "locks_tests.rs"]
+mod tests;

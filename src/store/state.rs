@@ -4,7 +4,8 @@
 //! idempotency table. A write that names a lease which does not exist is refused whole
 //! (`LeaseNotFound`), so every key's, lock holder's and waiter's lease exists; a lease's
 //! end deletes the keys it owns and removes its lock holders and waiters at one revision,
-//! then grants the waiters that lets in, each at a revision of its own. The key space owns
+//! then grants the waiters that lets in, each at a revision of its own (after every lease
+//! ending in the same command has left, so none of theirs is granted). The key space owns
 //! the revision: a change to locks or elections takes the next one too. Every node applies the same proposals in the
 //! same order to a `State` and so holds the same one, byte for byte (it is what a snapshot
 //! captures). Nothing here reads a clock or does I/O: time arrives inside the proposal.
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{apply_batch, Command, Outcome, Proposal};
 use super::dedup::{self, Dedup, Seen};
 use super::lease::Leases;
+use super::lock::Kind;
 use super::locks::{AcquireArgs, Locks};
 use super::mvcc::Store;
 use super::txn::TxnOp;
@@ -107,10 +109,14 @@ impl State {
                     None => Outcome::LeaseExists { revision, id: id.unwrap_or(0) },
                 }
             }
-            Command::LeaseRevoke { id } => match self.end_lease(*id, false) {
-                Some((deleted, revision)) => Outcome::LeaseRevoked { revision, id: *id, deleted },
-                None => Outcome::LeaseNotFound { revision, lease: *id },
-            },
+            Command::LeaseRevoke { id } => {
+                let mut freed = Vec::new();
+                let Some((deleted, revision)) = self.end_lease(*id, false, &mut freed) else {
+                    return Outcome::LeaseNotFound { revision, lease: *id };
+                };
+                self.locks.promote_all(&mut self.kv, freed);
+                Outcome::LeaseRevoked { revision, id: *id, deleted }
+            }
             Command::LeaseClock { clock_ms, renew } => {
                 self.leases.advance(*clock_ms);
                 let missing = renew.iter().copied().filter(|id| !self.leases.renew(*id, *clock_ms)).collect();
@@ -119,12 +125,15 @@ impl State {
             Command::LeaseExpire { clock_ms, ids } => {
                 self.leases.advance(*clock_ms);
                 let mut expired = Vec::new();
+                let mut freed = Vec::new();
                 for id in ids {
                     let due = self.leases.get(*id).is_some_and(|l| l.expires_at <= *clock_ms);
-                    if due && self.end_lease(*id, true).is_some() {
+                    if due && self.end_lease(*id, true, &mut freed).is_some() {
                         expired.push(*id);
                     }
                 }
+                // Only now that all of them have left: none of their waiters is granted.
+                self.locks.promote_all(&mut self.kv, freed);
                 Outcome::LeasesExpired { revision: self.revision(), expired }
             }
             Command::LockAcquire { kind, name, lease, ttl_ms, clock_ms, limit, wait, value } => {
@@ -174,10 +183,11 @@ impl State {
     }
 
     /// Ends lease `id`: deletes the keys it owns and removes its lock owners, all at one
-    /// revision, then grants the waiters that lets in. Returns how many keys went and the
+    /// revision; the names they left go into `freed`, whose waiters the caller grants once
+    /// every lease ending in the command has left. Returns how many keys went and the
     /// revision the lease ended at (the grants come after it), or `None` if there is no
     /// such lease.
-    fn end_lease(&mut self, id: u64, expired: bool) -> Option<(u64, u64)> {
+    fn end_lease(&mut self, id: u64, expired: bool, freed: &mut Vec<(Kind, String)>) -> Option<(u64, u64)> {
         self.leases.remove(id, expired)?;
         let keys: Vec<String> = self.kv.lease_keys(id).cloned().collect();
         let has_owners = self.locks.lease_owners(id).next().is_some();
@@ -188,7 +198,7 @@ impl State {
             w.mark();
         }
         let ended = self.kv.revision();
-        self.locks.end_lease(&mut self.kv, id);
+        self.locks.end_lease(&mut self.kv, id, freed);
         Some((deleted, ended))
     }
 
