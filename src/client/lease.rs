@@ -118,10 +118,11 @@ mod tests {
         assert_eq!((g.id, g.ttl_ms), (7, 10000));
         let k: KeepaliveResponse = round_trip(json!({"id": 7, "ttl_ms": 10000, "remaining_ms": 9998}));
         assert_eq!(k.remaining_ms, 9998);
-        let l: LeaseResponse = round_trip(
-            json!({"id": 7, "ttl_ms": 10000, "remaining_ms": 5000, "key_count": 2, "keys": ["/a", "/b"]}),
-        );
+        let l: LeaseResponse =
+            round_trip(json!({"id": 7, "ttl_ms": 10000, "remaining_ms": 5000, "key_count": 2,
+            "keys": ["/a", "/b"], "locks": [{"kind": "lock", "name": "db", "owner": "7-9"}]}));
         assert_eq!(l.keys, vec!["/a", "/b"]);
+        assert_eq!(l.locks[0].owner, "7-9");
         let page: LeaseListResponse = round_trip(json!({"leases": [
             {"id": 7, "ttl_ms": 10000, "remaining_ms": 5000, "key_count": 2}], "count": 1, "more": true, "next": 7}));
         assert_eq!(page.next, Some(7));
