@@ -196,6 +196,30 @@ impl Locks {
         self.owners
     }
 
+    /// Checks the table against the rest of a loaded state: every owner's lease exists
+    /// (`lease_exists`), and no revision in it is above the store's `revision`.
+    pub(super) fn check_against(
+        &self,
+        revision: u64,
+        lease_exists: impl Fn(u64) -> bool,
+    ) -> Result<(), String> {
+        if let Some(lease) = self.by_lease.keys().find(|&&id| !lease_exists(id)) {
+            return Err(format!("a lock owner names lease {lease}, which does not exist"));
+        }
+        for kind in [Kind::Lock, Kind::Election] {
+            for (name, lock) in self.table(kind) {
+                let newest = lock.holders.iter().map(|h| h.token).chain(lock.waiters.iter().map(|w| w.since));
+                if newest.chain([lock.revision]).any(|r| r > revision) {
+                    return Err(format!(
+                        "{} {name:?} has a revision above the store's ({revision})",
+                        kind.as_str()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How many locks and elections are held or waited for.
     pub fn len(&self) -> usize {
         self.locks.len() + self.elections.len()

@@ -634,6 +634,13 @@ fn a_damaged_snapshot_is_refused() {
         v["waiters"] = serde_json::json!([]);
     });
     assert!(err.contains("election \"e\" has limit 2"), "{err}");
+    // What ties the table to the rest of the state: leases and revisions.
+    let err = damage(m, &|v| v["holders"][0]["lease"] = 99.into());
+    assert!(err.contains("lease 99, which does not exist"), "{err}");
+    let err = damage(m, &|v| v["holders"][0]["token"] = 1_000.into());
+    assert!(err.contains("above the store's"), "{err}");
+    let err = damage(m, &|v| v["revision"] = 1_000.into());
+    assert!(err.contains("above the store's"), "{err}");
 }
 
 // ---- randomized ----

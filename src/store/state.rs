@@ -22,6 +22,7 @@ use super::txn::TxnOp;
 
 /// The replicated state machine's data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StateImage")]
 pub struct State {
     /// Keys and their history.
     kv: Store,
@@ -34,6 +35,29 @@ pub struct State {
     /// Locks and elections.
     #[serde(default)]
     locks: Locks,
+}
+
+/// A state as serialised, before what ties its parts together is checked.
+#[derive(Deserialize)]
+struct StateImage {
+    kv: Store,
+    #[serde(default)]
+    dedup: Dedup,
+    #[serde(default)]
+    leases: Leases,
+    #[serde(default)]
+    locks: Locks,
+}
+
+impl TryFrom<StateImage> for State {
+    type Error = String;
+
+    /// Every lock owner's lease exists, and no token or revision of the lock table is
+    /// ahead of the store (a later grant would reuse it): a damaged image is refused.
+    fn try_from(s: StateImage) -> Result<State, String> {
+        s.locks.check_against(s.kv.revision(), |id| s.leases.contains(id))?;
+        Ok(State { kv: s.kv, dedup: s.dedup, leases: s.leases, locks: s.locks })
+    }
 }
 
 impl State {
