@@ -141,7 +141,8 @@ async fn cli_lock_runs_cmd_with_its_token_and_exits_with_its_status() {
     assert_eq!(words.len(), 5, "{e:?}");
     let token: u64 = words[0].parse().unwrap_or_else(|_| panic!("{e:?}"));
     let lease: u64 = words[2].parse().unwrap_or_else(|_| panic!("{e:?}"));
-    // Owner ids are `{lease:x}-{grant revision:x}`, and the grant's revision is the token.
+    // Owner ids are `{lease:x}-{revision:x}` of the request that queued them; granted at
+    // once, that revision is the grant's, the token.
     assert_eq!(words[1], format!("{lease:x}-{token:x}"), "{e:?}");
     assert_eq!(&words[3..], ["job", ep.as_str()], "{e:?}");
     assert!(e.stderr.contains(&format!("acquired job (fencing token {token}")), "{e:?}");
