@@ -299,7 +299,8 @@ async fn run_locked(client: &Client, out: Output, a: RunArgs) -> Result<(), Fail
         return Err(Failure::Local(format!("{name}: the lock was granted but {lost}; CMD was not run")));
     }
     match out {
-        Output::Json => eprintln!("{}", serde_json::to_string(&grant).unwrap_or_default()),
+        Output::Json if !a.quiet => eprintln!("{}", serde_json::to_string(&grant).unwrap_or_default()),
+        Output::Json => {}
         Output::Table => {
             say(format!("acquired {name} (fencing token {token}, owner {owner}, lease {lease})"))
         }
