@@ -1,15 +1,19 @@
 //! The command line: `palisade serve` runs a node; every other subcommand is a client.
 
 mod compact;
+mod elect;
+mod fence;
 pub(crate) mod kv;
 mod lease;
+mod lock;
 mod output;
 mod serve;
 mod status;
 
 use clap::{Parser, Subcommand};
 
-/// Palisade: a replicated coordination service (hierarchical MVCC keys over HTTP/JSON).
+/// Palisade: a replicated coordination service (hierarchical MVCC keys, leases, watches, locks
+/// and elections over HTTP/JSON).
 #[derive(Parser, Debug)]
 #[command(name = "palisade", version, about)]
 pub struct Cli {
@@ -25,6 +29,14 @@ pub enum Commands {
     Kv(kv::KvArgs),
     /// Grant, keep alive, revoke, list and show leases.
     Lease(lease::LeaseArgs),
+    /// Run a command while holding a lock (`palisade lock NAME -- CMD...`), with its fencing
+    /// token in the command's environment; list and show locks.
+    Lock(lock::LockArgs),
+    /// Campaign in an election and hold leadership until Ctrl-C (`palisade elect NAME
+    /// VALUE`), or follow who leads (`palisade elect --observe NAME`).
+    Elect(elect::ElectArgs),
+    /// Check a fencing token (`palisade fence check NAME TOKEN`).
+    Fence(fence::FenceArgs),
     /// Show the cluster: members, roles, leader, term and revision.
     Status(status::StatusArgs),
     /// Drop the history below a revision (or keep the last N revisions).
@@ -38,6 +50,9 @@ pub fn main() -> std::process::ExitCode {
         Commands::Serve(args) => serve::run(args),
         Commands::Kv(args) => kv::run(args),
         Commands::Lease(args) => lease::run(args),
+        Commands::Lock(args) => lock::run(args),
+        Commands::Elect(args) => elect::run(args),
+        Commands::Fence(args) => fence::run(args),
         Commands::Status(args) => status::run(args),
         Commands::Compact(args) => compact::run(args),
     }

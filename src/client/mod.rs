@@ -32,11 +32,16 @@ use serde_json::Value;
 mod cluster;
 mod kv;
 mod lease;
+mod lock;
 mod txn;
 mod watch;
 
 pub use crate::wire::lease::{
     GrantResponse, KeepaliveResponse, LeaseListResponse, LeaseResponse, LeaseSummary, RevokeResponse,
+};
+pub use crate::wire::lock::{
+    FenceValid, HolderInfo, Leader, LockGrant, LockInfo, LockListResponse, LockResponse, NoLeader,
+    ReleaseResponse, WaiterInfo,
 };
 pub use crate::wire::txn::{CompactResponse, TxnRequest, TxnResponse};
 pub use crate::wire::{
@@ -44,6 +49,10 @@ pub use crate::wire::{
     GetResponse, KeyValue, ListResponse, MemberResponse, PutResponse,
 };
 pub use kv::{ChildrenOptions, Conditions, DeleteOptions, GetOptions, ListOptions, PutOptions};
+pub use lock::{
+    AcquireOptions, CampaignOptions, ElectionEvent, Fence, LeaseKeeper, LeaseLost, ObserveUpdate, Observer,
+    OwnerLease,
+};
 pub use watch::{WatchOptions, WatchUpdate, Watcher};
 
 /// Attempts of an idempotent write before its last error is returned.
@@ -317,9 +326,22 @@ impl Client {
         body: Option<Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Reply<T>, Error> {
+        self.write_typed_within(method, path, body, idempotency_key, self.timeout).await
+    }
+
+    /// [`Client::write_typed`] whose every attempt may take `timeout` (a request the
+    /// server holds on purpose, such as a lock acquire that waits).
+    pub(crate) async fn write_typed_within<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Reply<T>, Error> {
         let (body, meta) = match idempotency_key {
-            Some(key) => self.call_once(method, path, body, key).await?,
-            None => self.call(method, path, body, None).await?,
+            Some(key) => self.call_once(method, path, body, key, timeout).await?,
+            None => self.call_within(method, path, body, None, timeout).await?,
         };
         Ok(Reply { body: parse(body)?, meta })
     }
@@ -333,10 +355,11 @@ impl Client {
         path: &str,
         body: Option<Value>,
         key: &str,
+        timeout: Duration,
     ) -> Result<(Value, ResponseMeta), Error> {
         let mut attempt = 1;
         loop {
-            let r = self.call(method.clone(), path, body.clone(), Some(key)).await;
+            let r = self.call_within(method.clone(), path, body.clone(), Some(key), timeout).await;
             let retry = match &r {
                 Err(Error::Api { status, .. }) => matches!(status, 429 | 503 | 504),
                 Err(Error::Other(_)) | Err(Error::Connect(_)) => true,
@@ -359,6 +382,18 @@ impl Client {
         body: Option<Value>,
         idempotency_key: Option<&str>,
     ) -> Result<(Value, ResponseMeta), Error> {
+        self.call_within(method, path, body, idempotency_key, self.timeout).await
+    }
+
+    /// One call whose attempt may take `timeout` (instead of the client's own timeout).
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Value, ResponseMeta), Error> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed) % n;
         let mut failures = Vec::new();
@@ -367,6 +402,9 @@ impl Client {
             let endpoint = &self.endpoints[idx];
             let url = format!("{endpoint}{path}");
             let mut req = self.http.request(method.clone(), &url);
+            if timeout != self.timeout {
+                req = req.timeout(timeout);
+            }
             if let Some(key) = idempotency_key {
                 req = req.header("idempotency-key", key);
             }
@@ -376,50 +414,54 @@ impl Client {
             match req.send().await {
                 Ok(resp) => {
                     self.current.store(idx, Ordering::Relaxed);
-                    return self.reply(resp, endpoint).await;
+                    return reply(resp, endpoint, timeout).await;
                 }
                 // Nothing was sent: the next endpoint may take it.
                 Err(e) if e.is_connect() => failures.push(format!("{endpoint}: {}", root_cause(&e))),
                 Err(e) if e.is_timeout() => {
                     return Err(Error::Other(format!(
-                        "{method} {url}: no reply within {:?} (a write may or may not have taken effect)",
-                        self.timeout
-                    )))
+                    "{method} {url}: no reply within {timeout:?} (a write may or may not have taken effect)"
+                )))
                 }
                 Err(e) => return Err(Error::Other(format!("{method} {url}: {}", chain(&e)))),
             }
         }
         Err(Error::Connect(format!("cannot connect to any endpoint ({})", failures.join("; "))))
     }
+}
 
-    async fn reply(&self, resp: reqwest::Response, endpoint: &str) -> Result<(Value, ResponseMeta), Error> {
-        let status = resp.status();
-        let header =
-            |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let meta = ResponseMeta {
-            revision: header("x-palisade-revision"),
-            term: header("x-palisade-term"),
-            endpoint: endpoint.to_string(),
-            replayed: resp.headers().get("idempotent-replayed").is_some_and(|v| v == "true"),
-        };
-        let bytes = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                Error::Other(format!("{endpoint}: the reply did not arrive within {:?}", self.timeout))
-            } else {
-                Error::Other(format!("{endpoint}: reading the reply: {}", chain(&e)))
-            }
-        })?;
-        if status.is_success() {
-            if bytes.is_empty() {
-                return Ok((Value::Null, meta));
-            }
-            let body = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Other(format!("{endpoint}: the reply (HTTP {}) is not JSON: {e}", status.as_u16()))
-            })?;
-            return Ok((body, meta));
+/// A reply's body and headers; `timeout` is what bounded the request (for the message).
+async fn reply(
+    resp: reqwest::Response,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<(Value, ResponseMeta), Error> {
+    let status = resp.status();
+    let header =
+        |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let meta = ResponseMeta {
+        revision: header("x-palisade-revision"),
+        term: header("x-palisade-term"),
+        endpoint: endpoint.to_string(),
+        replayed: resp.headers().get("idempotent-replayed").is_some_and(|v| v == "true"),
+    };
+    let bytes = resp.bytes().await.map_err(|e| {
+        if e.is_timeout() {
+            Error::Other(format!("{endpoint}: the reply did not arrive within {timeout:?}"))
+        } else {
+            Error::Other(format!("{endpoint}: reading the reply: {}", chain(&e)))
         }
-        Err(api_error(status.as_u16(), &bytes))
+    })?;
+    if status.is_success() {
+        if bytes.is_empty() {
+            return Ok((Value::Null, meta));
+        }
+        let body = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Other(format!("{endpoint}: the reply (HTTP {}) is not JSON: {e}", status.as_u16()))
+        })?;
+        return Ok((body, meta));
     }
+    Err(api_error(status.as_u16(), &bytes))
 }
 
 /// The error a non-2xx reply stands for.

@@ -2,7 +2,8 @@
 //! of the helpers (`support`, `sim`, `jepsen`), which keeps `make test` short on small
 //! machines. Unit tests stay beside their code in `src/`.
 //!
-//! - `http_api`, `openapi_sync`, `cli`: the client API, its spec and the CLI.
+//! - `http_api`, `openapi_sync`, `cli`, `cli_lock`: the client API, its spec and the CLI
+//!   (`cli_lock`: locks, elections and fencing, and the worked example in `examples/`).
 //! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
 //! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
 //! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
@@ -20,6 +21,7 @@ mod support;
 
 mod checkers;
 mod cli;
+mod cli_lock;
 mod cluster_process;
 mod cluster_sim;
 mod disk_faults;
