@@ -32,14 +32,17 @@ pub fn check_idempotency_key(key: &str) -> Result<()> {
 /// The most holders a lock (a semaphore) may have at once.
 pub const MAX_LOCK_LIMIT: u32 = 10_000;
 
-/// A lock or election name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+/// A lock or election name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, other than `.`
+/// and `..` (which no URL can name: clients fold them away as path segments).
 pub fn check_lock_name(kind: Kind, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
+        && name != "."
+        && name != ".."
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !ok {
         return Err(Error::InvalidArgument(format!(
-            "{name:?} is not a {} name: give 1 to 128 characters of A-Z a-z 0-9 . _ -",
+            "{name:?} is not a {} name: give 1 to 128 characters of A-Z a-z 0-9 . _ - (not . or ..)",
             kind.as_str()
         )));
     }
