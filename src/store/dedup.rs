@@ -116,6 +116,9 @@ fn slim(outcome: Outcome) -> Outcome {
                 }
             }
         }
+        // A candidate's value is the campaign's (or the proclaim's) own.
+        Outcome::LockHeld { holder, .. } | Outcome::Proclaimed { holder, .. } => holder.value.clear(),
+        Outcome::LockQueued { waiter, .. } => waiter.value.clear(),
         _ => {}
     }
     if o.data_bytes() > MAX_OUTCOME_BYTES {
@@ -136,6 +139,13 @@ pub fn refill(outcome: Outcome, cmd: &Command) -> Outcome {
                     kv.value = value.clone();
                 }
             }
+        }
+        (Outcome::LockHeld { holder, .. }, Command::LockAcquire { value, .. })
+        | (Outcome::Proclaimed { holder, .. }, Command::Proclaim { value, .. }) => {
+            holder.value = value.clone()
+        }
+        (Outcome::LockQueued { waiter, .. }, Command::LockAcquire { value, .. }) => {
+            waiter.value = value.clone()
         }
         _ => {}
     }
@@ -232,6 +242,36 @@ mod tests {
 
     fn outcome(rev: u64) -> Outcome {
         Outcome::Nothing { revision: rev }
+    }
+
+    #[test]
+    fn a_candidates_value_is_left_out_and_put_back_from_the_retry() {
+        use super::super::lock::{Holder, Kind, Waiter};
+        let value = vec![b'v'; MAX_OUTCOME_BYTES + 1];
+        let acquire = Command::LockAcquire {
+            kind: Kind::Election,
+            name: "e".into(),
+            lease: None,
+            ttl_ms: 10_000,
+            clock_ms: 0,
+            limit: None,
+            wait: true,
+            value: value.clone(),
+        };
+        let proclaim = Command::Proclaim { name: "e".into(), owner: "1-2".into(), value: value.clone() };
+        let holder = Holder { owner: "1-2".into(), lease: 1, token: 2, value: value.clone() };
+        let waiter = Waiter { owner: "1-3".into(), lease: 1, since: 3, value };
+        for (cmd, first) in [
+            (&acquire, Outcome::LockHeld { revision: 2, holder: holder.clone() }),
+            (&acquire, Outcome::LockQueued { revision: 3, waiter, position: 0 }),
+            (&proclaim, Outcome::Proclaimed { revision: 4, holder }),
+        ] {
+            let mut d = Dedup::default();
+            d.remember("k", "f".into(), first.clone(), 1_000, retain(10, 10));
+            let Seen::Replay(kept) = d.seen("k", "f") else { panic!("not remembered: {first:?}") };
+            assert!(kept.data_bytes() < 100, "the value is left out: {kept:?}");
+            assert_eq!(refill(kept, cmd), first);
+        }
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //!   schemas; a node that cannot elect a leader gives the documented 503s; a node past
 //!   `--max-watchers` gives the documented 429s; and history reads of every kind report
 //!   the revision asked for, as the `revision` parameter says.
-//! - Watch streams (`text/event-stream`, `application/x-ndjson`) never end by themselves:
-//!   a reply of a stream media type is read until its first messages arrived (or it ended,
-//!   or a patience ran out), and each message is checked, strictly framed, against the
-//!   media type's `schema`, which for these two describes one item of the stream (as
-//!   OpenAPI 3.2's `itemSchema` does): one SSE event `{id, event, data}`, whose `data` is
-//!   checked through `contentMediaType`/`contentSchema`, or one NDJSON line.
+//! - Watch and election observer streams (`text/event-stream`, `application/x-ndjson`)
+//!   never end by themselves: a reply of a stream media type is read until its first
+//!   messages arrived (or it ended, or a patience ran out), and each message is checked,
+//!   strictly framed, against the media type's `schema`, which for these two describes one
+//!   item of the stream (as OpenAPI 3.2's `itemSchema` does): one SSE event `{id, event,
+//!   data}`, whose `data` is checked through `contentMediaType`/`contentSchema`, or one
+//!   NDJSON line.
+//! - Locks, elections and the fence check get a tour of their own (every way a wait ends,
+//!   the fence compare, observers, refusals), and their 429s, 503s and 507s are provoked.
 //!
 //! The schema validator below covers the JSON Schema subset the spec uses (`$ref`,
 //! `allOf`/`anyOf`/`oneOf`/`not`, `type`, `enum`, `const`, `properties`, `required`,
@@ -1118,8 +1121,9 @@ fn conform_stream(spec: &Value, doc: &Value, reply: &Reply, media: &str, errs: &
 }
 
 /// What is wrong with the messages of a stream: each against `schema` (one item), and the
-/// framing rules no schema states (an SSE `id` is the message's revision, `compacted` has
-/// none and comes last).
+/// framing rules of watch streams that no schema states (an SSE `id` is the message's
+/// revision, `compacted` has none and comes last). An election observer's SSE events have
+/// no `id`, which their schema states.
 fn check_messages(spec: &Value, schema: &Value, media: &str, messages: &[StreamMessage]) -> Vec<String> {
     let mut errs = Vec::new();
     for (i, m) in messages.iter().enumerate() {
@@ -1130,7 +1134,8 @@ fn check_messages(spec: &Value, schema: &Value, media: &str, messages: &[StreamM
         if is_compacted && i + 1 != messages.len() {
             errs.push(format!("message {i} is `compacted` but more follow"));
         }
-        if media == "text/event-stream" {
+        let watch = is_compacted || m.data.get("events").is_some() || m.data.get("progress").is_some();
+        if media == "text/event-stream" && watch {
             let revision = m.data.get("revision").or_else(|| m.data.get("progress")?.get("revision"));
             let want = if is_compacted { None } else { revision.map(|r| r.to_string()) };
             if m.id != want {
@@ -1231,6 +1236,55 @@ async fn wait_ready(spec: &Value, router: &Router, errs: &mut Vec<String>) {
     }
 }
 
+/// What the lock and election examples name that only the live node knows: the owner and
+/// fencing token the acquire example was granted, and the owner the campaign example was.
+#[derive(Default)]
+struct Granted {
+    lock: Option<(String, u64)>,
+    leader: Option<String>,
+}
+
+impl Granted {
+    fn learn(&mut self, method: &str, template: &str, reply: &Reply) {
+        let v = reply.json();
+        let owner = v["owner"].as_str().map(str::to_string);
+        match (method, template) {
+            ("POST", "/v1/locks/{name}") => {
+                self.lock = owner.zip(v["fencing_token"].as_u64());
+            }
+            ("POST", "/v1/elections/{name}/campaign") => self.leader = owner,
+            _ => {}
+        }
+    }
+
+    /// The sample URI, naming the live owner for a release or a resign.
+    fn uri(&self, method: &str, template: &str, uri: String) -> String {
+        let owner = match (method, template) {
+            ("DELETE", "/v1/locks/{name}") => self.lock.as_ref().map(|(o, _)| o),
+            ("DELETE", "/v1/elections/{name}/leader") => self.leader.as_ref(),
+            _ => None,
+        };
+        match owner {
+            Some(o) => format!("{}?owner={o}", uri.split('?').next().unwrap_or_default()),
+            None => uri,
+        }
+    }
+
+    /// The example body, naming the live leader for a proclaim and the live token for a
+    /// fence check.
+    fn body(&self, method: &str, template: &str, body: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let live = match (method, template) {
+            ("PUT", "/v1/elections/{name}/leader") => self.leader.as_ref().map(|o| ("owner", json!(o))),
+            ("POST", "/v1/fence/check") => self.lock.as_ref().map(|(_, t)| ("token", json!(t))),
+            _ => None,
+        };
+        let (Some((field, value)), Some(body)) = (live, &body) else { return body };
+        let mut v: Value = serde_json::from_slice(body).expect("an example body is JSON");
+        v[field] = value;
+        Some(serde_json::to_vec(&v).expect("JSON"))
+    }
+}
+
 /// The quota of the live node: small, so a 507 is cheap to provoke.
 const QUOTA: u64 = 256 * 1024;
 
@@ -1250,7 +1304,11 @@ async fn router_serves_the_spec_and_nothing_else() {
     wait_ready(&spec, r, &mut errs).await;
 
     // 1. Every operation of the spec is routed (writes and creations first, so reads find
-    // the key; deletes last). The sample lease (the `id` parameter's example) exists.
+    // the key; deletes last). The sample lease (the `id` parameter's example) exists. The
+    // acquire and the campaign come first, as the other lock and election routes name what
+    // they made (the owners and the token, which only the live node knows, replace the
+    // examples'), and the release and the resign come before the revoke of the sample
+    // lease, which would end them.
     let lease_id = deref(&spec, &spec["components"]["parameters"]["LeaseId"])["example"].clone();
     let grant = send(
         r,
@@ -1261,13 +1319,24 @@ async fn router_serves_the_spec_and_nothing_else() {
     .await;
     assert_eq!(grant.status, StatusCode::CREATED, "{}", grant.describe());
     conform(&spec, &grant, &mut errs);
-    let rank = |m: &str| ["PUT", "POST", "GET", "DELETE"].iter().position(|x| *x == m).unwrap_or(4);
+    let lockish = |p: &str| p.starts_with("/v1/locks/") || p.starts_with("/v1/elections/");
+    let rank = |m: &str, p: &str| match (m, lockish(p)) {
+        ("POST", true) => 0,
+        ("DELETE", true) => 4,
+        (m, _) => [("PUT", 1), ("POST", 2), ("GET", 3), ("DELETE", 5)]
+            .iter()
+            .find_map(|(x, r)| (*x == m).then_some(*r))
+            .unwrap_or(6),
+    };
     let mut ops: Vec<_> = spec_operations(&spec).into_iter().collect();
-    ops.sort_by_key(|(m, p)| (rank(m), p.clone()));
+    ops.sort_by_key(|(m, p)| (rank(m, p), p.clone()));
+    let mut granted = Granted::default();
     for (method, template) in &ops {
         let op = operation(&spec, method, template);
-        let uri = sample_uri(&spec, method, template, "openapi-sync/probe/k");
-        let reply = send(r, method, &uri, example_body(&spec, op)).await;
+        let uri = granted.uri(method, template, sample_uri(&spec, method, template, "openapi-sync/probe/k"));
+        let body = granted.body(method, template, example_body(&spec, op));
+        let reply = send(r, method, &uri, body).await;
+        granted.learn(method, template, &reply);
         if reply.route_miss() {
             errs.push(format!(
                 "{method} {template} is in the spec but the router misses it: {}",
@@ -1764,7 +1833,10 @@ async fn router_serves_the_spec_and_nothing_else() {
     for bad in [
         json!({"success": [put("/openapi-sync/t/a"), {"delete": {"key": "/openapi-sync/t/a"}}]}),
         json!({"failure": [{"delete": {"key": "/openapi-sync/t", "recursive": true}}, put("/openapi-sync/t/a")]}),
-        json!({"compare": [{"lock": "db", "target": "fence", "op": "==", "value": 1}]}),
+        json!({"compare": [{"lock": "db", "target": "fence", "op": "<", "value": 1}]}),
+        json!({"compare": [{"key": "/db", "target": "fence", "op": "==", "value": 1}]}),
+        json!({"compare": [{"lock": "a/b", "target": "fence", "op": "==", "value": 1}]}),
+        json!({"compare": [{"lock": "db", "target": "version", "op": "==", "value": 1}]}),
         json!({"compare": [{"key": "/a", "target": "version", "op": "==", "value": "1"}]}),
         json!({"compare": [{"key": "/a", "target": "value", "op": "<=", "value": "1"}]}),
         json!({"success": [{"get": {"key": "/a", "limit": 5}}]}),
@@ -2163,6 +2235,36 @@ async fn leaderless_replies_match_the_spec() {
     tour.check("GET", &format!("{key}?wait&timeout=100ms"), None, 503).await;
     let v = tour.check("GET", &format!("{key}?wait&timeout=100ms&consistency=serializable"), None, 200).await;
     tour.expect(v.json()["changed"] == false && v.json()["kv"].is_null(), &v, "a serializable long-poll");
+    // Locks and elections: writes and linearizable reads need a leader; serializable reads
+    // are answered from the local replica.
+    let lock = "/v1/locks/openapi-sync.leaderless";
+    let election = "/v1/elections/openapi-sync.leaderless";
+    tour.check("POST", lock, Some(br#"{"ttl":"10s","wait":"0s"}"#.to_vec()), 503).await;
+    tour.check("DELETE", &format!("{lock}?owner=1-1"), None, 503).await;
+    tour.check("GET", lock, None, 503).await;
+    let free = tour.check("GET", &format!("{lock}?consistency=serializable"), None, 200).await;
+    tour.expect(free.json()["limit"].is_null(), &free, "a serializable read of a free lock");
+    tour.check("GET", "/v1/locks", None, 503).await;
+    tour.check("GET", "/v1/locks?consistency=serializable", None, 200).await;
+    let fence = Some(br#"{"name":"openapi-sync.leaderless","token":1}"#.to_vec());
+    tour.check("POST", "/v1/fence/check", fence.clone(), 503).await;
+    let stale = tour.check("POST", "/v1/fence/check?consistency=serializable", fence, 409).await;
+    tour.expect(stale.json()["current_token"].is_null(), &stale, "nobody holds it");
+    tour.check("POST", &format!("{election}/campaign"), Some(br#"{"value":"v","ttl":"10s"}"#.to_vec()), 503)
+        .await;
+    tour.check("PUT", &format!("{election}/leader"), Some(br#"{"owner":"1-1","value":"v"}"#.to_vec()), 503)
+        .await;
+    tour.check("DELETE", &format!("{election}/leader?owner=1-1"), None, 503).await;
+    tour.check("GET", election, None, 503).await;
+    tour.check("GET", &format!("{election}?consistency=serializable"), None, 404).await;
+    tour.check("GET", &format!("{election}/observe"), None, 503).await;
+    let s = tour.stream(&format!("{election}/observe?consistency=serializable"), &[], 1, 200).await;
+    tour.expect(
+        s.messages().first().map(|m| m.data.clone())
+            == Some(json!({"name": "openapi-sync.leaderless", "revision": 0})),
+        &s,
+        "a serializable observer starts without a leader",
+    );
     let cluster = tour.check("GET", "/v1/cluster", None, 200).await;
     tour.expect(cluster.json()["leader"].is_null(), &cluster, "no leader is known");
     tour.check("GET", "/healthz", None, 200).await;
@@ -2170,8 +2272,9 @@ async fn leaderless_replies_match_the_spec() {
     assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
 }
 
-/// Past `--max-watchers`, a watch and a long-poll are 429 `overloaded` with Retry-After,
-/// as documented; a place freed is taken again.
+/// Past `--max-watchers`, a watch, a long-poll, a lock acquire, a campaign and an election
+/// observer are 429 `overloaded` with Retry-After, as documented; a place freed is taken
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_limit_replies_match_the_spec() {
     let spec = load_spec();
@@ -2183,8 +2286,16 @@ async fn watcher_limit_replies_match_the_spec() {
     let held = n.router.clone().oneshot(held).await.expect("the router is infallible");
     assert_eq!(held.status(), StatusCode::OK);
     let mut tour = Tour { spec: &spec, router: &n.router, errs: &mut errs };
-    for uri in ["/v1/watch/openapi-sync/other?recursive", "/v1/kv/openapi-sync/other?wait&timeout=1s"] {
-        let r = tour.check("GET", uri, None, 429).await;
+    let acquire = || Some(br#"{"ttl":"1h","wait":"0s"}"#.to_vec());
+    let campaign = || Some(br#"{"value":"v","ttl":"1h","wait":"0s"}"#.to_vec());
+    for (method, uri, body) in [
+        ("GET", "/v1/watch/openapi-sync/other?recursive", None),
+        ("GET", "/v1/kv/openapi-sync/other?wait&timeout=1s", None),
+        ("POST", "/v1/locks/openapi-sync.limit", acquire()),
+        ("POST", "/v1/elections/openapi-sync.limit/campaign", campaign()),
+        ("GET", "/v1/elections/openapi-sync.limit/observe", None),
+    ] {
+        let r = tour.check(method, uri, body, 429).await;
         tour.expect(
             r.error_code().as_deref() == Some("overloaded")
                 && r.headers.get("retry-after").is_some_and(|v| v == "1"),
@@ -2193,9 +2304,14 @@ async fn watcher_limit_replies_match_the_spec() {
         );
     }
     tour.check("GET", "/v1/kv/openapi-sync/other", None, 404).await;
+    tour.check("GET", "/v1/locks/openapi-sync.limit", None, 200).await;
+    tour.check("GET", "/v1/elections/openapi-sync.limit", None, 404).await;
     drop(held);
     tour.stream("/v1/watch/openapi-sync/other?recursive", &[], 1, 200).await;
     tour.check("GET", "/v1/kv/openapi-sync/other?wait&timeout=10ms", None, 200).await;
+    tour.check("POST", "/v1/locks/openapi-sync.limit", acquire(), 200).await;
+    tour.check("POST", "/v1/elections/openapi-sync.limit/campaign", campaign(), 200).await;
+    tour.stream("/v1/elections/openapi-sync.limit/observe", &[], 1, 200).await;
     n.stop().await;
     assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
 }
@@ -2232,6 +2348,349 @@ async fn history_reads_report_the_revision_asked_for() {
     }
     n.stop().await;
     assert!(errs.is_empty(), "history reads:\n  {}", errs.join("\n  "));
+}
+
+/// Waits (polling the serializable read) until the lock or election at `uri` has a waiter,
+/// and returns the first waiter's owner.
+async fn first_waiter(router: &Router, uri: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = send(router, "GET", &format!("{uri}?consistency=serializable"), None).await;
+        if let Some(owner) = r.json()["waiters"][0]["owner"].as_str() {
+            return owner.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no waiter showed up at {uri}: {}", r.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until this node has applied a revision above `revision`.
+async fn revision_above(router: &Router, revision: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = send(router, "GET", "/v1/cluster", None).await;
+        if r.json()["revision"].as_u64().is_some_and(|r| r > revision) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the revision stays at {revision}: {}", r.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Locks, elections and the fence check: a tour of their replies (grants, waits that end
+/// each way, releases, reads, listings, the fence check and the fence compare, observer
+/// streams in both framings, and refusals), each checked against the spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_replies_match_the_spec() {
+    let spec = load_spec();
+    let n = TestNode::start(|_| {}).await;
+    let mut errs = Vec::new();
+    wait_ready(&spec, &n.router, &mut errs).await;
+    let mut tour = Tour { spec: &spec, router: &n.router, errs: &mut errs };
+    let router = tour.router;
+    let body = |v: Value| Some(serde_json::to_vec(&v).expect("JSON"));
+    let code = |r: &Reply| r.error_code().unwrap_or_default();
+    let num = |r: &Reply, f: &str| r.json()[f].as_u64().unwrap_or(0);
+    let text = |r: &Reply, f: &str| r.json()[f].as_str().unwrap_or_default().to_string();
+    let replayed = |r: &Reply| r.headers.get("idempotent-replayed").is_some_and(|v| v == "true");
+    let lease = num(&tour.check("POST", "/v1/leases", body(json!({"ttl": "1h"})), 201).await, "id");
+    let other = num(&tour.check("POST", "/v1/leases", body(json!({"ttl": "1h"})), 201).await, "id");
+
+    // Grants, and acquires that are not granted.
+    let l = "/v1/locks/openapi-sync.lock";
+    let g = tour.check("POST", l, body(json!({"ttl": "1h", "wait": "0s"})), 200).await;
+    let (holder, token) = (text(&g, "owner"), num(&g, "fencing_token"));
+    tour.expect(token > 0 && token == num(&g, "revision"), &g, "an immediate grant's token is its revision");
+    let busy = tour.check("POST", l, body(json!({"lease": lease, "wait": 0})), 409).await;
+    tour.expect(code(&busy) == "lock_timeout", &busy, "try once on a held lock");
+    let late = tour.check("POST", l, body(json!({"lease": lease, "wait": "100ms"})), 409).await;
+    tour.expect(code(&late) == "lock_timeout", &late, "a wait that ran out");
+    let mismatch = tour.check("POST", l, body(json!({"lease": lease, "limit": 2, "wait": 0})), 409).await;
+    tour.expect(
+        code(&mismatch) == "limit_mismatch" && mismatch.json()["error"]["limit"] == 1,
+        &mismatch,
+        "another limit",
+    );
+    let missing = tour.check("POST", "/v1/locks/openapi-sync.x", body(json!({"lease": 777_777})), 404).await;
+    tour.expect(code(&missing) == "lease_not_found", &missing, "an acquire under a missing lease");
+
+    // A semaphore, and a replayed grant.
+    let sem = "/v1/locks/openapi-sync.sem";
+    let ik = [("idempotency-key", "openapi-sync-lock-1")];
+    let a1 = tour.check_with("POST", sem, &ik, body(json!({"lease": lease, "limit": 2})), 200).await;
+    let a2 = tour.check_with("POST", sem, &ik, body(json!({"lease": lease, "limit": 2})), 200).await;
+    tour.expect(!replayed(&a1) && replayed(&a2) && a1.json() == a2.json(), &a2, "a replayed grant");
+    tour.check_with("POST", sem, &ik, body(json!({"lease": lease, "limit": 3})), 422).await;
+    let a3 = tour.check("POST", sem, body(json!({"lease": other})), 200).await;
+    tour.expect(num(&a3, "fencing_token") > num(&a1, "fencing_token"), &a3, "the second holder");
+    let s = tour.check("GET", sem, None, 200).await;
+    tour.expect(
+        s.json()["limit"] == 2 && s.json()["holders"].as_array().is_some_and(|h| h.len() == 2),
+        &s,
+        "a semaphore with two holders",
+    );
+
+    // A waiter: shown by the reads, granted when the holder releases.
+    let waiting = send(router, "POST", l, body(json!({"lease": other, "wait": "10s"})));
+    let release = async {
+        first_waiter(router, l).await;
+        let read = send(router, "GET", l, None).await;
+        let list = send(router, "GET", "/v1/locks", None).await;
+        let rel = send(router, "DELETE", &format!("{l}?owner={holder}"), None).await;
+        (read, list, rel)
+    };
+    let (granted, (read, list, rel)) = tokio::join!(waiting, release);
+    for r in [&granted, &read, &list, &rel] {
+        conform(tour.spec, r, tour.errs);
+    }
+    tour.expect(read.json()["waiters"][0]["lease"] == other, &read, "the waiter");
+    tour.expect(list.json()["count"] == 2, &list, "two locks held");
+    tour.expect(rel.json()["released"] == true, &rel, "the holder released");
+    tour.expect(
+        granted.status == StatusCode::OK && num(&granted, "fencing_token") == num(&rel, "revision") + 1,
+        &granted,
+        "the waiter is granted at the revision after the release",
+    );
+    let again = tour.check("DELETE", &format!("{l}?owner={}", text(&g, "owner")), None, 404).await;
+    tour.expect(code(&again) == "owner_not_found", &again, "a retried release");
+
+    // A waiter whose lease ends, and a waiter released by another request.
+    let doomed = num(&tour.check("POST", "/v1/leases", body(json!({"ttl": "1h"})), 201).await, "id");
+    let (ended, revoked) = tokio::join!(send(router, "POST", l, body(json!({"lease": doomed}))), async {
+        first_waiter(router, l).await;
+        send(router, "DELETE", &format!("/v1/leases/{doomed}"), None).await
+    });
+    conform(tour.spec, &ended, tour.errs);
+    conform(tour.spec, &revoked, tour.errs);
+    tour.expect(
+        code(&ended) == "lease_expired" && ended.json()["error"]["lease"] == doomed,
+        &ended,
+        "the waiter's lease ended",
+    );
+    let (withdrawn, left) = tokio::join!(send(router, "POST", l, body(json!({"ttl": "1h"}))), async {
+        let w = first_waiter(router, l).await;
+        send(router, "DELETE", &format!("{l}?owner={w}"), None).await
+    });
+    conform(tour.spec, &withdrawn, tour.errs);
+    conform(tour.spec, &left, tour.errs);
+    tour.expect(left.json()["released"] == false, &left, "a waiter leaves the queue");
+    tour.expect(code(&withdrawn) == "lock_timeout", &withdrawn, "the withdrawn waiter's acquire");
+
+    // Reads and listings.
+    let free = tour.check("GET", "/v1/locks/openapi-sync.free?consistency=serializable", None, 200).await;
+    tour.expect(
+        free.json()["limit"].is_null() && free.json()["holders"] == json!([]),
+        &free,
+        "a lock nobody holds",
+    );
+    let page = tour.check("GET", "/v1/locks?limit=1", None, 200).await;
+    let next = text(&page, "next");
+    tour.expect(page.json()["more"] == true && next == "openapi-sync.lock", &page, "a first page of locks");
+    let rest = tour
+        .check("GET", &format!("/v1/locks?limit=5&after={next}&consistency=linearizable"), None, 200)
+        .await;
+    tour.expect(
+        rest.json()["more"] == false && rest.json()["locks"][0]["name"] == "openapi-sync.sem",
+        &rest,
+        "the last page",
+    );
+
+    // The fence check, and the fence compare of a transaction.
+    let fence = |name: &str, token: u64| body(json!({"name": name, "token": token}));
+    let token = num(&granted, "fencing_token");
+    let ok = tour.check("POST", "/v1/fence/check", fence("openapi-sync.lock", token), 200).await;
+    tour.expect(ok.json()["valid"] == true && ok.json()["token"] == token, &ok, "a valid token");
+    let stale = tour.check("POST", "/v1/fence/check", fence("openapi-sync.lock", token - 1), 409).await;
+    tour.expect(
+        stale.json()["valid"] == false
+            && stale.json()["current_token"] == token
+            && code(&stale) == "stale_token",
+        &stale,
+        "a stale token",
+    );
+    let nobody = tour
+        .check("POST", "/v1/fence/check?consistency=serializable", fence("openapi-sync.free", 1), 409)
+        .await;
+    tour.expect(nobody.json()["current_token"].is_null(), &nobody, "nobody holds it");
+    let fenced = |op: &str, token: u64| {
+        body(json!({
+            "compare": [{"lock": "openapi-sync.lock", "target": "fence", "op": op, "value": token}],
+            "success": [{"put": {"key": "/openapi-sync/fenced", "value": "x"}}],
+        }))
+    };
+    let t = tour.check("POST", "/v1/txn", fenced("==", token), 200).await;
+    tour.expect(t.json()["succeeded"] == true, &t, "a fenced write with the current token");
+    let t = tour.check("POST", "/v1/txn", fenced("==", token - 1), 200).await;
+    tour.expect(t.json()["succeeded"] == false, &t, "a fenced write with a stale token");
+    let t = tour.check("POST", "/v1/txn", fenced("!=", token - 1), 200).await;
+    tour.expect(t.json()["succeeded"] == true, &t, "!= with a stale token");
+
+    // Elections.
+    let e = "/v1/elections/openapi-sync.e";
+    let none = tour.check("GET", e, None, 404).await;
+    tour.expect(code(&none) == "no_leader", &none, "nobody leads");
+    let s = tour.stream(&format!("{e}/observe"), &[], 1, 200).await;
+    tour.expect(
+        s.messages().first().map(|m| m.data.clone())
+            == Some(json!({"name": "openapi-sync.e", "revision": none.header_u64("x-palisade-revision")})),
+        &s,
+        "an observer starts with the state now",
+    );
+    let c =
+        tour.check("POST", &format!("{e}/campaign"), body(json!({"value": "a", "lease": lease})), 200).await;
+    let leader = text(&c, "owner");
+    tour.expect(c.json()["value"] == "a" && num(&c, "fencing_token") == num(&c, "revision"), &c, "a leader");
+    let loser = tour
+        .check(
+            "POST",
+            &format!("{e}/campaign"),
+            body(json!({"value_base64": "/wA=", "ttl": "1h", "wait": "0s"})),
+            409,
+        )
+        .await;
+    tour.expect(code(&loser) == "lock_timeout", &loser, "a campaign that tries once");
+    let p = tour
+        .check("PUT", &format!("{e}/leader"), body(json!({"owner": leader, "value_base64": "/wA="})), 200)
+        .await;
+    tour.expect(
+        p.json()["value_base64"] == "/wA=" && p.json()["fencing_token"] == c.json()["fencing_token"],
+        &p,
+        "a proclaim keeps the token",
+    );
+    let not =
+        tour.check("PUT", &format!("{e}/leader"), body(json!({"owner": "1-1", "value": "b"})), 409).await;
+    tour.expect(code(&not) == "not_leader", &not, "a proclaim by a non-leader");
+    tour.check("GET", &format!("{e}?consistency=serializable"), None, 200).await;
+    for headers in [&[][..], &[("accept", "application/x-ndjson")][..]] {
+        let s = tour.stream(&format!("{e}/observe"), headers, 1, 200).await;
+        let first = s.messages().first().map(|m| m.data.clone()).unwrap_or_default();
+        let leader_of = |d: &Value| if d.get("leader").is_some() { d["leader"].clone() } else { d.clone() };
+        tour.expect(leader_of(&first)["value_base64"] == "/wA=", &s, "an observer sees the leader's value");
+    }
+    // (A waiting candidate shows in no read: its queueing is seen as the revision it took.)
+    let before = num(&p, "revision");
+    let campaign = format!("{e}/campaign");
+    let (next_leader, resigned) =
+        tokio::join!(send(router, "POST", &campaign, body(json!({"value": "c", "lease": other}))), async {
+            revision_above(router, before).await;
+            send(router, "DELETE", &format!("{e}/leader?owner={leader}"), None).await
+        });
+    conform(tour.spec, &next_leader, tour.errs);
+    conform(tour.spec, &resigned, tour.errs);
+    tour.expect(
+        next_leader.json()["value"] == "c" && resigned.json()["released"] == true,
+        &next_leader,
+        "a resign hands over to the next candidate",
+    );
+    let not = tour.check("DELETE", &format!("{e}/leader?owner={leader}"), None, 409).await;
+    tour.expect(code(&not) == "not_leader", &not, "a second resign");
+    let new_leader = text(&next_leader, "owner");
+    tour.check("DELETE", &format!("{e}/leader?owner={new_leader}"), None, 200).await;
+    let s = tour.stream(&format!("{e}/observe"), &[("accept", "application/x-ndjson")], 1, 200).await;
+    tour.expect(
+        s.messages().first().is_some_and(|m| m.data.get("no_leader").is_some()),
+        &s,
+        "nobody leads after the last resign",
+    );
+
+    // Refusals.
+    let long = "n".repeat(129);
+    for (method, uri, b) in [
+        ("POST", "/v1/locks/a%2Fb".to_string(), body(json!({"ttl": "1h"}))),
+        ("POST", "/v1/locks/a%20b".to_string(), body(json!({"ttl": "1h"}))),
+        ("POST", format!("/v1/locks/{long}"), body(json!({"ttl": "1h"}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "lease": lease}))),
+        ("POST", l.to_string(), body(json!({}))),
+        ("POST", l.to_string(), body(json!({"wait": "1s"}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1s"}))),
+        ("POST", l.to_string(), body(json!({"ttl": "10"}))),
+        ("POST", l.to_string(), body(json!({"lease": 0}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "wait": "11m"}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "wait": "0"}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "wait": -1}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "limit": 0}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "limit": 10_001}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "limit": 1.5}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "limit": "2"}))),
+        ("POST", l.to_string(), body(json!({"ttl": "1h", "bogus": 1}))),
+        ("POST", format!("{l}?wait=1s"), body(json!({"ttl": "1h"}))),
+        ("POST", l.to_string(), Some(Vec::new())),
+        ("POST", l.to_string(), Some(b"[".to_vec())),
+        ("DELETE", l.to_string(), None),
+        ("DELETE", format!("{l}?owner="), None),
+        ("DELETE", format!("{l}?owner={long}"), None),
+        ("DELETE", format!("{l}?owner=a+b"), None),
+        ("DELETE", format!("{l}?owner=1-1&owner=1-2"), None),
+        ("DELETE", format!("{l}?owner=1-1&x=1"), None),
+        ("GET", format!("{l}?x=1"), None),
+        ("GET", format!("{l}?consistency=eventual"), None),
+        ("GET", "/v1/locks?limit=0".to_string(), None),
+        ("GET", "/v1/locks?limit=10001".to_string(), None),
+        ("GET", "/v1/locks?limit=x".to_string(), None),
+        ("GET", "/v1/locks?after=a%2Fb".to_string(), None),
+        ("POST", "/v1/fence/check".to_string(), body(json!({"name": "openapi-sync.lock"}))),
+        ("POST", "/v1/fence/check".to_string(), body(json!({"token": 1}))),
+        ("POST", "/v1/fence/check".to_string(), body(json!({"name": "openapi-sync.lock", "token": 0}))),
+        ("POST", "/v1/fence/check".to_string(), body(json!({"name": "openapi-sync.lock", "token": -1}))),
+        ("POST", "/v1/fence/check".to_string(), body(json!({"name": "a/b", "token": 1}))),
+        ("POST", "/v1/fence/check".to_string(), body(json!({"name": "x", "token": 1, "bogus": 1}))),
+        ("POST", "/v1/fence/check".to_string(), Some(Vec::new())),
+        ("POST", "/v1/fence/check?x=1".to_string(), fence("openapi-sync.lock", 1)),
+        ("POST", format!("{e}/campaign"), body(json!({"ttl": "1h"}))),
+        ("POST", format!("{e}/campaign"), body(json!({"value": "a", "value_base64": "YQ==", "ttl": "1h"}))),
+        ("POST", format!("{e}/campaign"), body(json!({"value_base64": "%%%", "ttl": "1h"}))),
+        ("POST", format!("{e}/campaign"), body(json!({"value": "a", "ttl": "1h", "limit": 1}))),
+        ("POST", format!("{e}/campaign"), body(json!({"value": "a"}))),
+        ("POST", "/v1/elections/a%2Fb/campaign".to_string(), body(json!({"value": "a", "ttl": "1h"}))),
+        ("PUT", format!("{e}/leader"), body(json!({"value": "a"}))),
+        ("PUT", format!("{e}/leader"), body(json!({"owner": "1-1"}))),
+        ("PUT", format!("{e}/leader"), body(json!({"owner": "", "value": "a"}))),
+        ("DELETE", format!("{e}/leader"), None),
+        ("GET", format!("{e}?x=1"), None),
+        ("GET", format!("{e}/observe?x=1"), None),
+        ("GET", format!("{e}/observe?consistency=eventual"), None),
+    ] {
+        let r = tour.check(method, &uri, b, 400).await;
+        let c = code(&r);
+        tour.expect(c == "invalid_argument" || c == "invalid_json", &r, "a refused lock request");
+    }
+    let big = format!(r#"{{"value":"{}","ttl":"1h"}}"#, "v".repeat(1024 * 1024 + 1));
+    tour.check("POST", &format!("{e}/campaign"), Some(big.into_bytes()), 413).await;
+    n.stop().await;
+    assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
+}
+
+/// Past `--max-lock-owners`, or with `ttl` past `--max-leases`, an acquire or a campaign is
+/// 507 `quota_exceeded`, as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_owner_limit_replies_match_the_spec() {
+    let spec = load_spec();
+    let n = TestNode::start(|cfg| {
+        cfg.max_lock_owners = 1;
+        cfg.max_leases = 2;
+    })
+    .await;
+    let mut errs = Vec::new();
+    wait_ready(&spec, &n.router, &mut errs).await;
+    let mut tour = Tour { spec: &spec, router: &n.router, errs: &mut errs };
+    let body = |v: Value| Some(serde_json::to_vec(&v).expect("JSON"));
+    let lease = tour.check("POST", "/v1/leases", body(json!({"ttl": "1h"})), 201).await.json()["id"].clone();
+    let g = tour.check("POST", "/v1/locks/one", body(json!({"ttl": "1h"})), 200).await;
+    for (uri, b) in [
+        ("/v1/locks/two", json!({"lease": lease})),
+        ("/v1/elections/two/campaign", json!({"value": "v", "lease": lease})),
+    ] {
+        let r = tour.check("POST", uri, body(b), 507).await;
+        tour.expect(r.error_code().as_deref() == Some("quota_exceeded"), &r, "past --max-lock-owners");
+    }
+    let owner = g.json()["owner"].as_str().unwrap_or_default().to_string();
+    tour.check("DELETE", &format!("/v1/locks/one?owner={owner}"), None, 200).await;
+    // Two leases exist (the client's and the one made for the first acquire).
+    let r = tour.check("POST", "/v1/locks/two", body(json!({"ttl": "1h"})), 507).await;
+    tour.expect(r.error_code().as_deref() == Some("quota_exceeded"), &r, "past --max-leases");
+    tour.check("POST", "/v1/locks/two", body(json!({"lease": lease})), 200).await;
+    n.stop().await;
+    assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
 }
 
 /// Sends requests the spec lists and records every way a reply departs from it.

@@ -1,5 +1,6 @@
 //! Every refused input: the right 4xx, the one error shape, and no change to the store
-//! (revision and every key as before). Each case is its own assertion.
+//! (revision and every key as before; for locks, elections and fencing also the locks,
+//! the leases and the leader). Each case is its own assertion.
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
@@ -10,6 +11,7 @@ use serde_json::json;
 use crate::http_api::harness::{with_node, Api};
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
+const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
 
 /// A store with something in it, so "nothing changed" means something.
 async fn seed(api: &Api) {
@@ -429,4 +431,419 @@ async fn overload_is_refused_with_429() {
         .unwrap();
     assert_eq!(r.status(), 404, "the refused write must not have happened");
     node.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Locks, elections and fencing
+
+/// Everything a refused lock, election or fence request must leave as it was.
+#[derive(Debug, PartialEq)]
+struct LockWorld {
+    store: crate::http_api::harness::Snapshot,
+    /// `GET /v1/locks`'s locks.
+    locks: serde_json::Value,
+    /// `(id, ttl_ms)` of every lease (the remaining time moves by itself).
+    leases: Vec<(u64, u64)>,
+    /// The leader of the seeded election.
+    leader: serde_json::Value,
+    /// `/v1/cluster`'s lease counters.
+    lease_counters: serde_json::Value,
+}
+
+async fn lock_world(api: &Api) -> LockWorld {
+    let store = api.snapshot().await;
+    let locks = api.get("/v1/locks").await.ok()["locks"].clone();
+    let list = api.get("/v1/leases").await.ok();
+    let leases = list["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["id"].as_u64().unwrap(), l["ttl_ms"].as_u64().unwrap()))
+        .collect();
+    let leader = api.get("/v1/elections/e").await.ok();
+    let lease_counters = api.get("/v1/cluster").await.ok()["leases"].clone();
+    LockWorld { store, locks, leases, leader, lease_counters }
+}
+
+/// Held locks, an election with a leader and a client lease, so "nothing changed" means
+/// something. Returns the client lease and the holder of `held`.
+async fn seed_locks(api: &Api) -> (u64, String) {
+    api.set("/k", "v").await;
+    let lease = api.post("/v1/leases", json!({"ttl": "1h"}), &[]).await.json()["id"].as_u64().unwrap();
+    let held = api.post("/v1/locks/held", json!({"ttl": "1h"}), &[]).await.ok();
+    api.post("/v1/locks/sem", json!({"lease": lease, "limit": 2}), &[]).await.ok();
+    api.post("/v1/elections/e/campaign", json!({"value": "leader", "lease": lease}), &[]).await.ok();
+    (lease, held["owner"].as_str().unwrap().to_string())
+}
+
+/// Sends a request that must be refused with `status`/`code` (the one error shape) and
+/// change nothing. `body` is sent as is, with a JSON content type when given.
+async fn refused_lock(
+    api: &Api,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+    status: StatusCode,
+    code: &str,
+) {
+    let before = lock_world(api).await;
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if body.is_some() {
+        all.push(("content-type", "application/json"));
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let r = api.send_with_headers(method, uri, body, &all).await;
+    let e = r.error(status, code);
+    assert_eq!(lock_world(api).await, before, "{} ({e}): a refused request changed something", r.what);
+}
+
+/// 400 `invalid_argument` (or `invalid_json`) for a JSON body, nothing changed.
+async fn bad_post(api: &Api, uri: &str, body: serde_json::Value) {
+    refused_lock(api, Method::POST, uri, Some(&body.to_string()), &[], BAD, "invalid_argument").await;
+}
+
+#[tokio::test]
+async fn bad_lock_and_election_names() {
+    with_node(|api| async move {
+        seed_locks(&api).await;
+        let long = "n".repeat(129);
+        // (as sent in a path, as the name it decodes to)
+        let names: Vec<(String, String)> = [
+            ("%20", " "),
+            ("%09", "\t"),
+            ("%20%20", "  "),
+            ("a%2Fb", "a/b"),
+            ("%2F", "/"),
+            ("a%20b", "a b"),
+            ("a+b", "a+b"),
+            ("a:b", "a:b"),
+            ("*", "*"),
+            ("a%25b", "a%b"),
+            ("a%00", "a\0"),
+            ("caf%C3%A9", "café"),
+            ("db%E2%80%8B", "db\u{200B}"),
+            (&long, &long),
+        ]
+        .iter()
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .collect();
+        let p = Method::POST;
+        for (path, name) in &names {
+            let inv = "invalid_argument";
+            let lock = format!("/v1/locks/{path}");
+            let election = format!("/v1/elections/{path}");
+            refused_lock(&api, p.clone(), &lock, Some(r#"{"ttl":"10s"}"#), &[], BAD, inv).await;
+            refused_lock(&api, Method::GET, &lock, None, &[], BAD, inv).await;
+            refused_lock(&api, Method::DELETE, &format!("{lock}?owner=1-1"), None, &[], BAD, inv).await;
+            refused_lock(&api, Method::GET, &format!("/v1/locks?after={path}"), None, &[], BAD, inv).await;
+            let campaign = format!("{election}/campaign");
+            refused_lock(&api, p.clone(), &campaign, Some(r#"{"value":"v","ttl":"10s"}"#), &[], BAD, inv)
+                .await;
+            refused_lock(&api, Method::GET, &election, None, &[], BAD, inv).await;
+            let leader = format!("{election}/leader");
+            refused_lock(&api, Method::PUT, &leader, Some(r#"{"owner":"1-1","value":"v"}"#), &[], BAD, inv)
+                .await;
+            refused_lock(&api, Method::DELETE, &format!("{leader}?owner=1-1"), None, &[], BAD, inv).await;
+            refused_lock(&api, Method::GET, &format!("{election}/observe"), None, &[], BAD, inv).await;
+            bad_post(&api, "/v1/fence/check", json!({"name": name, "token": 1})).await;
+            let fenced = json!({"compare": [{"lock": name, "target": "fence", "op": "==", "value": 1}]});
+            bad_post(&api, "/v1/txn", fenced).await;
+        }
+        // An empty name: a path that ends with it is no route (404 not_found); one with
+        // more after it is routed, and the empty name refused.
+        for (method, uri, status, code) in [
+            (Method::POST, "/v1/locks/", NOT_FOUND, "not_found"),
+            (Method::GET, "/v1/locks/", NOT_FOUND, "not_found"),
+            (Method::DELETE, "/v1/locks/?owner=1-1", NOT_FOUND, "not_found"),
+            (Method::GET, "/v1/elections/", NOT_FOUND, "not_found"),
+            (Method::POST, "/v1/elections//campaign", BAD, "invalid_argument"),
+            (Method::PUT, "/v1/elections//leader", BAD, "invalid_argument"),
+            (Method::DELETE, "/v1/elections//leader?owner=1-1", BAD, "invalid_argument"),
+            (Method::GET, "/v1/elections//observe", BAD, "invalid_argument"),
+        ] {
+            let body = r#"{"ttl":"10s","value":"v","owner":"1-1"}"#;
+            refused_lock(&api, method, uri, Some(body), &[], status, code).await;
+        }
+        bad_post(&api, "/v1/fence/check", json!({"name": "", "token": 1})).await;
+        // The longest name there may be: 128 characters of every kind allowed.
+        let longest = format!("{}-._", "Az09".repeat(31));
+        assert_eq!(longest.len(), 127);
+        let longest = format!("{longest}x");
+        let g = api.post(&format!("/v1/locks/{longest}"), json!({"ttl": "10s"}), &[]).await.ok();
+        assert_eq!(g["name"], json!(longest));
+        api.post(&format!("/v1/elections/{longest}/campaign"), json!({"value": "v", "ttl": "10s"}), &[])
+            .await
+            .ok();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_acquire_and_campaign_bodies() {
+    with_node(|api| async move {
+        let (lease, _) = seed_locks(&api).await;
+        let lock = "/v1/locks/held";
+        let campaign = "/v1/elections/e/campaign";
+        let with_value = |mut v: serde_json::Value| {
+            v["value"] = json!("v");
+            v
+        };
+        let mut bodies = vec![
+            // Neither ttl nor lease, or both.
+            json!({}),
+            json!({"wait": "1s"}),
+            json!({"ttl": null}),
+            json!({"lease": null}),
+            json!({"ttl": null, "lease": null}),
+            json!({"ttl": "10s", "lease": lease}),
+            // Bad lease ids.
+            json!({"lease": 0}),
+            json!({"lease": -1}),
+            json!({"lease": 1.5}),
+            json!({"lease": "5"}),
+            json!({"lease": 9_007_199_254_740_992u64}),
+            json!({"lease": true}),
+            // Unknown fields.
+            json!({"ttl": "10s", "name": "x"}),
+            json!({"ttl": "10s", "Wait": "1s"}),
+            json!({"ttl": "10s", "owner": "1-1"}),
+        ];
+        // Bad TTLs (the floor is 2 s, the maximum 24 h).
+        for ttl in [
+            json!("10"),
+            json!("0s"),
+            json!(0),
+            json!(-1),
+            json!("-1s"),
+            json!("1s"),
+            json!("1999ms"),
+            json!("25h"),
+            json!("ten"),
+            json!("10 s"),
+            json!(""),
+            json!("1.5ms"),
+            json!(true),
+            json!(["10s"]),
+            json!({"s": 10}),
+        ] {
+            bodies.push(json!({ "ttl": ttl }));
+        }
+        // Bad waits (at most 10 minutes; zero is `0` or a zero with a unit).
+        for wait in [
+            json!("11m"),
+            json!("600001ms"),
+            json!(601),
+            json!("-1s"),
+            json!(-1),
+            json!("0"),
+            json!("0.0s"),
+            json!("0.5ms"),
+            json!("soon"),
+            json!("1e3s"),
+            json!(true),
+            json!([]),
+        ] {
+            bodies.push(json!({"ttl": "10s", "wait": wait}));
+        }
+        for body in &bodies {
+            bad_post(&api, lock, body.clone()).await;
+            bad_post(&api, campaign, with_value(body.clone())).await;
+        }
+        // Bad limits, on a held lock and on a free one.
+        for limit in
+            [json!(0), json!(10_001), json!(-1), json!(1.5), json!("2"), json!(true), json!(4_294_967_297u64)]
+        {
+            bad_post(&api, lock, json!({"ttl": "10s", "limit": limit})).await;
+            bad_post(&api, "/v1/locks/free", json!({"ttl": "10s", "limit": limit})).await;
+        }
+        // A campaign needs exactly one value, and no limit.
+        for body in [
+            json!({"ttl": "10s"}),
+            json!({"value": null, "ttl": "10s"}),
+            json!({"value": "v", "value_base64": "dg==", "ttl": "10s"}),
+            json!({"value_base64": "%%%", "ttl": "10s"}),
+            json!({"value": 5, "ttl": "10s"}),
+            json!({"value": "v", "ttl": "10s", "limit": 1}),
+        ] {
+            bad_post(&api, campaign, body).await;
+        }
+        // Not JSON, or not an object.
+        for (method, uri) in [(Method::POST, lock), (Method::POST, campaign)] {
+            for (body, code) in [
+                ("", "invalid_json"),
+                ("{", "invalid_json"),
+                ("ttl=10s", "invalid_json"),
+                ("[]", "invalid_argument"),
+                ("null", "invalid_argument"),
+            ] {
+                refused_lock(&api, method.clone(), uri, Some(body), &[], BAD, code).await;
+            }
+        }
+        // A malformed Idempotency-Key, a compressed body, a value over the limit.
+        let body = r#"{"value":"v","ttl":"10s"}"#;
+        refused_lock(
+            &api,
+            Method::POST,
+            lock,
+            Some(body),
+            &[("idempotency-key", "has space")],
+            BAD,
+            "invalid_argument",
+        )
+        .await;
+        refused_lock(
+            &api,
+            Method::POST,
+            campaign,
+            Some(body),
+            &[("content-encoding", "gzip")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+        )
+        .await;
+        let big = json!({"value": "v".repeat(1024 * 1024 + 1), "ttl": "10s"}).to_string();
+        refused_lock(
+            &api,
+            Method::POST,
+            campaign,
+            Some(&big),
+            &[],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        )
+        .await;
+        let huge = format!(r#"{{"ttl":"10s"}}{}"#, " ".repeat(2 * 1024 * 1024));
+        refused_lock(&api, Method::POST, lock, Some(&huge), &[], StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_owners_proclaims_and_query_parameters() {
+    with_node(|api| async move {
+        let (_, holder) = seed_locks(&api).await;
+        let inv = "invalid_argument";
+        let long = "o".repeat(129);
+        // Bad owners in a release or a resign.
+        for base in ["/v1/locks/held", "/v1/elections/e/leader"] {
+            for query in [
+                String::new(),
+                "?owner".to_string(),
+                "?owner=".to_string(),
+                format!("?owner={long}"),
+                "?owner=a%20b".to_string(),
+                "?owner=a+b".to_string(),
+                "?owner=%C3%A9".to_string(),
+                "?owner=%FF".to_string(),
+                format!("?owner={holder}&owner={holder}"),
+                format!("?owner={holder}&force"),
+                format!("?Owner={holder}"),
+            ] {
+                refused_lock(&api, Method::DELETE, &format!("{base}{query}"), None, &[], BAD, inv).await;
+            }
+        }
+        // Bad proclaims: an owner and exactly one value.
+        for body in [
+            json!({"value": "v"}),
+            json!({"owner": null, "value": "v"}),
+            json!({"owner": "", "value": "v"}),
+            json!({"owner": long, "value": "v"}),
+            json!({"owner": "a b", "value": "v"}),
+            json!({"owner": "é", "value": "v"}),
+            json!({"owner": 5, "value": "v"}),
+            json!({"owner": "1-1"}),
+            json!({"owner": "1-1", "value": "v", "value_base64": "dg=="}),
+            json!({"owner": "1-1", "value_base64": "%%%"}),
+            json!({"owner": "1-1", "value": "v", "ttl": "10s"}),
+        ] {
+            refused_lock(&api, Method::PUT, "/v1/elections/e/leader", Some(&body.to_string()), &[], BAD, inv)
+                .await;
+        }
+        refused_lock(&api, Method::PUT, "/v1/elections/e/leader", Some(""), &[], BAD, "invalid_json").await;
+        // Unknown, repeated or malformed query parameters, on every route.
+        for (method, uri, body) in [
+            (Method::POST, "/v1/locks/held?wait=1s", Some(r#"{"ttl":"10s"}"#)),
+            (Method::POST, "/v1/locks/held?ttl=10s", Some(r#"{"ttl":"10s"}"#)),
+            (Method::GET, "/v1/locks/held?limit=1", None),
+            (Method::GET, "/v1/locks/held?recursive", None),
+            (Method::GET, "/v1/locks/held?consistency=eventual", None),
+            (Method::GET, "/v1/locks/held?consistency=serializable&consistency=serializable", None),
+            (Method::GET, "/v1/locks?recursive", None),
+            (Method::GET, "/v1/locks?limit=0", None),
+            (Method::GET, "/v1/locks?limit=10001", None),
+            (Method::GET, "/v1/locks?limit=-1", None),
+            (Method::GET, "/v1/locks?limit=x", None),
+            (Method::GET, "/v1/locks?limit=1&limit=2", None),
+            (Method::GET, "/v1/locks?after=", None),
+            (Method::GET, "/v1/locks?consistency=strong", None),
+            (Method::POST, "/v1/fence/check?x=1", Some(r#"{"name":"held","token":1}"#)),
+            (Method::POST, "/v1/fence/check?consistency=eventual", Some(r#"{"name":"held","token":1}"#)),
+            (Method::POST, "/v1/elections/e/campaign?wait=1s", Some(r#"{"value":"v","ttl":"10s"}"#)),
+            (Method::PUT, "/v1/elections/e/leader?owner=1-1", Some(r#"{"owner":"1-1","value":"v"}"#)),
+            (Method::GET, "/v1/elections/e?x", None),
+            (Method::GET, "/v1/elections/e?consistency=x", None),
+            (Method::GET, "/v1/elections/e/observe?recursive", None),
+            (Method::GET, "/v1/elections/e/observe?consistency=x", None),
+            (Method::GET, "/v1/elections/e/observe?start_revision=1", None),
+        ] {
+            refused_lock(&api, method, uri, body, &[], BAD, inv).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_fence_checks_and_fence_compares() {
+    with_node(|api| async move {
+        seed_locks(&api).await;
+        let token = api.get("/v1/locks/held").await.ok()["holders"][0]["fencing_token"].as_u64().unwrap();
+        for body in [
+            json!({"name": "held"}),
+            json!({"token": token}),
+            json!({"name": "held", "token": 0}),
+            json!({"name": "held", "token": -1}),
+            json!({"name": "held", "token": "5"}),
+            json!({"name": "held", "token": 1.5}),
+            json!({"name": "held", "token": null}),
+            json!({"name": null, "token": token}),
+            json!({"name": 5, "token": token}),
+            json!({"name": "held", "token": token, "lease": 1}),
+        ] {
+            bad_post(&api, "/v1/fence/check", body).await;
+        }
+        let over = r#"{"name":"held","token":18446744073709551616}"#;
+        refused_lock(&api, Method::POST, "/v1/fence/check", Some(over), &[], BAD, "invalid_argument").await;
+        for (body, code) in [("", "invalid_json"), ("{", "invalid_json"), ("[]", "invalid_argument")] {
+            refused_lock(&api, Method::POST, "/v1/fence/check", Some(body), &[], BAD, code).await;
+        }
+        // Fence compares: `==` or `!=`, a lock (not a key) and a token.
+        let put = json!([{"put": {"key": "/k", "value": "fenced"}}]);
+        for compare in [
+            json!({"lock": "held", "target": "fence", "op": "<", "value": token}),
+            json!({"lock": "held", "target": "fence", "op": ">", "value": token}),
+            json!({"lock": "held", "target": "fence", "op": "<=", "value": token}),
+            json!({"lock": "held", "target": "fence", "op": "=", "value": token}),
+            json!({"key": "held", "target": "fence", "op": "==", "value": token}),
+            json!({"key": "/held", "target": "fence", "op": "==", "value": token}),
+            json!({"key": "/held", "lock": "held", "target": "fence", "op": "==", "value": token}),
+            json!({"target": "fence", "op": "==", "value": token}),
+            json!({"lock": "held", "target": "fence", "op": "=="}),
+            json!({"lock": "held", "target": "fence", "op": "==", "value": "5"}),
+            json!({"lock": "held", "target": "fence", "op": "==", "value": -1}),
+            json!({"lock": "held", "target": "fence", "op": "==", "value": 1.5}),
+            json!({"lock": "held", "target": "fence", "op": "==", "value_base64": "MQ=="}),
+            json!({"lock": "held", "target": "version", "op": "==", "value": 1}),
+            json!({"lock": "held", "key": "/k", "target": "version", "op": "==", "value": 1}),
+            json!({"lock": "held", "target": "Fence", "op": "==", "value": token}),
+        ] {
+            bad_post(&api, "/v1/txn", json!({"compare": [compare], "success": put})).await;
+        }
+        // The same compare, well formed, passes.
+        let ok = json!({"compare": [{"lock": "held", "target": "fence", "op": "==", "value": token}], "success": put});
+        assert_eq!(api.post("/v1/txn", ok, &[]).await.ok()["succeeded"], json!(true));
+        assert_eq!(api.get("/v1/kv/k").await.ok()["kv"]["value"], json!("fenced"));
+    })
+    .await;
 }
