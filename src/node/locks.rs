@@ -241,6 +241,10 @@ impl Node {
         loop {
             if let Some(done) = settled(self.standing(kind, name, owner, lease)) {
                 guard.disarm();
+                if own_lease && matches!(done, Acquired::Withdrawn { .. }) {
+                    // Released by another request: nobody will use the lease made for this one.
+                    self.abandon(kind, name, owner, lease, true);
+                }
                 return Ok(done);
             }
             tokio::select! {

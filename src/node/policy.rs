@@ -42,8 +42,11 @@ pub fn check_lock_name(kind: Kind, name: &str) -> Result<()> {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !ok {
         return Err(Error::InvalidArgument(format!(
-            "{name:?} is not a {} name: give 1 to 128 characters of A-Z a-z 0-9 . _ - (not . or ..)",
-            kind.as_str()
+            "{name:?} is not {} name: give 1 to 128 characters of A-Z a-z 0-9 . _ - (not . or ..)",
+            match kind {
+                Kind::Lock => "a lock",
+                Kind::Election => "an election",
+            }
         )));
     }
     Ok(())

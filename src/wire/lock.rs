@@ -14,8 +14,16 @@ pub fn wait_ms(v: &serde_json::Value) -> Result<u64, String> {
     let zero = match v {
         serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
         serde_json::Value::String(s) => {
+            // Zero in any decimal spelling ("0s", "0.0s", "00ms"); anything else is parsed
+            // (and checked) as a duration below.
             let digits = s.strip_suffix("ms").or_else(|| s.strip_suffix(['s', 'm', 'h']));
-            digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b == b'0'))
+            digits.is_some_and(|d| {
+                d.bytes().any(|b| b.is_ascii_digit())
+                    && d.bytes().all(|b| b == b'0' || b == b'.')
+                    && d.bytes().filter(|&b| b == b'.').count() <= 1
+                    && !d.starts_with('.')
+                    && !d.ends_with('.')
+            })
         }
         _ => false,
     };
@@ -203,14 +211,20 @@ mod tests {
             serde_json::json!("0s"),
             serde_json::json!("0ms"),
             serde_json::json!("00s"),
+            serde_json::json!("0.0s"),
         ] {
             assert_eq!(wait_ms(&zero), Ok(0), "{zero}");
         }
         assert_eq!(wait_ms(&serde_json::json!("1.5s")), Ok(1500));
         assert_eq!(wait_ms(&serde_json::json!(2)), Ok(2000));
-        for bad in
-            [serde_json::json!("0"), serde_json::json!(-1), serde_json::json!("s"), serde_json::json!(true)]
-        {
+        for bad in [
+            serde_json::json!("0"),
+            serde_json::json!(-1),
+            serde_json::json!("s"),
+            serde_json::json!(true),
+            serde_json::json!("0.s"),
+            serde_json::json!(".0s"),
+        ] {
             assert!(wait_ms(&bad).is_err(), "{bad}");
         }
     }

@@ -629,7 +629,7 @@ async fn bad_acquire_and_campaign_bodies() {
         ] {
             bodies.push(json!({ "ttl": ttl }));
         }
-        // Bad waits (at most 10 minutes; zero is `0` or a zero with a unit).
+        // Bad waits (at most 10 minutes; zero is `0` or a decimal zero with a unit).
         for wait in [
             json!("11m"),
             json!("600001ms"),
@@ -637,7 +637,8 @@ async fn bad_acquire_and_campaign_bodies() {
             json!("-1s"),
             json!(-1),
             json!("0"),
-            json!("0.0s"),
+            json!("0.s"),
+            json!(".0s"),
             json!("0.5ms"),
             json!("soon"),
             json!("1e3s"),

@@ -498,7 +498,7 @@ async fn a_lease_read_shows_its_keys() {
         );
         assert_eq!(
             l.as_object().unwrap().keys().cloned().collect::<Vec<_>>(),
-            vec!["id", "key_count", "keys", "remaining_ms", "ttl_ms"]
+            vec!["id", "key_count", "keys", "locks", "remaining_ms", "ttl_ms"]
         );
         let kv = api.get("/v1/kv/k/a").await.ok();
         assert_eq!(kv["kv"]["lease"], json!(id), "{kv}");
@@ -510,6 +510,20 @@ async fn a_lease_read_shows_its_keys() {
         let l = lease(&api, id).await;
         assert_eq!(l["keys"], json!(["/k/a", "/k/seq/00000000000000000001"]), "{l}");
         assert_eq!(l["key_count"], json!(2));
+        // Its locks and elections, held or awaited, are listed too.
+        assert_eq!(l["locks"], json!([]), "{l}");
+        let held = api.post("/v1/locks/db", json!({"lease": id}), &[]).await.ok();
+        let led = api.post("/v1/elections/e/campaign", json!({"lease": id, "value": "v"}), &[]).await.ok();
+        assert_eq!(
+            lease(&api, id).await["locks"],
+            json!([{"kind": "lock", "name": "db", "owner": held["owner"]},
+                   {"kind": "election", "name": "e", "owner": led["owner"]}])
+        );
+        let owner = held["owner"].as_str().unwrap();
+        api.delete(&format!("/v1/locks/db?owner={owner}")).await.ok();
+        let owner = led["owner"].as_str().unwrap();
+        api.delete(&format!("/v1/elections/e/leader?owner={owner}")).await.ok();
+        assert_eq!(lease(&api, id).await["locks"], json!([]));
         assert_eq!(lease(&api, other).await["keys"], json!(["/k/c"]));
         assert_eq!(api.get("/v1/kv/k/b").await.ok()["kv"]["lease"], json!(null));
         // Writing the key again under the same lease keeps it (no double count).
