@@ -39,6 +39,10 @@ disagreement between the spec and the server.
   headers and the `compacted` message, not live streams: those, and the refusals, are
   covered by tests/it/openapi_sync.rs and tests/it/http_api/watch.rs. A `progress`
   interval outside 100 ms to 1 h is replaced by a valid one of the same spelling.
+- A lock acquire or an election campaign waits up to its `wait` (30 s by default, up to
+  10 min) when the lock is held: every one gets a `wait` of 0 to 50 ms (in the spelling
+  generated). Its `ttl` is fitted like a lease's, and its `lease` folded like the ids
+  above. (An election's observe stream never ends: run.sh leaves it out.)
 """
 
 import math
@@ -189,6 +193,25 @@ def _fit_ttl(ttl):
     return f"{seconds}s" if isinstance(ttl, str) else seconds
 
 
+def _short_wait(wait):
+    """A lock wait of 0 to 50 ms, spelled as `wait` was (a number of seconds, or a string
+    with a unit)."""
+    ms = _next() % 51
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+        return ms / 1000
+    return f"{ms}ms"
+
+
+def _fit_acquire(body):
+    if not isinstance(body, dict):
+        return
+    body["wait"] = _short_wait(body.get("wait"))
+    if body.get("ttl") is not None:
+        body["ttl"] = _fit_ttl(body["ttl"])
+    if body.get("lease") is not None:
+        body["lease"] = _fold_lease(body["lease"])
+
+
 def _fit_put(body):
     if isinstance(body, dict) and "lease" in body:
         body["lease"] = _fold_lease(body["lease"])
@@ -298,3 +321,5 @@ def before_call(ctx, case, **kwargs):
             case.body["revision"] = fold(case.body["revision"])
     elif method == "POST" and path == "/v1/txn" and isinstance(case.body, dict):
         _fit_txn(case.body)
+    elif method == "POST" and path in ("/v1/locks/{name}", "/v1/elections/{name}/campaign"):
+        _fit_acquire(case.body)
