@@ -106,6 +106,13 @@ impl Raw {
         self.reply(Duration::from_secs(5)).await
     }
 
+    /// `POST path` with a JSON `body` on this connection (its reply is read separately).
+    async fn send_post(&mut self, path: &str, body: &str) -> std::io::Result<()> {
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
+        self.send(head.as_bytes()).await?;
+        self.send(body.as_bytes()).await
+    }
+
     /// Reads more bytes; `Ok(0)` at end of stream.
     async fn fill(&mut self, until: Instant) -> Result<usize, String> {
         let mut chunk = [0u8; 4096];
@@ -532,11 +539,22 @@ async fn shutdown_finishes_requests_but_does_not_wait_for_stalled_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_ends_watches_and_long_polls_at_once() {
+async fn shutdown_ends_watches_long_polls_lock_waits_and_observers_at_once() {
     // Watches never end by themselves: without ending them, shutdown would wait out the
-    // grace period (the request timeout, 1 s in the harness) and cut them off.
+    // grace period (the request timeout, 1 s in the harness) and cut them off. Nor do an
+    // election's observers, and a lock wait may last minutes.
     let c = node(&[]).await;
     let a = addr(&c);
+    let mut holder = Raw::connect(&a).await;
+    holder.send_post("/v1/locks/held", r#"{"ttl":"60s"}"#).await.unwrap();
+    assert_eq!(holder.reply(Duration::from_secs(5)).await.unwrap().status, 200);
+    let mut waiter = Raw::connect(&a).await;
+    waiter.send_post("/v1/locks/held", r#"{"ttl":"60s","wait":"10m"}"#).await.unwrap();
+    let mut observer = Raw::connect(&a).await;
+    observer.send(b"GET /v1/elections/e/observe HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let head = observer.reply(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
     let mut watch = Raw::connect(&a).await;
     watch.send(b"GET /v1/watch/app?recursive HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let head = watch.reply(Duration::from_secs(5)).await.unwrap();
@@ -550,7 +568,10 @@ async fn shutdown_ends_watches_and_long_polls_at_once() {
     c.signal(1, "TERM");
     let r = poll.reply(Duration::from_millis(500)).await.unwrap();
     r.assert_error(503, "unavailable");
+    let r = waiter.reply(Duration::from_millis(500)).await.unwrap();
+    r.assert_error(503, "unavailable");
     assert!(watch.closed_within(Duration::from_millis(500)).await, "a watch outlived the shutdown");
+    assert!(observer.closed_within(Duration::from_millis(500)).await, "an observer outlived the shutdown");
     while c.is_live(1) {
         assert!(t.elapsed() < Duration::from_secs(5), "the node did not exit within 5 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
