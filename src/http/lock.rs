@@ -90,6 +90,16 @@ pub(super) fn not_acquired(kind: Kind, name: &str, acquired: Acquired, term: u64
             format!("the waiter was released by another request before the {what} {name:?} was granted"),
         )
         .at(revision, term),
+        Acquired::Released { revision } => ApiError::new(
+            StatusCode::CONFLICT,
+            "lock_timeout",
+            format!(
+                "the {what} {name:?} was granted to the first request with this idempotency key, but that \
+                 holder has been released since (the request went away before it heard of the grant, or the \
+                 owner was released, or its lease ended); nothing is held"
+            ),
+        )
+        .at(revision, term),
         Acquired::Refused(outcome) => match write::unwrap_replay(outcome, term) {
             Err(e) => e,
             Ok((Outcome::LockLimitMismatch { revision, limit }, _)) => ApiError::new(

@@ -53,6 +53,10 @@ pub enum Acquired {
     LeaseEnded { revision: u64, lease: u64 },
     /// Another request released the waiter before its turn came.
     Withdrawn { revision: u64 },
+    /// A replayed grant (the same idempotency key) whose holder no longer holds: it was
+    /// withdrawn when its first request went away before hearing of the grant, released,
+    /// or its lease ended.
+    Released { revision: u64 },
     /// Apply refused the acquire, nothing changed (a limit mismatch, a missing lease, an
     /// idempotency key used for another request).
     Refused(Outcome),
@@ -176,6 +180,16 @@ impl Node {
             o => (o, false),
         };
         let acquired = match outcome {
+            // A replayed grant may have ended since (the first request may have gone away
+            // before it heard of the grant, and been withdrawn): it is reported held only
+            // if it still is, on a state that includes the replay.
+            Outcome::LockHeld { revision, holder } if replayed => {
+                self.linearize().await?;
+                match self.standing(kind, &name, &holder.owner, holder.lease) {
+                    Standing::Gone { revision, .. } => Acquired::Released { revision },
+                    Standing::Holding { .. } | Standing::Waiting => Acquired::Held { revision, holder },
+                }
+            }
             Outcome::LockHeld { revision, holder } => Acquired::Held { revision, holder },
             Outcome::LockQueued { revision, waiter, .. } => {
                 self.await_grant(kind, &name, waiter, revision, until, own_lease, &mut seat).await?

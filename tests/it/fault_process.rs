@@ -30,6 +30,15 @@
 //! revision together, the same history on every node) against the acknowledged writes
 //! and a final linearizable dump.
 //!
+//! Every round also runs the lock workload of `jepsen::recorder` ([`LockWorkload`]): holders
+//! contending for a mutex and a semaphore of limit 2, and candidates for an election,
+//! through every live node, each with a lease whose end a marker key records; a guarded
+//! resource that keeps the highest fencing token; fence checks and fenced puts; observers
+//! of the election on every node. It stops with the lease workload; once every lease has
+//! ended, the grants, releases, lease ends, accesses and fence answers are checked by
+//! `jepsen::fencing::check_locks_with`, and the observe streams (which must all end on
+//! "no leader") by `jepsen::fencing::check_observations`.
+//!
 //! The `netns_*` tests need root, iproute2 and iptables (CI's `.ci/run` installs them);
 //! without them they fail with the reason, they never pass silently.
 //!
@@ -53,8 +62,8 @@ use jepsen::history::{Call, History, Op, Outcome};
 use jepsen::leases::{self, check_leases, FaultWindow};
 use jepsen::linearizability;
 use jepsen::recorder::{
-    run_leases, run_register, start_watches, Endpoints, LeaseWorkload, Recorder, RegisterWorkload,
-    WatchWorkload,
+    run_leases, run_register, start_locks, start_watches, Endpoints, LeaseWorkload, LockWorkload, Recorder,
+    RegisterWorkload, WatchWorkload,
 };
 use support::netns::Net;
 use support::process::{Cluster, ClusterOptions, Consistency, BIN};
@@ -449,6 +458,16 @@ impl Run {
             lease_workload.clone(),
             lease_stop.clone(),
         ));
+        // Not drawn from `rng` either.
+        let lock_seed =
+            label.bytes().fold(self.seed ^ 0x10c4, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        let tag = label.replace(' ', "");
+        let locks = start_locks(
+            self.rec.clone(),
+            self.endpoints(),
+            LockWorkload::new(&format!("/jepsen-locks/{tag}"), &tag, lock_seed),
+        )
+        .await;
         let watches = start_watches(
             self.endpoints(),
             WatchWorkload {
@@ -485,6 +504,9 @@ impl Run {
             }
         }
         stop.store(true, Ordering::Relaxed);
+        // The lock workload too (it had the same healed load): its leases start to lapse.
+        locks.stop();
+        self.event("the lock workload stops".into());
         clients.await.expect("the clients finished");
         self.final_reads(&keys).await;
         let kvs = self.converged(&keys).await;
@@ -500,6 +522,17 @@ impl Run {
         }
         let lease_run = lease_clients.await.expect("the lease workload finished");
         self.check_leases(label, &lease_workload, &lease_run);
+        match locks.finish().await {
+            Ok(s) if s.report.grants < 10 || s.lease_ends < 3 => self.fail(
+                &format!(
+                    "the lock history is too thin to check anything (need 10 grants and 3 lease ends seen): {s}"
+                ),
+                "",
+                None,
+            ),
+            Ok(s) => println!("{}: {label}: locks: {s}", self.name),
+            Err(e) => self.fail("the locks, elections or fencing tokens broke a rule", &e, None),
+        }
         stats
     }
 

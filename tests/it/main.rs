@@ -9,6 +9,9 @@
 //! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
 //! - `lease_process`: leases on real processes (followers, the failover rule across a
 //!   leader kill, a partitioned old leader, a mass expiry).
+//! - `lock_process`: locks and elections on real processes (contending holders through
+//!   every node across leader kills, a holder paused past its lease, waiters whose lease
+//!   ends, observers on every node), checked by `jepsen::fencing`.
 //! - `watch_process`: watches on real processes (a leader killed, resumes on other nodes, a
 //!   follower restarted, snapshot install and compaction, stalled watchers), checked by
 //!   `jepsen::watch`.
@@ -32,5 +35,6 @@ mod hostile_peer;
 mod http_api;
 mod idempotency_process;
 mod lease_process;
+mod lock_process;
 mod openapi_sync;
 mod watch_process;
