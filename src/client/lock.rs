@@ -60,7 +60,7 @@ pub enum OwnerLease {
 pub struct AcquireOptions {
     pub lease: OwnerLease,
     /// How long the server may wait for the grant: `Some(ZERO)` tries once, `None` is the
-    /// server's default ([`DEFAULT_WAIT`]).
+    /// server's default (30 s).
     pub wait: Option<Duration>,
     /// How many may hold the lock at once (a semaphore); set by the first acquirer of an
     /// idle name, and a later acquirer asking for another limit is refused.
