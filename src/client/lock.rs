@@ -21,7 +21,6 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::utf8_percent_encode;
@@ -31,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::failover::Failover;
 use super::{
     api_error, chain, new_idempotency_key, num, query_string, root_cause, Client, Error, Reply, ENCODE,
 };
@@ -41,9 +41,6 @@ use crate::wire::lock::{
 
 /// How long the server waits for a grant when an acquire or a campaign does not say.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-
-/// Longest pause between two attempts to open an observation.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The lease a lock holder (or a candidate) is bound to: its end releases the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,21 +326,18 @@ impl Client {
             .build()
             .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Observer {
-            endpoints: self.endpoints.clone(),
+            failover: Failover::new(
+                self.endpoints.clone(),
+                self.current.load(Ordering::Relaxed),
+                self.timeout,
+            ),
             http,
             stream_path: name_path("/v1/elections", name, "/observe")?,
             leader_path: name_path("/v1/elections", name, "")?,
             probe,
             patience: self.timeout,
-            idx: self.current.load(Ordering::Relaxed),
             conn: None,
             last: None,
-            established: false,
-            failures: 0,
-            retries: 0,
-            refused: Vec::new(),
-            first_attempt: None,
-            wait: None,
             ended: false,
         })
     }
@@ -527,7 +521,6 @@ impl Conn {
 
 /// An observation of an election that resumes by itself; see the module doc.
 pub struct Observer {
-    endpoints: Arc<Vec<String>>,
     http: reqwest::Client,
     stream_path: String,
     leader_path: String,
@@ -536,40 +529,24 @@ pub struct Observer {
     /// How long a reply's head (and a probe) may take, and how long an observation never
     /// established is retried.
     patience: Duration,
-    /// The endpoint in use or to try next (modulo their number).
-    idx: usize,
+    /// Which endpoint, and when.
+    failover: Failover,
     conn: Option<Conn>,
     /// The last state delivered and its revision.
     last: Option<(State, u64)>,
-    established: bool,
-    /// Attempts and connections in a row that gave nothing.
-    failures: u32,
-    /// Failed attempts since the last connection was lost.
-    retries: u32,
-    /// Endpoints that refused a connection in a row, before the observation was established.
-    refused: Vec<String>,
-    first_attempt: Option<Instant>,
-    wait: Option<Duration>,
     ended: bool,
-}
-
-/// The pause after `failures` attempts in a row that gave nothing.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(100 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF)
 }
 
 impl Observer {
     /// The endpoint in use (or to be tried next).
     pub fn endpoint(&self) -> &str {
-        &self.endpoints[self.idx % self.endpoints.len()]
+        self.failover.endpoint()
     }
 
     /// Leaves the current connection; the next attempt goes to the next endpoint.
     fn drop_conn(&mut self) {
         self.conn = None;
-        self.failures += 1;
-        self.idx += 1;
-        self.wait = Some(backoff(self.failures));
+        self.failover.lost();
     }
 
     /// The next change or notice. An `Err` is final: the observation was refused (a bad
@@ -581,16 +558,10 @@ impl Observer {
                 return Err(Error::Other("the observation has ended".into()));
             }
             let Some(conn) = &mut self.conn else {
-                if let Some(wait) = self.wait.take() {
-                    tokio::time::sleep(wait).await;
-                }
-                let first = *self.first_attempt.get_or_insert_with(Instant::now);
+                self.failover.before_attempt().await;
                 match self.open().await {
                     Ok(conn) => {
-                        let resumed = self.established && self.retries > 0;
-                        self.established = true;
-                        self.retries = 0;
-                        self.refused.clear();
+                        let resumed = self.failover.connected();
                         let notice = format!("observing again via {}", conn.endpoint);
                         self.conn = Some(conn);
                         if resumed {
@@ -600,43 +571,24 @@ impl Observer {
                     }
                     Err((e, transient)) => {
                         let endpoint = self.endpoint().to_string();
-                        if !transient {
-                            self.ended = true;
-                            return Err(e);
-                        }
-                        if !self.established {
-                            match &e {
-                                Error::Connect(m) => self.refused.push(m.clone()),
-                                _ => self.refused.clear(),
-                            }
-                            if self.refused.len() >= self.endpoints.len() {
-                                self.ended = true;
-                                return Err(Error::Connect(format!(
-                                    "cannot connect to any endpoint ({})",
-                                    self.refused.join("; ")
-                                )));
-                            }
-                            if first.elapsed() >= self.patience
-                                && self.failures + 1 >= self.endpoints.len() as u32
-                            {
-                                self.ended = true;
-                                return Err(e);
-                            }
-                        }
-                        self.retries += 1;
-                        self.drop_conn();
-                        let what = if self.established { "observing again" } else { "starting to observe" };
+                        let e =
+                            self.failover.attempt_failed(e, transient).inspect_err(|_| self.ended = true)?;
+                        let what = if self.failover.established() {
+                            "observing again"
+                        } else {
+                            "starting to observe"
+                        };
                         return Ok(ObserveUpdate::Notice(format!(
                             "{what} via {endpoint} failed: {e}; trying {} in {:?}",
                             self.endpoint(),
-                            self.wait.unwrap_or_default()
+                            self.failover.pending_wait()
                         )));
                     }
                 }
             };
             match conn.next(self.probe).await {
                 Ok((event, json)) => {
-                    self.failures = 0;
+                    self.failover.delivered();
                     let endpoint = conn.endpoint.clone();
                     let (state, revision) = (event.state(), event.revision());
                     if let Some((last_state, last_revision)) = &self.last {
@@ -784,13 +736,6 @@ mod tests {
         assert_eq!((event.revision(), event.state()), (9, None));
         assert_eq!(serde_json::to_string(&event).unwrap(), line);
         assert!(serde_json::from_str::<ElectionEvent>(r#"{"progress":{"revision":1}}"#).is_err());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(3), Duration::from_millis(400));
-        assert_eq!(backoff(100), MAX_BACKOFF);
     }
 
     /// A server that plays one script per connection: an observation that repeats its

@@ -30,6 +30,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 mod cluster;
+mod failover;
 mod kv;
 mod lease;
 mod lock;

@@ -18,8 +18,8 @@
 use std::time::Duration;
 
 use reqwest::header::ACCEPT;
-use tokio::time::Instant;
 
+use super::failover::Failover;
 use super::{api_error, chain, flag, key_path, num, query_string, root_cause, Client, Error};
 use crate::wire::watch::WatchMessage;
 
@@ -29,9 +29,6 @@ pub const DEFAULT_PROGRESS: Duration = Duration::from_secs(5);
 /// Progress intervals of silence after which a connection is taken for dead (the server
 /// sends a progress message after every interval without a change).
 pub const SILENT_INTERVALS: u32 = 3;
-
-/// Longest pause between two attempts to open a watch.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Options of [`Client::watch`].
 #[derive(Debug, Clone)]
@@ -120,7 +117,6 @@ impl Conn {
 
 /// A watch that resumes by itself; see the module documentation.
 pub struct Watcher {
-    endpoints: std::sync::Arc<Vec<String>>,
     http: reqwest::Client,
     /// The URL path, without the query.
     path: String,
@@ -128,22 +124,11 @@ pub struct Watcher {
     /// How long the reply's head may take, and how long a watch never established is
     /// retried.
     patience: Duration,
-    /// The endpoint in use or to try next (modulo their number).
-    idx: usize,
+    /// Which endpoint, and when.
+    failover: Failover,
     conn: Option<Conn>,
     /// The revision to open the watch at (`None`: from now, until a first message).
     next_start: Option<u64>,
-    /// A connection was open once.
-    established: bool,
-    /// Attempts and connections in a row that gave no message.
-    failures: u32,
-    /// Failed attempts since the last connection was lost.
-    retries: u32,
-    /// Endpoints that refused a connection in a row, before the watch was established.
-    refused: Vec<String>,
-    first_attempt: Option<Instant>,
-    /// The pause before the next attempt.
-    wait: Option<Duration>,
     ended: bool,
 }
 
@@ -158,28 +143,20 @@ impl Client {
             .build()
             .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Watcher {
-            endpoints: self.endpoints.clone(),
+            failover: Failover::new(
+                self.endpoints.clone(),
+                self.current.load(std::sync::atomic::Ordering::Relaxed),
+                self.timeout,
+            ),
             http,
             path,
             next_start: opts.start_revision,
             opts,
             patience: self.timeout,
-            idx: self.current.load(std::sync::atomic::Ordering::Relaxed),
             conn: None,
-            established: false,
-            failures: 0,
-            retries: 0,
-            refused: Vec::new(),
-            first_attempt: None,
-            wait: None,
             ended: false,
         })
     }
-}
-
-/// The pause after `failures` attempts in a row that gave nothing.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(100 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF)
 }
 
 impl Watcher {
@@ -191,7 +168,7 @@ impl Watcher {
 
     /// The endpoint in use (or to be tried next).
     pub fn endpoint(&self) -> &str {
-        &self.endpoints[self.idx % self.endpoints.len()]
+        self.failover.endpoint()
     }
 
     fn at(&self) -> String {
@@ -210,16 +187,10 @@ impl Watcher {
                 return Ok(None);
             }
             let Some(conn) = &mut self.conn else {
-                if let Some(wait) = self.wait.take() {
-                    tokio::time::sleep(wait).await;
-                }
-                let first = *self.first_attempt.get_or_insert_with(Instant::now);
+                self.failover.before_attempt().await;
                 match self.open().await {
                     Ok(conn) => {
-                        let resumed = self.established && self.retries > 0;
-                        self.established = true;
-                        self.retries = 0;
-                        self.refused.clear();
+                        let resumed = self.failover.connected();
                         let notice = format!("resumed {} via {}", self.at(), conn.endpoint);
                         self.conn = Some(conn);
                         if resumed {
@@ -229,46 +200,21 @@ impl Watcher {
                     }
                     Err((e, transient)) => {
                         let endpoint = self.endpoint().to_string();
-                        if !transient {
-                            self.ended = true;
-                            return Err(e);
-                        }
-                        if !self.established {
-                            match &e {
-                                Error::Connect(m) => self.refused.push(m.clone()),
-                                _ => self.refused.clear(),
-                            }
-                            if self.refused.len() >= self.endpoints.len() {
-                                self.ended = true;
-                                return Err(Error::Connect(format!(
-                                    "cannot connect to any endpoint ({})",
-                                    self.refused.join("; ")
-                                )));
-                            }
-                            // Every endpoint gets a chance, even one that hangs.
-                            if first.elapsed() >= self.patience
-                                && self.failures + 1 >= self.endpoints.len() as u32
-                            {
-                                self.ended = true;
-                                return Err(e);
-                            }
-                        }
-                        self.failures += 1;
-                        self.retries += 1;
-                        self.idx += 1;
-                        let wait = backoff(self.failures);
-                        self.wait = Some(wait);
-                        let what = if self.established { "resuming" } else { "starting the watch" };
+                        let e =
+                            self.failover.attempt_failed(e, transient).inspect_err(|_| self.ended = true)?;
+                        let what =
+                            if self.failover.established() { "resuming" } else { "starting the watch" };
                         return Ok(Some(WatchUpdate::Notice(format!(
-                            "{what} via {endpoint} failed: {e}; trying {} in {wait:?}",
-                            self.endpoint()
+                            "{what} via {endpoint} failed: {e}; trying {} in {:?}",
+                            self.endpoint(),
+                            self.failover.pending_wait()
                         ))));
                     }
                 }
             };
             match conn.next().await {
                 Ok((message, json)) => {
-                    self.failures = 0;
+                    self.failover.delivered();
                     match &message {
                         WatchMessage::Change { revision, .. } => {
                             if let Some(start) = self.next_start.filter(|&s| *revision < s) {
@@ -294,9 +240,7 @@ impl Watcher {
                 Err(ConnError::Lost(reason)) => {
                     let endpoint = conn.endpoint.clone();
                     self.conn = None;
-                    self.failures += 1;
-                    self.idx += 1;
-                    self.wait = Some(backoff(self.failures));
+                    self.failover.lost();
                     return Ok(Some(WatchUpdate::Notice(format!(
                         "connection to {endpoint} lost ({reason}); resuming {} via {}",
                         self.at(),
@@ -355,7 +299,7 @@ impl Watcher {
         // A resumed watch asks only for revisions a node delivered or confirmed: a node that
         // does not have them yet may be behind, and another one may not be.
         let transient = matches!(status.as_u16(), 429 | 503 | 504)
-            || (self.established && e.code() == Some("future_revision"));
+            || (self.failover.established() && e.code() == Some("future_revision"));
         Err((e, transient))
     }
 }
@@ -510,14 +454,5 @@ mod tests {
             "{notices:?}"
         );
         assert_eq!(w.resume_revision(), Some(4));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(2), Duration::from_millis(200));
-        assert_eq!(backoff(4), Duration::from_millis(800));
-        assert_eq!(backoff(6), MAX_BACKOFF);
-        assert_eq!(backoff(1000), MAX_BACKOFF);
     }
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::kv::consistency;
-use super::lock::{lease_or_ttl, name, not_acquired, owner, reply, wait};
+use super::lock::{lease_or_ttl, name, not_acquired, release_owner, reply, wait};
 use super::query::Query;
 use super::write;
 use crate::error::Error;
@@ -43,13 +43,12 @@ fn no_leader(name: &str, revision: u64, term: u64) -> ApiError {
         .at(revision, term)
 }
 
-fn not_leader(name: &str, owner: &str, revision: u64, term: u64) -> ApiError {
+fn not_leader(name: &str, owner: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "not_leader",
         format!("{owner:?} does not lead the election {name:?}"),
     )
-    .at(revision, term)
 }
 
 /// `POST /v1/elections/{name}/campaign` with `{"value", "ttl" | "lease", "wait"}`.
@@ -109,7 +108,7 @@ pub async fn proclaim(
         Outcome::Proclaimed { revision, holder } => {
             Ok(reply(StatusCode::OK, &leader(name, holder, revision), revision, term))
         }
-        Outcome::NotLeader { revision } => Err(not_leader(&name, &req.owner, revision, term)),
+        Outcome::NotLeader { revision } => Err(not_leader(&name, &req.owner).at(revision, term)),
         other => Err(Error::Internal(format!("a proclaim was decided as {other:?}")).into()),
     };
     write::mark_replayed(r, replayed)
@@ -122,21 +121,7 @@ pub async fn resign(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let name = name(Kind::Election, &raw)?;
-    let owner = owner(&uri)?;
-    let once = write::idempotency_key(&headers)?;
-    let cmd = Command::LockRelease { kind: Kind::Election, name: name.clone(), owner: owner.clone() };
-    let outcome = node.write(node.idempotent(once, cmd)?).await?;
-    let term = node.term();
-    let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
-    let r = match outcome {
-        Outcome::LockReleased { revision, held } => {
-            Ok(reply(StatusCode::OK, &w::ReleaseResponse { revision, released: held }, revision, term))
-        }
-        Outcome::OwnerNotFound { revision } => Err(not_leader(&name, &owner, revision, term)),
-        other => Err(Error::Internal(format!("a resign was decided as {other:?}")).into()),
-    };
-    write::mark_replayed(r, replayed)
+    release_owner(&node, Kind::Election, &raw, &uri, &headers, not_leader).await
 }
 
 /// `GET /v1/elections/{name}`: the leader, or 404 `no_leader`.

@@ -183,10 +183,30 @@ pub async fn release(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let name = name(Kind::Lock, &raw)?;
-    let owner = owner(&uri)?;
-    let once = write::idempotency_key(&headers)?;
-    let cmd = Command::LockRelease { kind: Kind::Lock, name: name.clone(), owner: owner.clone() };
+    release_owner(&node, Kind::Lock, &raw, &uri, &headers, |name, owner| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "owner_not_found",
+            format!("{owner:?} neither holds nor waits for the lock {name:?} (already released?)"),
+        )
+    })
+    .await
+}
+
+/// Releases (or resigns, or withdraws) the `?owner=` of the lock or election in the path;
+/// `stranger(name, owner)` is the error for an owner that neither holds nor waits.
+pub(super) async fn release_owner(
+    node: &Arc<Node>,
+    kind: Kind,
+    raw: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    stranger: impl FnOnce(&str, &str) -> ApiError,
+) -> Result<Response, ApiError> {
+    let name = name(kind, raw)?;
+    let owner = owner(uri)?;
+    let once = write::idempotency_key(headers)?;
+    let cmd = Command::LockRelease { kind, name: name.clone(), owner: owner.clone() };
     let outcome = node.write(node.idempotent(once, cmd)?).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
@@ -194,12 +214,7 @@ pub async fn release(
         Outcome::LockReleased { revision, held } => {
             Ok(reply(StatusCode::OK, &w::ReleaseResponse { revision, released: held }, revision, term))
         }
-        Outcome::OwnerNotFound { revision } => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "owner_not_found",
-            format!("{owner:?} neither holds nor waits for the lock {name:?} (already released?)"),
-        )
-        .at(revision, term)),
+        Outcome::OwnerNotFound { revision } => Err(stranger(&name, &owner).at(revision, term)),
         other => Err(Error::Internal(format!("a release was decided as {other:?}")).into()),
     };
     write::mark_replayed(r, replayed)
