@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::process::{palisade_command, run_to_exit, Cluster, ClusterOptions, Exited};
+use support::running::Running;
 
 /// Runs `palisade <group> --endpoints <endpoints> <rest...>`.
 fn cli(endpoints: &str, args: &[&str]) -> Exited {
@@ -363,76 +364,6 @@ async fn cli_leases_grant_show_list_revoke_and_keys_under_leases() {
     );
 }
 
-/// A CLI command left running (`lease keepalive`): its stdout lines as they come, its
-/// stderr in a file; killed when dropped.
-struct Running {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    stderr: tempfile::NamedTempFile,
-}
-
-impl Running {
-    fn start(endpoints: &str, args: &[&str]) -> Running {
-        let mut v = vec![args[0].to_string(), "--endpoints".to_string(), endpoints.to_string()];
-        v.extend(args[1..].iter().map(|s| s.to_string()));
-        let stderr = tempfile::NamedTempFile::new().unwrap();
-        let mut child = palisade_command(&v)
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().unwrap())
-            .spawn()
-            .expect("spawn palisade");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running { child, lines, stderr }
-    }
-
-    /// The next line of stdout, if one comes within `within`.
-    fn line(&self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-
-    /// The exit code, if the command exits within `within`.
-    fn exit(&mut self, within: Duration) -> Option<Option<i32>> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s.code());
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: &str) {
-        let st = std::process::Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A keepalive line: `lease=ID ttl=TTL remaining=LEFT`, checked, and the time left.
 fn renewal(line: &str, id: u64, ttl: Duration) -> Duration {
     assert_eq!(field(line, "lease"), Some(&*id.to_string()), "{line:?}");
@@ -459,14 +390,14 @@ async fn cli_keepalive_renews_shows_time_left_and_reports_a_lost_lease() {
 
     // An unknown lease is lost from the start.
     let mut k = Running::start(&ep_b, &["lease", "keepalive", "987654"]);
-    assert_eq!(k.exit(Duration::from_secs(15)), Some(Some(1)), "{}", k.stderr());
+    assert_eq!(k.exit(Duration::from_secs(15)), Some(1), "{}", k.stderr());
     assert!(k.stderr().contains("is lost") && k.stderr().contains("lease_not_found"), "{}", k.stderr());
 
     // Renewals go on past the TTL, through an endpoint that hangs (paused) for longer than
     // the TTL: the lease would have ended without them.
     let id = grant(&ep_b);
     let k = Running::start(&format!("{ep_a},{ep_b}"), &["lease", "keepalive", &id.to_string()]);
-    let first = k.line(line_wait).unwrap_or_else(|| panic!("no renewal: {}", k.stderr()));
+    let first = k.maybe_line(line_wait).unwrap_or_else(|| panic!("no renewal: {}", k.stderr()));
     renewal(&first, id, ttl);
     c.pause(a);
     let paused = std::time::Instant::now();
@@ -474,7 +405,7 @@ async fn cli_keepalive_renews_shows_time_left_and_reports_a_lost_lease() {
     // Past TTL + 2 x the longest election timeout + the checkpoint interval + slack after
     // the last renewal acknowledged before the pause.
     while paused.elapsed() < Duration::from_secs(5) {
-        if let Some(line) = k.line(Duration::from_millis(200)) {
+        if let Some(line) = k.maybe_line(Duration::from_millis(200)) {
             renewal(&line, id, ttl);
             during += 1;
         }
@@ -489,18 +420,18 @@ async fn cli_keepalive_renews_shows_time_left_and_reports_a_lost_lease() {
     let e = cli(&ep_b, &["lease", "revoke", &id.to_string()]);
     assert!(ok(&e), "{e:?}");
     let mut k = k;
-    assert_eq!(k.exit(Duration::from_secs(15)), Some(Some(1)), "{}", k.stderr());
+    assert_eq!(k.exit(Duration::from_secs(15)), Some(1), "{}", k.stderr());
     assert!(k.stderr().contains("is lost") && k.stderr().contains("lease_not_found"), "{}", k.stderr());
 
     // -o json: one reply per line; Ctrl-C stops it with exit 0.
     let id = grant(&ep_b);
     let mut k = Running::start(&ep_b, &["lease", "-o", "json", "keepalive", &id.to_string()]);
-    let line = k.line(line_wait).unwrap_or_else(|| panic!("no renewal: {}", k.stderr()));
+    let line = k.maybe_line(line_wait).unwrap_or_else(|| panic!("no renewal: {}", k.stderr()));
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!((v["id"].as_u64(), v["ttl_ms"].as_u64()), (Some(id), Some(3000)), "{line}");
     assert!(v["remaining_ms"].as_u64().is_some_and(|r| r > 0 && r <= 3000), "{line}");
     k.signal("INT");
-    assert_eq!(k.exit(Duration::from_secs(10)), Some(Some(0)), "{}", k.stderr());
+    assert_eq!(k.exit(Duration::from_secs(10)), Some(0), "{}", k.stderr());
     assert!(k.stderr().contains("stopped"), "{}", k.stderr());
 
     // Its only endpoint gone: retried while the lease is sure to live (its TTL after the
@@ -508,14 +439,14 @@ async fn cli_keepalive_renews_shows_time_left_and_reports_a_lost_lease() {
     let id = grant(&ep_b);
     let mut k = Running::start(&ep_a, &["lease", "keepalive", &id.to_string()]);
     for _ in 0..2 {
-        let line = k.line(line_wait).unwrap_or_else(|| panic!("no renewal: {}", k.stderr()));
+        let line = k.maybe_line(line_wait).unwrap_or_else(|| panic!("no renewal: {}", k.stderr()));
         renewal(&line, id, ttl);
     }
     c.kill_9(a);
     let killed = std::time::Instant::now();
     let exit = k.exit(Duration::from_secs(20));
     let took = killed.elapsed();
-    assert_eq!(exit, Some(Some(1)), "{}", k.stderr());
+    assert_eq!(exit, Some(1), "{}", k.stderr());
     assert!(k.stderr().contains("retrying") && k.stderr().contains("may have expired"), "{}", k.stderr());
     // The last renewal was sent at most a third of the TTL (and one reply) before the kill.
     assert!(
@@ -555,7 +486,8 @@ async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
     // From now, in JSON: first a progress message at the current revision, then one line
     // per revision that changed a key under /app, as the server sent it.
     let w = Running::start(&ep, &["kv", "watch", "/app", "--recursive", "-o", "json", "--progress", "1m"]);
-    let line = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("no first line: {}", w.stderr()));
+    let line =
+        w.maybe_line(Duration::from_secs(10)).unwrap_or_else(|| panic!("no first line: {}", w.stderr()));
     assert_eq!(line, format!(r#"{{"progress":{{"revision":{r1}}}}}"#));
     let r2 = put("/app/b", "2");
     put("/other", "x");
@@ -566,7 +498,7 @@ async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
     let r6 = put("/app/c/d", "3");
     let mut got = Vec::new();
     while got.len() < 4 {
-        let line = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{got:?}: {}", w.stderr()));
+        let line = w.maybe_line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{got:?}: {}", w.stderr()));
         got.push(watch_message(&line));
     }
     let summary: Vec<(u64, Vec<Ev>)> = got
@@ -602,7 +534,7 @@ async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
             (r6, vec![ev("put", "/app/c/d", Some("3"))]),
         ]
     );
-    assert_eq!(w.line(Duration::from_millis(300)), None, "nothing else");
+    assert_eq!(w.maybe_line(Duration::from_millis(300)), None, "nothing else");
     assert_eq!(w.stderr(), "", "no notice without a reason");
 
     // --from replays the history, then goes on live; for people, one line per key, and
@@ -611,7 +543,9 @@ async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
     let r7 = put("/app/e", "two\nlines");
     let mut lines = Vec::new();
     while lines.len() < 14 {
-        lines.push(h.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{lines:?}: {}", h.stderr())));
+        lines.push(
+            h.maybe_line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{lines:?}: {}", h.stderr())),
+        );
     }
     let none = "  prev: (the key did not exist)".to_string();
     let prev = |k: &str, v: &str, version: u64, modr: u64, create: u64| {
@@ -637,7 +571,7 @@ async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
         ]
     );
     h.signal("INT");
-    assert_eq!(h.exit(Duration::from_secs(10)), Some(Some(0)), "{}", h.stderr());
+    assert_eq!(h.exit(Duration::from_secs(10)), Some(0), "{}", h.stderr());
     assert!(h.stderr().contains(&format!("continue with --from {}", r7 + 1)), "{}", h.stderr());
 
     // History that is gone: an error, exit 1, at once. The running watch is unaffected.
@@ -648,7 +582,7 @@ async fn cli_watch_prints_changes_replays_history_and_ends_on_compaction() {
     assert!(e.stderr.contains("compacted") && e.stdout.is_empty(), "{e:?}");
     let r8 = put("/app/f", "4");
     for r in [r7, r8] {
-        let line = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{}", w.stderr()));
+        let line = w.maybe_line(Duration::from_secs(10)).unwrap_or_else(|| panic!("{}", w.stderr()));
         assert!(
             matches!(watch_message(&line), WatchMessage::Change { revision, .. } if revision == r),
             "{r}: {line}"
@@ -714,7 +648,8 @@ async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
     // The watch starts on f1 (the first endpoint), then goes round-robin: the leader, f2.
     let eps = format!("{},{},{}", c.client_url(f1), c.client_url(leader), c.client_url(f2));
     let w = Running::start(&eps, &["kv", "watch", "/w", "--recursive", "-o", "json", "--progress", "500ms"]);
-    let first = w.line(Duration::from_secs(10)).unwrap_or_else(|| panic!("no first line: {}", w.stderr()));
+    let first =
+        w.maybe_line(Duration::from_secs(10)).unwrap_or_else(|| panic!("no first line: {}", w.stderr()));
     let WatchMessage::Progress { revision: started_at } =
         WatchMessage::from_json(&serde_json::from_str(&first).unwrap()).unwrap()
     else {
@@ -755,7 +690,7 @@ async fn cli_watch_resumes_on_the_next_endpoint_without_a_gap_or_a_repeat() {
     let mut read_for = |lines: &mut Vec<String>, d: Duration| {
         let until = std::time::Instant::now() + d;
         while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
-            if let Some(l) = w.line(left) {
+            if let Some(l) = w.maybe_line(left) {
                 lines.push(l);
             }
         }

@@ -4,6 +4,7 @@
 //! - [`process`]: real `palisade serve` processes on 127.0.0.1 (a cluster of them, each
 //!   with its own temp data dir and log file), crash and restart them, find the leader,
 //!   and a small reqwest-based HTTP client for the KV API.
+//! - [`running`]: a client command left running, read line by line.
 //! - [`watch_client`]: a watch reader that records every message of a (resumed) watch
 //!   for `jepsen::watch::check_watches`.
 //! - [`netns`]: a private test network (one network namespace and address per node) with
@@ -14,4 +15,5 @@
 
 pub mod netns;
 pub mod process;
+pub mod running;
 pub mod watch_client;
