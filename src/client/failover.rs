@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Error;
+use reqwest::header::ACCEPT;
+
+use super::{chain, root_cause, Error};
 
 /// The longest pause between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -133,6 +135,49 @@ impl Failover {
         self.failures += 1;
         self.idx += 1;
         self.wait = Some(backoff(self.failures));
+    }
+}
+
+/// Why a stream did not open.
+pub(super) enum Refusal {
+    /// No answer, a transport error, or an error reply that did not arrive whole: another
+    /// attempt may do better.
+    Transport(Error),
+    /// An error reply: its status and body.
+    Status(u16, Vec<u8>),
+}
+
+/// Opens an NDJSON stream at `url` of `endpoint`: the reply, once its head came within
+/// `patience` with a success status.
+pub(super) async fn open_stream(
+    http: &reqwest::Client,
+    endpoint: &str,
+    url: &str,
+    patience: Duration,
+) -> Result<reqwest::Response, Refusal> {
+    let req = http.get(url).header(ACCEPT, "application/x-ndjson");
+    let resp = match tokio::time::timeout(patience, req.send()).await {
+        Err(_) => {
+            return Err(Refusal::Transport(Error::Other(format!("{endpoint}: no reply within {patience:?}"))))
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            return Err(Refusal::Transport(Error::Connect(format!("{endpoint}: {}", root_cause(&e)))))
+        }
+        Ok(Err(e)) => return Err(Refusal::Transport(Error::Other(format!("{endpoint}: {}", chain(&e))))),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    match tokio::time::timeout(patience, resp.bytes()).await {
+        Ok(Ok(bytes)) => Err(Refusal::Status(status.as_u16(), bytes.to_vec())),
+        Ok(Err(e)) => {
+            Err(Refusal::Transport(Error::Other(format!("{endpoint}: reading the reply: {}", chain(&e)))))
+        }
+        Err(_) => Err(Refusal::Transport(Error::Other(format!(
+            "{endpoint}: the reply did not arrive within {patience:?}"
+        )))),
     }
 }
 

@@ -24,13 +24,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use percent_encoding::utf8_percent_encode;
-use reqwest::header::ACCEPT;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::failover::Failover;
+use super::failover::{open_stream, Failover, Refusal};
 use super::{
     api_error, chain, new_idempotency_key, num, query_string, root_cause, Client, Error, Reply, ENCODE,
 };
@@ -662,32 +661,13 @@ impl Observer {
     async fn open(&self) -> Result<Conn, (Error, bool)> {
         let endpoint = self.endpoint().to_string();
         let url = format!("{endpoint}{}", self.stream_path);
-        let req = self.http.get(&url).header(ACCEPT, "application/x-ndjson");
-        let resp = match tokio::time::timeout(self.patience, req.send()).await {
-            Err(_) => {
-                return Err((Error::Other(format!("{endpoint}: no reply within {:?}", self.patience)), true))
+        match open_stream(&self.http, &endpoint, &url, self.patience).await {
+            Ok(resp) => Ok(Conn { resp, endpoint, buf: Vec::new() }),
+            Err(Refusal::Transport(e)) => Err((e, true)),
+            Err(Refusal::Status(status, bytes)) => {
+                Err((api_error(status, &bytes), matches!(status, 429 | 503 | 504)))
             }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err((Error::Connect(format!("{endpoint}: {}", root_cause(&e))), true))
-            }
-            Ok(Err(e)) => return Err((Error::Other(format!("{endpoint}: {}", chain(&e))), true)),
-            Ok(Ok(resp)) => resp,
-        };
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(Conn { resp, endpoint, buf: Vec::new() });
         }
-        let bytes = match tokio::time::timeout(self.patience, resp.bytes()).await {
-            Ok(Ok(b)) => b,
-            _ => {
-                return Err((
-                    Error::Other(format!("{endpoint}: the reply did not arrive within {:?}", self.patience)),
-                    true,
-                ))
-            }
-        };
-        let transient = matches!(status.as_u16(), 429 | 503 | 504);
-        Err((api_error(status.as_u16(), &bytes), transient))
     }
 }
 

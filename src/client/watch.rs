@@ -17,10 +17,8 @@
 
 use std::time::Duration;
 
-use reqwest::header::ACCEPT;
-
-use super::failover::Failover;
-use super::{api_error, chain, flag, key_path, num, query_string, root_cause, Client, Error};
+use super::failover::{open_stream, Failover, Refusal};
+use super::{api_error, flag, key_path, num, query_string, root_cause, Client, Error};
 use crate::wire::watch::WatchMessage;
 
 /// The progress interval a watcher asks for when none is given.
@@ -267,38 +265,18 @@ impl Watcher {
             ("progress", Some(format!("{}ms", self.opts.progress.as_millis()))),
         ]);
         let url = format!("{endpoint}{}{q}", self.path);
-        let req = self.http.get(&url).header(ACCEPT, "application/x-ndjson");
-        let resp = match tokio::time::timeout(self.patience, req.send()).await {
-            Err(_) => {
-                return Err((Error::Other(format!("{endpoint}: no reply within {:?}", self.patience)), true))
+        let (status, bytes) = match open_stream(&self.http, &endpoint, &url, self.patience).await {
+            Ok(resp) => {
+                let silence = self.opts.progress * SILENT_INTERVALS;
+                return Ok(Conn { resp, endpoint, buf: Vec::new(), scanned: 0, silence });
             }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err((Error::Connect(format!("{endpoint}: {}", root_cause(&e))), true))
-            }
-            Ok(Err(e)) => return Err((Error::Other(format!("{endpoint}: {}", chain(&e))), true)),
-            Ok(Ok(resp)) => resp,
+            Err(Refusal::Transport(e)) => return Err((e, true)),
+            Err(Refusal::Status(status, bytes)) => (status, bytes),
         };
-        let status = resp.status();
-        if status.is_success() {
-            let silence = self.opts.progress * SILENT_INTERVALS;
-            return Ok(Conn { resp, endpoint, buf: Vec::new(), scanned: 0, silence });
-        }
-        let bytes = match tokio::time::timeout(self.patience, resp.bytes()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                return Err((Error::Other(format!("{endpoint}: reading the reply: {}", chain(&e))), true))
-            }
-            Err(_) => {
-                return Err((
-                    Error::Other(format!("{endpoint}: the reply did not arrive within {:?}", self.patience)),
-                    true,
-                ))
-            }
-        };
-        let e = api_error(status.as_u16(), &bytes);
+        let e = api_error(status, &bytes);
         // A resumed watch asks only for revisions a node delivered or confirmed: a node that
         // does not have them yet may be behind, and another one may not be.
-        let transient = matches!(status.as_u16(), 429 | 503 | 504)
+        let transient = matches!(status, 429 | 503 | 504)
             || (self.failover.established() && e.code() == Some("future_revision"));
         Err((e, transient))
     }
