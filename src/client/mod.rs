@@ -631,7 +631,7 @@ mod tests {
         let cluster = json!({"cluster_id": "c1", "node_id": 1, "leader": null, "term": 0, "revision": 0,
             "compact_revision": 0, "applied_index": 0, "store_bytes": 10, "quota_bytes": 100, "idempotency_keys": 2,
             "leases": {"alive": 1, "granted": 4, "expired": 2, "revoked": 1},
-            "locks": {"active": 1, "owners": 3, "grants": 9, "handoffs": 4, "waits": 5, "lease_ended": 1},
+            "locks": {"active": 1, "owners": 3, "bytes": 60, "grants": 9, "handoffs": 4, "waits": 5, "lease_ended": 1},
             "members": [{"id": 1, "client_url": "http://a", "peer_url": "http://b", "role": "voter"}]});
         let c: ClusterResponse = serde_json::from_value(cluster.clone()).unwrap();
         assert_eq!(c.leader, None);

@@ -37,6 +37,7 @@ pub async fn cluster(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response
         locks: wire::LockStats {
             active: s.locks_active,
             owners: s.lock_owners,
+            bytes: s.lock_bytes,
             grants: s.lock_counters.grants,
             handoffs: s.lock_counters.handoffs,
             waits: s.lock_counters.waits,

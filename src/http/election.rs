@@ -13,6 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::ApiError;
 use super::kv::consistency;
@@ -55,6 +56,7 @@ fn not_leader(name: &str, owner: &str) -> ApiError {
 pub async fn campaign(
     State(node): State<Arc<Node>>,
     Path(raw): Path<String>,
+    permit: Option<Extension<super::InflightPermit>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -75,6 +77,10 @@ pub async fn campaign(
         value,
         idempotency_key: once,
     };
+    // Read and checked: it waits under --max-watchers from here.
+    if let Some(Extension(permit)) = permit {
+        permit.release();
+    }
     let (acquired, replayed) = node.acquire(request).await?;
     let term = node.term();
     let r = match acquired {

@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -124,6 +125,7 @@ pub(super) fn not_acquired(kind: Kind, name: &str, acquired: Acquired, term: u64
 pub async fn acquire(
     State(node): State<Arc<Node>>,
     Path(raw): Path<String>,
+    permit: Option<Extension<super::InflightPermit>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -148,6 +150,10 @@ pub async fn acquire(
         value: Vec::new(),
         idempotency_key: once,
     };
+    // Read and checked: it waits under --max-watchers from here.
+    if let Some(Extension(permit)) = permit {
+        permit.release();
+    }
     let (acquired, replayed) = node.acquire(request).await?;
     let term = node.term();
     let r = match acquired {

@@ -117,23 +117,46 @@ pub fn peer_router(node: Arc<Node>) -> Router {
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so
-/// memory and queues stay bounded under overload. A long-poll (`GET /v1/kv/...?wait`), a
-/// lock acquire and an election campaign spend most of their life waiting, not working:
-/// they are bounded by `--max-watchers` instead, like a watch.
+/// memory and queues stay bounded under overload. A long-poll (`GET /v1/kv/...?wait`)
+/// spends most of its life waiting, not working: it is bounded by `--max-watchers`
+/// instead, like a watch; so is a lock acquire or an election campaign once its body has
+/// been read (see [`InflightPermit`]).
 async fn limit_inflight(
     axum::extract::State(permits): axum::extract::State<Arc<tokio::sync::Semaphore>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if is_long_poll(&req) || is_lock_wait(&req) {
+    if is_long_poll(&req) {
         return next.run(req).await;
     }
-    match permits.try_acquire() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => ApiError::from(crate::error::Error::Overloaded(
+    let Ok(permit) = permits.try_acquire_owned() else {
+        return ApiError::from(crate::error::Error::Overloaded(
             "too many requests in flight on this node; retry shortly".into(),
         ))
-        .into_response(),
+        .into_response();
+    };
+    if is_lock_wait(&req) {
+        // Held while the body is read and checked; the route lets go of it when it starts
+        // to wait (see `InflightPermit`).
+        let mut req = req;
+        req.extensions_mut().insert(InflightPermit(Arc::new(std::sync::Mutex::new(Some(permit)))));
+        return next.run(req).await;
+    }
+    let response = next.run(req).await;
+    drop(permit);
+    response
+}
+
+/// A request's place among `--max-inflight-requests`, handed to a route that may wait
+/// (an acquire, a campaign): it holds the place while it reads and checks the request,
+/// then lets go of it to wait under `--max-watchers` instead.
+#[derive(Clone)]
+pub(crate) struct InflightPermit(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl InflightPermit {
+    /// Frees the place (the request goes on, counted elsewhere).
+    pub(crate) fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 

@@ -76,6 +76,38 @@ enum Standing {
     Gone { revision: u64, lease_alive: bool },
 }
 
+/// An acquire's outcome on its way from its proposer to the request. Dropped unread (the
+/// request went away), it withdraws the owner the outcome names.
+struct PendingAcquire {
+    node: Arc<Node>,
+    kind: Kind,
+    name: String,
+    own_lease: bool,
+    rx: oneshot::Receiver<Result<Outcome>>,
+    read: bool,
+}
+
+impl PendingAcquire {
+    async fn outcome(&mut self) -> Result<Outcome> {
+        let r = (&mut self.rx).await;
+        self.read = true;
+        r.map_err(|_| Error::Internal("the acquire's proposer went away".into()))?
+    }
+}
+
+impl Drop for PendingAcquire {
+    fn drop(&mut self) {
+        if self.read {
+            return;
+        }
+        // Closed first: a proposer that has not sent yet finds nobody and withdraws itself.
+        self.rx.close();
+        if let Ok(Ok(outcome)) = self.rx.try_recv() {
+            self.node.abandon_outcome(self.kind, &self.name, &outcome, self.own_lease);
+        }
+    }
+}
+
 /// Cleans up after a waiting request that goes away before it is settled (see the
 /// module doc); disarmed once the request has its answer.
 struct Abandon {
@@ -113,21 +145,55 @@ impl Node {
         })
     }
 
-    /// Withdraws an owner nobody waits for any more: its lease is revoked when it was made
-    /// for the request, else the owner is released. In the background; a failure is logged
-    /// (the lease's end removes the owner in the end).
+    /// Withdraws an owner nobody waits for any more, in the background: releases it,
+    /// retried until that is decided (for about a minute; then the lease's end removes it),
+    /// and revokes its lease when the lease was made for the request and the owner was still
+    /// there (so the lease was still the request's: a lease's end removes its owners). An
+    /// owner already gone leaves a lease made for the request to lapse by itself (nobody
+    /// keeps it alive), never revoking an id that may have been granted anew.
     fn abandon(self: &Arc<Self>, kind: Kind, name: &str, owner: &str, lease: u64, own_lease: bool) {
-        let cmd = if own_lease {
-            Command::LeaseRevoke { id: lease }
-        } else {
-            Command::LockRelease { kind, name: name.to_string(), owner: owner.to_string() }
-        };
         // Called from drops too: a runtime that is already gone leaves it to the lease.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let release = Command::LockRelease { kind, name: name.to_string(), owner: owner.to_string() };
+        let node = self.clone();
+        runtime.spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            for _ in 0..10 {
+                match node.write(release.clone()).await {
+                    Ok(Outcome::LockReleased { .. }) if own_lease => {
+                        node.revoke_in_background(lease);
+                        return;
+                    }
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::debug!(%e, ?release, "withdrawing an abandoned lock owner failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            tracing::warn!(?release, "an abandoned lock owner could not be withdrawn; its lease's end will");
+        });
+    }
+
+    /// Withdraws the owner an acquire's outcome names, if it names one (not a replay: the
+    /// first request may still be using it).
+    fn abandon_outcome(self: &Arc<Self>, kind: Kind, name: &str, outcome: &Outcome, own_lease: bool) {
+        if let Outcome::LockHeld { holder: Holder { owner, lease, .. }, .. }
+        | Outcome::LockQueued { waiter: Waiter { owner, lease, .. }, .. } = outcome
+        {
+            self.abandon(kind, name, owner, *lease, own_lease);
+        }
+    }
+
+    /// Revokes a lease made for a request that no longer needs it (best effort: unrenewed,
+    /// it lapses by itself).
+    fn revoke_in_background(self: &Arc<Self>, lease: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let node = self.clone();
         runtime.spawn(async move {
-            if let Err(e) = node.write(cmd.clone()).await {
-                tracing::warn!(%e, ?cmd, "an abandoned lock owner could not be withdrawn; its lease's end will");
+            if let Err(e) = node.write(Command::LeaseRevoke { id: lease }).await {
+                tracing::debug!(%e, lease, "revoking a request's lease failed; it lapses by itself");
             }
         });
     }
@@ -159,22 +225,20 @@ impl Node {
         };
         let cmd = self.idempotent(req.idempotency_key, cmd)?;
         self.check_write(&cmd)?;
-        // Proposed from a task of its own: if this request goes away meanwhile, the task
-        // still learns the outcome and withdraws the owner nobody will hear of.
+        // Proposed from a task of its own: if this request goes away meanwhile, the task (or
+        // the pending outcome's drop, whichever comes second) still learns the outcome and
+        // withdraws the owner nobody will hear of.
         let (tx, rx) = oneshot::channel();
+        let mut pending =
+            PendingAcquire { node: self.clone(), kind, name: name.clone(), own_lease, rx, read: false };
         let node = self.clone();
         let (k, n) = (kind, name.clone());
         tokio::spawn(async move {
-            let result = node.write(cmd).await;
-            if let Err(Ok(
-                Outcome::LockHeld { holder: Holder { owner, lease, .. }, .. }
-                | Outcome::LockQueued { waiter: Waiter { owner, lease, .. }, .. },
-            )) = tx.send(result)
-            {
-                node.abandon(k, &n, &owner, lease, own_lease);
+            if let Err(Ok(outcome)) = tx.send(node.write(cmd).await) {
+                node.abandon_outcome(k, &n, &outcome, own_lease);
             }
         });
-        let outcome = rx.await.map_err(|_| Error::Internal("the acquire's proposer went away".into()))??;
+        let outcome = pending.outcome().await?;
         let (outcome, replayed) = match outcome {
             Outcome::Replayed { first } => (*first, true),
             o => (o, false),
@@ -237,9 +301,15 @@ impl Node {
             armed: true,
         };
         let (owner, lease) = (waiter.owner.as_str(), waiter.lease);
-        // This node may not have applied the queueing yet.
+        // This node may not have applied the queueing yet; until it has, its state says
+        // nothing of this owner (if the wait runs out first, the leader decides the cancel).
         let mut position = self.replica.applied_position();
-        let _ = tokio::time::timeout_at(until, position.wait_for(|p| p.revision >= queued_at)).await;
+        let caught_up = tokio::select! {
+            r = tokio::time::timeout_at(until, position.wait_for(|p| p.revision >= queued_at)) => r.is_ok(),
+            _ = seat.closed() => {
+                return Err(Error::Unavailable("this node is shutting down; the wait was withdrawn".into()));
+            }
+        };
         let keepalive_every = {
             let applied = self.replica.applied();
             let ttl = applied.state.leases().get(lease).map_or(1_000, |l| l.ttl_ms);
@@ -252,29 +322,28 @@ impl Node {
             Standing::Gone { revision, lease_alive: false } => Some(Acquired::LeaseEnded { revision, lease }),
             Standing::Gone { revision, lease_alive: true } => Some(Acquired::Withdrawn { revision }),
         };
-        loop {
-            if let Some(done) = settled(self.standing(kind, name, owner, lease)) {
-                guard.disarm();
-                if own_lease && matches!(done, Acquired::Withdrawn { .. }) {
-                    // Released by another request: nobody will use the lease made for this one.
-                    self.abandon(kind, name, owner, lease, true);
+        if caught_up {
+            loop {
+                if let Some(done) = settled(self.standing(kind, name, owner, lease)) {
+                    // (A lease made for the request and withdrawn by another lapses by itself.)
+                    guard.disarm();
+                    return Ok(done);
                 }
-                return Ok(done);
-            }
-            tokio::select! {
-                _ = reg.notify.notified() => {}
-                _ = tokio::time::sleep_until(until) => break,
-                _ = tokio::time::sleep_until(next_keepalive), if own_lease => {
-                    next_keepalive += keepalive_every;
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = node.lease_keepalive(lease).await {
-                            tracing::debug!(%e, lease, "a waiting acquire's keepalive failed");
-                        }
-                    });
-                }
-                _ = seat.closed() => {
-                    return Err(Error::Unavailable("this node is shutting down; the wait was withdrawn".into()));
+                tokio::select! {
+                    _ = reg.notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = tokio::time::sleep_until(next_keepalive), if own_lease => {
+                        next_keepalive += keepalive_every;
+                        let node = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = node.lease_keepalive(lease).await {
+                                tracing::debug!(%e, lease, "a waiting acquire's keepalive failed");
+                            }
+                        });
+                    }
+                    _ = seat.closed() => {
+                        return Err(Error::Unavailable("this node is shutting down; the wait was withdrawn".into()));
+                    }
                 }
             }
         }
@@ -285,16 +354,24 @@ impl Node {
         Ok(match outcome {
             Outcome::LockCancelled { revision } => {
                 if own_lease {
-                    // Nobody will use the lease made for this request.
-                    self.abandon(kind, name, owner, lease, true);
+                    // Kept alive by this request until now, so still its own: nobody will
+                    // use it.
+                    self.revoke_in_background(lease);
                 }
                 Acquired::TimedOut { revision }
             }
             Outcome::LockHeld { revision, holder } => Acquired::Held { revision, holder },
-            _ => match settled(self.standing(kind, name, owner, lease)) {
-                Some(done) => done,
-                None => Acquired::Withdrawn { revision: self.applied_revision() },
-            },
+            other => {
+                // Gone at the cancel's revision (granted and then removed, or removed):
+                // why, read from a state that has applied that far.
+                let at = other.revision();
+                let _ =
+                    tokio::time::timeout_at(self.deadline(), position.wait_for(|p| p.revision >= at)).await;
+                match settled(self.standing(kind, name, owner, lease)) {
+                    Some(Acquired::Held { .. }) | None => Acquired::Withdrawn { revision: at },
+                    Some(done) => done,
+                }
+            }
         })
     }
 

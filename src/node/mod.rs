@@ -76,6 +76,8 @@ pub struct ClusterStatus {
     /// Locks and elections held or waited for, and their holders and waiters.
     pub locks_active: u64,
     pub lock_owners: u64,
+    /// Bytes of their names, owners and values (the quota counts them).
+    pub lock_bytes: u64,
     /// Grants, hand-offs, waits and lease ends since the cluster began.
     pub lock_counters: crate::store::LockCounters,
     pub members: Vec<MemberStatus>,
@@ -428,10 +430,10 @@ impl Node {
                 is_leader: s.leader == Some(m.id),
             })
             .collect();
-        let (locks_active, lock_owners, lock_counters) = {
+        let (locks_active, lock_owners, lock_bytes, lock_counters) = {
             let a = self.replica.applied();
             let locks = a.state.locks();
-            (locks.len() as u64, locks.owners() as u64, locks.counters())
+            (locks.len() as u64, locks.owners() as u64, locks.bytes(), locks.counters())
         };
         let (revision, compact_revision, store_bytes, idempotency_keys, leases_alive, lease_counters) = {
             let a = self.replica.applied();
@@ -461,6 +463,7 @@ impl Node {
             lease_counters,
             locks_active,
             lock_owners,
+            lock_bytes,
             lock_counters,
             members,
         }

@@ -236,8 +236,11 @@ impl Node {
                     return Err(Error::InvalidArgument("a lock takes no value".into()));
                 }
                 self.check_value("the value", value.len())?;
-                let state = &self.replica.applied().state;
-                let (owners, max) = (state.locks().owners() as u64, self.cfg.max_lock_owners);
+                let (owners, alive) = {
+                    let applied = self.replica.applied();
+                    (applied.state.locks().owners() as u64, applied.state.leases().len() as u64)
+                };
+                let max = self.cfg.max_lock_owners;
                 if owners >= max {
                     return Err(Error::QuotaExceeded(format!(
                         "{owners} lock holders and waiters exist, the most this cluster allows (--max-lock-owners); \
@@ -245,14 +248,15 @@ impl Node {
                     )));
                 }
                 if lease.is_none() {
-                    let (alive, max) = (state.leases().len() as u64, self.cfg.max_leases);
+                    let max = self.cfg.max_leases;
                     if alive >= max {
                         return Err(Error::QuotaExceeded(format!(
                             "{alive} leases exist, the most this cluster allows (--max-leases); revoke some first"
                         )));
                     }
                 }
-                Ok(())
+                // The owner id is at most 27 characters (two hex numbers and a dash).
+                self.check_quota((name.len() + value.len() + 27) as u64)
             }
             Command::LockRelease { kind, name, owner } | Command::LockCancel { kind, name, owner } => {
                 check_lock_name(*kind, name)?;
@@ -261,7 +265,8 @@ impl Node {
             Command::Proclaim { name, owner, value } => {
                 check_lock_name(Kind::Election, name)?;
                 check_owner(owner)?;
-                self.check_value("the value", value.len())
+                self.check_value("the value", value.len())?;
+                self.check_quota(value.len() as u64)
             }
         }
     }
@@ -435,11 +440,14 @@ impl Node {
     }
     /// Refuses a write that would take the store past its quota.
     fn check_quota(&self, adds: u64) -> Result<()> {
-        let used = self.replica.applied().state.kv().bytes();
+        let used = {
+            let applied = self.replica.applied();
+            applied.state.kv().bytes() + applied.state.locks().bytes()
+        };
         let quota = self.cfg.quota_bytes;
         if used.saturating_add(adds) > quota {
             return Err(Error::QuotaExceeded(format!(
-                "the store holds {used} bytes, and this write would pass the quota of {quota} bytes; compact history or delete keys"
+                "the store holds {used} bytes (keys, their history, and lock holders and waiters), and this write would pass the quota of {quota} bytes; compact history, delete keys or release locks"
             )));
         }
         Ok(())

@@ -215,6 +215,7 @@ impl WatchHub {
     /// batches, then publishes `head` as dispatched.
     fn dispatch(&self, node: &Node, head: u64) {
         let mut from = self.dispatched.load(Ordering::Relaxed) + 1;
+        let mut flagged_all = false;
         while from <= head {
             let to = head.min(from + DISPATCH_BATCH - 1);
             {
@@ -224,11 +225,12 @@ impl WatchHub {
                     let applied = node.replica.applied();
                     let history = applied.state.kv();
                     let first = history.history_first();
-                    if from < first {
+                    if from < first && !flagged_all {
                         // Revisions the index no longer holds (a snapshot was installed
                         // past them, or compaction overtook this loop): everyone looks
                         // for themselves, once for the whole stretch.
                         reg.all().for_each(|(_, _, s)| s.flag(from));
+                        flagged_all = true;
                     }
                     for (rev, keys) in history.changes(from.max(first), to) {
                         if keys.len() <= watchers {

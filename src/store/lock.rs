@@ -110,20 +110,6 @@ impl Lock {
         self.holders.iter().map(|h| h.token).max()
     }
 
-    /// Removes `owner` wherever it is; returns where it was.
-    pub fn remove(&mut self, owner: &str) -> Option<Place> {
-        let place = self.place(owner)?;
-        match place {
-            Place::Holding(i) => {
-                self.holders.remove(i);
-            }
-            Place::Waiting(i) => {
-                self.waiters.remove(i);
-            }
-        }
-        Some(place)
-    }
-
     /// Grants the first waiter if there is room, at revision `token`; returns the new holder.
     pub fn grant_next(&mut self, token: u64) -> Option<&Holder> {
         if self.holders.len() >= self.limit as usize {

@@ -81,6 +81,10 @@ pub struct Locks {
     /// Entries in `by_lease` (holders and waiters), derived.
     #[serde(skip)]
     owners: usize,
+    /// Bytes of the names, owners and values of all holders and waiters (what the size
+    /// quota counts of the table), derived.
+    #[serde(skip)]
+    bytes: u64,
     #[serde(skip)]
     journal: Journal,
 }
@@ -107,9 +111,11 @@ impl TryFrom<LocksImage> for Locks {
             counters: image.counters,
             by_lease: imbl::OrdMap::new(),
             owners: 0,
+            bytes: 0,
             journal: Journal::default(),
         };
         let mut entries = Vec::new();
+        let mut bytes = 0;
         for kind in [Kind::Lock, Kind::Election] {
             for (name, lock) in t.table(kind) {
                 lock.check().map_err(|e| format!("{} {name:?}: {e}", kind.as_str()))?;
@@ -119,17 +125,26 @@ impl TryFrom<LocksImage> for Locks {
                 if kind == Kind::Election && lock.limit != 1 {
                     return Err(format!("election {name:?} has limit {}", lock.limit));
                 }
-                let owners = lock.holders.iter().map(|h| (h.lease, &h.owner));
-                for (lease, owner) in owners.chain(lock.waiters.iter().map(|w| (w.lease, &w.owner))) {
+                let owners = lock.holders.iter().map(|h| (h.lease, &h.owner, h.value.len()));
+                for (lease, owner, value) in
+                    owners.chain(lock.waiters.iter().map(|w| (w.lease, &w.owner, w.value.len())))
+                {
                     entries.push((lease, kind, name.clone(), owner.clone()));
+                    bytes += entry_bytes(name, owner, value);
                 }
             }
         }
         for (lease, kind, name, owner) in entries {
             t.index(lease, kind, &name, &owner);
         }
+        t.bytes = bytes;
         Ok(t)
     }
+}
+
+/// What an entry costs the size quota: its name, owner and value.
+fn entry_bytes(name: &str, owner: &str, value: usize) -> u64 {
+    (name.len() + owner.len() + value) as u64
 }
 
 /// The owner id of an entry made at `revision` under `lease`: unique, since every entry
@@ -194,6 +209,11 @@ impl Locks {
     /// Holders and waiters over all locks and elections.
     pub fn owners(&self) -> usize {
         self.owners
+    }
+
+    /// Bytes of the names, owners and values of all holders and waiters.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Checks the table against the rest of a loaded state: every owner's lease exists
@@ -321,6 +341,7 @@ impl Locks {
         let rev = kv.bump();
         let owner = owner_id(lease, rev);
         self.index(lease, a.kind, a.name, &owner);
+        self.bytes += entry_bytes(a.name, &owner, a.value.len());
         let lock = self.table_mut(a.kind).entry(a.name.to_string()).or_insert_with(|| Lock::new(limit));
         lock.revision = rev;
         let value = a.value.to_vec();
@@ -344,12 +365,16 @@ impl Locks {
     fn remove(&mut self, kv: &mut Store, kind: Kind, name: &str, owner: &str) -> Option<(Place, u64)> {
         let lock = self.table_mut(kind).get_mut(name)?;
         let place = lock.place(owner)?;
-        let lease = match place {
-            Place::Holding(i) => lock.holders.remove(i).lease,
-            Place::Waiting(i) => lock.waiters.remove(i).map_or(0, |w| w.lease),
+        let (lease, value) = match place {
+            Place::Holding(i) => {
+                let h = lock.holders.remove(i);
+                (h.lease, h.value.len())
+            }
+            Place::Waiting(i) => lock.waiters.remove(i).map_or((0, 0), |w| (w.lease, w.value.len())),
         };
         let rev = kv.bump();
         lock.revision = rev;
+        self.bytes -= entry_bytes(name, owner, value);
         self.unindex(lease, kind, name, owner);
         self.record(rev, kind, name, owner);
         self.promote(kv, kind, name);
@@ -410,7 +435,8 @@ impl Locks {
         let rev = kv.bump();
         let lock = self.elections.get_mut(name).expect("looked up above");
         lock.revision = rev;
-        lock.holders[i].value = value.to_vec();
+        let old = std::mem::replace(&mut lock.holders[i].value, value.to_vec());
+        self.bytes = self.bytes - old.len() as u64 + value.len() as u64;
         let holder = lock.holders[i].clone();
         self.record(rev, Kind::Election, name, owner);
         Outcome::Proclaimed { revision: rev, holder }
@@ -424,20 +450,36 @@ impl Locks {
         let Some(owners) = self.by_lease.remove(&id) else { return };
         self.owners -= owners.len();
         let rev = kv.revision();
-        let mut names: Vec<(Kind, String)> = Vec::new();
+        // Grouped by lock, so each lock's entries are looked at once however many of them
+        // the lease has.
+        let mut by_lock: std::collections::BTreeMap<(Kind, String), std::collections::BTreeSet<String>> =
+            Default::default();
         for (kind, name, owner) in owners {
+            by_lock.entry((kind, name)).or_default().insert(owner);
+        }
+        for ((kind, name), gone) in by_lock {
             let Some(lock) = self.table_mut(kind).get_mut(&name) else { continue };
-            if lock.remove(&owner).is_none() {
+            let mut removed: Vec<(String, usize)> = Vec::new();
+            let mut keep = |owner: &String, value: &Vec<u8>| {
+                let go = gone.contains(owner);
+                if go {
+                    removed.push((owner.clone(), value.len()));
+                }
+                !go
+            };
+            lock.holders.retain(|h| keep(&h.owner, &h.value));
+            lock.waiters.retain(|w| keep(&w.owner, &w.value));
+            if removed.is_empty() {
                 continue;
             }
             lock.revision = rev;
-            self.counters.lease_ended += 1;
-            self.record(rev, kind, &name, &owner);
-            if names.last() != Some(&(kind, name.clone())) {
-                names.push((kind, name));
+            for (owner, value) in removed {
+                self.counters.lease_ended += 1;
+                self.bytes -= entry_bytes(&name, &owner, value);
+                self.record(rev, kind, &name, &owner);
             }
+            freed.push((kind, name));
         }
-        freed.extend(names);
     }
 
     /// Grants the waiters that ended leases let in (see [`Locks::end_lease`]), name by name

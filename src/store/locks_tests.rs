@@ -702,9 +702,18 @@ fn check_step(s: &State, b: &Before, out: &Outcome, last: &mut BTreeMap<(Kind, S
             }
         }
     }
-    // The derived lease index is exactly the owners.
+    // The derived lease index is exactly the owners, and the byte count their sizes.
     let owners: usize = by_lease.values().map(BTreeSet::len).sum();
     assert_eq!(s.locks().owners(), owners, "{ctx}");
+    let bytes: usize = all_locks(s)
+        .iter()
+        .flat_map(|(_, name, l)| {
+            let holders = l.holders.iter().map(|h| (&h.owner, h.value.len()));
+            let waiters = l.waiters.iter().map(|w| (&w.owner, w.value.len()));
+            holders.chain(waiters).map(move |(owner, value)| name.len() + owner.len() + value)
+        })
+        .sum();
+    assert_eq!(s.locks().bytes(), bytes as u64, "{ctx}");
     for (lease, want) in &by_lease {
         let got: BTreeSet<_> = s.locks().lease_owners(*lease).cloned().collect();
         assert_eq!(&got, want, "{ctx}");

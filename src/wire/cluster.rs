@@ -61,6 +61,9 @@ pub struct LockStats {
     pub active: u64,
     /// Holders and waiters now.
     pub owners: u64,
+    /// Bytes of their names, owners and values (counted by the size quota beside
+    /// `store_bytes`).
+    pub bytes: u64,
     /// Grants (and leaderships won) since the cluster began...
     pub grants: u64,
     /// ...of which went to an owner that had waited (a hand-off).

@@ -434,3 +434,43 @@ async fn a_big_value_is_replayed_too() {
     })
     .await
 }
+
+/// Candidates' values count against the size quota like keys do: campaigns past it are
+/// 507 and change nothing; resigning frees the room again.
+#[tokio::test]
+async fn candidates_values_count_against_the_quota() {
+    crate::http_api::harness::with_node_config(
+        |cfg| cfg.quota_bytes = 4_000,
+        |api| async move {
+            let value = "v".repeat(500);
+            let mut owners = Vec::new();
+            loop {
+                let name = format!("e{}", owners.len());
+                let r = campaign(&api, &name, json!({"value": value, "ttl": "10s", "wait": "0s"})).await;
+                if r.status == StatusCode::INSUFFICIENT_STORAGE {
+                    r.error(StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded");
+                    let v = api.get("/v1/cluster").await.ok();
+                    assert_eq!(v["locks"]["active"], json!(owners.len()), "nothing changed: {v}");
+                    break;
+                }
+                owners.push((name, r.ok()["owner"].as_str().unwrap().to_string()));
+                assert!(owners.len() < 20, "the quota never bit");
+            }
+            assert!(owners.len() >= 4, "{} campaigns fitted", owners.len());
+            // A proclaim that would grow past it is refused too; one that shrinks is not.
+            let (name, owner) = &owners[0];
+            let r = proclaim(&api, name, json!({"owner": owner, "value": "v".repeat(2_000)})).await;
+            r.error(StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded");
+            proclaim(&api, name, json!({"owner": owner, "value": "small"})).await.ok();
+            let v = api.get("/v1/cluster").await.ok();
+            assert!(v["locks"]["bytes"].as_u64().unwrap() > 3_000, "{v}");
+            for (name, owner) in &owners {
+                resign(&api, name, owner).await.ok();
+            }
+            assert_eq!(api.get("/v1/cluster").await.ok()["locks"]["bytes"], json!(0));
+            let r = campaign(&api, "again", json!({"value": value, "ttl": "10s", "wait": "0s"})).await;
+            r.ok();
+        },
+    )
+    .await
+}
