@@ -146,7 +146,7 @@ impl Node {
     }
 
     /// Withdraws an owner nobody waits for any more, in the background: releases it,
-    /// retried until that is decided (for about a minute; then the lease's end removes it),
+    /// retried until that is decided (for about 40 s; then the lease's end removes it),
     /// and revokes its lease when the lease was made for the request and the owner was still
     /// there (so the lease was still the request's: a lease's end removes its owners). An
     /// owner already gone leaves a lease made for the request to lapse by itself (nobody
