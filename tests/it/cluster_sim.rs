@@ -418,3 +418,51 @@ async fn a_wiped_member_is_rebuilt_from_its_peers() {
     c.put_ok(new_leader, "/k/after", "v").await;
     c.shutdown().await;
 }
+
+/// A waiting acquire answered by a follower whose state lags the leader's: when its wait
+/// runs out before the follower has even applied the queueing, the answer is decided by
+/// the leader (a cancel), never read from a state without the waiter, so the waiter never
+/// stays queued unknown to anyone (where it would later be granted the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_a_lagging_follower_leaves_the_queue_when_its_wait_runs_out() {
+    use palisade::node::{AcquireRequest, Acquired, Consistency};
+    use palisade::store::{Command, Kind};
+
+    let mut opts = sim::ClusterOptions::new(3);
+    opts.election_timeout_ms = 3_000;
+    opts.request_timeout = Duration::from_secs(3);
+    opts.configure = |cfg| cfg.lease_min_ttl_ms = 6_000;
+    let c = Cluster::start_with(opts).await;
+    let (leader, _) = c.leader().await;
+    let follower = others(&c, &[leader])[0];
+    c.write(leader, Command::LeaseGrant { id: Some(7), ttl_ms: 60_000, clock_ms: 0 }).await.unwrap();
+    let acquire = |wait: Duration| AcquireRequest {
+        kind: Kind::Lock,
+        name: "m".into(),
+        lease: Some(7),
+        ttl_ms: 0,
+        wait,
+        limit: None,
+        value: Vec::new(),
+        idempotency_key: None,
+    };
+    let (held, _) = c.node(leader).acquire(acquire(Duration::ZERO)).await.unwrap();
+    assert!(matches!(held, Acquired::Held { .. }), "{held:?}");
+
+    // What the leader sends the follower now arrives 300 ms late (and its answers too).
+    let slow = LinkFaults { delay_ms: (300, 300), ..LinkFaults::default() };
+    c.net().set_faults(leader, follower, slow);
+    for round in 0..3 {
+        let r = tokio::time::timeout(HANG, c.node(follower).acquire(acquire(Duration::from_millis(100))))
+            .await
+            .expect("an acquire ends within its wait and deadline");
+        let (acquired, _) = r.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert!(matches!(acquired, Acquired::TimedOut { .. }), "round {round}: {acquired:?}");
+        let (_, lock) = c.node(leader).lock_info(Kind::Lock, "m", Consistency::Linearizable).await.unwrap();
+        let lock = lock.expect("still held");
+        assert!(lock.waiters.is_empty(), "round {round}: a waiter stayed queued: {:?}", lock.waiters);
+        assert_eq!(lock.holders.len(), 1);
+    }
+    c.net().heal();
+    c.shutdown().await;
+}
