@@ -23,7 +23,7 @@ use super::kv::consistency;
 use super::query::Query;
 use super::write;
 use crate::error::Error;
-use crate::node::{check_lock_name, AcquireRequest, Acquired, Node, MAX_LOCK_LIMIT};
+use crate::node::{check_lock_limit, check_lock_name, AcquireRequest, Acquired, Node};
 use crate::store::{Command, Kind, Lock, Outcome};
 use crate::wire::lease::ttl_ms;
 use crate::wire::lock as w;
@@ -133,13 +133,7 @@ pub async fn acquire(
     let name = name(Kind::Lock, &raw)?;
     let (req, once): (w::AcquireRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let (lease, ttl_ms) = lease_or_ttl(req.lease, req.ttl.as_ref())?;
-    let limit = match req.limit {
-        None => None,
-        Some(n) if n == 0 || n > u64::from(MAX_LOCK_LIMIT) => {
-            return Err(ApiError::invalid(format!("limit must be 1 to {MAX_LOCK_LIMIT}, not {n}")))
-        }
-        Some(n) => Some(n as u32),
-    };
+    let limit = check_lock_limit(Kind::Lock, req.limit)?;
     let request = AcquireRequest {
         kind: Kind::Lock,
         name: name.clone(),

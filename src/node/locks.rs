@@ -224,7 +224,6 @@ impl Node {
             value: req.value,
         };
         let cmd = self.idempotent(req.idempotency_key, cmd)?;
-        self.check_write(&cmd)?;
         // Proposed from a task of its own: if this request goes away meanwhile, the task (or
         // the pending outcome's drop, whichever comes second) still learns the outcome and
         // withdraws the owner nobody will hear of.

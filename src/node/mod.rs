@@ -47,7 +47,7 @@ mod writes;
 pub use identity::{format_cluster, Identity};
 pub use leases::MAX_LEASE_KEYS_SHOWN;
 pub use locks::{AcquireRequest, Acquired, ElectionObserver, ElectionView};
-pub use policy::{check_idempotency_key, check_lock_name, check_owner, MAX_LOCK_LIMIT};
+pub use policy::{check_idempotency_key, check_lock_limit, check_lock_name, check_owner};
 pub use reads::{Consistency, KvRead, KvReadResult};
 pub use watch::{Watch, WatchFrame, WatchRequest, MAX_WAIT_MS};
 
@@ -430,41 +430,25 @@ impl Node {
                 is_leader: s.leader == Some(m.id),
             })
             .collect();
-        let (locks_active, lock_owners, lock_bytes, lock_counters) = {
-            let a = self.replica.applied();
-            let locks = a.state.locks();
-            (locks.len() as u64, locks.owners() as u64, locks.bytes(), locks.counters())
-        };
-        let (revision, compact_revision, store_bytes, idempotency_keys, leases_alive, lease_counters) = {
-            let a = self.replica.applied();
-            let kv = a.state.kv();
-            let leases = a.state.leases();
-            (
-                kv.revision(),
-                kv.compact_revision(),
-                kv.bytes(),
-                a.state.dedup().len() as u64,
-                leases.len() as u64,
-                leases.counters(),
-            )
-        };
+        let a = self.replica.applied();
+        let (kv, leases, locks) = (a.state.kv(), a.state.leases(), a.state.locks());
         ClusterStatus {
             cluster_id: self.identity.cluster_id.clone(),
             node_id: self.id,
             leader: s.leader,
             term: s.term,
-            revision,
-            compact_revision,
+            revision: kv.revision(),
+            compact_revision: kv.compact_revision(),
             applied_index: s.applied_index,
-            store_bytes,
+            store_bytes: kv.bytes(),
             quota_bytes: self.cfg.quota_bytes,
-            idempotency_keys,
-            leases_alive,
-            lease_counters,
-            locks_active,
-            lock_owners,
-            lock_bytes,
-            lock_counters,
+            idempotency_keys: a.state.dedup().len() as u64,
+            leases_alive: leases.len() as u64,
+            lease_counters: leases.counters(),
+            locks_active: locks.len() as u64,
+            lock_owners: locks.owners() as u64,
+            lock_bytes: locks.bytes(),
+            lock_counters: locks.counters(),
             members,
         }
     }

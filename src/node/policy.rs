@@ -52,6 +52,21 @@ pub fn check_lock_name(kind: Kind, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A lock's `limit` as a request gives it: 1 to `MAX_LOCK_LIMIT` (10,000), and none for an
+/// election (which has one leader).
+pub fn check_lock_limit(kind: Kind, limit: Option<u64>) -> Result<Option<u32>> {
+    match (kind, limit) {
+        (_, None) => Ok(None),
+        (Kind::Election, Some(_)) => {
+            Err(Error::InvalidArgument("an election has one leader: it takes no limit".into()))
+        }
+        (Kind::Lock, Some(n)) => match u32::try_from(n) {
+            Ok(n) if (1..=MAX_LOCK_LIMIT).contains(&n) => Ok(Some(n)),
+            _ => Err(Error::InvalidArgument(format!("a lock's limit is 1 to {MAX_LOCK_LIMIT}, not {n}"))),
+        },
+    }
+}
+
 /// An owner a request names: 1 to 128 printable ASCII characters (whether it exists is
 /// decided by apply).
 pub fn check_owner(owner: &str) -> Result<()> {
@@ -219,19 +234,7 @@ impl Node {
                     Some(id) => self.check_lease_id(*id)?,
                     None => self.check_ttl(*ttl_ms)?,
                 }
-                match (kind, limit) {
-                    (Kind::Election, Some(_)) => {
-                        return Err(Error::InvalidArgument(
-                            "an election has one leader: it takes no limit".into(),
-                        ))
-                    }
-                    (Kind::Lock, Some(n)) if *n == 0 || *n > MAX_LOCK_LIMIT => {
-                        return Err(Error::InvalidArgument(format!(
-                            "a lock's limit is 1 to {MAX_LOCK_LIMIT}, not {n}"
-                        )))
-                    }
-                    _ => {}
-                }
+                check_lock_limit(*kind, limit.map(u64::from))?;
                 if *kind == Kind::Lock && !value.is_empty() {
                     return Err(Error::InvalidArgument("a lock takes no value".into()));
                 }

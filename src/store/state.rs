@@ -6,9 +6,10 @@
 //! end deletes the keys it owns and removes its lock holders and waiters at one revision,
 //! then grants the waiters that lets in, each at a revision of its own (after every lease
 //! ending in the same command has left, so none of theirs is granted). The key space owns
-//! the revision: a change to locks or elections takes the next one too. Every node applies the same proposals in the
-//! same order to a `State` and so holds the same one, byte for byte (it is what a snapshot
-//! captures). Nothing here reads a clock or does I/O: time arrives inside the proposal.
+//! the revision: a change to locks or elections takes the next one too. Every node applies
+//! the same proposals in the same order to a `State` and so holds the same one, byte for
+//! byte (it is what a snapshot captures). Nothing here reads a clock or does I/O: time
+//! arrives inside the proposal.
 
 use serde::{Deserialize, Serialize};
 
@@ -182,8 +183,7 @@ impl State {
                 // Fence compares ask the lock table; a branch naming a missing lease is
                 // refused whole.
                 let locks = &self.locks;
-                let (succeeded, ops) =
-                    txn.branch_with(&self.kv, &|name, token| locks.holds_token(name, token));
+                let (succeeded, ops) = txn.branch(&self.kv, &|name, token| locks.holds_token(name, token));
                 let missing = ops.iter().find_map(|op| match op {
                     TxnOp::Put { lease, .. } => self.missing_lease(*lease),
                     _ => None,

@@ -63,8 +63,9 @@ pub struct Compare {
 }
 
 impl Compare {
-    /// Whether the compare holds for a key whose current state is `kv`.
-    pub fn holds(&self, kv: Option<&KeyValue>) -> bool {
+    /// Whether the compare holds for a key whose current state is `kv`; for a fence
+    /// compare, `fence(name, token)` tells whether the token is a current holder's.
+    pub fn holds(&self, kv: Option<&KeyValue>, fence: &dyn Fn(&str, u64) -> bool) -> bool {
         let num = |f: fn(&KeyValue) -> u64| kv.map_or(0, f);
         match &self.target {
             CompareTarget::Value(want) => {
@@ -74,21 +75,11 @@ impl Compare {
             CompareTarget::CreateRevision(n) => self.op.holds(&num(|kv| kv.create_revision), n),
             CompareTarget::ModRevision(n) => self.op.holds(&num(|kv| kv.mod_revision), n),
             CompareTarget::Lease(n) => self.op.holds(&num(|kv| kv.lease.unwrap_or(0)), n),
-            // Only the state root knows the holders (see `holds_with`).
-            CompareTarget::Fence(_) => false,
-        }
-    }
-
-    /// Whether the compare holds, with `fence(name, token)` telling whether a token is a
-    /// current holder's.
-    pub fn holds_with(&self, kv: Option<&KeyValue>, fence: &dyn Fn(&str, u64) -> bool) -> bool {
-        match &self.target {
             CompareTarget::Fence(token) => match self.op {
                 CompareOp::Eq => fence(&self.key, *token),
                 CompareOp::Ne => !fence(&self.key, *token),
                 CompareOp::Lt | CompareOp::Gt => false,
             },
-            _ => self.holds(kv),
         }
     }
 
@@ -199,16 +190,12 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// Whether the compares hold against `kv` as it is, and the branch they choose.
-    pub fn branch(&self, kv: &Store) -> (bool, &[TxnOp]) {
-        self.branch_with(kv, &|_, _| false)
-    }
-
-    /// The same, with `fence` deciding the fence compares (see [`Compare::holds_with`]).
-    pub fn branch_with(&self, kv: &Store, fence: &dyn Fn(&str, u64) -> bool) -> (bool, &[TxnOp]) {
+    /// Whether the compares hold against `kv` as it is (with `fence` deciding the fence
+    /// compares, see [`Compare::holds`]), and the branch they choose.
+    pub fn branch(&self, kv: &Store, fence: &dyn Fn(&str, u64) -> bool) -> (bool, &[TxnOp]) {
         let succeeded = self.compare.iter().all(|c| {
             let current = if c.is_on_key() { kv.current(&c.key) } else { None };
-            c.holds_with(current.as_ref(), fence)
+            c.holds(current.as_ref(), fence)
         });
         (succeeded, if succeeded { &self.success } else { &self.failure })
     }
@@ -238,7 +225,8 @@ impl Store {
     /// Runs a transaction: the compares choose the branch; the branch runs at one revision.
     /// Returns whether the compares held, and the branch's results in order.
     pub(crate) fn apply_txn(&mut self, txn: &Txn) -> (bool, Vec<TxnResult>) {
-        let (succeeded, _) = txn.branch(self);
+        // The store alone knows no lock holders: no fence compare holds.
+        let (succeeded, _) = txn.branch(self, &|_, _| false);
         (succeeded, self.apply_branch(txn, succeeded))
     }
 
