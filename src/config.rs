@@ -213,9 +213,38 @@ settings! {
     /// A file holding the cluster's shared peer secret (at least 16 bytes); every member
     /// needs the same one. Required when the peer listener is not on a loopback address.
     peer_secret_file: Option<PathBuf> = None;
-    /// Run the peer listener on a non-loopback address without a peer secret (anyone who
-    /// reaches the peer port can then rewrite the store).
+    /// Run the peer listener on a non-loopback address without a peer secret or peer TLS
+    /// client certificates (anyone who reaches the peer port can then rewrite the store).
     insecure_peer: bool = false;
+    /// The client listener's TLS certificate chain (PEM); with tls_key_file, the client
+    /// listener speaks HTTPS only. Re-read when it changes on disk.
+    tls_cert_file: Option<PathBuf> = None;
+    /// The private key (PEM) of tls_cert_file. Re-read when it changes on disk.
+    tls_key_file: Option<PathBuf> = None;
+    /// CA certificates (PEM): clients of the client listener must present a certificate
+    /// signed by one of them. Re-read when it changes on disk.
+    tls_client_ca_file: Option<PathBuf> = None;
+    /// The peer listener's TLS certificate chain (PEM), also this node's client certificate
+    /// towards the other members. Re-read when it changes on disk.
+    peer_tls_cert_file: Option<PathBuf> = None;
+    /// The private key (PEM) of peer_tls_cert_file. Re-read when it changes on disk.
+    peer_tls_key_file: Option<PathBuf> = None;
+    /// The cluster CA (PEM): members' peer certificates must be signed by it, both ways
+    /// (mutual TLS). Re-read when it changes on disk.
+    peer_tls_ca_file: Option<PathBuf> = None;
+    /// HS256: a file holding the shared secret client tokens are signed with (at least 32
+    /// bytes). Setting any auth_jwt key turns client authentication on. Re-read when it
+    /// changes on disk.
+    auth_jwt_secret_file: Option<PathBuf> = None;
+    /// RS256/ES256/EdDSA: a file of public keys (PEM, or a JWKS JSON document with several
+    /// keys picked by `kid`) client tokens are checked against. Re-read when it changes.
+    auth_jwt_public_keys: Option<PathBuf> = None;
+    /// The `iss` every client token must carry (unchecked when unset).
+    auth_jwt_issuer: Option<String> = None;
+    /// The `aud` every client token must include (unchecked when unset).
+    auth_jwt_audience: Option<String> = None;
+    /// How far past `exp` or before `nbf` a token is still taken, for clock skew (ms).
+    auth_jwt_leeway_ms: u64 = 10_000;
     /// Log filter (`info`, `debug`, `palisade=debug,openraft=warn`); RUST_LOG wins if set.
     log_level: String = "info,openraft=warn".into();
     /// How long a request may wait for a leader, quorum or commit (ms).
