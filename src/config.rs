@@ -406,6 +406,21 @@ impl Config {
         at_least("lease_revoke_rate", self.lease_revoke_rate, 1)?;
         at_least("max_leases", self.max_leases, 1)?;
         at_least("max_lock_owners", self.max_lock_owners, 1)?;
+        let auth_on = self.auth_jwt_secret_file.is_some() || self.auth_jwt_public_keys.is_some();
+        for (setting, set) in [
+            ("auth_jwt_issuer", self.auth_jwt_issuer.is_some()),
+            ("auth_jwt_audience", self.auth_jwt_audience.is_some()),
+        ] {
+            if set && !auth_on {
+                return Err(self.error(
+                    setting,
+                    "is set, but client auth is off: give the key too (auth_jwt_secret_file or auth_jwt_public_keys)",
+                ));
+            }
+        }
+        if self.auth_jwt_leeway_ms > 300_000 {
+            return Err(self.error("auth_jwt_leeway_ms", "must be at most 300000 (5 minutes)"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(self.error("log_level", format!("{:?} is not a log filter: {e}", self.log_level)));
         }

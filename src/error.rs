@@ -33,6 +33,12 @@ pub enum Error {
     /// The deadline passed; a write may or may not have taken effect.
     #[error("{0}")]
     Timeout(String),
+    /// No token, or one that cannot be verified (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A verified caller without the permission the request needs (403).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// No such route or method.
     #[error("{0}")]
     NotFound(String),

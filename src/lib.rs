@@ -46,6 +46,7 @@
 //! Dependencies point one way, downwards; `store` knows nothing of tokio, openraft, HTTP,
 //! the clock or the disk (`make test` checks), and `wal` knows nothing of openraft.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -1,5 +1,6 @@
 //! The command line: `palisade serve` runs a node; every other subcommand is a client.
 
+mod auth;
 mod compact;
 mod elect;
 mod fence;
@@ -41,6 +42,8 @@ pub enum Commands {
     Status(status::StatusArgs),
     /// Drop the history below a revision (or keep the last N revisions).
     Compact(compact::CompactArgs),
+    /// Mint client tokens for a cluster with client auth on (`palisade auth token`).
+    Auth(auth::AuthArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -55,5 +58,6 @@ pub fn main() -> std::process::ExitCode {
         Commands::Fence(args) => fence::run(args),
         Commands::Status(args) => status::run(args),
         Commands::Compact(args) => compact::run(args),
+        Commands::Auth(args) => auth::run(args),
     }
 }

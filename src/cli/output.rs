@@ -33,6 +33,25 @@ pub struct ClientArgs {
     /// How long one request may take (`5s`, `500ms`, `1m`; a bare number is seconds).
     #[arg(long, global = true, help_heading = "Client options", value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// A token (JWT) for a cluster with client auth on, sent as `Authorization: Bearer`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token (read at start; surrounding whitespace is ignored).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// The output format.
@@ -83,7 +102,23 @@ impl From<client::Error> for Failure {
 
 impl ClientArgs {
     pub fn client(&self) -> Result<Client, Failure> {
-        Client::with_timeout(self.endpoints.clone(), self.timeout).map_err(Failure::Client)
+        let token = self.token()?;
+        Client::with_token(self.endpoints.clone(), self.timeout, token.as_deref()).map_err(Failure::Client)
+    }
+
+    /// The token given, by flag, variable or file.
+    fn token(&self) -> Result<Option<String>, Failure> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Local(format!("cannot read the token file {}: {e}", path.display())))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(Failure::Local(format!("the token file {} is empty", path.display())));
+        }
+        Ok(Some(token.to_string()))
     }
 }
 
@@ -113,8 +148,16 @@ where
 /// Prints a client error on stderr and returns its exit code.
 pub fn report(e: &client::Error) -> ExitCode {
     match e {
-        client::Error::Api { code, message, .. } => {
+        client::Error::Api { code, message, status, .. } => {
             eprintln!("error: {code}: {message}");
+            match status {
+                401 => eprintln!(
+                    "hint: this cluster needs a valid token: give one with --token, --token-file or PALISADE_TOKEN \
+                     (an operator mints them with `palisade auth token`)"
+                ),
+                403 => eprintln!("hint: the token is valid, but its palisade claim does not allow this"),
+                _ => {}
+            }
             ExitCode::from(1)
         }
         client::Error::Connect(m) => {

@@ -263,6 +263,24 @@ impl Client {
 
     /// A client whose every request (one attempt at one endpoint) times out after `timeout`.
     pub fn with_timeout(endpoints: Vec<String>, timeout: Duration) -> Result<Client, Error> {
+        Client::with_token(endpoints, timeout, None)
+    }
+
+    /// A client that sends `token` (a JWT) as `Authorization: Bearer <token>` with every
+    /// request, to a cluster with client auth on.
+    pub fn with_token(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Client, Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| Error::Other("the token is not printable ASCII (a JWT is)".into()))?;
+            // Kept out of debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let endpoints = endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(Error::Other("no endpoints given".into()));
@@ -271,6 +289,7 @@ impl Client {
             return Err(Error::Other("the timeout must be above zero".into()));
         }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             // Endpoints are cluster members, reached directly: a proxy would turn "cannot

@@ -20,6 +20,7 @@ use super::kv::consistency;
 use super::lock::{lease_or_ttl, name, not_acquired, release_owner, reply, wait};
 use super::query::Query;
 use super::write;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::{AcquireRequest, Acquired, ElectionObserver, ElectionView, Node};
 use crate::store::{Command, Holder, Kind, Outcome};
@@ -55,6 +56,7 @@ fn not_leader(name: &str, owner: &str) -> ApiError {
 /// `POST /v1/elections/{name}/campaign` with `{"value", "ttl" | "lease", "wait"}`.
 pub async fn campaign(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     permit: Option<Extension<super::InflightPermit>>,
     uri: Uri,
@@ -62,6 +64,7 @@ pub async fn campaign(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(Kind::Election, &raw)?;
+    caller.check_lock(Kind::Election, &name)?;
     let (req, once): (w::CampaignRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let value = decode_value(req.value, req.value_base64).map_err(ApiError::invalid)?.ok_or_else(|| {
         ApiError::invalid("a campaign needs a value (or value_base64): what the leader announces")
@@ -76,6 +79,7 @@ pub async fn campaign(
         limit: None,
         value,
         idempotency_key: once,
+        caller,
     };
     // Read and checked: it waits under --max-watchers from here.
     if let Some(Extension(permit)) = permit {
@@ -95,19 +99,21 @@ pub async fn campaign(
 /// `PUT /v1/elections/{name}/leader` with `{"owner", "value"}`: the leader's new value.
 pub async fn proclaim(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(Kind::Election, &raw)?;
+    caller.check_lock(Kind::Election, &name)?;
     let (req, once): (w::ProclaimRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let value = decode_value(req.value, req.value_base64)
         .map_err(ApiError::invalid)?
         .ok_or_else(|| ApiError::invalid("a proclaim needs a value (or value_base64)"))?;
     crate::node::check_owner(&req.owner)?;
     let cmd = Command::Proclaim { name: name.clone(), owner: req.owner.clone(), value };
-    let outcome = node.write(node.idempotent(once, cmd)?).await?;
+    let outcome = write::send(&node, &caller, once, cmd).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let r = match outcome {
@@ -123,20 +129,23 @@ pub async fn proclaim(
 /// `DELETE /v1/elections/{name}/leader?owner=O`: resigns (a waiting candidate withdraws).
 pub async fn resign(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    release_owner(&node, Kind::Election, &raw, &uri, &headers, not_leader).await
+    release_owner(&node, &caller, Kind::Election, &raw, &uri, &headers, not_leader).await
 }
 
 /// `GET /v1/elections/{name}`: the leader, or 404 `no_leader`.
 pub async fn get(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let name = name(Kind::Election, &raw)?;
+    caller.check_lock(Kind::Election, &name)?;
     let q = Query::parse(uri.query(), &["consistency"])?;
     let (revision, lock) = node.lock_info(Kind::Election, &name, consistency(&q)?).await?;
     let term = node.term();
@@ -168,11 +177,13 @@ fn frame(name: &str, view: ElectionView, ndjson: bool) -> Vec<u8> {
 /// application/x-ndjson`, each line `{"leader": {...}}` or `{"no_leader": {...}}`).
 pub async fn observe(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = name(Kind::Election, &raw)?;
+    caller.check_lock(Kind::Election, &name)?;
     let q = Query::parse(uri.query(), &["consistency"])?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ndjson = accept.contains("application/x-ndjson");

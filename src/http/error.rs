@@ -66,6 +66,8 @@ impl From<Error> for ApiError {
             Error::Unavailable(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", msg),
             Error::Overloaded(_) => ApiError::new(S::TOO_MANY_REQUESTS, "overloaded", msg),
             Error::Timeout(_) => ApiError::new(S::GATEWAY_TIMEOUT, "timeout", msg),
+            Error::Unauthenticated(_) => ApiError::new(S::UNAUTHORIZED, "unauthenticated", msg),
+            Error::PermissionDenied(_) => ApiError::new(S::FORBIDDEN, "permission_denied", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
             Error::MethodNotAllowed(_) => ApiError::new(S::METHOD_NOT_ALLOWED, "method_not_allowed", msg),
             Error::Internal(detail) => {

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use percent_encoding::percent_decode_str;
@@ -21,6 +22,7 @@ use super::error::ApiError;
 use super::extract::{parse_json, read_body};
 use super::query::Query;
 use super::write;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::{Consistency, KvRead, KvReadResult, Node};
 use crate::store::events::Selector;
@@ -195,8 +197,14 @@ impl GetRequest {
 }
 
 /// `GET /v1/kv/{key}`: one key, a subtree (`?recursive`) or one level (`?children`).
-pub async fn get(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+pub async fn get(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let mut req = GetRequest::parse(&node, &uri)?;
+    let (key, subtree) = req.read.scope();
+    caller.check_read(key, subtree)?;
     if let Some(wait) = req.wait.take() {
         return long_poll(node, req, wait).await;
     }
@@ -343,12 +351,14 @@ const PUT_PARAMS: &[&str] = &["if_version", "if_mod_revision", "if_value", "prev
 /// `PUT /v1/kv/{key}`: writes one key, optionally under conditions.
 pub async fn put(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_of(&node, &uri)?;
     node.check_key(&key)?;
+    caller.check_write(&key, false)?;
     let q = Query::parse(uri.query(), PUT_PARAMS)?;
     let cond = condition(&q)?;
     let prev_kv = q.flag("prev_kv")?;
@@ -357,8 +367,8 @@ pub async fn put(
     let body: wire::PutBody = parse_json(&bytes)?;
     let lease = body.lease;
     let value = body.into_value().map_err(ApiError::invalid)?;
-    let cmd = node.idempotent(once, Command::Put { key, value, lease, cond, prev_kv, sequential: false })?;
-    let outcome = node.write(cmd).await?;
+    let put = Command::Put { key, value, lease, cond, prev_kv, sequential: false };
+    let outcome = write::send(&node, &caller, once, put).await?;
     outcome_response(outcome, node.term(), StatusCode::OK)
 }
 
@@ -367,11 +377,14 @@ const POST_PARAMS: &[&str] = &["sequential"];
 /// `POST /v1/kv/{key}?sequential`: creates the next sequential child of the key (201).
 pub async fn post(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let parent = key_of(&node, &uri)?;
+    // A sequential child is written below the parent.
+    caller.check_write(&parent, true)?;
     let q = Query::parse(uri.query(), POST_PARAMS)?;
     if !q.flag("sequential")? {
         return Err(ApiError::invalid(
@@ -391,7 +404,7 @@ pub async fn post(
         prev_kv: false,
         sequential: true,
     };
-    let outcome = node.write(node.idempotent(once, put)?).await?;
+    let outcome = write::send(&node, &caller, once, put).await?;
     outcome_response(outcome, node.term(), StatusCode::CREATED)
 }
 
@@ -400,6 +413,7 @@ const DELETE_PARAMS: &[&str] = &["recursive", "if_version", "if_mod_revision", "
 /// `DELETE /v1/kv/{key}`: deletes a key, or with `?recursive` its subtree.
 pub async fn delete(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -411,6 +425,6 @@ pub async fn delete(
     let prev_kv = q.flag("prev_kv")?;
     let once = write::idempotency_key(&headers)?;
     let outcome =
-        node.write(node.idempotent(once, Command::Delete { key, recursive, cond, prev_kv })?).await?;
+        write::send(&node, &caller, once, Command::Delete { key, recursive, cond, prev_kv }).await?;
     outcome_response(outcome, node.term(), StatusCode::OK)
 }

@@ -3,7 +3,10 @@
 //! Grants and revokes are writes (an `Idempotency-Key` works on them); keepalives and
 //! reads are answered by the leader, which alone runs the lease clock. An unknown or
 //! expired lease is 404 `lease_not_found`; a granted id already in use is 409
-//! `lease_exists`; a TTL outside the node's bounds is 400, never adjusted.
+//! `lease_exists`; a TTL outside the node's bounds is 400, never adjusted. With client
+//! auth on, a lease belongs to the subject that granted it: another subject's keepalive,
+//! read or revoke of it is 403 (an admin may do anything), and a listing shows a caller
+//! its own leases.
 
 use std::sync::Arc;
 
@@ -11,11 +14,13 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::query::Query;
 use super::write;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::{Node, MAX_LEASE_KEYS_SHOWN};
 use crate::peer::{LeaseAnswer, LeaseQuery};
@@ -28,6 +33,16 @@ fn reply<T: Serialize>(status: StatusCode, body: &T, revision: u64, term: u64) -
     resp
 }
 
+/// The subject whose leases alone `caller` may use: none when it may use any (auth off,
+/// or an admin).
+fn owner_filter(caller: &Caller) -> Option<&str> {
+    if caller.is_admin() {
+        None
+    } else {
+        caller.subject()
+    }
+}
+
 /// The lease id in a path, as a number (the node checks its range).
 fn lease_id(raw: &str) -> Result<u64, ApiError> {
     Query::parse_u64("the lease id", raw)
@@ -36,6 +51,7 @@ fn lease_id(raw: &str) -> Result<u64, ApiError> {
 /// `POST /v1/leases` with `{"ttl": "10s", "id"?: N}`.
 pub async fn grant(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -43,7 +59,7 @@ pub async fn grant(
     let (req, once): (w::GrantRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let ttl_ms = w::ttl_ms(&req.ttl).map_err(ApiError::invalid)?;
     let cmd = Command::LeaseGrant { id: req.id, ttl_ms, clock_ms: 0 };
-    let outcome = node.write(node.idempotent(once, cmd)?).await?;
+    let outcome = write::send(&node, &caller, once, cmd).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let r = match outcome {
@@ -64,12 +80,13 @@ pub async fn grant(
 /// `POST /v1/leases/{id}/keepalive`: the lease gets its whole TTL again.
 pub async fn keepalive(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     Query::parse(uri.query(), &[])?;
     let id = lease_id(&id)?;
-    let t = node.lease_keepalive(id).await?;
+    let t = node.lease_keepalive(id, owner_filter(&caller)).await?;
     let body = w::KeepaliveResponse { id: t.id, ttl_ms: t.ttl_ms, remaining_ms: t.remaining_ms };
     Ok(reply(StatusCode::OK, &body, node.applied_revision(), node.term()))
 }
@@ -77,6 +94,7 @@ pub async fn keepalive(
 /// `GET /v1/leases/{id}`: its TTL, time left and keys.
 pub async fn get(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
@@ -86,6 +104,7 @@ pub async fn get(
     let LeaseAnswer::One(l) = answer else {
         return Err(Error::Internal("a lease read answered a page".into()).into());
     };
+    caller.check_lease(id, l.owner.as_deref())?;
     let body = w::LeaseResponse {
         id: l.id,
         ttl_ms: l.ttl_ms,
@@ -97,17 +116,27 @@ pub async fn get(
             .into_iter()
             .map(|(kind, name, owner)| w::LeaseLock { kind: kind.as_str().to_string(), name, owner })
             .collect(),
+        owner: l.owner,
     };
     Ok(reply(StatusCode::OK, &body, node.applied_revision(), node.term()))
 }
 
 /// `GET /v1/leases?limit=N&after=ID`: one page of leases, in id order.
-pub async fn list(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+///
+/// With client auth on, a caller sees only the leases it granted (an admin sees all).
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = Query::parse(uri.query(), &["limit", "after"])?;
     let limit =
         q.u64("limit")?.map_or(node.config().max_list_limit, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let after = q.u64("after")?;
-    let LeaseAnswer::Page { leases, more } = node.lease_read(LeaseQuery::Page { after, limit }).await? else {
+    let LeaseAnswer::Page { leases, more } = node
+        .lease_read(LeaseQuery::Page { after, limit, owner: owner_filter(&caller).map(str::to_string) })
+        .await?
+    else {
         return Err(Error::Internal("a lease listing answered one lease".into()).into());
     };
     let next = if more { leases.last().map(|l| l.id) } else { None };
@@ -127,6 +156,7 @@ pub async fn list(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, A
 /// `DELETE /v1/leases/{id}`: ends the lease now; its keys are deleted at one revision.
 pub async fn revoke(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -134,7 +164,7 @@ pub async fn revoke(
     Query::parse(uri.query(), &[])?;
     let id = lease_id(&id)?;
     let once = write::idempotency_key(&headers)?;
-    let outcome = node.write(node.idempotent(once, Command::LeaseRevoke { id })?).await?;
+    let outcome = write::send(&node, &caller, once, Command::LeaseRevoke { id }).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let r = match outcome {

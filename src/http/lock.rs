@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::kv::consistency;
 use super::query::Query;
 use super::write;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::{check_lock_limit, check_lock_name, AcquireRequest, Acquired, Node};
 use crate::store::{Command, Kind, Lock, Outcome};
@@ -124,6 +125,7 @@ pub(super) fn not_acquired(kind: Kind, name: &str, acquired: Acquired, term: u64
 /// `POST /v1/locks/{name}` with `{"ttl": "15s"}` or `{"lease": ID}`, `"wait"`, `"limit"`.
 pub async fn acquire(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     permit: Option<Extension<super::InflightPermit>>,
     uri: Uri,
@@ -131,6 +133,7 @@ pub async fn acquire(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(Kind::Lock, &raw)?;
+    caller.check_lock(Kind::Lock, &name)?;
     let (req, once): (w::AcquireRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
     let (lease, ttl_ms) = lease_or_ttl(req.lease, req.ttl.as_ref())?;
     let limit = check_lock_limit(Kind::Lock, req.limit)?;
@@ -143,6 +146,7 @@ pub async fn acquire(
         limit,
         value: Vec::new(),
         idempotency_key: once,
+        caller,
     };
     // Read and checked: it waits under --max-watchers from here.
     if let Some(Extension(permit)) = permit {
@@ -179,11 +183,12 @@ pub(super) fn owner(uri: &Uri) -> Result<String, ApiError> {
 /// neither holds nor waits, so a retried release is harmless.
 pub async fn release(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    release_owner(&node, Kind::Lock, &raw, &uri, &headers, |name, owner| {
+    release_owner(&node, &caller, Kind::Lock, &raw, &uri, &headers, |name, owner| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "owner_not_found",
@@ -197,6 +202,7 @@ pub async fn release(
 /// `stranger(name, owner)` is the error for an owner that neither holds nor waits.
 pub(super) async fn release_owner(
     node: &Arc<Node>,
+    caller: &Caller,
     kind: Kind,
     raw: &str,
     uri: &Uri,
@@ -207,7 +213,7 @@ pub(super) async fn release_owner(
     let owner = owner(uri)?;
     let once = write::idempotency_key(headers)?;
     let cmd = Command::LockRelease { kind, name: name.clone(), owner: owner.clone() };
-    let outcome = node.write(node.idempotent(once, cmd)?).await?;
+    let outcome = write::send(node, caller, once, cmd).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let r = match outcome {
@@ -249,18 +255,26 @@ pub(super) fn info(name: String, lock: Option<Lock>) -> w::LockInfo {
 /// `GET /v1/locks/{name}`: holders (with tokens) and waiters in queue order.
 pub async fn get(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let name = name(Kind::Lock, &raw)?;
+    caller.check_lock(Kind::Lock, &name)?;
     let q = Query::parse(uri.query(), &["consistency"])?;
     let (revision, lock) = node.lock_info(Kind::Lock, &name, consistency(&q)?).await?;
     let body = w::LockResponse { revision, lock: info(name, lock) };
     Ok(reply(StatusCode::OK, &body, revision, node.term()))
 }
 
-/// `GET /v1/locks?limit=N&after=NAME`: the locks held or awaited, in name order.
-pub async fn list(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+/// `GET /v1/locks?limit=N&after=NAME`: the locks held or awaited, in name order. With
+/// client auth on, only those the caller may use are shown (a page may then hold fewer
+/// than `limit`; `next` goes on from where the page stopped).
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = Query::parse(uri.query(), &["limit", "after", "consistency"])?;
     let max = node.config().max_list_limit;
     let limit = q.u64("limit")?.map_or(max, |l| usize::try_from(l).unwrap_or(usize::MAX));
@@ -268,7 +282,11 @@ pub async fn list(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, A
     let (revision, page, more) =
         node.lock_page(Kind::Lock, after.as_deref(), limit, consistency(&q)?).await?;
     let next = if more { page.last().map(|(n, _)| n.clone()) } else { None };
-    let locks: Vec<w::LockInfo> = page.into_iter().map(|(n, l)| info(n, Some(l))).collect();
+    let locks: Vec<w::LockInfo> = page
+        .into_iter()
+        .filter(|(n, _)| caller.sees_lock(Kind::Lock, n))
+        .map(|(n, l)| info(n, Some(l)))
+        .collect();
     let body = w::LockListResponse { revision, count: locks.len() as u64, locks, more, next };
     Ok(reply(StatusCode::OK, &body, revision, node.term()))
 }
@@ -277,6 +295,7 @@ pub async fn list(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, A
 /// holder's of the lock or election `name`; else 409 `stale_token`.
 pub async fn fence_check(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -284,6 +303,7 @@ pub async fn fence_check(
     let q = Query::parse(uri.query(), &["consistency"])?;
     let bytes = super::extract::read_body(&headers, body, node.config().max_body_bytes).await?;
     let req: w::FenceCheckRequest = super::extract::parse_json(&bytes)?;
+    caller.check_fence(&req.name)?;
     let (revision, valid, current) = node.fence_check(&req.name, req.token, consistency(&q)?).await?;
     let term = node.term();
     if valid {

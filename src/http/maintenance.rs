@@ -9,9 +9,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::ApiError;
 use super::write;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::{Command, Outcome};
@@ -20,12 +22,14 @@ use crate::wire::txn::{CompactRequest, CompactResponse};
 /// `POST /v1/maintenance/compact` with `{"revision": N}`.
 pub async fn compact(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    caller.check_admin("compact the history")?;
     let (req, once): (CompactRequest, _) = write::json_write(&node, &uri, &headers, body).await?;
-    let outcome = node.write(node.idempotent(once, Command::Compact { revision: req.revision })?).await?;
+    let outcome = write::send(&node, &caller, once, Command::Compact { revision: req.revision }).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let reply = match outcome {

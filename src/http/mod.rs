@@ -34,6 +34,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde::Serialize;
 
+use crate::auth::Caller;
 use crate::node::Node;
 use crate::peer::ReplayGuard;
 use error::ApiError;
@@ -91,6 +92,7 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/elections/{name}/observe", get(election::observe))
         .route("/v1/maintenance/compact", post(maintenance::compact))
         .route("/v1/cluster", get(cluster::cluster))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(tokio::sync::Semaphore::new(node.config().max_inflight_requests)),
             limit_inflight,
@@ -114,6 +116,43 @@ pub fn peer_router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(peer::PeerState { node, slots, replays: Arc::new(ReplayGuard::new(peer::REPLAY_MEMORY)) })
+}
+
+/// Names the caller of an API request ([`Caller`] in the request's extensions): anyone
+/// when client auth is off; else the subject of a valid bearer token, or 401
+/// `unauthenticated` with `WWW-Authenticate` (the health routes stay open).
+async fn authenticate(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let caller = match node.auth() {
+        None => Caller::open(),
+        Some(verifier) => {
+            let mut values = req.headers().get_all(axum::http::header::AUTHORIZATION).iter();
+            let (first, more) = (values.next(), values.next().is_some());
+            let checked = if more {
+                Err(crate::error::Error::Unauthenticated("send one Authorization header, not several".into()))
+            } else {
+                verifier.caller(first.map(|v| v.as_bytes()), crate::clock::wall_clock_ms() / 1000)
+            };
+            match checked {
+                Ok(caller) => caller,
+                Err(e) => {
+                    let challenge = if first.is_none() {
+                        HeaderValue::from_static("Bearer realm=\"palisade\"")
+                    } else {
+                        HeaderValue::from_static("Bearer realm=\"palisade\", error=\"invalid_token\"")
+                    };
+                    let mut resp = ApiError::from(e).into_response();
+                    resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+                    return resp;
+                }
+            }
+        }
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so

@@ -12,9 +12,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::ApiError;
 use super::write;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::{Command, Compare, CompareOp, CompareTarget, Outcome, Txn, TxnOp, TxnResult};
@@ -118,6 +120,7 @@ fn result(r: TxnResult, keys_only: bool) -> w::OpResult {
 /// `POST /v1/txn`.
 pub async fn txn(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -128,7 +131,7 @@ pub async fn txn(
         ops.iter().map(|op| matches!(op, TxnOp::Get { keys_only: true, .. })).collect()
     };
     let (success_keys_only, failure_keys_only) = (keys_only(&txn.success), keys_only(&txn.failure));
-    let outcome = node.write(node.idempotent(once, Command::Txn(txn))?).await?;
+    let outcome = write::send(&node, &caller, once, Command::Txn(txn)).await?;
     let term = node.term();
     let (outcome, replayed) = write::unwrap_replay(outcome, term)?;
     let reply = match outcome {

@@ -14,10 +14,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::ApiError;
 use super::kv::{consistency, key_under};
 use super::query::Query;
+use crate::auth::Caller;
 use crate::node::{Node, Watch, WatchFrame, WatchRequest};
 use crate::store::events::Selector;
 use crate::wire::watch::{CompactedBody, ProgressBody, WatchEvent, WatchMessage};
@@ -156,10 +158,12 @@ fn parse(node: &Node, uri: &Uri, headers: &HeaderMap) -> Result<(WatchRequest, F
 /// `GET /v1/watch/{key}`.
 pub async fn watch(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (req, format) = parse(&node, &uri, &headers)?;
+    caller.check_read(&req.selector.key, req.selector.recursive)?;
     let watch = node.watch(req).await?;
     let head = watch.head;
     let body = futures::stream::unfold((watch, format), |(mut watch, format): (Watch, Format)| async move {

@@ -9,8 +9,12 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::extract::{parse_json, read_body};
 use super::query::Query;
+use std::sync::Arc;
+
+use crate::auth::Caller;
+use crate::error::Error;
 use crate::node::{check_idempotency_key, Node};
-use crate::store::Outcome;
+use crate::store::{Command, Outcome};
 
 /// The request header carrying the client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -43,9 +47,24 @@ pub async fn json_write<T: serde::de::DeserializeOwned>(
     Ok((parse_json(&bytes)?, once))
 }
 
+/// Proposes `cmd` for `caller`: every permission it needs checked first, then sent on the
+/// caller's behalf under the client's idempotency key (if any).
+pub async fn send(
+    node: &Arc<Node>,
+    caller: &Caller,
+    once: Option<String>,
+    cmd: Command,
+) -> Result<Outcome, ApiError> {
+    caller.check_command(&cmd)?;
+    Ok(node.write(node.idempotent(once, caller.on_behalf(cmd))?).await?)
+}
+
 /// A write's outcome with a replay unwrapped: the outcome itself, and whether it is the
 /// first one's (a retry). A key used for another request is the 422.
 pub fn unwrap_replay(outcome: Outcome, term: u64) -> Result<(Outcome, bool), ApiError> {
+    if let Outcome::LeaseNotOwned { revision, lease } = outcome {
+        return Err(lease_not_owned(lease).at(revision, term));
+    }
     match outcome {
         Outcome::Replayed { first } => match *first {
             Outcome::NotRemembered { revision } => Err(ApiError::new(
@@ -58,6 +77,7 @@ pub fn unwrap_replay(outcome: Outcome, term: u64) -> Result<(Outcome, bool), Api
             )
             .with("applied_revision", serde_json::json!(revision))
             .at(revision, term)),
+            Outcome::LeaseNotOwned { revision, lease } => Err(lease_not_owned(lease).at(revision, term)),
             first => Ok((first, true)),
         },
         Outcome::IdempotencyConflict { revision } => Err(ApiError::new(
@@ -68,6 +88,14 @@ pub fn unwrap_replay(outcome: Outcome, term: u64) -> Result<(Outcome, bool), Api
         .at(revision, term)),
         outcome => Ok((outcome, false)),
     }
+}
+
+/// The refusal of a write naming a lease its caller did not grant.
+pub fn lease_not_owned(lease: u64) -> ApiError {
+    Error::PermissionDenied(format!(
+        "lease {lease} was granted by another subject; only it (or an admin) may use it"
+    ))
+    .into()
 }
 
 /// Marks a reply (success or error) as the replay of a first outcome.

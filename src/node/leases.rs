@@ -18,11 +18,16 @@ pub const MAX_LEASE_KEYS_SHOWN: usize = 1000;
 impl Node {
     /// Keeps lease `id` alive: it gets its whole TTL again. Acknowledged only once the
     /// renewal is committed by a quorum, so a deposed leader never acknowledges one.
-    pub async fn lease_keepalive(self: &Arc<Self>, id: u64) -> Result<LeaseTimes> {
+    /// With `subject`, only a lease that subject granted (else `PermissionDenied`).
+    pub async fn lease_keepalive(self: &Arc<Self>, id: u64, subject: Option<&str>) -> Result<LeaseTimes> {
         self.check_lease_id(id)?;
+        let subject = subject.map(str::to_string);
         self.at_leader(
-            || PeerRequest::LeaseKeepalive { id },
-            |node, deadline| async move { node.local_keepalive(id, deadline).await },
+            || PeerRequest::LeaseKeepalive { id, subject: subject.clone() },
+            |node, deadline| {
+                let subject = subject.clone();
+                async move { node.local_keepalive(id, subject.as_deref(), deadline).await }
+            },
             |resp| match resp {
                 PeerResponse::LeaseKeepalive(r) => Some(r),
                 _ => None,
@@ -90,14 +95,16 @@ impl Node {
                 let lease = lease.ok_or(PeerError::Refused(Error::LeaseNotFound(id)))?;
                 Ok(LeaseAnswer::One(info(state, lease, now, max_keys)))
             }
-            LeaseQuery::Page { after, limit } => {
+            LeaseQuery::Page { after, limit, owner } => {
                 let mut leases = Vec::new();
                 let mut after = after;
-                // Skipping leases that are up can take more than one page of the table.
+                let theirs = |l: &&Lease| owner.is_none() || l.owner == owner;
+                // Skipping leases that are up (or someone else's) can take more than one
+                // page of the table.
                 loop {
                     let (page, more) = state.leases().page(after, limit - leases.len());
                     after = page.last().map(|l| l.id).or(after);
-                    leases.extend(page.iter().filter(alive).map(|l| info(state, l, now, 0)));
+                    leases.extend(page.iter().filter(alive).filter(theirs).map(|l| info(state, l, now, 0)));
                     if !more || leases.len() == limit {
                         return Ok(LeaseAnswer::Page { leases, more });
                     }
@@ -138,5 +145,6 @@ fn info(state: &State, l: &Lease, now: u64, max_keys: usize) -> LeaseInfo {
         key_count: state.kv().lease_key_count(l.id) as u64,
         keys: state.kv().lease_keys(l.id).take(max_keys).cloned().collect(),
         locks: state.locks().lease_owners(l.id).take(max_keys).cloned().collect(),
+        owner: l.owner.clone(),
     }
 }

@@ -338,9 +338,11 @@ impl Node {
 
     /// Keeps lease `id` alive, on this node as leader: answered once the renewal is
     /// committed and applied.
+    /// With `subject`, only a lease that subject granted.
     pub(super) async fn local_keepalive(
         self: &Arc<Self>,
         id: u64,
+        subject: Option<&str>,
         deadline: Instant,
     ) -> Result<LeaseTimes, PeerError> {
         let clock = self.lease_clock(deadline).await?;
@@ -357,6 +359,15 @@ impl Node {
             self.confirm_lease_leader(&clock, deadline).await?;
             if !alive() {
                 return Err(PeerError::Refused(Error::LeaseNotFound(id)));
+            }
+        }
+        // Owners never change while a lease lives (and an id is never reused while it
+        // lives), so what this leader applied decides.
+        if let Some(subject) = subject {
+            if self.replica.applied().state.leases().owned_by(id, subject) == Some(false) {
+                return Err(PeerError::Refused(Error::PermissionDenied(format!(
+                    "lease {id} was granted by another subject; only it (or an admin) may keep it alive"
+                ))));
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -383,10 +394,11 @@ impl Node {
 
     /// Stamps this leader's lease clock into a grant (inside an idempotent write too).
     pub(super) async fn stamp_lease_clock(&self, mut cmd: Command) -> Result<Command, PeerError> {
-        let grant = match &mut cmd {
-            Command::Idempotent { cmd, .. } => cmd.as_mut(),
-            cmd => cmd,
-        };
+        let mut grant = &mut cmd;
+        // Inside an idempotent write, on behalf of a subject, or both.
+        while let Command::Idempotent { cmd, .. } | Command::As { cmd, .. } = grant {
+            grant = cmd.as_mut();
+        }
         // Only a grant carries a stamp that the leader fills in; anything else passes as it is.
         if let Command::LeaseGrant { clock_ms, .. } | Command::LockAcquire { lease: None, clock_ms, .. } =
             grant

@@ -40,6 +40,9 @@ pub struct AcquireRequest {
     /// A candidate's value.
     pub value: Vec<u8>,
     pub idempotency_key: Option<String>,
+    /// Who asks: the acquire is proposed on its behalf (its lease must be the caller's;
+    /// a lease made for it is the caller's).
+    pub caller: crate::auth::Caller,
 }
 
 /// How an acquire ended.
@@ -223,7 +226,7 @@ impl Node {
             wait: !req.wait.is_zero(),
             value: req.value,
         };
-        let cmd = self.idempotent(req.idempotency_key, cmd)?;
+        let cmd = self.idempotent(req.idempotency_key, req.caller.on_behalf(cmd))?;
         // Proposed from a task of its own: if this request goes away meanwhile, the task (or
         // the pending outcome's drop, whichever comes second) still learns the outcome and
         // withdraws the owner nobody will hear of.
@@ -335,7 +338,7 @@ impl Node {
                         next_keepalive += keepalive_every;
                         let node = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = node.lease_keepalive(lease).await {
+                            if let Err(e) = node.lease_keepalive(lease, None).await {
                                 tracing::debug!(%e, lease, "a waiting acquire's keepalive failed");
                             }
                         });

@@ -108,6 +108,8 @@ pub struct Node {
     peer_key: PeerKey,
     /// The settings this node runs with (validated).
     cfg: Config,
+    /// Checks client tokens; `None` when client auth is off.
+    auth: Option<Arc<crate::auth::Verifier>>,
     /// Read-index requests waiting for the next quorum round.
     reads: Mutex<ReadRounds>,
     /// Writes waiting to be proposed, and the proposers running (on the leader).
@@ -144,6 +146,10 @@ impl Node {
         peer_key: PeerKey,
     ) -> anyhow::Result<Arc<Node>> {
         cfg.validate()?;
+        let auth = match crate::auth::AuthSettings::of(&cfg) {
+            Some(s) => Some(Arc::new(crate::auth::Verifier::new(s).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
         let identity = identity::resolve(&cfg)?;
         let fatal = tokio::sync::watch::Sender::new(None);
         let replica_cfg = ReplicaConfig {
@@ -208,6 +214,7 @@ impl Node {
             transport,
             peer_key,
             cfg,
+            auth,
             reads: Mutex::default(),
             proposals: Mutex::default(),
             lessor: lessor::Lessor::default(),
@@ -226,6 +233,9 @@ impl Node {
         tokio::spawn(Self::run_lessor(Arc::downgrade(&node)));
         tokio::spawn(watch_hub::WatchHub::run(Arc::downgrade(&node)));
         tokio::spawn(lock_hub::LockHub::run(Arc::downgrade(&node)));
+        if let Some(auth) = &node.auth {
+            tokio::spawn(Self::reload_auth_keys(Arc::downgrade(auth)));
+        }
         Ok(node)
     }
 
@@ -282,6 +292,32 @@ impl Node {
     /// The settings this node runs with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The client token checker; `None` when client auth is off.
+    pub fn auth(&self) -> Option<&crate::auth::Verifier> {
+        self.auth.as_deref()
+    }
+
+    /// Re-reads the JWT key files once a second while they change (key rotation without
+    /// a restart); a file that cannot be used keeps the keys in force, and says why once
+    /// per change.
+    async fn reload_auth_keys(auth: std::sync::Weak<crate::auth::Verifier>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(auth) = auth.upgrade() else { return };
+            // Reading a file is blocking I/O: keep it off the runtime's worker threads.
+            match tokio::task::spawn_blocking(move || auth.reload()).await {
+                Ok(Ok(true)) => {
+                    tracing::info!("client auth: the JWT keys changed on disk; the new keys are in force")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(why)) => tracing::warn!(
+                    "client auth: the changed JWT key file cannot be used ({why}); the keys in force stay"
+                ),
+                Err(_) => return,
+            }
+        }
     }
 
     /// What incoming peer requests must prove.

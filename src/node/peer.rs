@@ -76,11 +76,13 @@ impl Node {
                 };
                 PeerResponse::PublishMember(r)
             }
-            PeerRequest::LeaseKeepalive { id } => {
+            PeerRequest::LeaseKeepalive { id, subject } => {
                 if let Err(e) = self.check_lease_id(id) {
                     return PeerResponse::LeaseKeepalive(Err(PeerError::Refused(e)));
                 }
-                PeerResponse::LeaseKeepalive(self.local_keepalive(id, self.deadline()).await)
+                PeerResponse::LeaseKeepalive(
+                    self.local_keepalive(id, subject.as_deref(), self.deadline()).await,
+                )
             }
             PeerRequest::LeaseRead(q) => {
                 if let Err(e) = self.check_lease_query(&q) {

@@ -209,6 +209,21 @@ impl Node {
             Command::Batch { .. } => Err(Error::InvalidArgument(
                 "a batch is made by the leader's proposer, never sent by a client".into(),
             )),
+            Command::As { subject, cmd, .. } => {
+                if subject.is_empty() || subject.len() > crate::auth::MAX_SUBJECT_BYTES {
+                    return Err(Error::InvalidArgument(format!(
+                        "a subject is 1 to {} bytes, not {}",
+                        crate::auth::MAX_SUBJECT_BYTES,
+                        subject.len()
+                    )));
+                }
+                match cmd.as_ref() {
+                    Command::Idempotent { .. } | Command::Batch { .. } | Command::As { .. } => Err(
+                        Error::InvalidArgument("a write on behalf of a subject holds one plain write".into()),
+                    ),
+                    cmd => self.check_write(cmd),
+                }
+            }
             Command::LeaseGrant { id, ttl_ms, .. } => {
                 if let Some(id) = id.filter(|&id| id == 0 || id > MAX_CHOSEN_LEASE_ID) {
                     return Err(Error::InvalidArgument(format!(

@@ -36,6 +36,18 @@ pub enum KvRead {
     Children { key: String, revision: Option<u64>, after: Option<String>, limit: usize },
 }
 
+impl KvRead {
+    /// The key the read addresses, and whether it reads the key's subtree too.
+    pub fn scope(&self) -> (&str, bool) {
+        match self {
+            KvRead::Get { key, .. } => (key, false),
+            KvRead::List { key, .. } | KvRead::Count { key, .. } | KvRead::Children { key, .. } => {
+                (key, true)
+            }
+        }
+    }
+}
+
 /// What a [`KvRead`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvReadResult {

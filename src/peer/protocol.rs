@@ -23,8 +23,13 @@ pub enum PeerRequest {
     PublishMember { client_url: String, incarnation: u64 },
     /// Asked by a member starting on a new data dir: what does the cluster know of it?
     Probe,
-    /// A client's keepalive of a lease, for the leader's lessor.
-    LeaseKeepalive { id: u64 },
+    /// A client's keepalive of a lease, for the leader's lessor; `subject`: only a lease
+    /// this subject granted may be kept alive (none: any, auth off or an admin).
+    LeaseKeepalive {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
     /// A client's read of leases and their remaining time, which only the leader knows.
     LeaseRead(LeaseQuery),
 }
@@ -44,8 +49,14 @@ pub struct LeaseTimes {
 pub enum LeaseQuery {
     /// One lease, with (up to `max_keys` of) its keys.
     One { id: u64, max_keys: usize },
-    /// Up to `limit` leases with ids above `after`, in id order.
-    Page { after: Option<u64>, limit: usize },
+    /// Up to `limit` leases with ids above `after`, in id order (only those `owner`
+    /// granted, when given).
+    Page {
+        after: Option<u64>,
+        limit: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
 }
 
 /// One lease as a read reports it.
@@ -62,6 +73,9 @@ pub struct LeaseInfo {
     /// them in name order (a page read lists none).
     #[serde(default)]
     pub locks: Vec<(crate::store::Kind, String, String)>,
+    /// The subject that granted it (none when client auth was off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// What a [`LeaseQuery`] found.

@@ -17,7 +17,7 @@ use super::mvcc::Store;
 use super::txn::{Txn, TxnResult};
 
 /// The proposal format this binary writes, and the newest it can read.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// One log entry's business payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +186,15 @@ pub enum Command {
         #[serde(with = "super::bytes_b64")]
         value: Vec<u8>,
     },
+    /// `cmd` on behalf of the authenticated `subject` (client auth on): every lease it
+    /// names (directly, or through a lock owner) must be one `subject` granted, unless
+    /// `admin`; a lease it makes belongs to `subject`. Holds one plain command.
+    As {
+        subject: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        admin: bool,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -209,6 +218,7 @@ impl Command {
                 name.len() + owner.len()
             }
             Command::Proclaim { name, owner, value } => name.len() + owner.len() + value.len(),
+            Command::As { subject, cmd, .. } => subject.len() + cmd.data_bytes(),
         }
     }
 
@@ -219,7 +229,7 @@ impl Command {
             | Command::LeaseClock { clock_ms, .. }
             | Command::LeaseExpire { clock_ms, .. } => Some(*clock_ms),
             Command::LockAcquire { lease: None, clock_ms, .. } => Some(*clock_ms),
-            Command::Idempotent { cmd, .. } => cmd.lease_clock(),
+            Command::Idempotent { cmd, .. } | Command::As { cmd, .. } => cmd.lease_clock(),
             Command::Batch { cmds } => cmds.iter().filter_map(Command::lease_clock).max(),
             _ => None,
         }
@@ -290,6 +300,8 @@ pub enum Outcome {
     LockCancelled { revision: u64 },
     /// The owner neither holds nor waits; nothing changed.
     OwnerNotFound { revision: u64 },
+    /// The command names a lease its subject did not grant; nothing changed.
+    LeaseNotOwned { revision: u64, lease: u64 },
     /// The leader gave its leadership a new value.
     Proclaimed { revision: u64, holder: Holder },
     /// The proclaimer does not lead the election; nothing changed.
@@ -322,6 +334,7 @@ impl Outcome {
             | Outcome::LockReleased { revision, .. }
             | Outcome::LockCancelled { revision }
             | Outcome::OwnerNotFound { revision }
+            | Outcome::LeaseNotOwned { revision, .. }
             | Outcome::Proclaimed { revision, .. }
             | Outcome::NotLeader { revision } => *revision,
             Outcome::Replayed { first } => first.revision(),
@@ -360,6 +373,7 @@ impl Outcome {
             | Outcome::LockReleased { .. }
             | Outcome::LockCancelled { .. }
             | Outcome::OwnerNotFound { .. }
+            | Outcome::LeaseNotOwned { .. }
             | Outcome::NotLeader { .. } => 0,
         }
     }
@@ -424,6 +438,13 @@ impl Store {
                 cmd => self.apply(cmd),
             },
             Command::Batch { cmds } => apply_batch(self, cmds, Store::revision, Store::apply),
+            // Whose leases a subject may use is the state root's to decide.
+            Command::As { cmd, .. } => match cmd.as_ref() {
+                Command::Batch { .. } | Command::Idempotent { .. } | Command::As { .. } => {
+                    self.nothing_outcome()
+                }
+                cmd => self.apply(cmd),
+            },
             // Leases are the state root's (see `State::apply`).
             Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }

@@ -78,29 +78,27 @@ fn entry_bytes(key: &str, outcome: &Outcome) -> u64 {
 /// The fingerprint of a request: SHA-256 of its log encoding, without what the node that
 /// took it filled in from its own settings (so a retry through another node matches).
 pub fn fingerprint(cmd: &Command) -> String {
-    let bytes = match cmd {
-        Command::Txn(txn) => {
-            let mut client_part = txn.clone();
-            client_part.max_read_bytes = 0;
-            client_part.default_get_limit = 0;
-            serde_json::to_vec(&Command::Txn(client_part))
-        }
-        // The lease clock is the leader's stamp, not the client's.
-        Command::LeaseGrant { id, ttl_ms, .. } => {
-            serde_json::to_vec(&Command::LeaseGrant { id: *id, ttl_ms: *ttl_ms, clock_ms: 0 })
-        }
-        Command::LockAcquire { lease: None, .. } => {
-            let mut client_part = cmd.clone();
-            if let Command::LockAcquire { clock_ms, .. } = &mut client_part {
-                *clock_ms = 0;
-            }
-            serde_json::to_vec(&client_part)
-        }
-        cmd => serde_json::to_vec(cmd),
-    }
-    .unwrap_or_default();
+    let bytes = serde_json::to_vec(&client_part(cmd)).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `cmd` without what a node filled in: a transaction's read limits (the node's settings)
+/// and a grant's lease clock (the leader's stamp).
+fn client_part(cmd: &Command) -> Command {
+    let mut part = cmd.clone();
+    match &mut part {
+        Command::Txn(txn) => {
+            txn.max_read_bytes = 0;
+            txn.default_get_limit = 0;
+        }
+        Command::LeaseGrant { clock_ms, .. } | Command::LockAcquire { lease: None, clock_ms, .. } => {
+            *clock_ms = 0
+        }
+        Command::As { cmd, .. } => **cmd = client_part(cmd),
+        _ => {}
+    }
+    part
 }
 
 /// What is kept of `outcome`: without the values `cmd` wrote, and `NotRemembered` when
@@ -129,6 +127,9 @@ fn slim(outcome: Outcome) -> Outcome {
 
 /// A kept outcome with the values `cmd` wrote put back: the first outcome as it was.
 pub fn refill(outcome: Outcome, cmd: &Command) -> Outcome {
+    if let Command::As { cmd, .. } = cmd {
+        return refill(outcome, cmd);
+    }
     let mut o = outcome;
     match (&mut o, cmd) {
         (Outcome::Put { kv, .. }, Command::Put { value, .. }) => kv.value = value.clone(),

@@ -34,6 +34,10 @@ pub struct Lease {
     pub ttl_ms: u64,
     /// The lease clock reading at which it expires.
     pub expires_at: u64,
+    /// The authenticated subject that granted it (none when client auth was off): only
+    /// that subject (or an admin) may use it, keep it alive or revoke it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// What happened to leases since the cluster began (for metrics).
@@ -146,10 +150,23 @@ impl Leases {
             }
         };
         let expires_at = clock.saturating_add(ttl_ms);
-        self.leases.insert(id, Lease { id, ttl_ms, expires_at });
+        self.leases.insert(id, Lease { id, ttl_ms, expires_at, owner: None });
         self.by_expiry.insert((expires_at, id));
         self.counters.granted += 1;
         Some(id)
+    }
+
+    /// Makes `owner` the owner of lease `id` (just granted on its behalf).
+    pub(super) fn set_owner(&mut self, id: u64, owner: &str) {
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.owner = Some(owner.to_string());
+        }
+    }
+
+    /// Whether `subject` may use lease `id`: it exists and `subject` granted it. `None`
+    /// when there is no such lease.
+    pub fn owned_by(&self, id: u64, subject: &str) -> Option<bool> {
+        self.leases.get(&id).map(|l| l.owner.as_deref() == Some(subject))
     }
 
     /// Gives lease `id` its TTL again from clock reading `clock` (never shortens it);

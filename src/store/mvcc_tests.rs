@@ -1109,7 +1109,7 @@ mod model {
                     }
                     Outcome::Compacted { revision: self.revision, compact_revision: self.floor, compacted }
                 }
-                Command::Idempotent { cmd, .. } => self.apply(cmd),
+                Command::Idempotent { cmd, .. } | Command::As { cmd, .. } => self.apply(cmd),
                 // Leases are the state root's; the store alone does nothing with them.
                 Command::LeaseGrant { .. }
                 | Command::LeaseRevoke { .. }

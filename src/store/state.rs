@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{apply_batch, Command, Outcome, Proposal};
 use super::dedup::{self, Dedup, Seen};
 use super::lease::Leases;
-use super::lock::Kind;
+use super::lock::{Kind, Place};
 use super::locks::{AcquireArgs, Locks};
 use super::mvcc::Store;
 use super::txn::TxnOp;
@@ -194,10 +194,75 @@ impl State {
                 let results = self.kv.apply_branch(txn, succeeded);
                 Outcome::Txn { revision: self.revision(), succeeded, results }
             }
+            Command::As { subject, admin, cmd } => self.apply_as(subject, *admin, cmd),
             Command::Put { lease, .. } if self.missing_lease(*lease).is_some() => {
                 Outcome::LeaseNotFound { revision, lease: lease.unwrap_or(0) }
             }
             cmd => self.kv.apply(cmd),
+        }
+    }
+
+    /// Applies `cmd` on behalf of `subject`: refused whole when it names a lease someone
+    /// else granted (unless `admin`); a lease it makes is `subject`'s.
+    fn apply_as(&mut self, subject: &str, admin: bool, cmd: &Command) -> Outcome {
+        if matches!(cmd, Command::Batch { .. } | Command::Idempotent { .. } | Command::As { .. }) {
+            return self.nothing();
+        }
+        if !admin {
+            let foreign =
+                self.leases_named(cmd).into_iter().find(|l| self.leases.owned_by(*l, subject) == Some(false));
+            if let Some(lease) = foreign {
+                return Outcome::LeaseNotOwned { revision: self.revision(), lease };
+            }
+        }
+        let outcome = self.apply_cmd(cmd);
+        let made = match (cmd, &outcome) {
+            (Command::LeaseGrant { .. }, Outcome::LeaseGranted { id, .. }) => Some(*id),
+            (Command::LockAcquire { lease: None, .. }, Outcome::LockHeld { holder, .. }) => {
+                Some(holder.lease)
+            }
+            (Command::LockAcquire { lease: None, .. }, Outcome::LockQueued { waiter, .. }) => {
+                Some(waiter.lease)
+            }
+            _ => None,
+        };
+        if let Some(id) = made {
+            self.leases.set_owner(id, subject);
+        }
+        outcome
+    }
+
+    /// The leases `cmd` would use: those it attaches keys or owners to, revokes, or whose
+    /// lock owner it releases, cancels or proclaims for.
+    fn leases_named(&self, cmd: &Command) -> Vec<u64> {
+        let owner_lease = |kind: Kind, name: &str, owner: &str| {
+            let lock = self.locks.get(kind, name)?;
+            let lease = match lock.place(owner)? {
+                Place::Holding(i) => lock.holders[i].lease,
+                Place::Waiting(i) => lock.waiters[i].lease,
+            };
+            Some(lease)
+        };
+        match cmd {
+            Command::Put { lease, .. } => lease.iter().copied().collect(),
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .filter_map(|op| match op {
+                    TxnOp::Put { lease, .. } => *lease,
+                    _ => None,
+                })
+                .collect(),
+            Command::LeaseRevoke { id } => vec![*id],
+            Command::LockAcquire { lease, .. } => lease.iter().copied().collect(),
+            Command::LockRelease { kind, name, owner } | Command::LockCancel { kind, name, owner } => {
+                owner_lease(*kind, name, owner).into_iter().collect()
+            }
+            Command::Proclaim { name, owner, .. } => {
+                owner_lease(Kind::Election, name, owner).into_iter().collect()
+            }
+            _ => Vec::new(),
         }
     }
 

@@ -108,6 +108,9 @@ pub struct LeaseResponse {
     /// The locks and elections it holds or waits for (at most 1000).
     #[serde(default)]
     pub locks: Vec<LeaseLock>,
+    /// The subject whose token granted it (absent when client auth was off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A lock or an election a lease holds or waits for.

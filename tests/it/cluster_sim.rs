@@ -445,6 +445,7 @@ async fn a_waiter_on_a_lagging_follower_leaves_the_queue_when_its_wait_runs_out(
         limit: None,
         value: Vec::new(),
         idempotency_key: None,
+        caller: palisade::auth::Caller::open(),
     };
     let (held, _) = c.node(leader).acquire(acquire(Duration::ZERO)).await.unwrap();
     assert!(matches!(held, Acquired::Held { .. }), "{held:?}");
