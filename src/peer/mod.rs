@@ -10,7 +10,10 @@ mod auth;
 mod protocol;
 mod transport;
 
-pub use auth::{PeerAuthError, PeerKey, ReplayGuard, Verified, RESPONSE_SIGNATURE_HEADER, SIGNATURE_HEADERS};
+pub use auth::{
+    PeerAuthError, PeerKey, Reload, ReplayGuard, Verified, MAX_SECRETS, RESPONSE_SIGNATURE_HEADER,
+    SIGNATURE_HEADERS,
+};
 pub use protocol::{
     LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, PeerError, PeerHandler, PeerRequest, PeerResponse,
     ProbeReply, ReadIndexReply,
