@@ -212,6 +212,8 @@ settings! {
     initial_cluster: Option<String> = None;
     /// A file holding the cluster's shared peer secret (at least 16 bytes); every member
     /// needs the same one. Required when the peer listener is not on a loopback address.
+    /// Several secrets, one a line, rotate it: the first signs, any is accepted; the file
+    /// is re-read when it changes on disk.
     peer_secret_file: Option<PathBuf> = None;
     /// Run the peer listener on a non-loopback address without a peer secret or peer TLS
     /// client certificates (anyone who reaches the peer port can then rewrite the store).

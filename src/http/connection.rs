@@ -316,13 +316,19 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
+/// The address a request came from, in its extensions (for log lines about it).
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
 /// The hyper service of one connection: the router, with each request's body under its
-/// deadline and each reply tracked until it is sent.
+/// deadline, its [`RemoteAddr`] in its extensions, and each reply tracked until it is sent.
 #[derive(Clone)]
 pub struct ConnService {
     pub app: Router,
     pub activity: Arc<Activity>,
     pub body_timeout: Duration,
+    /// The client's address, if the socket could tell.
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -339,7 +345,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let done = RequestDone(self.activity.clone());
         let activity = self.activity.clone();
         let timeout = self.body_timeout;
-        let req = req.map(|inner| DeadlineBody::new(inner, deadline, timeout, seq, activity.clone()));
+        let mut req = req.map(|inner| DeadlineBody::new(inner, deadline, timeout, seq, activity.clone()));
+        if let Some(remote) = self.remote {
+            req.extensions_mut().insert(RemoteAddr(remote));
+        }
         let app = self.app.clone();
         Box::pin(async move {
             let Ok(mut resp) = app.oneshot(req).await;

@@ -5,7 +5,9 @@
 //! must be a member; the request must get one of the bounded peer slots; the body must fit
 //! the peer message limit and arrive within `--body-timeout-ms` (else 408, which frees the
 //! slot) and match its signed digest; the JSON must parse; a forwarded write must not be a
-//! replay. Only then does the node see the request. The answer is signed too.
+//! replay. Only then does the node see the request. The answer is signed too. A request
+//! refused for who sent it (401, 403) is logged with the claimed sender, its address and
+//! why, rate-limited (the sender logs the refusal too, from the error message).
 
 use std::sync::Arc;
 
@@ -13,10 +15,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
+use super::connection::RemoteAddr;
 use super::error::ApiError;
 use crate::node::Node;
-use crate::peer::{PeerRequest, ReplayGuard, RESPONSE_SIGNATURE_HEADER};
+use crate::peer::{refused_request, PeerRequest, ReplayGuard, RESPONSE_SIGNATURE_HEADER, SIGNATURE_HEADERS};
 
 /// What the peer route needs besides the node.
 #[derive(Clone)]
@@ -35,21 +39,30 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
     ApiError::new(status, code, message).into_response()
 }
 
-pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn rpc(
+    State(st): State<PeerState>,
+    remote: Option<Extension<RemoteAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let node = &st.node;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let remote = remote.map(|Extension(RemoteAddr(r))| r);
     let key = node.peer_key();
     let verified = match key.check_headers(header, node.id(), crate::clock::wall_clock_ms()) {
         Ok(v) => v,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
+        Err(e) => {
+            // The sender is only claimed here: the headers did not prove it.
+            let claimed = header(SIGNATURE_HEADERS[0]).and_then(|f| f.parse().ok());
+            refused_request(node.id(), claimed, remote, e.kind(), &e.explain(claimed));
+            return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
+        }
     };
     let from = verified.from;
     if from != node.id() && !node.is_member(from) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("node {from} is not a member of this cluster"),
-        );
+        let why = format!("node {from} is not a member of this cluster");
+        refused_request(node.id(), Some(from), remote, "not_a_member", &why);
+        return refuse(StatusCode::FORBIDDEN, "permission_denied", why);
     }
     let Ok(_slot) = st.slots.clone().try_acquire_owned() else {
         return refuse(
@@ -73,6 +86,7 @@ pub async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Body) ->
         }
     };
     if let Err(e) = key.check_body(&verified, &bytes) {
+        refused_request(node.id(), Some(from), remote, e.kind(), &e.explain(Some(from)));
         return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
     }
     let req: PeerRequest = match serde_json::from_slice(&bytes) {

@@ -305,8 +305,9 @@ async fn serve_connection(
     mut phase: watch::Receiver<Phase>,
 ) {
     let activity = Arc::new(Activity::new());
+    let remote = tcp.peer_addr().ok();
     let io = TokioIo::new(WatchedIo { io: tcp, activity: activity.clone() });
-    let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body };
+    let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body, remote };
     let conn = hyper::server::conn::http1::Builder::new()
         // Our deadlines replace hyper's header timeout, which also runs while a
         // keep-alive connection is idle.

@@ -134,6 +134,9 @@ impl Node {
             Some(path) => PeerKey::load(path).map_err(anyhow::Error::msg)?,
             None => PeerKey::insecure(),
         };
+        // A changed file is used within a second or so, by the transport and the peer
+        // route alike (they share the key's secrets): a rotation needs no restart.
+        key.watch_file(Duration::from_secs(1));
         let transport = Arc::new(HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes));
         Self::start_with(cfg, transport, key).await
     }

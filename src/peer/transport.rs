@@ -82,7 +82,7 @@ impl Transport for HttpTransport {
             request = request.header(name, value);
         }
         let request = request.body(body);
-        let (key, limit) = (self.key.clone(), self.max_answer_bytes);
+        let (key, limit, from) = (self.key.clone(), self.max_answer_bytes, self.from);
         async move {
             let exchange = async {
                 let resp = request.send().await.map_err(|e| {
@@ -100,6 +100,9 @@ impl Transport for HttpTransport {
                     .map(str::to_string);
                 let bytes = read_limited(resp, limit).await?;
                 if !status.is_success() {
+                    if matches!(status.as_u16(), 401 | 403) {
+                        super::refusals::refused_by_peer(from, target, status.as_u16(), &bytes);
+                    }
                     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
                     // Refused before anything happened (auth, limits): nothing arrived.
                     let e = format!("{url}: HTTP {status}: {text}");

@@ -7,6 +7,7 @@
 //! - `cluster_sim`, `cluster_process`: replication in-process and with real processes.
 //! - `checkers`, `fault_sim`, `fault_process`: the history checkers and the fault suites.
 //! - `hostile_peer`, `disk_faults`: forged peer traffic; replaced, damaged and full disks.
+//! - `peer_secret_process`: rotating the peer secret live, and a member left with the old one.
 //! - `lease_process`: leases on real processes (followers, the failover rule across a
 //!   leader kill, a partitioned old leader, a mass expiry).
 //! - `lock_process`: locks and elections on real processes (contending holders through
@@ -37,4 +38,5 @@ mod idempotency_process;
 mod lease_process;
 mod lock_process;
 mod openapi_sync;
+mod peer_secret_process;
 mod watch_process;
