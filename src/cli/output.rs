@@ -6,6 +6,7 @@
 //! stderr); 2 no endpoint could be reached (clap also uses 2 for bad usage).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use crate::client::{self, Client, KeyValue};
 /// Flags of the client subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Comma-separated client URLs of cluster members (`http://` is assumed when left out).
+    /// Comma-separated client URLs of cluster members (`http://` is assumed when left out;
+    /// `https://` needs --cacert).
     #[arg(
         long,
         global = true,
@@ -33,6 +35,22 @@ pub struct ClientArgs {
     /// How long one request may take (`5s`, `500ms`, `1m`; a bare number is seconds).
     #[arg(long, global = true, help_heading = "Client options", value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// The CA (PEM) that signed the cluster's certificates: the only root trusted for
+    /// `https://` endpoints (needed for them).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_CACERT",
+        value_name = "FILE"
+    )]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for a cluster that requires one; with --key.
+    #[arg(long, global = true, help_heading = "Client options", env = "PALISADE_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, help_heading = "Client options", env = "PALISADE_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// The output format.
@@ -83,7 +101,16 @@ impl From<client::Error> for Failure {
 
 impl ClientArgs {
     pub fn client(&self) -> Result<Client, Failure> {
-        Client::with_timeout(self.endpoints.clone(), self.timeout).map_err(Failure::Client)
+        let tls = client::ClientTls {
+            ca_file: self.cacert.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+        };
+        Client::builder(self.endpoints.clone())
+            .timeout(self.timeout)
+            .tls(tls)
+            .build()
+            .map_err(Failure::Client)
     }
 }
 

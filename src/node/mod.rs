@@ -132,7 +132,10 @@ impl Node {
             Some(path) => PeerKey::load(path).map_err(anyhow::Error::msg)?,
             None => PeerKey::insecure(),
         };
-        let transport = Arc::new(HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes));
+        let tls = crate::tls::ClientFiles::peer_transport(&cfg);
+        let transport = HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes, tls)
+            .map_err(|e| anyhow::anyhow!("cannot set up peer TLS: {e}"))?;
+        let transport = Arc::new(transport);
         Self::start_with(cfg, transport, key).await
     }
 
