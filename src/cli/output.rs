@@ -38,19 +38,34 @@ pub struct ClientArgs {
     /// The CA (PEM) that signed the cluster's certificates: the only root trusted for
     /// `https://` endpoints (needed for them).
     #[arg(
-        long,
+        long = "cacert",
+        id = "tls_cacert",
         global = true,
         help_heading = "Client options",
         env = "PALISADE_CACERT",
         value_name = "FILE"
     )]
-    pub cacert: Option<PathBuf>,
+    pub tls_cacert: Option<PathBuf>,
     /// A client certificate (PEM) to present, for a cluster that requires one; with --key.
-    #[arg(long, global = true, help_heading = "Client options", env = "PALISADE_CERT", value_name = "FILE")]
-    pub cert: Option<PathBuf>,
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --cert.
-    #[arg(long, global = true, help_heading = "Client options", env = "PALISADE_KEY", value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The output format.
@@ -102,9 +117,9 @@ impl From<client::Error> for Failure {
 impl ClientArgs {
     pub fn client(&self) -> Result<Client, Failure> {
         let tls = client::ClientTls {
-            ca_file: self.cacert.clone(),
-            cert_file: self.cert.clone(),
-            key_file: self.key.clone(),
+            ca_file: self.tls_cacert.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
         };
         Client::builder(self.endpoints.clone())
             .timeout(self.timeout)

@@ -148,7 +148,9 @@ impl Transport for HttpTransport {
             let exchange = async {
                 let resp = request.send().await.map_err(|e| {
                     let text = with_causes(&e);
-                    if tls && e.is_connect() && is_tls_failure(&text) {
+                    // Over TLS 1.3 a refused client certificate shows only once the
+                    // request is under way: not a connect error, but still TLS's.
+                    if tls && is_tls_failure(&text) {
                         warn_tls(&tls_warned, target, &text);
                     }
                     if e.is_connect() {
