@@ -12,8 +12,9 @@
 //!   claim the node can serve what it cannot accept; the first accept that works clears it.
 //! - past the listener's connection cap, a new connection is answered 503 `overloaded`
 //!   (`Connection: close`) and closed; the connections already open are not touched.
-//!   On a TLS listener the 503 is sent after a TLS handshake, done by the task that
-//!   answers refusals (at most [`REFUSALS_AT_ONCE`] at once, each within
+//!   On a TLS listener the 503 is sent after a TLS handshake and the first bytes of the
+//!   request (an HTTP client takes a reply before its request for a broken connection),
+//!   by the task that answers refusals (at most [`REFUSALS_AT_ONCE`] at once, each within
 //!   [`REFUSAL_LINGER`]); past that many, a refused TLS connection is simply closed.
 //!
 //! TLS (when the listener has a certificate): the handshake runs in the connection's own
@@ -302,7 +303,7 @@ fn overloaded_reply(message: &str) -> Vec<u8> {
 }
 
 /// Writes `reply` on a connection over the cap and closes it (over TLS, after the
-/// handshake). The client's request is read and thrown away until it closes (at most
+/// handshake and the first bytes of the request). The client's request is read and thrown away until it closes (at most
 /// [`REFUSAL_LINGER`], handshake included): closing a socket with unread input resets it,
 /// and a reset can destroy the reply before the client reads it.
 fn refuse(
@@ -323,7 +324,13 @@ fn refuse(
             match tls {
                 None => answer_and_close(tcp, &reply).await,
                 Some(cfg) => {
-                    let stream = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await?;
+                    let mut stream = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await?;
+                    // An HTTP client takes bytes that come before its request for a broken
+                    // connection: wait for the request to start.
+                    let mut first = [0u8; 1024];
+                    if stream.read(&mut first).await? == 0 {
+                        return Ok(()); // gone without a request
+                    }
                     answer_and_close(stream, &reply).await
                 }
             }

@@ -344,3 +344,39 @@ async fn a_client_ca_makes_the_client_listener_require_a_certificate() {
     let e = cli(&["kv", "--endpoints", &url, "get", "/mtls/a"], &half);
     assert!(!ok(&e) && e.stderr.contains("--key"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_keeps_its_connection_cap_and_handshake_deadline() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("palisade test CA");
+    let tls = ClusterTls::generate(&ca, dir.path(), 1);
+    let mut opts = tls_options(&tls, 1);
+    opts.extra_args =
+        ["--max-client-connections", "1", "--header-timeout-ms", "1500", "--idle-timeout-ms", "200"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let c = Cluster::start(opts).await;
+    let addr = c.client_addr(1).to_string();
+    // The harness's keep-alive connection from the start is closed as idle by now.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // A client that connects and never starts the handshake is closed at the header
+    // deadline, and the log says so.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "a silent client was not closed: {n:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "closed after {:?}", started.elapsed());
+    log_says(&c, 1, &["TLS handshakes failed", "no TLS handshake within"], Duration::from_secs(5)).await;
+
+    // One connection holds the only slot: a new one is answered 503 `overloaded`, over TLS.
+    let held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let fresh = Http::with_tls(Duration::from_secs(3), &tls.ca(), None);
+    let r = fresh.get_path(&c.client_url(1), "/healthz").await.expect("an HTTP answer over TLS");
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.error_code(), Some("overloaded"), "{}", r.text);
+    drop(held);
+}
