@@ -211,12 +211,13 @@ settings! {
     /// client URL may follow its peer URL after `|`). Default: this node alone.
     initial_cluster: Option<String> = None;
     /// A file holding the cluster's shared peer secret (at least 16 bytes); every member
-    /// needs the same one. Required when the peer listener is not on a loopback address.
+    /// needs the same one. A peer listener not on a loopback address needs it, or peer
+    /// mutual TLS (peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file), or both.
     /// Several secrets, one a line, rotate it: the first signs, any is accepted; the file
     /// is re-read when it changes on disk.
     peer_secret_file: Option<PathBuf> = None;
-    /// Run the peer listener on a non-loopback address without a peer secret or peer TLS
-    /// client certificates (anyone who reaches the peer port can then rewrite the store).
+    /// Run the peer listener on a non-loopback address without a peer secret or peer mutual
+    /// TLS (anyone who reaches the peer port can then rewrite the store).
     insecure_peer: bool = false;
     /// The client listener's TLS certificate chain (PEM); with tls_key_file, the client
     /// listener speaks HTTPS only. Re-read when it changes on disk.
@@ -227,12 +228,14 @@ settings! {
     /// signed by one of them. Re-read when it changes on disk.
     tls_client_ca_file: Option<PathBuf> = None;
     /// The peer listener's TLS certificate chain (PEM), also this node's client certificate
-    /// towards the other members. Re-read when it changes on disk.
+    /// towards the other members; needs peer_tls_key_file and peer_tls_ca_file, and every
+    /// member's peer URL is then https://. Re-read when it changes on disk.
     peer_tls_cert_file: Option<PathBuf> = None;
     /// The private key (PEM) of peer_tls_cert_file. Re-read when it changes on disk.
     peer_tls_key_file: Option<PathBuf> = None;
     /// The cluster CA (PEM): members' peer certificates must be signed by it, both ways
-    /// (mutual TLS). Re-read when it changes on disk.
+    /// (mutual TLS; it is the only root trusted). With it, peer requests are authenticated
+    /// by certificate, and peer_secret_file is optional. Re-read when it changes on disk.
     peer_tls_ca_file: Option<PathBuf> = None;
     /// HS256: a file holding the shared secret client tokens are signed with (at least 32
     /// bytes). Setting any auth_jwt key turns client authentication on. Re-read when it
@@ -459,18 +462,120 @@ impl Config {
                 ));
             }
         }
-        if self.peer_secret_file.is_none() && !self.insecure_peer && !self.peer_is_loopback() {
+        self.validate_tls()?;
+        if self.peer_secret_file.is_none()
+            && !self.peer_mutual_tls()
+            && !self.insecure_peer
+            && !self.peer_is_loopback()
+        {
             return Err(self.error(
                 "listen_peer",
                 format!(
-                    "{} is not a loopback address, and no peer_secret_file is set: anyone who reaches the peer \
-                     port could rewrite the store. Give every member the same secret (--peer-secret-file), or \
-                     accept the risk with --insecure-peer",
+                    "{} is not a loopback address, and neither a peer_secret_file nor peer mutual TLS is set: \
+                     anyone who reaches the peer port could rewrite the store. Give every member the same secret \
+                     (--peer-secret-file), or peer certificates signed by the cluster CA (--peer-tls-cert-file, \
+                     --peer-tls-key-file and --peer-tls-ca-file), or accept the risk with --insecure-peer",
                     self.listen_peer
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The TLS settings: a certificate and its key go together, a CA needs both, peer TLS
+    /// needs its CA (the only root the peer transport trusts), and the advertised URLs
+    /// speak what the listeners speak. The files themselves are read by `tls`, at start.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let listeners = [
+            (
+                "tls_cert_file",
+                &self.tls_cert_file,
+                "tls_key_file",
+                &self.tls_key_file,
+                "tls_client_ca_file",
+                &self.tls_client_ca_file,
+            ),
+            (
+                "peer_tls_cert_file",
+                &self.peer_tls_cert_file,
+                "peer_tls_key_file",
+                &self.peer_tls_key_file,
+                "peer_tls_ca_file",
+                &self.peer_tls_ca_file,
+            ),
+        ];
+        for (cert_name, cert, key_name, key, ca_name, ca) in listeners {
+            for (name, path) in [(cert_name, cert), (key_name, key), (ca_name, ca)] {
+                if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(self.error(name, "must not be empty"));
+                }
+            }
+            match (cert, key) {
+                (Some(_), None) => {
+                    return Err(self.error(cert_name, format!("needs {key_name} (its private key)")))
+                }
+                (None, Some(_)) => {
+                    return Err(self.error(key_name, format!("needs {cert_name} (its certificate)")))
+                }
+                _ => {}
+            }
+            if ca.is_some() && cert.is_none() {
+                return Err(self.error(
+                    ca_name,
+                    format!(
+                        "needs {cert_name} and {key_name}: client certificates are only asked for over TLS"
+                    ),
+                ));
+            }
+        }
+        if self.peer_tls_cert_file.is_some() && self.peer_tls_ca_file.is_none() {
+            return Err(self.error(
+                "peer_tls_cert_file",
+                "needs peer_tls_ca_file: the cluster CA is the only root members trust each other's \
+                 certificates by, and the peer listener requires a certificate signed by it",
+            ));
+        }
+        let advertised = self.advertise();
+        for (setting, url, tls, listener) in [
+            ("advertise_client", &advertised.client_url, self.tls_cert_file.is_some(), "client"),
+            ("advertise_peer", &advertised.peer_url, self.peer_tls_cert_file.is_some(), "peer"),
+        ] {
+            let https = url.starts_with("https://");
+            if tls && !https {
+                return Err(self.error(
+                    setting,
+                    format!("{url} is not https://, but the {listener} listener speaks TLS"),
+                ));
+            }
+            if !tls && https {
+                return Err(self.error(
+                    setting,
+                    format!("{url} is https://, but the {listener} listener has no TLS certificate"),
+                ));
+            }
+        }
+        if let Some(members) = self.initial_members() {
+            let scheme = if self.peer_tls_cert_file.is_some() { "https://" } else { "http://" };
+            if let Some((id, m)) = members.iter().find(|(_, m)| !m.peer_url.starts_with(scheme)) {
+                return Err(self.error(
+                    "initial_cluster",
+                    format!(
+                        "gives node {id} the peer URL {}, but this node's peers speak {scheme} (every member's \
+                         peer listener must speak TLS, or none)",
+                        m.peer_url
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether peer requests are authenticated by mutual TLS (a certificate signed by the
+    /// cluster CA, both ways).
+    pub fn peer_mutual_tls(&self) -> bool {
+        self.peer_tls_cert_file.is_some()
+            && self.peer_tls_key_file.is_some()
+            && self.peer_tls_ca_file.is_some()
     }
 
     /// Whether the peer listener only listens on a loopback address.
@@ -479,10 +584,24 @@ impl Config {
     }
 
     /// This node's addresses, as the others reach it.
+    /// A URL without a scheme gets `https://` when its listener speaks TLS.
     pub fn advertise(&self) -> Member {
+        let with_scheme = |addr: &str, tls: bool| {
+            if tls && !addr.contains("://") {
+                format!("https://{}", addr.trim_end_matches('/'))
+            } else {
+                url_of(addr)
+            }
+        };
         Member {
-            client_url: url_of(self.advertise_client.as_deref().unwrap_or(&self.listen_client)),
-            peer_url: url_of(self.advertise_peer.as_deref().unwrap_or(&self.listen_peer)),
+            client_url: with_scheme(
+                self.advertise_client.as_deref().unwrap_or(&self.listen_client),
+                self.tls_cert_file.is_some(),
+            ),
+            peer_url: with_scheme(
+                self.advertise_peer.as_deref().unwrap_or(&self.listen_peer),
+                self.peer_tls_cert_file.is_some(),
+            ),
             incarnation: 0,
         }
     }
@@ -714,6 +833,63 @@ mod tests {
         let mut c = Config::defaults();
         c.listen_client = "localhost".into();
         assert!(c.validate().unwrap_err().to_string().contains("listen_client"));
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let err = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut c = Config::defaults();
+        c.tls_cert_file = p("c.pem");
+        assert!(err(&c).contains("needs tls_key_file"), "{}", err(&c));
+        c.tls_key_file = p("k.pem");
+        c.validate().unwrap();
+        assert_eq!(c.advertise().client_url, "https://127.0.0.1:7379", "a TLS listener advertises https");
+        c.advertise_client = Some("http://10.0.0.1:7379".into());
+        assert!(err(&c).contains("not https://"), "{}", err(&c));
+        c.advertise_client = Some("10.0.0.1:7379".into());
+        assert_eq!(c.advertise().client_url, "https://10.0.0.1:7379");
+        c.validate().unwrap();
+        let mut c = Config::defaults();
+        c.tls_client_ca_file = p("ca.pem");
+        assert!(
+            err(&c).contains("tls_client_ca_file") && err(&c).contains("needs tls_cert_file"),
+            "{}",
+            err(&c)
+        );
+        let mut c = Config::defaults();
+        c.advertise_client = Some("https://127.0.0.1:7379".into());
+        assert!(err(&c).contains("no TLS certificate"), "{}", err(&c));
+
+        // Peer TLS needs its CA, and every member's peer URL is https.
+        let mut c = Config::defaults();
+        c.peer_tls_key_file = p("k.pem");
+        assert!(err(&c).contains("needs peer_tls_cert_file"), "{}", err(&c));
+        c.peer_tls_cert_file = p("c.pem");
+        assert!(err(&c).contains("needs peer_tls_ca_file"), "{}", err(&c));
+        c.peer_tls_ca_file = p("ca.pem");
+        c.validate().unwrap();
+        assert_eq!(c.advertise().peer_url, "https://127.0.0.1:7380");
+        c.initial_cluster = Some("1=https://127.0.0.1:7380,2=http://127.0.0.1:7390".into());
+        assert!(err(&c).contains("node 2") && err(&c).contains("https://"), "{}", err(&c));
+        c.initial_cluster = Some("1=https://127.0.0.1:7380,2=https://127.0.0.1:7390".into());
+        c.validate().unwrap();
+
+        // Off loopback: a secret, or peer mutual TLS, or --insecure-peer.
+        c.listen_peer = "0.0.0.0:7380".into();
+        c.advertise_peer = Some("127.0.0.1:7380".into());
+        c.validate().unwrap();
+        c.peer_tls_ca_file = None;
+        c.peer_tls_cert_file = None;
+        c.peer_tls_key_file = None;
+        c.initial_cluster = None;
+        let e = err(&c);
+        assert!(
+            e.contains("peer-secret-file") && e.contains("peer-tls-ca-file") && e.contains("insecure-peer"),
+            "{e}"
+        );
+        c.peer_secret_file = p("secret");
+        c.validate().unwrap();
     }
 
     #[test]

@@ -57,5 +57,6 @@ pub mod node;
 pub mod peer;
 pub mod raft;
 pub mod store;
+pub mod tls;
 pub mod wal;
 pub mod wire;

@@ -6,6 +6,7 @@
 //! stderr); 2 no endpoint could be reached (clap also uses 2 for bad usage).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use crate::client::{self, Client, KeyValue};
 /// Flags of the client subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Comma-separated client URLs of cluster members (`http://` is assumed when left out).
+    /// Comma-separated client URLs of cluster members (`http://` is assumed when left out;
+    /// `https://` needs --cacert).
     #[arg(
         long,
         global = true,
@@ -52,6 +54,37 @@ pub struct ClientArgs {
         value_name = "FILE"
     )]
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) that signed the cluster's certificates: the only root trusted for
+    /// `https://` endpoints (needed for them).
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_CACERT",
+        value_name = "FILE"
+    )]
+    pub tls_cacert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for a cluster that requires one; with --key.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        help_heading = "Client options",
+        env = "PALISADE_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The output format.
@@ -102,8 +135,17 @@ impl From<client::Error> for Failure {
 
 impl ClientArgs {
     pub fn client(&self) -> Result<Client, Failure> {
-        let token = self.token()?;
-        Client::with_token(self.endpoints.clone(), self.timeout, token.as_deref()).map_err(Failure::Client)
+        let tls = client::ClientTls {
+            ca_file: self.tls_cacert.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+        };
+        Client::builder(self.endpoints.clone())
+            .timeout(self.timeout)
+            .tls(tls)
+            .token(self.token()?)
+            .build()
+            .map_err(Failure::Client)
     }
 
     /// The token given, by flag, variable or file.

@@ -48,6 +48,9 @@ async fn serve(cfg: crate::config::Config) -> anyhow::Result<()> {
     let peer = tokio::net::TcpListener::bind(&cfg.listen_peer)
         .await
         .with_context(|| format!("cannot listen on {} (--listen-peer)", cfg.listen_peer))?;
+    // Before the node starts: a TLS file that cannot be used stops it here, named.
+    let tls = crate::tls::ListenerTls::load(&cfg).context("cannot set up TLS")?;
+    tls.watch();
     let node = Node::start(cfg.clone()).await?;
     tracing::info!(
         node_id = cfg.node_id,
@@ -68,7 +71,7 @@ async fn serve(cfg: crate::config::Config) -> anyhow::Result<()> {
             }
         }
     };
-    crate::http::serve(node.clone(), client, peer, stop).await?;
+    crate::http::serve(node.clone(), client, peer, tls, stop).await?;
     tracing::info!("shutting down");
     node.shutdown().await;
     let why = failed.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -319,9 +319,8 @@ impl Client {
     /// An observation of the election `name`, opened at the first call to
     /// [`Observer::next`] on the endpoint that answered last; see the module doc.
     pub fn observe(&self, name: &str, probe: Duration) -> Result<Observer, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.timeout.min(Duration::from_secs(3)))
-            .no_proxy()
+        let http = self
+            .http_builder()
             .build()
             .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Observer {

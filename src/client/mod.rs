@@ -18,8 +18,25 @@
 //! (on the next endpoint, a few times within a bounded time) after a timeout, a broken
 //! connection, 429, 503 or 504, and reports `replayed` when the answer is the first one's.
 //! Proxy variables (`HTTP_PROXY`, ...) are ignored: members are reached directly.
+//!
+//! TLS: `https://` endpoints need [`ClientTls::ca_file`], the CA that signed the cluster's
+//! certificates, which is then the client's only trust root (there are no built-in or
+//! system roots: a cluster's CA is its own, and trusting every public CA as well would let
+//! any of them vouch for a member). [`ClientTls::cert_file`] and [`ClientTls::key_file`]
+//! present a client certificate, for a client listener run with `--tls-client-ca-file`.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), palisade::client::Error> {
+//! use palisade::client::{Client, ClientTls};
+//! let client = Client::builder(vec!["https://10.0.0.1:7379".into()])
+//!     .timeout(std::time::Duration::from_secs(5))
+//!     .tls(ClientTls { ca_file: Some("ca.pem".into()), ..ClientTls::default() })
+//!     .build()?;
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,13 +201,8 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String, Error> {
         return Err(Error::Other("an endpoint is empty".into()));
     }
     let url = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
-    if url.starts_with("https://") {
-        return Err(Error::Other(format!(
-            "endpoint {url}: https is not supported by this client (plain http only)"
-        )));
-    }
-    if !url.starts_with("http://") {
-        return Err(Error::Other(format!("endpoint {url}: only http:// URLs are supported")));
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(Error::Other(format!("endpoint {url}: only http:// and https:// URLs are supported")));
     }
     reqwest::Url::parse(&url).map_err(|e| Error::Other(format!("endpoint {url} is not a valid URL: {e}")))?;
     Ok(url)
@@ -245,6 +257,121 @@ pub(crate) fn num(n: Option<u64>) -> Option<String> {
     n.map(|n| n.to_string())
 }
 
+/// The TLS files of a client (see the module docs). All PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA that signed the servers' certificates: the only trust root. Needed for
+    /// `https://` endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain) to present, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// Whether any file is given.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// The rustls config these files describe (`--cacert`, `--cert`, `--key` name them in
+    /// errors).
+    fn load(&self) -> Result<rustls::ClientConfig, Error> {
+        let ca = self.ca_file.as_ref().ok_or_else(|| {
+            Error::Other("a client certificate needs the CA of the servers too (--cacert)".into())
+        })?;
+        let identity = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                Some((crate::tls::PemFile::new("--cert", c), crate::tls::PemFile::new("--key", k)))
+            }
+            (Some(_), None) => return Err(Error::Other("--cert needs --key (its private key)".into())),
+            (None, Some(_)) => return Err(Error::Other("--key needs --cert (its certificate)".into())),
+        };
+        crate::tls::ClientFiles { ca: crate::tls::PemFile::new("--cacert", ca), identity }
+            .load()
+            .map_err(|e| Error::Other(e.to_string()))
+    }
+}
+
+/// Builds a [`Client`]: `Client::builder(endpoints).timeout(t).tls(files).build()`.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    tls: ClientTls,
+    token: Option<String>,
+}
+
+impl ClientBuilder {
+    /// How long one request (one attempt at one endpoint) may take; default
+    /// [`DEFAULT_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The TLS files (see [`ClientTls`]).
+    pub fn tls(mut self, tls: ClientTls) -> ClientBuilder {
+        self.tls = tls;
+        self
+    }
+
+    /// A token (JWT) sent as `Authorization: Bearer <token>` with every request, for a
+    /// cluster with client auth on.
+    pub fn token(mut self, token: Option<String>) -> ClientBuilder {
+        self.token = token;
+        self
+    }
+
+    pub fn build(self) -> Result<Client, Error> {
+        let endpoints =
+            self.endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::Other("no endpoints given".into()));
+        }
+        let timeout = self.timeout;
+        if timeout.is_zero() {
+            return Err(Error::Other("the timeout must be above zero".into()));
+        }
+        let tls = if self.tls.is_set() { Some(Arc::new(self.tls.load()?)) } else { None };
+        if tls.is_none() {
+            if let Some(e) = endpoints.iter().find(|e| e.starts_with("https://")) {
+                return Err(Error::Other(format!(
+                    "endpoint {e}: https needs the CA that signed the cluster's certificates (--cacert, \
+                     PALISADE_CACERT): this client trusts no other root"
+                )));
+            }
+        }
+        let authorization = match &self.token {
+            None => None,
+            Some(token) => {
+                let mut value =
+                    reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                        .map_err(|_| Error::Other("the token is not printable ASCII (a JWT is)".into()))?;
+                // Kept out of debug output.
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        let mut client = Client {
+            endpoints: Arc::new(endpoints),
+            http: reqwest::Client::new(),
+            current: Arc::default(),
+            timeout,
+            tls,
+            authorization,
+        };
+        client.http = client
+            .http_builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(client)
+    }
+}
+
 /// A Palisade client over one or more endpoints. Cheap to clone; clones share the
 /// connection pool and the endpoint that answered last.
 #[derive(Debug, Clone)]
@@ -253,6 +380,10 @@ pub struct Client {
     http: reqwest::Client,
     current: Arc<AtomicUsize>,
     timeout: Duration,
+    /// The TLS config of every HTTP client this client builds (`None`: plain HTTP only).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `Authorization` of every request (a bearer token), if any.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl Client {
@@ -263,41 +394,31 @@ impl Client {
 
     /// A client whose every request (one attempt at one endpoint) times out after `timeout`.
     pub fn with_timeout(endpoints: Vec<String>, timeout: Duration) -> Result<Client, Error> {
-        Client::with_token(endpoints, timeout, None)
+        Client::builder(endpoints).timeout(timeout).build()
     }
 
-    /// A client that sends `token` (a JWT) as `Authorization: Bearer <token>` with every
-    /// request, to a cluster with client auth on.
-    pub fn with_token(
-        endpoints: Vec<String>,
-        timeout: Duration,
-        token: Option<&str>,
-    ) -> Result<Client, Error> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                .map_err(|_| Error::Other("the token is not printable ASCII (a JWT is)".into()))?;
-            // Kept out of debug output.
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let endpoints = endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(Error::Other("no endpoints given".into()));
-        }
-        if timeout.is_zero() {
-            return Err(Error::Other("the timeout must be above zero".into()));
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
+    /// A builder, for TLS and the other options.
+    pub fn builder(endpoints: Vec<String>) -> ClientBuilder {
+        ClientBuilder { endpoints, timeout: DEFAULT_TIMEOUT, tls: ClientTls::default(), token: None }
+    }
+
+    /// An HTTP client builder with what every connection of this client needs: the connect
+    /// timeout, no proxy, the TLS config and the token.
+    pub(crate) fn http_builder(&self) -> reqwest::ClientBuilder {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(self.timeout.min(Duration::from_secs(3)))
             // Endpoints are cluster members, reached directly: a proxy would turn "cannot
             // connect" into an HTTP reply and defeat the failover above.
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Client { endpoints: Arc::new(endpoints), http, current: Arc::new(AtomicUsize::new(0)), timeout })
+            .no_proxy();
+        if let Some(tls) = &self.tls {
+            b = b.use_preconfigured_tls(rustls::ClientConfig::clone(tls));
+        }
+        if let Some(value) = &self.authorization {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value.clone());
+            b = b.default_headers(headers);
+        }
+        b
     }
 
     /// The endpoints, normalised.
@@ -594,7 +715,15 @@ mod tests {
         assert_eq!(normalize_endpoint("127.0.0.1:7379").unwrap(), "http://127.0.0.1:7379");
         assert_eq!(normalize_endpoint(" http://127.0.0.1:7379/ ").unwrap(), "http://127.0.0.1:7379");
         assert_eq!(normalize_endpoint("localhost:1").unwrap(), "http://localhost:1");
-        assert!(normalize_endpoint("https://x:1").is_err());
+        assert_eq!(normalize_endpoint("https://x:1/").unwrap(), "https://x:1");
+        let e = Client::new(vec!["https://x:1".into()]).unwrap_err().to_string();
+        assert!(e.contains("--cacert"), "{e}");
+        let e = Client::builder(vec!["https://x:1".into()])
+            .tls(ClientTls { ca_file: Some("/nonexistent/ca.pem".into()), ..ClientTls::default() })
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cacert") && e.contains("/nonexistent/ca.pem"), "{e}");
         assert!(normalize_endpoint("ftp://x:1").is_err());
         assert!(normalize_endpoint("").is_err());
         assert!(Client::new(vec![]).is_err());

@@ -135,9 +135,8 @@ impl Client {
     /// that answered last.
     pub fn watch(&self, key: &str, opts: WatchOptions) -> Result<Watcher, Error> {
         let path = key_path("/v1/watch", key)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.timeout.min(Duration::from_secs(3)))
-            .no_proxy()
+        let http = self
+            .http_builder()
             .build()
             .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Watcher {

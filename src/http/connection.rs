@@ -36,7 +36,6 @@ use axum::http::{header, HeaderValue, Request, Response};
 use axum::Router;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -79,13 +78,17 @@ pub enum Closed {
     WriteStall,
 }
 
-/// Counts of connections closed by deadline, per reason, for one listener.
+/// Counts of connections closed by deadline, per reason, and of failed TLS handshakes,
+/// for one listener.
 #[derive(Debug, Default)]
 pub struct CloseCounts {
     header: AtomicU64,
     body: AtomicU64,
     idle: AtomicU64,
     write_stall: AtomicU64,
+    handshakes_failed: AtomicU64,
+    /// Why the last TLS handshake failed (the client's address and rustls's reason).
+    last_handshake_error: Mutex<Option<String>>,
 }
 
 impl CloseCounts {
@@ -97,6 +100,19 @@ impl CloseCounts {
             Closed::WriteStall => &self.write_stall,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake failed or did not finish in time; `why` never holds key material.
+    pub fn handshake_failed(&self, why: String) {
+        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_handshake_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// The failed TLS handshakes since the last call and the last one's reason, reset.
+    pub fn take_handshakes(&self) -> (u64, Option<String>) {
+        let n = self.handshakes_failed.swap(0, Ordering::Relaxed);
+        let why = self.last_handshake_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        (n, why)
     }
 
     /// The counts since the last call (header, body, idle, write stall), reset to zero.
@@ -255,13 +271,15 @@ impl Activity {
     }
 }
 
-/// The accepted socket, reporting reads and blocked writes to the connection's [`Activity`].
-pub struct WatchedIo {
-    pub io: TcpStream,
+/// The accepted connection (the socket, or the TLS stream over it: then the reads and
+/// writes seen are of the plaintext), reporting reads and blocked writes to the
+/// connection's [`Activity`].
+pub struct WatchedIo<S> {
+    pub io: S,
     pub activity: Arc<Activity>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -276,7 +294,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl WatchedIo {
+impl<S> WatchedIo<S> {
     fn note_write(&self, r: &Poll<io::Result<usize>>) {
         match r {
             Poll::Pending => self.activity.write_blocked(),
@@ -286,7 +304,7 @@ impl WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         self.note_write(&r);

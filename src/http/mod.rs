@@ -245,10 +245,14 @@ pub(crate) fn state_headers(h: &mut HeaderMap, revision: u64, term: u64) {
 /// listener at most `--max-peer-inflight` (HTTP/1.1 serves one request per connection at
 /// a time, so more peer connections than peer requests served at once would only wait).
 /// Both apply `--header-timeout-ms`, `--body-timeout-ms` and `--idle-timeout-ms`.
+///
+/// A listener with TLS in `tls` speaks HTTPS only (see `server.rs`); its config follows
+/// its files once [`crate::tls::ListenerTls::watch`] runs.
 pub async fn serve(
     node: Arc<Node>,
     client: tokio::net::TcpListener,
     peer: tokio::net::TcpListener,
+    tls: crate::tls::ListenerTls,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cfg = node.config();
@@ -265,6 +269,7 @@ pub async fn serve(
             app: client_router(node.clone()).layer(axum::Extension(health.clone())),
             max_connections: cfg.max_client_connections,
             cap_setting: "max_client_connections",
+            tls: tls.client,
         },
         server::Listener {
             name: "peer",
@@ -272,6 +277,7 @@ pub async fn serve(
             app: peer_router(node.clone()),
             max_connections: cfg.max_peer_inflight,
             cap_setting: "max_peer_inflight",
+            tls: tls.peer,
         },
     ];
     // Watches never finish by themselves: they end as the server starts draining.

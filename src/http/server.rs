@@ -12,8 +12,20 @@
 //!   claim the node can serve what it cannot accept; the first accept that works clears it.
 //! - past the listener's connection cap, a new connection is answered 503 `overloaded`
 //!   (`Connection: close`) and closed; the connections already open are not touched.
+//!   On a TLS listener the 503 is sent after a TLS handshake and the first bytes of the
+//!   request (an HTTP client takes a reply before its request for a broken connection),
+//!   by the task that answers refusals (at most [`REFUSALS_AT_ONCE`] at once, each within
+//!   [`REFUSAL_LINGER`]); past that many, a refused TLS connection is simply closed.
 //!
-//! Errors, refusals and deadline closes are counted and logged at most once a second per
+//! TLS (when the listener has a certificate): the handshake runs in the connection's own
+//! task, never in the accept loop, with the config current at the accept (so a rotated
+//! certificate is served to every new connection, see [`crate::tls::Reloading`]). It must
+//! finish within `header_timeout`, counted from the accept like the first request head,
+//! which must arrive by the same deadline. A failed or late handshake closes the
+//! connection; the failures are counted and logged with the last reason (a client's
+//! certificate refused, plain HTTP sent to a TLS port, ...).
+//!
+//! Errors, refusals, failed handshakes and deadline closes are counted and logged at most once a second per
 //! listener, never per event: a flood cannot flood the log.
 //!
 //! Shutdown: the accept loops stop (the listeners close), every connection finishes the
@@ -27,12 +39,13 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::connection::{Activity, CloseCounts, Closed, ConnService, Timeouts, WatchedIo};
+use crate::tls::ServerTls;
 
 /// The first pause after an accept error that is not about one connection.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -95,6 +108,9 @@ pub struct Listener {
     pub max_connections: usize,
     /// The setting `max_connections` comes from, named in the refusal.
     pub cap_setting: &'static str,
+    /// The TLS config the listener serves with, kept current as its files change
+    /// (`None`: plain HTTP).
+    pub tls: Option<ServerTls>,
 }
 
 /// Where the server is in its life; connections watch it.
@@ -181,19 +197,21 @@ async fn accept_loop(
                 health.accepted(name);
                 // Small request/reply exchanges: never let Nagle hold a reply back.
                 let _ = tcp.set_nodelay(true);
+                // The config as of this accept: one rotated meanwhile serves the next.
+                let tls = l.tls.as_ref().map(|t| t.current());
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
                         let (app, closes, phase, alive) =
                             (l.app.clone(), closes.clone(), phase.clone(), alive.clone());
                         tokio::spawn(async move {
-                            serve_connection(tcp, app, timeouts, closes, phase).await;
+                            serve_connection(tcp, from, tls, app, timeouts, closes, phase).await;
                             tracing::trace!(%from, "connection closed");
                             drop((slot, alive));
                         });
                     }
                     Err(_) => {
                         tally.refused += 1;
-                        refuse(tcp, refusal.clone(), &refusing);
+                        refuse(tcp, tls, refusal.clone(), &refusing);
                     }
                 }
             }
@@ -248,6 +266,15 @@ fn report(name: &'static str, tally: &mut Tally, closes: &CloseCounts, cap: usiz
             t.errors
         );
     }
+    let (handshakes, last_handshake_error) = closes.take_handshakes();
+    if handshakes > 0 {
+        let last = last_handshake_error.unwrap_or_default();
+        tracing::warn!(
+            listener = name,
+            handshakes,
+            "{handshakes} TLS handshakes failed or did not finish in time; the last: {last}"
+        );
+    }
     let [header, body, idle, write_stall] = closes.take();
     if header + body + write_stall > 0 {
         tracing::warn!(
@@ -275,38 +302,118 @@ fn overloaded_reply(message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Writes `reply` on a connection over the cap and closes it. The client's request is read
-/// and thrown away until it closes (at most [`REFUSAL_LINGER`]): closing a socket with
-/// unread input resets it, and a reset can destroy the reply before the client reads it.
-fn refuse(mut tcp: TcpStream, reply: Arc<[u8]>, refusing: &Arc<Semaphore>) {
+/// Writes `reply` on a connection over the cap and closes it (over TLS, after the
+/// handshake and the first bytes of the request). The client's request is read and thrown away until it closes (at most
+/// [`REFUSAL_LINGER`], handshake included): closing a socket with unread input resets it,
+/// and a reset can destroy the reply before the client reads it.
+fn refuse(
+    tcp: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    reply: Arc<[u8]>,
+    refusing: &Arc<Semaphore>,
+) {
     let Ok(permit) = refusing.clone().try_acquire_owned() else {
-        let _ = tcp.try_write(&reply);
+        if tls.is_none() {
+            let _ = tcp.try_write(&reply);
+        }
         return;
     };
     tokio::spawn(async move {
         let _permit = permit;
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            tcp.write_all(&reply).await?;
-            tcp.shutdown().await?;
-            let mut sink = [0u8; 1024];
-            while tcp.read(&mut sink).await? > 0 {}
-            io::Result::Ok(())
+            match tls {
+                None => answer_and_close(tcp, &reply).await,
+                Some(cfg) => {
+                    let mut stream = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await?;
+                    // An HTTP client takes bytes that come before its request for a broken
+                    // connection: wait for the request to start.
+                    let mut first = [0u8; 1024];
+                    if stream.read(&mut first).await? == 0 {
+                        return Ok(()); // gone without a request
+                    }
+                    answer_and_close(stream, &reply).await
+                }
+            }
         })
         .await;
     });
 }
 
-/// Serves one connection until it ends, breaks a deadline, or shutdown closes it.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, reply: &[u8]) -> io::Result<()> {
+    io.write_all(reply).await?;
+    io.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    while io.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+/// Serves one connection until it ends, breaks a deadline, or shutdown closes it; over
+/// TLS, after a handshake that must finish by the first head's deadline.
 async fn serve_connection(
     tcp: TcpStream,
+    from: std::net::SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
     timeouts: Timeouts,
     closes: Arc<CloseCounts>,
     mut phase: watch::Receiver<Phase>,
 ) {
+    // Created at the accept: the first head is due `header` after it, handshake included.
     let activity = Arc::new(Activity::new());
-    let remote = tcp.peer_addr().ok();
-    let io = TokioIo::new(WatchedIo { io: tcp, activity: activity.clone() });
+    let Some(tls) = tls else {
+        return serve_http(
+            WatchedIo { io: tcp, activity: activity.clone() },
+            Some(from),
+            activity,
+            app,
+            timeouts,
+            closes,
+            phase,
+        )
+        .await;
+    };
+    let due = Instant::now() + timeouts.header;
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    let stream = tokio::select! {
+        r = tokio::time::timeout_at(due, handshake) => r,
+        // Nothing of a request has arrived: shutdown closes it at once.
+        _ = phase.wait_for(|p| *p != Phase::Serving) => return,
+    };
+    match stream {
+        Ok(Ok(stream)) => {
+            serve_http(
+                WatchedIo { io: stream, activity: activity.clone() },
+                Some(from),
+                activity,
+                app,
+                timeouts,
+                closes,
+                phase,
+            )
+            .await
+        }
+        Ok(Err(e)) => closes.handshake_failed(format!("from {from}: {e}")),
+        Err(_) => closes.handshake_failed(format!(
+            "from {from}: no TLS handshake within {:?} (header_timeout_ms)",
+            timeouts.header
+        )),
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the connection ends, breaks a deadline, or shutdown
+/// closes it.
+async fn serve_http<S>(
+    io: WatchedIo<S>,
+    remote: Option<std::net::SocketAddr>,
+    activity: Arc<Activity>,
+    app: Router,
+    timeouts: Timeouts,
+    closes: Arc<CloseCounts>,
+    mut phase: watch::Receiver<Phase>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body, remote };
     let conn = hyper::server::conn::http1::Builder::new()
         // Our deadlines replace hyper's header timeout, which also runs while a

@@ -137,7 +137,10 @@ impl Node {
         // A changed file is used within a second or so, by the transport and the peer
         // route alike (they share the key's secrets): a rotation needs no restart.
         key.watch_file(Duration::from_secs(1));
-        let transport = Arc::new(HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes));
+        let tls = crate::tls::ClientFiles::peer_transport(&cfg);
+        let transport = HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes, tls)
+            .map_err(|e| anyhow::anyhow!("cannot set up peer TLS: {e}"))?;
+        let transport = Arc::new(transport);
         Self::start_with(cfg, transport, key).await
     }
 

@@ -16,6 +16,8 @@
 //! - `watch_process`: watches on real processes (a leader killed, resumes on other nodes, a
 //!   follower restarted, snapshot install and compaction, stalled watchers), checked by
 //!   `jepsen::watch`.
+//! - `tls_process`: TLS on both listeners, peers authenticated by mutual TLS, certificate
+//!   rotation while serving, a would-be member with a foreign certificate, client certificates.
 //! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
 //!   out of file descriptors).
 
@@ -39,4 +41,5 @@ mod lease_process;
 mod lock_process;
 mod openapi_sync;
 mod peer_secret_process;
+mod tls_process;
 mod watch_process;

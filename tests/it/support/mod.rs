@@ -7,6 +7,7 @@
 //! - [`running`]: a client command left running, read line by line.
 //! - [`watch_client`]: a watch reader that records every message of a (resumed) watch
 //!   for `jepsen::watch::check_watches`.
+//! - [`tls`]: test certificates (a CA and what it signs) and the TLS files of a cluster.
 //! - [`netns`]: a private test network (one network namespace and address per node) with
 //!   iptables faults: partitions, one-way drops, lossy links. Needs root.
 //!
@@ -16,4 +17,5 @@
 pub mod netns;
 pub mod process;
 pub mod running;
+pub mod tls;
 pub mod watch_client;

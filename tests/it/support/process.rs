@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::tls::ClusterTls;
+
 /// The `palisade` binary Cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -61,6 +63,10 @@ pub struct ClusterOptions {
     pub delayed: Vec<u64>,
     /// Where the nodes' data dirs go (`<root>/node<id>`); default: the cluster's temp dir.
     pub data_root: Option<PathBuf>,
+    /// TLS on both listeners, with the files of [`ClusterTls::generate`]: URLs are then
+    /// `https://`, the harness's client trusts the test CA and presents its certificate, and
+    /// the peer secret is left out unless [`ClusterTls::peer_secret`].
+    pub tls: Option<ClusterTls>,
 }
 
 /// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
@@ -89,6 +95,7 @@ impl Default for ClusterOptions {
             hosts: Vec::new(),
             delayed: Vec::new(),
             data_root: None,
+            tls: None,
         }
     }
 }
@@ -262,8 +269,9 @@ impl Cluster {
         let secret_path = dir.path().join("peer-secret");
         let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
         std::fs::write(&secret_path, format!("{secret}\n")).expect("write the peer secret");
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let initial_cluster = (1..=n)
-            .map(|id| format!("{id}=http://{}:{}", hosts[id - 1].ip, hosts[id - 1].peer_port))
+            .map(|id| format!("{id}={scheme}://{}:{}", hosts[id - 1].ip, hosts[id - 1].peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let nodes = (1..=n)
@@ -293,12 +301,19 @@ impl Cluster {
                     &opts.request_timeout_ms.to_string(),
                     "--log-level",
                     &opts.log_level,
-                    "--peer-secret-file",
-                    &secret_path.to_string_lossy(),
                 ]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
+                if opts.tls.as_ref().is_none_or(|t| t.peer_secret) {
+                    args.extend([
+                        "--peer-secret-file".to_string(),
+                        secret_path.to_string_lossy().to_string(),
+                    ]);
+                }
+                if let Some(tls) = &opts.tls {
+                    args.extend(tls.serve_args(id as u64));
+                }
                 args.extend(opts.extra_args.iter().cloned());
                 NodeProc {
                     id: id as u64,
@@ -312,7 +327,10 @@ impl Cluster {
                 }
             })
             .collect();
-        let http = Http::new(Duration::from_secs(5));
+        let http = match &opts.tls {
+            None => Http::new(Duration::from_secs(5)),
+            Some(tls) => Http::with_tls(Duration::from_secs(5), &tls.ca(), Some(tls.harness_identity())),
+        };
         let cluster = Cluster { opts, nodes, http, dir: Some(dir) };
         let first: Vec<u64> =
             cluster.ids().into_iter().filter(|id| !cluster.opts.delayed.contains(id)).collect();
@@ -410,14 +428,33 @@ impl Cluster {
         self.ids().into_iter().filter(|&id| self.is_live(id)).collect()
     }
 
-    /// `http://127.0.0.1:PORT` of node `id`'s client API (`http://IP:PORT` with [`NodeHost`]s).
+    /// `http://127.0.0.1:PORT` of node `id`'s client API (`http://IP:PORT` with [`NodeHost`]s;
+    /// `https://` with [`ClusterOptions::tls`]).
     pub fn client_url(&self, id: u64) -> String {
-        format!("http://{}", self.node(id).client_addr)
+        format!("{}://{}", self.scheme(), self.node(id).client_addr)
     }
 
     /// `http://127.0.0.1:PORT` of node `id`'s peer listener (as in `--initial-cluster`).
     pub fn peer_url(&self, id: u64) -> String {
-        format!("http://{}", self.node(id).peer_addr)
+        format!("{}://{}", self.scheme(), self.node(id).peer_addr)
+    }
+
+    /// `ip:port` of node `id`'s client listener.
+    pub fn client_addr(&self, id: u64) -> &str {
+        &self.node(id).client_addr
+    }
+
+    /// `ip:port` of node `id`'s peer listener.
+    pub fn peer_addr(&self, id: u64) -> &str {
+        &self.node(id).peer_addr
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The pid of node `id`'s process, if it is running (palisade's own pid, also when
@@ -729,6 +766,25 @@ impl Http {
             .build()
             .expect("a reqwest client");
         Http { client }
+    }
+
+    /// [`Http::new`] over TLS: `ca` (PEM) is the only trusted root; `identity` (certificate
+    /// and key PEM files) is presented as the client certificate.
+    pub fn with_tls(timeout: Duration, ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> Http {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("read the CA"))
+            .expect("a CA certificate");
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .no_proxy()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
+        if let Some((cert, key)) = identity {
+            let mut pem = std::fs::read(cert).expect("read the client certificate");
+            pem.extend(std::fs::read(key).expect("read the client key"));
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("a client identity"));
+        }
+        Http { client: builder.build().expect("a reqwest client") }
     }
 
     async fn reply(resp: reqwest::Response) -> Result<Reply, reqwest::Error> {
