@@ -184,10 +184,23 @@ struct Run {
     next_final_process: AtomicUsize,
     /// Which variant of `OneWayLoss` comes next.
     one_way_turn: u32,
+    /// The TLS files of a secured cluster (kept while it runs).
+    _tls_dir: Option<tempfile::TempDir>,
+}
+
+/// How the cluster under test is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// Plain HTTP, no client auth (the quick start's defaults).
+    Plain,
+    /// TLS on both listeners, peers authenticated by mutual TLS and the peer secret, and
+    /// client auth (every workload request carries a non-admin token; see
+    /// `support::credentials`).
+    Secured,
 }
 
 impl Run {
-    async fn start(name: &'static str, seed: u64, nemeses: &[Nemesis]) -> Run {
+    async fn start(name: &'static str, seed: u64, nemeses: &[Nemesis], setup: Setup) -> Run {
         println!("{name}: seed {seed} (replay: {})", replay(name, seed));
         let net = if nemeses.iter().any(|n| n.needs_netns()) {
             match Net::new(3) {
@@ -206,13 +219,14 @@ impl Run {
             opts.hosts = net.hosts();
             println!("{name}: nodes on 10.213.{}.1-3 in namespaces {}..", net.k(), net.ns(1));
         }
+        let tls_dir = (setup == Setup::Secured).then(|| tempfile::tempdir().expect("a temp dir"));
+        if let Some(dir) = &tls_dir {
+            opts = support::credentials::secured(opts, dir.path());
+            println!("{name}: TLS on both listeners, peer mutual TLS and secret, client auth");
+        }
         let cluster = Cluster::start(opts).await;
         let up = cluster.ids().into_iter().map(|id| (id, cluster.client_url(id))).collect();
-        let probe = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_millis(500))
-            .build()
-            .expect("a reqwest client");
+        let probe = support::credentials::probe_client(Duration::from_millis(500));
         let mut run = Run {
             name,
             seed,
@@ -227,6 +241,7 @@ impl Run {
             probe,
             next_final_process: AtomicUsize::new(1_000_000),
             one_way_turn: 0,
+            _tls_dir: tls_dir,
         };
         run.one_way_turn = run.rng.gen_range(0..2);
         for id in run.cluster.ids() {
@@ -584,11 +599,7 @@ impl Run {
     /// A linearizable read of every key on every node, recorded in the history (each as
     /// its own process), until each has answered; they pin the final state to the history.
     async fn final_reads(&self, keys: &[String]) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .expect("a reqwest client");
+        let http = support::credentials::probe_client(Duration::from_secs(3));
         for key in keys {
             for id in self.cluster.ids() {
                 let url = self.cluster.client_url(id);
@@ -737,9 +748,14 @@ fn keys(round: usize) -> Vec<String> {
 
 /// One short test: one round of one nemesis.
 async fn short(name: &'static str, nemesis: Nemesis) {
+    short_with(name, nemesis, Setup::Plain).await
+}
+
+/// One round of one nemesis on a cluster set up as `setup`.
+async fn short_with(name: &'static str, nemesis: Nemesis, setup: Setup) {
     let seed = seed();
     let _hint = ReplayHint { binary: "fault_process", name, seed, soak: name.starts_with("soak") };
-    let mut run = Run::start(name, seed, &[nemesis]).await;
+    let mut run = Run::start(name, seed, &[nemesis], setup).await;
     let stats = run.round("round 0", keys(0), &[nemesis], SHORT).await;
     println!("{name}: done: {stats} (seed {seed})");
 }
@@ -750,7 +766,7 @@ async fn soak(name: &'static str, nemeses: &[Nemesis]) {
     let seed = seed();
     let secs = jepsen::replay::soak_secs(60);
     let _hint = ReplayHint { binary: "fault_process", name, seed, soak: name.starts_with("soak") };
-    let mut run = Run::start(name, seed, nemeses).await;
+    let mut run = Run::start(name, seed, nemeses, Setup::Plain).await;
     let end = Instant::now() + Duration::from_secs(secs);
     let mut total = Stats::default();
     let mut r = 0;
@@ -766,6 +782,19 @@ async fn soak(name: &'static str, nemeses: &[Nemesis]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one() {
     short("kill9_one", Kill9One).await;
+}
+
+/// The same workloads and checks with TLS on both listeners, peers authenticated by mutual
+/// TLS and the secret, and client auth (a non-admin token, so every lease's owner is
+/// checked in apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secured_kill9_one() {
+    short_with("secured_kill9_one", Kill9One, Setup::Secured).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secured_pause_leader() {
+    short_with("secured_pause_leader", PauseLeader, Setup::Secured).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

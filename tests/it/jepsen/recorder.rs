@@ -155,9 +155,10 @@ impl Default for RegisterWorkload {
     }
 }
 
+/// A client with the test run's credentials (see `support::credentials`): it speaks to a
+/// plain cluster and to one with TLS and client auth alike.
 fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    crate::support::credentials::client_builder()
         .timeout(timeout)
         .pool_max_idle_per_host(4)
         .build()
@@ -697,7 +698,7 @@ pub async fn linearizable_dump(
     prefix: &str,
     within: Duration,
 ) -> Result<(u64, Vec<(String, String, u64)>), String> {
-    let http = crate::support::process::Http::new(Duration::from_secs(3));
+    let http = crate::support::credentials::http(Duration::from_secs(3));
     let deadline = Instant::now() + within;
     let mut last = String::from("no node to ask");
     loop {
@@ -1782,7 +1783,7 @@ impl LockRun {
             let _ = h.await;
         }
         let deadline = Instant::now() + w.drain_timeout;
-        let http = crate::support::process::Http::new(Duration::from_secs(3));
+        let http = crate::support::credentials::http(Duration::from_secs(3));
         // Every lease ends: its marker goes, and nobody holds or waits for anything.
         let target = loop {
             let mut busy: Vec<String> = Vec::new();

@@ -7,6 +7,8 @@
 //! - [`running`]: a client command left running, read line by line.
 //! - [`watch_client`]: a watch reader that records every message of a (resumed) watch
 //!   for `jepsen::watch::check_watches`.
+//! - [`credentials`]: the test run's CA, JWT secret and tokens, and clients that present
+//!   them (for clusters started with TLS and client auth, and plain ones alike).
 //! - [`tls`]: test certificates (a CA and what it signs) and the TLS files of a cluster.
 //! - [`netns`]: a private test network (one network namespace and address per node) with
 //!   iptables faults: partitions, one-way drops, lossy links. Needs root.
@@ -14,6 +16,7 @@
 //! Not every test file uses every helper, so dead-code warnings are off for the module.
 #![allow(dead_code)]
 
+pub mod credentials;
 pub mod netns;
 pub mod process;
 pub mod running;

@@ -67,6 +67,9 @@ pub struct ClusterOptions {
     /// `https://`, the harness's client trusts the test CA and presents its certificate, and
     /// the peer secret is left out unless [`ClusterTls::peer_secret`].
     pub tls: Option<ClusterTls>,
+    /// A bearer token the cluster's harness client ([`Cluster::http`]) sends (for a
+    /// cluster with client auth on).
+    pub token: Option<String>,
 }
 
 /// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
@@ -96,6 +99,7 @@ impl Default for ClusterOptions {
             delayed: Vec::new(),
             data_root: None,
             tls: None,
+            token: None,
         }
     }
 }
@@ -327,10 +331,8 @@ impl Cluster {
                 }
             })
             .collect();
-        let http = match &opts.tls {
-            None => Http::new(Duration::from_secs(5)),
-            Some(tls) => Http::with_tls(Duration::from_secs(5), &tls.ca(), Some(tls.harness_identity())),
-        };
+        let tls = opts.tls.as_ref().map(|t| (t.ca(), Some(t.harness_identity())));
+        let http = Http::build(Duration::from_secs(5), tls, opts.token.as_deref());
         let cluster = Cluster { opts, nodes, http, dir: Some(dir) };
         let first: Vec<u64> =
             cluster.ids().into_iter().filter(|id| !cluster.opts.delayed.contains(id)).collect();
@@ -759,30 +761,41 @@ impl Http {
     /// A client whose every request gives up after `timeout` (set it well above the
     /// server's request deadline, so a server that hangs shows up as `Err`).
     pub fn new(timeout: Duration) -> Http {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(1))
-            .no_proxy()
-            .build()
-            .expect("a reqwest client");
-        Http { client }
+        Http::build(timeout, None, None)
     }
 
     /// [`Http::new`] over TLS: `ca` (PEM) is the only trusted root; `identity` (certificate
     /// and key PEM files) is presented as the client certificate.
     pub fn with_tls(timeout: Duration, ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> Http {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("read the CA"))
-            .expect("a CA certificate");
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(1))
-            .no_proxy()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca);
-        if let Some((cert, key)) = identity {
-            let mut pem = std::fs::read(cert).expect("read the client certificate");
-            pem.extend(std::fs::read(key).expect("read the client key"));
-            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("a client identity"));
+        Http::build(timeout, Some((ca.to_path_buf(), identity)), None)
+    }
+
+    /// [`Http::new`], over TLS when `tls` (the CA, and a client certificate and key) is
+    /// given, sending `token` as `Authorization: Bearer` when given.
+    pub fn build(
+        timeout: Duration,
+        tls: Option<(PathBuf, Option<(PathBuf, PathBuf)>)>,
+        token: Option<&str>,
+    ) -> Http {
+        let mut builder =
+            reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(1)).no_proxy();
+        if let Some((ca, identity)) = tls {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("read the CA"))
+                .expect("a CA certificate");
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(ca);
+            if let Some((cert, key)) = identity {
+                let mut pem = std::fs::read(cert).expect("read the client certificate");
+                pem.extend(std::fs::read(key).expect("read the client key"));
+                builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("a client identity"));
+            }
+        }
+        if let Some(token) = token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is ASCII");
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
         }
         Http { client: builder.build().expect("a reqwest client") }
     }

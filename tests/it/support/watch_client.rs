@@ -296,9 +296,9 @@ impl Drop for WatchClient {
 }
 
 /// A reqwest client for streams: no overall timeout (a watch lasts), a short connect one.
+/// With the test run's credentials (see `super::credentials`).
 pub fn stream_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    super::credentials::client_builder()
         .connect_timeout(Duration::from_secs(1))
         .pool_max_idle_per_host(0)
         .build()
