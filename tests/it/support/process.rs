@@ -61,6 +61,9 @@ pub struct ClusterOptions {
     pub delayed: Vec<u64>,
     /// Where the nodes' data dirs go (`<root>/node<id>`); default: the cluster's temp dir.
     pub data_root: Option<PathBuf>,
+    /// A bearer token the cluster's own client ([`Cluster::http`], [`Cluster::leader`])
+    /// sends with every request: needed when the nodes run with client auth.
+    pub token: Option<String>,
 }
 
 /// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
@@ -89,6 +92,7 @@ impl Default for ClusterOptions {
             hosts: Vec::new(),
             delayed: Vec::new(),
             data_root: None,
+            token: None,
         }
     }
 }
@@ -312,7 +316,7 @@ impl Cluster {
                 }
             })
             .collect();
-        let http = Http::new(Duration::from_secs(5));
+        let http = Http::builder(Duration::from_secs(5)).token(opts.token.as_deref()).build();
         let cluster = Cluster { opts, nodes, http, dir: Some(dir) };
         let first: Vec<u64> =
             cluster.ids().into_iter().filter(|id| !cluster.opts.delayed.contains(id)).collect();
@@ -712,6 +716,34 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
+/// An [`Http`] being set up: [`Http::builder`].
+pub struct HttpBuilder {
+    timeout: Duration,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl HttpBuilder {
+    /// Sends `Authorization: Bearer <token>` with every request (none when `None`).
+    pub fn token(mut self, token: Option<&str>) -> HttpBuilder {
+        if let Some(t) = token {
+            let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).expect("a token is ASCII");
+            self.headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        self
+    }
+
+    pub fn build(self) -> Http {
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .default_headers(self.headers)
+            .no_proxy()
+            .build()
+            .expect("a reqwest client");
+        Http { client }
+    }
+}
+
 /// A small client for the KV API. Cheap to clone (it shares one connection pool).
 #[derive(Clone)]
 pub struct Http {
@@ -722,13 +754,12 @@ impl Http {
     /// A client whose every request gives up after `timeout` (set it well above the
     /// server's request deadline, so a server that hangs shows up as `Err`).
     pub fn new(timeout: Duration) -> Http {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(1))
-            .no_proxy()
-            .build()
-            .expect("a reqwest client");
-        Http { client }
+        Http::builder(timeout).build()
+    }
+
+    /// A client with headers sent on every request (e.g. a bearer token).
+    pub fn builder(timeout: Duration) -> HttpBuilder {
+        HttpBuilder { timeout, headers: reqwest::header::HeaderMap::new() }
     }
 
     async fn reply(resp: reqwest::Response) -> Result<Reply, reqwest::Error> {
