@@ -534,3 +534,7 @@ mod tests {
         assert_eq!(s.dedup().len(), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod auth_tests;

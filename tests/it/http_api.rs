@@ -6,6 +6,7 @@
 
 pub mod harness;
 
+mod auth;
 mod bad_input;
 mod cluster;
 mod compaction;

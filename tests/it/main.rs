@@ -16,6 +16,8 @@
 //! - `watch_process`: watches on real processes (a leader killed, resumes on other nodes, a
 //!   follower restarted, snapshot install and compaction, stalled watchers), checked by
 //!   `jepsen::watch`.
+//! - `auth_process`: client auth on real processes (the CLI's tokens; lease ownership
+//!   through followers).
 //! - `tls_process`: TLS on both listeners, peers authenticated by mutual TLS, certificate
 //!   rotation while serving, a would-be member with a foreign certificate, client certificates.
 //! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
@@ -25,6 +27,7 @@ mod jepsen;
 mod sim;
 mod support;
 
+mod auth_process;
 mod checkers;
 mod cli;
 mod cli_lock;

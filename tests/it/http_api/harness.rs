@@ -115,6 +115,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 #[derive(Clone)]
 pub struct Api {
     router: Router,
+    /// Sent as `Authorization: Bearer <token>` with every request (client auth on).
+    token: Option<String>,
 }
 
 /// Starts a one-node cluster in a fresh temp dir, waits until `/readyz` says 200, runs
@@ -132,7 +134,7 @@ pub async fn with_node_config<Fut: Future<Output = ()>>(
     let mut cfg = test_config(dir.path());
     tweak(&mut cfg);
     let node = Node::start(cfg).await.expect("the node starts");
-    let api = Api { router: palisade::http::client_router(node.clone()) };
+    let api = Api { router: palisade::http::client_router(node.clone()), token: None };
     let result = AssertUnwindSafe(async {
         api.wait_ready().await;
         test(api.clone()).await
@@ -149,6 +151,20 @@ pub async fn with_node_config<Fut: Future<Output = ()>>(
 }
 
 impl Api {
+    /// The same node, every request sent with `Authorization: Bearer <token>`.
+    pub fn with_token(&self, token: &str) -> Api {
+        Api { router: self.router.clone(), token: Some(token.to_string()) }
+    }
+
+    /// The request's headers: `Authorization` from [`Api::with_token`], if any.
+    fn builder(&self, method: &Method, uri: &str) -> axum::http::request::Builder {
+        let req = Request::builder().method(method.clone()).uri(uri);
+        match &self.token {
+            Some(t) => req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -164,7 +180,7 @@ impl Api {
 
     /// Sends one request through the router.
     pub async fn send(&self, method: Method, uri: &str, body: Body, content_type: Option<&str>) -> Resp {
-        let mut req = Request::builder().method(method.clone()).uri(uri);
+        let mut req = self.builder(&method, uri);
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
@@ -175,7 +191,7 @@ impl Api {
         Resp { status: parts.status, headers: parts.headers, body, what: format!("{method} {uri}") }
     }
 
-    /// A request with these exact headers.
+    /// A request with these exact headers (and the token of [`Api::with_token`], if any).
     pub async fn send_with_headers(
         &self,
         method: Method,
@@ -183,7 +199,7 @@ impl Api {
         body: Body,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let mut req = Request::builder().method(method.clone()).uri(uri);
+        let mut req = self.builder(&method, uri);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
@@ -196,7 +212,7 @@ impl Api {
 
     /// Sends a `GET` and hands back the reply with its body unread (for streams).
     pub async fn open(&self, uri: &str, headers: &[(&str, &str)]) -> axum::response::Response {
-        let mut req = Request::builder().method(Method::GET).uri(uri);
+        let mut req = self.builder(&Method::GET, uri);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }

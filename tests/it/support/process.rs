@@ -67,8 +67,8 @@ pub struct ClusterOptions {
     /// `https://`, the harness's client trusts the test CA and presents its certificate, and
     /// the peer secret is left out unless [`ClusterTls::peer_secret`].
     pub tls: Option<ClusterTls>,
-    /// A bearer token the cluster's harness client ([`Cluster::http`]) sends (for a
-    /// cluster with client auth on).
+    /// A bearer token the cluster's own client ([`Cluster::http`], [`Cluster::leader`])
+    /// sends with every request: needed when the nodes run with client auth.
     pub token: Option<String>,
 }
 
