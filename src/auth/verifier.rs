@@ -191,6 +191,9 @@ struct Cached {
 pub struct Verifier {
     settings: AuthSettings,
     keys: RwLock<Arc<Keys>>,
+    /// Moves on with every change of keys (under the cache's lock), so a token verified
+    /// with keys since replaced is never cached.
+    generation: std::sync::atomic::AtomicU64,
     cache: RwLock<HashMap<[u8; 32], Cached>>,
     /// What the key files looked like when last read (see [`Verifier::reload`]).
     seen: std::sync::Mutex<Vec<FileStamp>>,
@@ -231,6 +234,7 @@ impl Verifier {
         Ok(Verifier {
             settings,
             keys: RwLock::new(Arc::new(keys)),
+            generation: std::sync::atomic::AtomicU64::new(0),
             cache: RwLock::default(),
             seen: std::sync::Mutex::new(stamps),
         })
@@ -249,7 +253,9 @@ impl Verifier {
         *seen = now;
         let keys = Keys::load(&self.settings)?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-        self.cache.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        cache.clear();
         Ok(true)
     }
 
@@ -282,9 +288,15 @@ impl Verifier {
             if now_s <= c.exp.saturating_add(leeway) {
                 return Ok(c.caller.clone());
             }
+            return Err(Error::Unauthenticated("the token has expired".into()));
         }
+        // Read before the keys: if they change meanwhile, this verdict is not cached.
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (caller, exp) = self.verify_uncached(token, leeway)?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return Ok(caller);
+        }
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, c| now_s <= c.exp.saturating_add(leeway));
             if cache.len() >= CACHE_ENTRIES {
@@ -389,5 +401,83 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         K::InvalidToken | K::Base64(_) | K::Utf8(_) => "the token is malformed".into(),
         K::Json(e) => format!("the token's claims are malformed: {e}"),
         _ => "the token cannot be checked with this cluster's keys".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{mint, MintRequest, SigningKey};
+
+    fn setup(secret: &str) -> (tempfile::TempDir, PathBuf, Verifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, secret).unwrap();
+        let v = Verifier::new(AuthSettings {
+            secret_file: Some(path.clone()),
+            leeway_ms: 2_000,
+            ..Default::default()
+        })
+        .unwrap();
+        (dir, path, v)
+    }
+
+    fn token(path: &Path, now: u64, ttl: u64) -> String {
+        let req = MintRequest {
+            subject: "s".into(),
+            grants: Grants::everything(),
+            issued_at: now,
+            expires_at: now + ttl,
+            ..Default::default()
+        };
+        mint(&req, SigningKey::Secret(path)).unwrap()
+    }
+
+    #[test]
+    fn a_cached_token_still_expires() {
+        let (_d, path, v) = setup("a-secret-of-at-least-thirty-two-bytes");
+        let now = crate::clock::wall_clock_ms() / 1000;
+        let t = token(&path, now, 60);
+        assert!(v.verify(&t, now).is_ok());
+        assert!(v.verify(&t, now + 62).is_ok(), "within the leeway (2 s)");
+        let e = v.verify(&t, now + 63).unwrap_err();
+        assert!(matches!(e, Error::Unauthenticated(ref m) if m.contains("expired")), "{e:?}");
+    }
+
+    #[test]
+    fn new_keys_forget_the_tokens_verified_with_the_old() {
+        let (_d, path, v) = setup("a-secret-of-at-least-thirty-two-bytes");
+        let now = crate::clock::wall_clock_ms() / 1000;
+        let old = token(&path, now, 600);
+        assert!(v.verify(&old, now).is_ok());
+        std::fs::write(&path, "another-secret-of-at-least-thirty-two-bytes").unwrap();
+        assert_eq!(v.reload(), Ok(true));
+        assert!(v.verify(&old, now).is_err(), "a cached token of the old key is refused");
+        assert!(v.verify(&token(&path, now, 600), now).is_ok());
+        // A file that cannot be used keeps the keys in force.
+        std::fs::write(&path, "short").unwrap();
+        assert!(v.reload().unwrap_err().contains("at least 32"));
+        assert!(v
+            .verify(&token_with(&path, "another-secret-of-at-least-thirty-two-bytes", now), now)
+            .is_ok());
+        assert_eq!(v.reload(), Ok(false), "an unchanged file is not read again");
+    }
+
+    fn token_with(path: &Path, secret: &str, now: u64) -> String {
+        let other = path.with_extension("signing");
+        std::fs::write(&other, secret).unwrap();
+        token(&other, now, 600)
+    }
+
+    #[test]
+    fn oversized_and_malformed_headers_are_refused_before_decoding() {
+        let (_d, _path, v) = setup("a-secret-of-at-least-thirty-two-bytes");
+        let big = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert!(
+            matches!(v.caller(Some(big.as_bytes()), 0), Err(Error::Unauthenticated(m)) if m.contains("at most"))
+        );
+        assert!(v.caller(None, 0).is_err());
+        assert!(v.caller(Some(b"Basic eDp5"), 0).is_err());
+        assert!(v.caller(Some(b"Bearer \xff\xfe"), 0).is_err());
     }
 }
