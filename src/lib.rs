@@ -52,6 +52,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod file_poll;
 pub mod http;
 pub mod node;
 pub mod peer;

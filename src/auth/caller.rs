@@ -28,6 +28,8 @@ pub struct Identity {
     /// The token's `sub`.
     pub subject: String,
     pub grants: Grants,
+    /// The token's `exp` (seconds since the epoch): a stream it opened ends then.
+    pub expires_at: u64,
 }
 
 impl Caller {
@@ -36,9 +38,17 @@ impl Caller {
         Caller { who: None }
     }
 
-    /// The caller a verified token names.
-    pub fn authenticated(subject: String, grants: Grants) -> Caller {
-        Caller { who: Some(Arc::new(Identity { subject, grants })) }
+    /// The caller a verified token names, until `expires_at` (its `exp`).
+    pub fn authenticated(subject: String, grants: Grants, expires_at: u64) -> Caller {
+        Caller { who: Some(Arc::new(Identity { subject, grants, expires_at })) }
+    }
+
+    /// When a stream opened by this caller must end (its token's `exp`), as a deadline
+    /// on the runtime's clock; `None` without auth.
+    pub fn stream_deadline(&self) -> Option<tokio::time::Instant> {
+        let exp = self.who.as_deref()?.expires_at;
+        let left = exp.saturating_sub(crate::clock::wall_clock_ms() / 1000);
+        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left))
     }
 
     /// The subject, when authenticated.
@@ -154,8 +164,16 @@ impl Caller {
             Command::Compact { .. } => self.check_admin("compact the history"),
             Command::Idempotent { cmd, .. } | Command::As { cmd, .. } => self.check_command(cmd),
             Command::Batch { cmds } => cmds.iter().try_for_each(|c| self.check_command(c)),
-            // Leases are anyone's to grant; whose a lease is, apply decides.
-            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
+            // A lease is for keys, locks or elections: a token allowed none of them has no use
+            // for one (and may not fill the cluster's lease table).
+            Command::LeaseGrant { .. } => match self.grants() {
+                Some(g) if !g.admin && g.write.is_empty() && g.locks.is_empty() && g.elections.is_empty() => {
+                    Err(self.deny("grant a lease (that needs a write, lock or election permission)".into()))
+                }
+                _ => Ok(()),
+            },
+            // Whose a lease is, apply decides.
+            Command::LeaseRevoke { .. } => Ok(()),
             Command::LeaseClock { .. } | Command::LeaseExpire { .. } => {
                 self.check_admin("move the lease clock")
             }
@@ -195,6 +213,19 @@ impl Caller {
         Ok(())
     }
 
+    /// The idempotency key of a request of this caller: keys are per subject (another
+    /// subject using the same key neither sees this one's outcome nor blocks its write).
+    pub fn scoped_idempotency_key(&self, key: Option<String>) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let (key, who) = (key?, self.who.as_deref());
+        let Some(who) = who else { return Some(key) };
+        let mut h = Sha256::new();
+        h.update(who.subject.as_bytes());
+        h.update(b"\n");
+        h.update(key.as_bytes());
+        Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// `cmd` as this caller sends it: on behalf of its subject when authenticated (so
     /// apply checks the leases it names and gives it the leases it makes), as it is when
     /// auth is off.
@@ -225,6 +256,7 @@ mod tests {
         Caller::authenticated(
             "svc".into(),
             Grants { read: list(read), write: list(write), locks: vec!["db-*".into()], ..Grants::default() },
+            u64::MAX,
         )
     }
 

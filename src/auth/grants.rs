@@ -76,10 +76,16 @@ impl Grants {
                         p.len()
                     ));
                 }
-                if (list == "read" || list == "write") && !p.starts_with('/') {
-                    return Err(format!(
-                        "palisade.{list} entry {p:?} is not a key prefix (it must start with '/')"
-                    ));
+                if list == "read" || list == "write" {
+                    // A prefix is a key path (`/` alone, or a key with or without a final
+                    // `/`): `//`, `/a//b` or `/..` would cover what no one meant.
+                    let path = if p == "/" { p.as_str() } else { p.strip_suffix('/').unwrap_or(p) };
+                    let bad = path.is_empty() || (path == "/" && p != "/");
+                    if bad || crate::store::key::validate(path, MAX_PATTERN_BYTES).is_err() {
+                        return Err(format!(
+                            "palisade.{list} entry {p:?} is not a key prefix (a key path such as /app/ or /)"
+                        ));
+                    }
                 }
             }
         }
@@ -163,7 +169,6 @@ mod tests {
             ("/", "/anything/at/all", true),
             ("/", "/", true),
             ("/app/", "/", false),
-            ("//", "/x", true),
         ] {
             assert_eq!(covers(p, k), want, "{p} covers {k}");
         }
@@ -210,6 +215,11 @@ mod tests {
         assert!(parse(r#"{"read":["/a"],"admin":false}"#).is_ok());
         assert!(parse(r#"{"writes":["/a"]}"#).unwrap_err().contains("unknown field"));
         assert!(parse(r#"{"read":["app/"]}"#).unwrap_err().contains("key prefix"));
+        for bad in ["//", "/a//b", "/..", "/a/../b", "/a//"] {
+            let j = format!(r#"{{"write":["{bad}"]}}"#);
+            assert!(parse(&j).unwrap_err().contains("key prefix"), "{bad}");
+        }
+        assert!(parse(r#"{"read":["/","/app/","/app"]}"#).is_ok());
         assert!(parse(r#"{"locks":[""]}"#).is_err());
         assert!(parse(r#"{"read":"/a"}"#).is_err());
         let many = format!(r#"{{"read":[{}]}}"#, vec!["\"/a\""; MAX_PATTERNS + 1].join(","));

@@ -2,11 +2,12 @@
 //!
 //! Keys: an HS256 shared secret (`--auth-jwt-secret-file`, at least 32 bytes) and/or
 //! public keys (`--auth-jwt-public-keys`: PEM blocks, or a JWKS document whose keys are
-//! picked by `kid`) for RS256/RS384/RS512, ES256/ES384 and EdDSA. An HS256 token is
-//! checked against the secret only, never against a public key's bytes, and a public-key
-//! token only against public keys of its algorithm's family, so no key can be confused
-//! for another; `alg: none` is refused. A token that names a `kid` is checked against that
-//! key alone; without one, against each key of its family (at most [`MAX_KEYS`]).
+//! picked by `kid`) for RS256/RS384/RS512, PS256/PS384/PS512, ES256/ES384 and EdDSA. An
+//! HS256 token is checked against the secret only, never against a public key's bytes, and
+//! a public-key token only against public keys of its algorithm's family, so no key can be
+//! confused for another; `alg: none` is refused. A token that names a `kid` is checked
+//! against that key alone; one without, against each key of its family that has no `kid`
+//! (PEM keys; at most [`MAX_KEYS`]).
 //!
 //! Claims: `sub` and `exp` are required; `nbf` is honoured; `iss` and `aud` are required
 //! and checked when configured; all times with `--auth-jwt-leeway-ms` of slack. The
@@ -326,12 +327,17 @@ impl Verifier {
             let of_family = keys.public.iter().filter(|k| k.key.family() == family);
             let picked: Vec<&DecodingKey> = match &header.kid {
                 Some(kid) => of_family.filter(|k| k.kid.as_deref() == Some(kid)).map(|k| &k.key).collect(),
-                None => of_family.map(|k| &k.key).collect(),
+                // Keys with an id are for tokens that name it: a token without one is
+                // tried against the keys without one (PEM keys), never against them all.
+                None => of_family.filter(|k| k.kid.is_none()).map(|k| &k.key).collect(),
             };
             if picked.is_empty() {
                 return Err(bad(match &header.kid {
                     Some(kid) if keys.public.iter().all(|k| k.kid.as_deref() != Some(kid)) => {
                         format!("the token's key id {kid:?} is not among this cluster's keys")
+                    }
+                    None if keys.public.iter().any(|k| k.kid.is_some()) => {
+                        "the token names no key id (kid); this cluster's keys are picked by kid".to_string()
                     }
                     _ => {
                         format!("{:?} tokens are not accepted: no key of that kind is configured", header.alg)
@@ -380,7 +386,7 @@ impl Verifier {
         }
         let grants = claims.palisade.unwrap_or_default();
         grants.validate().map_err(|e| bad(format!("the token's palisade claim: {e}")))?;
-        Ok((Caller::authenticated(claims.sub, grants), claims.exp))
+        Ok((Caller::authenticated(claims.sub, grants, claims.exp), claims.exp))
     }
 }
 

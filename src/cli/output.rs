@@ -44,7 +44,7 @@ pub struct ClientArgs {
         hide_env_values = true,
         conflicts_with = "token_file"
     )]
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// A file holding the token (read at start; surrounding whitespace is ignored).
     #[arg(
         long,
@@ -85,6 +85,24 @@ pub struct ClientArgs {
         value_name = "FILE"
     )]
     pub tls_key: Option<PathBuf>,
+}
+
+/// A token given on the command line or in the environment; never shown by `Debug`.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::str::FromStr for Token {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Token, Self::Err> {
+        Ok(Token(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 /// The output format.
@@ -150,7 +168,7 @@ impl ClientArgs {
 
     /// The token given, by flag, variable or file.
     fn token(&self) -> Result<Option<String>, Failure> {
-        if let Some(t) = &self.token {
+        if let Some(Token(t)) = &self.token {
             return Ok(Some(t.trim().to_string()));
         }
         let Some(path) = &self.token_file else { return Ok(None) };

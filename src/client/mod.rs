@@ -296,12 +296,23 @@ impl ClientTls {
 }
 
 /// Builds a [`Client`]: `Client::builder(endpoints).timeout(t).tls(files).build()`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
     tls: ClientTls,
     token: Option<String>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl ClientBuilder {

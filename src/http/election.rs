@@ -189,10 +189,15 @@ pub async fn observe(
     let ndjson = accept.contains("application/x-ndjson");
     let observer = node.observe(&name, consistency(&q)?).await?;
     let revision = node.applied_revision();
+    // The stream ends when the token that opened it expires.
+    let until = caller.stream_deadline();
     let body = futures::stream::unfold(
         (observer, name),
         move |(mut o, name): (ElectionObserver, String)| async move {
-            let view = o.next().await?;
+            let view = match until {
+                Some(t) => tokio::time::timeout_at(t, o.next()).await.ok()??,
+                None => o.next().await?,
+            };
             Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame(&name, view, ndjson))), (o, name)))
         },
     );

@@ -268,8 +268,7 @@ pub async fn get(
 }
 
 /// `GET /v1/locks?limit=N&after=NAME`: the locks held or awaited, in name order. With
-/// client auth on, only those the caller may use are shown (a page may then hold fewer
-/// than `limit`; `next` goes on from where the page stopped).
+/// client auth on, only those the caller may use are listed (and paged through).
 pub async fn list(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
@@ -279,14 +278,11 @@ pub async fn list(
     let max = node.config().max_list_limit;
     let limit = q.u64("limit")?.map_or(max, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let after = q.str("after").map(str::to_string);
+    let visible = |n: &str| caller.sees_lock(Kind::Lock, n);
     let (revision, page, more) =
-        node.lock_page(Kind::Lock, after.as_deref(), limit, consistency(&q)?).await?;
+        node.lock_page(Kind::Lock, after.as_deref(), limit, consistency(&q)?, &visible).await?;
     let next = if more { page.last().map(|(n, _)| n.clone()) } else { None };
-    let locks: Vec<w::LockInfo> = page
-        .into_iter()
-        .filter(|(n, _)| caller.sees_lock(Kind::Lock, n))
-        .map(|(n, l)| info(n, Some(l)))
-        .collect();
+    let locks: Vec<w::LockInfo> = page.into_iter().map(|(n, l)| info(n, Some(l))).collect();
     let body = w::LockListResponse { revision, count: locks.len() as u64, locks, more, next };
     Ok(reply(StatusCode::OK, &body, revision, node.term()))
 }

@@ -166,10 +166,17 @@ pub async fn watch(
     caller.check_read(&req.selector.key, req.selector.recursive)?;
     let watch = node.watch(req).await?;
     let head = watch.head;
-    let body = futures::stream::unfold((watch, format), |(mut watch, format): (Watch, Format)| async move {
-        let frame = watch.next().await?;
-        Some((Ok::<_, std::convert::Infallible>(Bytes::from(format.frame(frame))), (watch, format)))
-    });
+    // A token's permission lasts as long as the token: the stream ends when it expires
+    // (the client resumes with a fresh one from the last revision it saw).
+    let until = caller.stream_deadline();
+    let body =
+        futures::stream::unfold((watch, format), move |(mut watch, format): (Watch, Format)| async move {
+            let frame = match until {
+                Some(t) => tokio::time::timeout_at(t, watch.next()).await.ok()??,
+                None => watch.next().await?,
+            };
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(format.frame(frame))), (watch, format)))
+        });
     let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));

@@ -56,6 +56,7 @@ pub async fn send(
     cmd: Command,
 ) -> Result<Outcome, ApiError> {
     caller.check_command(&cmd)?;
+    let once = caller.scoped_idempotency_key(once);
     Ok(node.write(node.idempotent(once, caller.on_behalf(cmd))?).await?)
 }
 

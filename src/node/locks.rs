@@ -226,7 +226,8 @@ impl Node {
             wait: !req.wait.is_zero(),
             value: req.value,
         };
-        let cmd = self.idempotent(req.idempotency_key, req.caller.on_behalf(cmd))?;
+        let once = req.caller.scoped_idempotency_key(req.idempotency_key);
+        let cmd = self.idempotent(once, req.caller.on_behalf(cmd))?;
         // Proposed from a task of its own: if this request goes away meanwhile, the task (or
         // the pending outcome's drop, whichever comes second) still learns the outcome and
         // withdraws the owner nobody will hear of.
@@ -401,6 +402,7 @@ impl Node {
         after: Option<&str>,
         limit: usize,
         consistency: Consistency,
+        visible: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(u64, Vec<(String, Lock)>, bool)> {
         let max = self.cfg.max_list_limit;
         if limit == 0 || limit > max {
@@ -413,8 +415,18 @@ impl Node {
             self.linearize().await?;
         }
         let applied = self.replica.applied();
-        let (page, more) = applied.state.locks().page(kind, after, limit);
-        Ok((applied.state.revision(), page, more))
+        let locks = applied.state.locks();
+        // Names the caller may not see are skipped, never shown nor paged through.
+        let mut out = Vec::new();
+        let mut cursor = after.map(str::to_string);
+        loop {
+            let (page, more) = locks.page(kind, cursor.as_deref(), limit - out.len());
+            cursor = page.last().map(|(n, _)| n.clone()).or(cursor);
+            out.extend(page.into_iter().filter(|(n, _)| visible(n)));
+            if !more || out.len() == limit {
+                return Ok((applied.state.revision(), out, more));
+            }
+        }
     }
 
     /// Whether `token` is a current holder's of the lock or election `name` (Chubby's

@@ -240,7 +240,7 @@ impl Node {
         tokio::spawn(watch_hub::WatchHub::run(Arc::downgrade(&node)));
         tokio::spawn(lock_hub::LockHub::run(Arc::downgrade(&node)));
         if let Some(auth) = &node.auth {
-            tokio::spawn(Self::reload_auth_keys(Arc::downgrade(auth)));
+            crate::file_poll::poll_files(auth, Duration::from_secs(1), |a| Self::reload_auth_keys(a));
         }
         Ok(node)
     }
@@ -305,23 +305,18 @@ impl Node {
         self.auth.as_deref()
     }
 
-    /// Re-reads the JWT key files once a second while they change (key rotation without
-    /// a restart); a file that cannot be used keeps the keys in force, and says why once
-    /// per change.
-    async fn reload_auth_keys(auth: std::sync::Weak<crate::auth::Verifier>) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let Some(auth) = auth.upgrade() else { return };
-            // Reading a file is blocking I/O: keep it off the runtime's worker threads.
-            match tokio::task::spawn_blocking(move || auth.reload()).await {
-                Ok(Ok(true)) => {
-                    tracing::info!("client auth: the JWT keys changed on disk; the new keys are in force")
-                }
-                Ok(Ok(false)) => {}
-                Ok(Err(why)) => tracing::warn!(
+    /// Re-reads the JWT key files if they changed (key rotation without a restart); a file
+    /// that cannot be used keeps the keys in force, and says why once per change.
+    fn reload_auth_keys(auth: &crate::auth::Verifier) {
+        match auth.reload() {
+            Ok(true) => {
+                tracing::info!("client auth: the JWT keys changed on disk; the new keys are in force")
+            }
+            Ok(false) => {}
+            Err(why) => {
+                tracing::warn!(
                     "client auth: the changed JWT key file cannot be used ({why}); the keys in force stay"
-                ),
-                Err(_) => return,
+                )
             }
         }
     }

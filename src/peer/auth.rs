@@ -399,36 +399,24 @@ impl PeerKey {
         if shared.file.is_none() {
             return;
         }
-        let weak = Arc::downgrade(shared);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(shared) = weak.upgrade() else { return };
-                let key = PeerKey { shared: Some(shared) };
-                let file = key.file().unwrap_or_default();
-                let Ok((outcome, in_use)) =
-                    tokio::task::spawn_blocking(move || (key.reload(), key.secret_count())).await
-                else {
-                    continue;
-                };
-                match outcome {
-                    Reload::Unchanged => {}
-                    Reload::Reloaded { secrets } => tracing::info!(
-                        file = %file.display(),
-                        secrets,
-                        "peer secrets reloaded from {}: {secrets} secret(s); the first signs this node's \
-                         requests, any is accepted",
-                        file.display()
-                    ),
-                    Reload::Kept { why } => tracing::warn!(
-                        file = %file.display(),
-                        "the peer secret file changed but cannot be used: {why}; keeping the {in_use} secret(s) \
-                         in use"
-                    ),
-                }
+        crate::file_poll::poll_files(shared, every, |shared| {
+            let key = PeerKey { shared: Some(shared.clone()) };
+            let file = key.file().unwrap_or_default();
+            match key.reload() {
+                Reload::Unchanged => {}
+                Reload::Reloaded { secrets } => tracing::info!(
+                    file = %file.display(),
+                    secrets,
+                    "peer secrets reloaded from {}: {secrets} secret(s); the first signs this node's \
+                     requests, any is accepted",
+                    file.display()
+                ),
+                Reload::Kept { why } => tracing::warn!(
+                    file = %file.display(),
+                    "the peer secret file changed but cannot be used: {why}; keeping the {} secret(s) \
+                     in use",
+                    key.secret_count()
+                ),
             }
         });
     }

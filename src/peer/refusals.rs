@@ -4,7 +4,9 @@
 //! operator reading either node's log learns e.g. that the two hold different secrets.
 //!
 //! Invariants: each kind of line is logged at most once per [`EVERY`] per (node, peer,
-//! reason), with a count of the ones held back, so a flood of refused requests cannot
+//! reason), with a count of the ones held back, and no more than [`BUDGET`] lines of one
+//! kind go out per [`EVERY`] in all (the claimed sender is unproven, so a stranger could
+//! otherwise name a new one with every request), so a flood of refused requests cannot
 //! flood the log; the memory of what was logged is bounded; a line never carries a
 //! secret or a signature (only ids, addresses and the reasons of `PeerAuthError` or the
 //! peer's error message, cut short and stripped of control characters).
@@ -19,6 +21,9 @@ use crate::raft::NodeId;
 /// The least time between two log lines about the same refusal.
 pub const EVERY: Duration = Duration::from_secs(5);
 
+/// The most lines of one kind per [`EVERY`], whatever peers they name.
+pub const BUDGET: u64 = 20;
+
 /// The most (node, peer, reason) triples remembered; past it, the stalest are forgotten.
 const REMEMBERED: usize = 256;
 
@@ -29,6 +34,9 @@ const MAX_QUOTED: usize = 200;
 pub struct Throttle {
     every: Duration,
     seen: Mutex<HashMap<String, Mark>>,
+    /// Lines let out in the current window, when it began, and how many new lines the
+    /// budget held back since the last one let out.
+    budget: Mutex<(Instant, u64, u64)>,
 }
 
 struct Mark {
@@ -38,7 +46,22 @@ struct Mark {
 
 impl Throttle {
     pub fn new(every: Duration) -> Throttle {
-        Throttle { every, seen: Mutex::default() }
+        Throttle { every, seen: Mutex::default(), budget: Mutex::new((Instant::now(), 0, 0)) }
+    }
+
+    /// Whether the budget lets one more line out at `now`; if so, how many it held back
+    /// since the last one.
+    fn spend(&self, now: Instant) -> Option<u64> {
+        let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_duration_since(b.0) >= self.every {
+            *b = (now, 0, b.2);
+        }
+        if b.1 >= BUDGET {
+            b.2 += 1;
+            return None;
+        }
+        b.1 += 1;
+        Some(std::mem::take(&mut b.2))
     }
 
     /// Whether a line about `key` may be logged at `now`; if so, how many were held back
@@ -50,10 +73,15 @@ impl Throttle {
                 mark.held_back += 1;
                 return None;
             }
-            let held_back = mark.held_back;
+            let Some(over_budget) = self.spend(now) else {
+                mark.held_back += 1;
+                return None;
+            };
+            let held_back = mark.held_back + over_budget;
             *mark = Mark { logged_at: now, held_back: 0 };
             return Some(held_back);
         }
+        let over_budget = self.spend(now)?;
         if seen.len() >= REMEMBERED {
             let every = self.every;
             seen.retain(|_, m| now.saturating_duration_since(m.logged_at) < every);
@@ -65,7 +93,7 @@ impl Throttle {
             }
         }
         seen.insert(key, Mark { logged_at: now, held_back: 0 });
-        Some(0)
+        Some(over_budget)
     }
 }
 
@@ -132,6 +160,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_flood_naming_new_senders_stays_within_the_budget() {
+        let t = Throttle::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let let_out = (0..1000).filter(|i| t.admit(format!("1/{i}/unsigned"), t0).is_some()).count();
+        assert_eq!(let_out as u64, BUDGET);
+        // The next window lets lines out again, and says how many were held back.
+        assert_eq!(t.admit("1/5000/unsigned".into(), t0 + Duration::from_secs(5)), Some(1000 - BUDGET));
+    }
+
+    #[test]
     fn a_refusal_is_logged_once_per_window_with_a_count_of_the_rest() {
         let t = Throttle::new(Duration::from_secs(5));
         let t0 = Instant::now();
@@ -150,10 +188,18 @@ mod tests {
     fn the_memory_stays_bounded_under_many_claimed_senders() {
         let t = Throttle::new(Duration::from_secs(5));
         let t0 = Instant::now();
+        // Within the budget (one new sender a second), every line goes out, and what is
+        // remembered stays bounded.
         for i in 0..10_000u64 {
-            assert!(t.admit(format!("1/{i}/wrong_secret"), t0 + Duration::from_micros(i)).is_some());
+            assert!(t.admit(format!("1/{i}/wrong_secret"), t0 + Duration::from_secs(i)).is_some());
         }
         assert!(t.seen.lock().unwrap().len() <= REMEMBERED);
+        // Past the budget, new senders are not even remembered.
+        let t = Throttle::new(Duration::from_secs(5));
+        for i in 0..10_000u64 {
+            t.admit(format!("1/{i}/wrong_secret"), t0 + Duration::from_micros(i));
+        }
+        assert!(t.seen.lock().unwrap().len() as u64 <= BUDGET);
     }
 
     #[test]

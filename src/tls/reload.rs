@@ -12,7 +12,7 @@
 //! built, so a file that changes while it is being read is seen as changed at the next
 //! look and read again.
 
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::{PemFile, TlsError};
@@ -140,17 +140,8 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         if self.files.is_empty() {
             return;
         }
-        let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(this) = weak.upgrade() else { return };
-                // Reading and parsing files blocks: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || this.check()).await;
-            }
+        crate::file_poll::poll_files(self, every, |this| {
+            this.check();
         });
     }
 }

@@ -508,8 +508,9 @@ async fn a_jwks_picks_its_key_by_kid() {
         assert!(m.contains("key id"), "{m}");
         // A kid of another family: no key fits.
         bad_token(&admin, &api, &ec1.token(Some("rsa-1"), &root)).await;
-        // No kid: each key of the family is tried.
-        good_token(&api, &ec2.token(None, &root)).await;
+        // No kid: keys picked by kid are never tried one after another.
+        let m = bad_token(&admin, &api, &ec2.token(None, &root)).await;
+        assert!(m.contains("kid"), "{m}");
         // HS256 on a node with public keys only.
         bad_token(&admin, &api, &hs(&root)).await;
     })
@@ -784,9 +785,16 @@ async fn leases_belong_to_the_subject_that_granted_them() {
             let everything = json!({"read": ["/"], "write": ["/"], "locks": ["*"], "elections": ["*"]});
             let alice = api.with_token(&token("alice", everything.clone()));
             let bob = api.with_token(&token("bob", everything));
-            // Anyone may grant, even with no permission at all.
+            // A lease needs a use: a write, lock or election permission; a token with none
+            // (or with read only) may not fill the lease table.
             let nobody = api.with_token(&hs(&json!({"sub": "nobody", "exp": now() + 600})));
-            nobody.post("/v1/leases", json!({"ttl": "30s"}), &[]).await.expect(StatusCode::CREATED);
+            denied(&admin, nobody.post("/v1/leases", json!({"ttl": "30s"}), &[])).await;
+            let reader = api.with_token(&token("reader", json!({"read": ["/"]})));
+            denied(&admin, reader.post("/v1/leases", json!({"ttl": "30s"}), &[])).await;
+            for grants in [json!({"write": ["/x/"]}), json!({"locks": ["l"]}), json!({"elections": ["e"]})] {
+                let t = api.with_token(&token("user", grants));
+                t.post("/v1/leases", json!({"ttl": "30s"}), &[]).await.expect(StatusCode::CREATED);
+            }
             let id =
                 alice.post("/v1/leases", json!({"ttl": "30s"}), &[]).await.json()["id"].as_u64().unwrap();
             let bobs =
@@ -823,7 +831,8 @@ async fn leases_belong_to_the_subject_that_granted_them() {
             assert_eq!(ids(alice.get("/v1/leases").await.ok()), vec![id]);
             assert_eq!(ids(bob.get("/v1/leases").await.ok()), vec![bobs]);
             let all = ids(admin.get("/v1/leases").await.ok());
-            assert_eq!(all.len(), 3, "{all:?}");
+            // alice's, bob's and the three granted by "user" above.
+            assert_eq!(all.len(), 5, "{all:?}");
             assert!(all.contains(&id) && all.contains(&bobs));
             // An admin may use any lease, and sees whose it is.
             assert_eq!(admin.get(&format!("/v1/leases/{id}")).await.ok()["owner"], json!("alice"));
@@ -983,4 +992,87 @@ async fn compaction_needs_admin_and_the_cluster_status_any_token() {
         },
     )
     .await
+}
+
+#[tokio::test]
+async fn a_lock_listing_never_shows_nor_pages_through_hidden_names() {
+    with_auth(
+        |_| {},
+        |api| async move {
+            let admin = admin(&api);
+            for name in ["a-1", "b-1", "b-2", "c-1"] {
+                admin.post(&format!("/v1/locks/{name}"), json!({"ttl": "30s", "wait": "0s"}), &[]).await.ok();
+            }
+            let some = api.with_token(&token("some", json!({"locks": ["a-*", "c-*"]})));
+            // One visible name a page: the hidden ones between are neither listed nor named
+            // by `next`.
+            let first = some.get("/v1/locks?limit=1").await.ok();
+            assert_eq!(first["locks"][0]["name"], json!("a-1"), "{first}");
+            assert_eq!(first["next"], json!("a-1"), "{first}");
+            let second = some.get("/v1/locks?limit=1&after=a-1").await.ok();
+            assert_eq!(second["locks"][0]["name"], json!("c-1"), "{second}");
+            assert_eq!(second["more"], json!(false), "{second}");
+            let all = some.get("/v1/locks").await.ok();
+            assert_eq!(all["count"], json!(2), "{all}");
+            assert!(!all.to_string().contains("b-"), "{all}");
+            let none = api.with_token(&token("none", json!({"read": ["/"]})));
+            let empty = none.get("/v1/locks?limit=1").await.ok();
+            assert_eq!(empty, json!({"revision": empty["revision"], "locks": [], "count": 0, "more": false}));
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    with_auth(
+        |cfg| cfg.auth_jwt_leeway_ms = 0,
+        |api| async move {
+            let short =
+                hs(&json!({"sub": "w", "exp": now() + 2, "palisade": {"read": ["/"], "elections": ["*"]}}));
+            let header = format!("Bearer {short}");
+            for uri in ["/v1/watch/app?recursive", "/v1/elections/e/observe"] {
+                let resp = api.open(uri, &[("authorization", &header)]).await;
+                assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+                let ended = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    axum::body::to_bytes(resp.into_body(), usize::MAX),
+                )
+                .await;
+                assert!(matches!(ended, Ok(Ok(_))), "{uri}: the stream outlived its token");
+            }
+            // Past its expiry the token opens nothing.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            let resp = api.open("/v1/watch/app", &[("authorization", &header)]).await;
+            assert_eq!(resp.status(), UNAUTHORIZED);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_per_subject() {
+    with_auth(
+        |_| {},
+        |api| async move {
+            let alice = api.with_token(&token("alice", json!({"read": ["/"], "write": ["/"]})));
+            let bob = api.with_token(&token("bob", json!({"read": ["/"], "write": ["/"]})));
+            let key = [("idempotency-key", "shared-key-1")];
+            let a =
+                alice.post("/v1/txn", json!({"success": [{"put": {"key": "/a", "value": "1"}}]}), &key).await;
+            a.ok();
+            // bob's other request under the same key is applied, not a conflict nor alice's reply.
+            let b =
+                bob.post("/v1/txn", json!({"success": [{"put": {"key": "/b", "value": "2"}}]}), &key).await;
+            b.ok();
+            assert!(b.header("idempotent-replayed").is_none());
+            assert_eq!(bob.get("/v1/kv/b").await.ok()["kv"]["value"], json!("2"));
+            // alice's retry is still a replay of her first.
+            let again =
+                alice.post("/v1/txn", json!({"success": [{"put": {"key": "/a", "value": "1"}}]}), &key).await;
+            again.ok();
+            assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        },
+    )
+    .await;
 }
