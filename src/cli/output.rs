@@ -36,18 +36,23 @@ pub struct ClientArgs {
     #[arg(long, global = true, help_heading = "Client options", value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
     /// A token (JWT) for a cluster with client auth on, sent as `Authorization: Bearer`.
+    // Its id is not `token`: subcommands have positional arguments of that name (the
+    // fencing token of `fence check`).
     #[arg(
-        long,
+        long = "token",
+        id = "auth_token",
         global = true,
         help_heading = "Client options",
         env = "PALISADE_TOKEN",
+        value_name = "JWT",
         hide_env_values = true,
-        conflicts_with = "token_file"
+        conflicts_with = "auth_token_file"
     )]
     pub token: Option<Token>,
     /// A file holding the token (read at start; surrounding whitespace is ignored).
     #[arg(
-        long,
+        long = "token-file",
+        id = "auth_token_file",
         global = true,
         help_heading = "Client options",
         env = "PALISADE_TOKEN_FILE",
