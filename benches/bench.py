@@ -1282,7 +1282,8 @@ def report_security(meta, hz, rows, o, alone):
     loads = list(dict.fromkeys(r["load"] for r in rows))
     targets = list(dict.fromkeys(r["target"] for r in rows))
     configs = list(dict.fromkeys(r["config"] for r in rows))
-    sess = sorted({(r["tls_version"], r["tls_cipher"]) for r in rows if "tls_version" in r})
+    sess = sorted({(r["target"], r["tls_version"], r["tls_cipher"]) for r in rows if "tls_version" in r},
+                  key=lambda x: targets.index(x[0]))
     tb = {k: meta.get("secure_token_bytes_" + k, "?") for k in ("hs256", "es256")}
     o.append(
         "The cost of TLS and of client authentication. Each round starts fresh servers for every "
@@ -1296,7 +1297,7 @@ def report_security(meta, hz, rows, o, alone):
         "(`--tls-cert-file`/`--tls-key-file`, a self-signed EC P-256 certificate for 127.0.0.1 made "
         f"with {meta.get('openssl', 'openssl')}; wrk over https, each connection handshakes once and "
         "then keeps it"
-        + (": " + "; ".join(f"{v} with {c}" for v, c in sess) if sess else "")
+        + (": " + "; ".join(f"{meta['desc_' + t]} {v} with {c}" for t, v, c in sess) if sess else "")
         + "); **JWT HS256** client auth with a 32-byte secret (`--auth-jwt-secret-file`); "
         "**JWT ES256** with an EC P-256 public key (`--auth-jwt-public-keys`); and combinations. "
         "The token comes from `palisade auth token` (sub `bench`, read and write `/`) and goes with "

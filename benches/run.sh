@@ -419,7 +419,7 @@ port_free() { # port_free PORT KNOB
 # palisade_member ID DATA_DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER LOG
 palisade_member() {
   # shellcheck disable=SC2086 # PALISADE_EXTRA_FLAGS is a word list on purpose
-  "$PALISADE_BIN" serve --node-id "$1" --data-dir "$2" \
+  env -u BENCH_TOKEN "$PALISADE_BIN" serve --node-id "$1" --data-dir "$2" \
     --listen-client "127.0.0.1:$3" --listen-peer "127.0.0.1:$4" \
     --initial-cluster "$5" --log-level warn $PALISADE_EXTRA_FLAGS $PALISADE_PART_FLAGS \
     >"$6" 2>&1 </dev/null &
@@ -429,7 +429,7 @@ palisade_member() {
 # etcd_member NAME DATA_DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER LOG
 etcd_member() {
   # shellcheck disable=SC2086 # ETCD_EXTRA_FLAGS and ETCD_PART_FLAGS are word lists on purpose
-  "$ETCD_BIN" --name "$1" --data-dir "$2" \
+  env -u BENCH_TOKEN "$ETCD_BIN" --name "$1" --data-dir "$2" \
     --listen-client-urls "$SCHEME://127.0.0.1:$3" --advertise-client-urls "$SCHEME://127.0.0.1:$3" \
     --listen-peer-urls "http://127.0.0.1:$4" --initial-advertise-peer-urls "http://127.0.0.1:$4" \
     --initial-cluster "$5" --initial-cluster-state new --initial-cluster-token "bench-$$" \
@@ -893,7 +893,9 @@ secure_group() {
     flags+=" --tls-cert-file $SEC/tls.crt --tls-key-file $SEC/tls.key"
     ETCD_PART_FLAGS="--cert-file $SEC/tls.crt --key-file $SEC/tls.key"
   fi
-  [[ -z $token ]] || PART_ENV+=(BENCH_TOKEN="$(<"$token")")
+  # The token reaches bench.py and wrk through the environment, never a command line (which
+  # ps shows); the members are started without it.
+  [[ -z $token ]] || export BENCH_TOKEN="$(<"$token")"
   PALISADE_PART_FLAGS=$flags
   start "$product" "$nodes" "$dir"
   PALISADE_PART_FLAGS="" ETCD_PART_FLAGS="" SCHEME=http
@@ -908,6 +910,7 @@ secure_group() {
         "recording that instead of figures: $(tail -n 3 "$dir/https-probe.log" | tr '\n' ' ')"
       for load in $SECURE_LOADS; do echo "$row load=$load wrk_https=no" >>"$work/secure.txt"; done
       PART_ENV=()
+      unset BENCH_TOKEN
       stop_servers KILL
       [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
       return 0
@@ -924,6 +927,7 @@ secure_group() {
       "$(summary "$res")"
   done
   PART_ENV=()
+  unset BENCH_TOKEN
   stop_servers KILL # nothing of these servers is kept (3 etcd members take ~7 s to stop on TERM)
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
