@@ -840,7 +840,8 @@ SEC=""  # the security part's certificate, keys and tokens (a directory of the w
 # es256.token: sub bench, read and write /, valid 24 h) from `palisade auth token`.
 secure_material() {
   SEC=$work/secure
-  mkdir -m 700 -p "$SEC"
+  mkdir -p "$SEC"
+  chmod 700 "$SEC"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$SEC/tls.key" 2>"$SEC/openssl.log" &&
     openssl req -x509 -new -key "$SEC/tls.key" -out "$SEC/tls.crt" -days 2 -subj "/CN=palisade-bench" \
       -addext "subjectAltName=IP:127.0.0.1" 2>>"$SEC/openssl.log" &&
@@ -895,7 +896,10 @@ secure_group() {
   fi
   # The token reaches bench.py and wrk through the environment, never a command line (which
   # ps shows); the members are started without it.
-  [[ -z $token ]] || export BENCH_TOKEN="$(<"$token")"
+  if [[ -n $token ]]; then
+    BENCH_TOKEN=$(<"$token")
+    export BENCH_TOKEN
+  fi
   PALISADE_PART_FLAGS=$flags
   start "$product" "$nodes" "$dir"
   PALISADE_PART_FLAGS="" ETCD_PART_FLAGS="" SCHEME=http
