@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch bench-lock soak fuzz clean
+.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch bench-lock bench-secure soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -53,10 +53,11 @@ cluster: build
 # Palisade and etcd side by side under the same wrk load; writes BENCHMARKS.md. Builds
 # Palisade and installs wrk and etcd when missing (apt-get, as root). Runs the load cells
 # (put, get, get-serializable, txn, keepalive, and put under keepalives; ~40 min), the
-# lease failover trials (~3 min), the watch part (~6 min), the lock part (~10 min) and
-# then the 10-minute memory run of each product (~21 min): about 82 minutes in all. Knobs
-# in benches/run.sh, e.g. `DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1
-# LOCK_ROUNDS=1 LOCK_SECS=2 make bench` for a quick look.
+# lease failover trials (~3 min), the watch part (~6 min), the lock part (~10 min), the
+# security part (~21 min) and then the 10-minute memory run of each product (~21 min):
+# about 103 minutes in all. Knobs in benches/run.sh, e.g. `DURATION=2 ROUNDS=1 RSS_RUN=0
+# FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 make bench`
+# for a quick look.
 bench:
 	./benches/run.sh
 
@@ -68,7 +69,7 @@ bench-rss:
 # Only the lease parts (keepalive load, put under keepalives, failover; ~15 min); writes
 # BENCHMARKS-lease.md unless OUT is set.
 bench-lease:
-	LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 ./benches/run.sh
+	LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 ./benches/run.sh
 
 # Only the watch part (~6 min): put->event latency on 1 and 3 nodes (watcher on the leader
 # and on a follower), the memory of 10,000 idle watchers, and put beside them and beside a
@@ -89,6 +90,19 @@ bench-watch:
 # Locks section into BENCHMARKS.md.
 bench-lock:
 	LOCK=only ./benches/run.sh
+
+# Only the security part (~21 min): get and put at 64 connections on 1 and 3 nodes, each
+# configuration on fresh servers: plain, TLS on the client listener (wrk over https), JWT
+# client auth with an HS256 secret, with an ES256 public key, and TLS + ES256 (etcd: plain
+# and TLS), with the throughput cost of each against plain; certificate and keys from
+# openssl (installed with apt-get when missing, as root), tokens from `palisade auth
+# token`. Writes BENCHMARKS-secure.md unless OUT is set. Knobs: SECURE_ROUNDS,
+# SECURE_NODES, SECURE_CONNS, SECURE_CONFIGS, SECURE_LOADS, DURATION, WARMUP (see
+# benches/run.sh), e.g. `SECURE_ROUNDS=1 DURATION=4 SECURE_NODES=1 make bench-secure` for
+# a quick look. `python3 benches/bench.py splice BENCHMARKS-secure.md BENCHMARKS.md
+# Security` then puts its Security section into BENCHMARKS.md.
+bench-secure:
+	SECURE=only ./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a
 # failure prints its seed, and SEED= replays the same schedule.

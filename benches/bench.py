@@ -22,8 +22,8 @@
   bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt,
                                          putka.txt,failover.txt,rss.txt,rss-samples-*.txt,
                                          watchlat.txt,watchlat-*.txt,watchidle.txt,watchput.txt,
-                                         lockpairs.txt,lockhandoff.txt}
-  bench.py splice FROM INTO [SECTION]    put the "## SECTION" (Watches; or Locks, ...) of the
+                                         lockpairs.txt,lockhandoff.txt,secure.txt}
+  bench.py splice FROM INTO [SECTION]    put the "## SECTION" (Watches; or Locks, Security, ...) of the
                                          report FROM into the report INTO, in place of its own
                                          if it has one, else before its memory run or machine
                                          section
@@ -34,6 +34,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
@@ -53,13 +54,25 @@ def key(i, prefix=""):
 
 
 class Conn:
+    """One HTTP/1.1 connection. An https URL is checked against the CA file BENCH_CA (the
+    security part's self-signed certificate; unset: the system's CAs); BENCH_TOKEN, when
+    set, goes with every request as `Authorization: Bearer` (Palisade with client auth on)."""
+
     def __init__(self, url, timeout=2.0):
         u = urllib.parse.urlsplit(url)
-        self.c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        if u.scheme == "https":
+            ctx = ssl.create_default_context(cafile=os.environ.get("BENCH_CA") or None)
+            self.c = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=ctx)
+        else:
+            self.c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        token = os.environ.get("BENCH_TOKEN")
+        self.auth = {"Authorization": "Bearer " + token} if token else {}
 
     def call(self, method, path, body=None):
         data = None if body is None else json.dumps(body).encode()
-        headers = {} if body is None else {"Content-Type": "application/json"}
+        headers = dict(self.auth)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         self.c.request(method, path, body=data, headers=headers)
         r = self.c.getresponse()
         payload = r.read()
@@ -390,6 +403,7 @@ def cmd_report(workdir, out):
     rss_rows = read_rows(os.path.join(workdir, "rss.txt"))
     watch = [read_rows(os.path.join(workdir, f)) for f in ("watchlat.txt", "watchidle.txt", "watchput.txt")]
     locks = [read_rows(os.path.join(workdir, f)) for f in ("lockpairs.txt", "lockhandoff.txt")]
+    secure_rows = read_rows(os.path.join(workdir, "secure.txt"))
     o = []
     o.append("# Benchmarks\n")
     o.append("Palisade and etcd on the same machine under the same closed-loop HTTP load "
@@ -406,6 +420,9 @@ def cmd_report(workdir, out):
     if any(locks):
         alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows or any(watch))
         targets += report_locks(meta, hz, *locks, o, alone)
+    if secure_rows:
+        alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows or any(watch) or any(locks))
+        targets += report_security(meta, hz, secure_rows, o, alone)
     if rss_rows:
         targets += report_rss(meta, hz, workdir, rss_rows, o)
     targets = list(dict.fromkeys(targets))
@@ -1236,6 +1253,153 @@ def report_locks(meta, hz, pair_rows, handoff_rows, o, alone):
         o.append(f"Other processes on the machine used a median of {statistics.median(vals):.0f}% of a "
                  "core during these runs" + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else ".")
                  + "\n")
+    return targets
+
+
+CONFIG_TEXT = {"plain": "plain", "tls": "TLS", "hs256": "JWT HS256", "es256": "JWT ES256"}
+SECURE_GOAL = 15.0  # most throughput (%) a JWT configuration may cost against plain
+
+
+def config_label(config):
+    return " + ".join(CONFIG_TEXT.get(p, p) for p in config.split("-"))
+
+
+def has_jwt(config):
+    return any(p in ("hs256", "es256") for p in config.split("-"))
+
+
+def report_security(meta, hz, rows, o, alone):
+    """The security section into o: get and put in each configuration (plain, TLS, JWT HS256,
+    JWT ES256, TLS + ES256, ...) against plain; returns the products. alone: the report holds
+    nothing else (for `bench.py splice`)."""
+    o.append("## Security\n")
+    if alone:
+        versions = ", ".join(v for v in (meta.get("version_palisade"), meta.get("version_etcd")) if v)
+        o.append(f"Run on {meta['date']} with `{meta['command']}` ({meta['cores']} cores, {meta['cpu']}; "
+                 f"disk fsync: {meta['fsync'].split(' (')[0]}; {versions}).\n")
+    rounds = max(int(r["round"]) for r in rows)
+    conns = meta.get("secure_conns", rows[0]["conns"])
+    loads = list(dict.fromkeys(r["load"] for r in rows))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    sess = sorted({(r["target"], r["tls_version"], r["tls_cipher"]) for r in rows if "tls_version" in r},
+                  key=lambda x: targets.index(x[0]))
+    tb = {k: meta.get("secure_token_bytes_" + k, "?") for k in ("hs256", "es256")}
+    o.append(
+        "The cost of TLS and of client authentication. Each round starts fresh servers for every "
+        "cluster size, product and configuration in turn (so the configurations take turns and slow "
+        f"drift of the machine spreads over all of them), writes the {meta['keys']} keys of the load "
+        f"tables through the leader, warms up each load for {meta['warmup']} s with every answer checked "
+        f"(a refused token fails the run), then runs each load at {conns} connections for "
+        f"{meta['duration']} s against the leader with {meta.get('wrk', 'wrk')}; "
+        + ", ".join(f"**{ld}** {LOAD_TEXT.get(ld, ld).split(' (')[0]}" for ld in loads) + ". "
+        "Configurations: **plain** HTTP, no auth; **TLS** on the client listener "
+        "(`--tls-cert-file`/`--tls-key-file`, a self-signed EC P-256 certificate for 127.0.0.1 made "
+        f"with {meta.get('openssl', 'openssl')}; wrk over https, each connection handshakes once and "
+        "then keeps it"
+        + (": " + "; ".join(f"{meta['desc_' + t]} {v} with {c}" for t, v, c in sess) if sess else "")
+        + "); **JWT HS256** client auth with a 32-byte secret (`--auth-jwt-secret-file`); "
+        "**JWT ES256** with an EC P-256 public key (`--auth-jwt-public-keys`); and combinations. "
+        "The token comes from `palisade auth token` (sub `bench`, read and write `/`) and goes with "
+        f"every request as `Authorization: Bearer` ({tb['hs256']} bytes for HS256, {tb['es256']} "
+        "for ES256). The server keeps a verified token in a cache keyed by its SHA-256, so a "
+        "reused token costs a hash and a map probe per request, not a signature check: "
+        "these runs, one token per configuration, measure that path; the first request of each "
+        "server verifies it. etcd, for comparison, runs plain and with TLS only (its client auth "
+        f"is not JWT over HTTP). Figures are medians over {rounds} round(s); **vs plain** the "
+        "throughput against the same product, cluster size and load without TLS or auth; "
+        "**server CPU µs/req** CPU time of all members per request; **client CPU %** wrk's, "
+        "**other CPU %** the rest of the machine (100 = one core): wrk, the servers and anything "
+        "else share the machine's cores, so a high other CPU % means the run was disturbed.\n")
+    cells = {}
+    for r in rows:
+        cells.setdefault((int(r["nodes"]), r["load"], r["target"], r["config"]), []).append(r)
+    ok = {k: [r for r in g if r.get("wrk_https") != "no"] for k, g in cells.items()}
+    o.append("| nodes | load | product | configuration | req/s | vs plain | p50 ms | p99 ms "
+             "| server CPU µs/req | server CPU % | client CPU % | other CPU % |")
+    o.append("|---:|---|---|---|" + "|".join(["---:"] * 8) + "|")
+    errors, others, verdicts, client_bound, no_https = [], [], [], False, []
+
+    def us_req(r):
+        n = int(r["requests"])
+        return 1e6 * int(r["server_ticks"]) / hz / n if n else None
+
+    def rate_of(k):
+        return med(ok.get(k, []), rate)
+
+    for k in sorted(cells, key=lambda k: (k[0], loads.index(k[1]), targets.index(k[2]), configs.index(k[3]))):
+        nodes, load, t, config = k
+        name = f"{meta['desc_' + t]}, {nodes} node(s), {load}, {config_label(config)}"
+        g = ok[k]
+        if not g:
+            no_https.append(name)
+            o.append("| " + " | ".join([str(nodes), load, meta["desc_" + t], config_label(config),
+                                        "wrk: no https", "-", "-", "-", "-", "-", "-", "-"]) + " |")
+            continue
+        mine = med(g, rate)
+        plain = rate_of((nodes, load, t, "plain"))
+        vs = "-" if config == "plain" else change(mine, plain)
+        n_err = sum(int(r["errors"]) + int(r["bad"]) for r in g)
+        if n_err:
+            errors.append(f"{n_err} in {name}")
+        others += [(other_cpu(hz, r, float(r["client_cpu_s"])), name) for r in g]
+        mark = ""
+        if med(g, client_cpu) >= 90:
+            mark, client_bound = " \\*", True
+        o.append("| " + " | ".join([
+            str(nodes), load, meta["desc_" + t], config_label(config), fmt(mine) + mark, vs,
+            fmt(med(g, lambda r: ms(r["p50_us"])), 2), fmt(med(g, lambda r: ms(r["p99_us"])), 2),
+            fmt(med(g, us_req)), fmt(med(g, lambda r: cpu(hz, r, r["server_ticks"]))),
+            fmt(med(g, client_cpu)), fmt(med(g, lambda r: other_cpu(hz, r, float(r["client_cpu_s"]))))]) + " |")
+        if t == "palisade" and has_jwt(config) and plain:
+            cost = 100.0 * (1 - mine / plain)
+            verdicts.append(f"{nodes} node(s), {load}, {config_label(config)}: "
+                            + (f"{cost:.0f}% less" if cost >= 0.5 else
+                               f"{-cost:.0f}% more" if cost <= -0.5 else "the same")
+                            + ("" if cost <= SECURE_GOAL else " (**not met**)"))
+    o.append("")
+    if verdicts:
+        o.append(f"Against the goal (JWT, alone or with TLS, costs at most {SECURE_GOAL:.0f}% of plain's "
+                 "throughput): " + "; ".join(verdicts) + ".\n")
+    # The reading: what each layer adds per request on Palisade, from the CPU time per request
+    # (less noisy than throughput when the machine is shared).
+    reading = []
+    for nodes in sorted({k[0] for k in cells}):
+        for load in loads:
+            base = med(ok.get((nodes, load, "palisade", "plain"), []), us_req)
+            if not base:
+                continue
+            parts = []
+            for config in configs:
+                g = ok.get((nodes, load, "palisade", config), [])
+                if config == "plain" or not g:
+                    continue
+                parts.append(f"{config_label(config)} {med(g, us_req) - base:+.0f} µs")
+            if parts:
+                reading.append(f"{nodes} node(s), {load} (plain {base:.0f} µs): " + ", ".join(parts))
+    if reading:
+        o.append("Server CPU per request on Palisade, against plain: " + "; ".join(reading) + ". "
+                 "With the token cache, HS256 and ES256 should cost the same (one SHA-256 of the token "
+                 "and a probe per request); an ES256 signature check per request would instead add "
+                 "tens of µs over HS256. TLS adds the record encryption of every request and answer. "
+                 "Differences of a few µs, or a few % of req/s, are within the noise of short runs on "
+                 "a shared machine: compare them with the other CPU % column and the spread over "
+                 "rounds.\n")
+    if no_https:
+        o.append("wrk got no good answer over https in: " + "; ".join(no_https) + " (bench.py's https "
+                 "client did, so the server's TLS worked): this wrk cannot measure TLS, and those rows "
+                 "have no figures.\n")
+    if client_bound:
+        o.append("\\* wrk (one thread) used 90% or more of a core in this run, so the figure is a lower "
+                 "bound of what the server can do.\n")
+    o.append("Failed requests (socket errors, timeouts, HTTP errors, wrong answers): "
+             + ("; ".join(errors) if errors else "none") + ".")
+    vals = [v for v, _ in others if v is not None]
+    if vals:
+        worst = max((x for x in others if x[0] is not None), key=lambda x: x[0])
+        o.append(f"Other processes on the machine used a median of {statistics.median(vals):.0f}% of a "
+                 "core during these runs" + (f" (at most {worst[0]:.0f}%, during {worst[1]})." if worst[0] >= 1 else "."))
+    o.append("")
     return targets
 
 

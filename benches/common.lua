@@ -16,6 +16,9 @@
 --   BENCH_LEASE_TTL  the TTL (s) those leases were granted with; keepalive checks expect it
 --   BENCH_RATE    requests per second of this wrk thread, over all its connections
 --                 (run.sh runs one thread); unset or 0: closed loop, as fast as answers come
+--   BENCH_TOKEN   a client token (JWT) sent with every request as `Authorization: Bearer
+--                 <token>` (the security part, against Palisade with client auth on);
+--                 unset or empty: no Authorization header
 local M = {}
 
 M.keys = tonumber(os.getenv("BENCH_KEYS") or "10000")
@@ -23,6 +26,13 @@ M.prefix = os.getenv("BENCH_PREFIX") or ""
 M.verify = os.getenv("BENCH_VERIFY") == "1"
 -- 64 bytes; benches/bench.py writes the same value in the preload.
 M.value = string.rep("0123456789abcdef", 4)
+
+-- wrk.format uses wrk.headers for every request the scripts build, so the token rides on
+-- all of them; a script's own headers (Content-Type) go into the same table.
+local token = os.getenv("BENCH_TOKEN")
+if token and token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
+end
 
 function M.key()
   return M.prefix .. string.format("k%015d", math.random(0, M.keys - 1))

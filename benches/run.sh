@@ -30,31 +30,47 @@
 #     then the contended hand-off (LOCK_WAITERS clients on one name, each holding it
 #     LOCK_HOLD_MS ms), LOCK_SECS s each after 1 s unmeasured (benches/lock.py; about
 #     10 minutes with the defaults).
-# So `make bench` takes about 82 minutes, 12-15 of them for leases (the keepalive
-# groups, put under keepalives, failover), about 6 for watches and about 10 for locks;
-# the script prints a (low) estimate when it starts.
+#   - the security part (SECURE): SECURE_ROUNDS rounds; in each, for every SECURE_NODES
+#     cluster size, every configuration of SECURE_CONFIGS on fresh servers: plain, TLS on
+#     the client listener (wrk over https), JWT client auth with an HS256 secret, with an
+#     ES256 public key, and TLS + ES256 (etcd, when in TARGETS: plain and TLS only). Each
+#     writes the KEYS keys, warms up every load of SECURE_LOADS (get put) for WARMUP s
+#     with every answer checked, then runs each at SECURE_CONNS connections for DURATION
+#     s. Certificate and keys are made with openssl in the work dir (a self-signed EC
+#     P-256 certificate for IP 127.0.0.1; an EC P-256 key pair for ES256; a 32-byte
+#     HS256 secret), tokens with `palisade auth token` (sub bench, read and write /),
+#     sent by the wrk scripts as `Authorization: Bearer` (BENCH_TOKEN). About 21 minutes
+#     with the defaults (42 groups of ~30 s).
+# So `make bench` takes about 103 minutes, 12-15 of them for leases (the keepalive
+# groups, put under keepalives, failover), about 6 for watches, about 10 for locks and
+# about 21 for security; the script prints a (low) estimate when it starts.
 #
-#   make bench                                      # everything, as above (~82 min)
-#   RSS_RUN=0 make bench                            # all but the memory run (~61 min)
+#   make bench                                      # everything, as above (~103 min)
+#   RSS_RUN=0 make bench                            # all but the memory run (~82 min)
 #   make bench-rss                                  # only the memory run (~21 min), to
 #                                                   # BENCHMARKS-rss.md unless OUT is set
 #   make bench-lease                                # only the lease parts (~15 min):
 #                                                   # LOADS=keepalive RSS_RUN=0 WATCH=0
-#                                                   # LOCK=0, to BENCHMARKS-lease.md unless
-#                                                   # OUT is set
+#                                                   # LOCK=0 SECURE=0, to BENCHMARKS-lease.md
+#                                                   # unless OUT is set
 #   make bench-watch                                # only the watch part (~6 min):
 #                                                   # WATCH=only, to BENCHMARKS-watch.md
 #                                                   # unless OUT is set
 #   make bench-lock                                 # only the lock part (~10 min):
 #                                                   # LOCK=only, to BENCHMARKS-lock.md
 #                                                   # unless OUT is set
-#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 make bench
+#   make bench-secure                               # only the security part (~21 min):
+#                                                   # SECURE=only, to BENCHMARKS-secure.md
+#                                                   # unless OUT is set
+#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 make bench
 #                                                   # quick look
 #   LOCK=only LOCK_ROUNDS=1 LOCK_SECS=3 LOCK_CONNS="1 16" LOCK_NODES=1 benches/run.sh
 #                                                   # quick look at the lock part
+#   SECURE=only SECURE_ROUNDS=1 DURATION=4 SECURE_NODES=1 benches/run.sh
+#                                                   # quick look at the security part
 #   TARGETS=palisade NODES=3 LOADS=put CONNS=16 FAILOVER=0 benches/run.sh
 #   RSS_RUN=only RSS_DURATION=30 OUT=/tmp/rss.md benches/run.sh   # quick look at the memory run
-#   ROUNDS=0 RSS_RUN=0 WATCH=0 LOCK=0 OUT=/tmp/failover.md benches/run.sh   # only the failover trials
+#   ROUNDS=0 RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 OUT=/tmp/failover.md benches/run.sh   # only the failover trials
 #
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
@@ -98,11 +114,22 @@
 #   LOCK_ROUNDS   rounds of the lock groups; the report gives medians over them (3)
 #   LOCK_WAITERS  clients on the one name of the hand-off run (8)
 #   LOCK_HOLD_MS  how long each of them holds the lock once granted, in ms (1)
+#   SECURE    1 runs the security part after the lock part, 0 skips it, only: just the
+#             security part (1)
+#   SECURE_NODES    cluster sizes of the security groups (1 3)
+#   SECURE_CONNS    wrk connections of each measured run (64)
+#   SECURE_ROUNDS   rounds of the security groups; the report gives medians over them (3)
+#   SECURE_CONFIGS  configurations, each a word of parts joined by "-": plain, or any of
+#             tls, hs256, es256 (plain tls hs256 es256 tls-es256); etcd runs those
+#             without a JWT part
+#   SECURE_LOADS    loads of each configuration (get put; wrk scripts in
+#             benches/<product>/)
 #   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
-#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0,
-#             BENCHMARKS-lease.md, for WATCH=only, BENCHMARKS-watch.md, and for LOCK=only,
-#             BENCHMARKS-lock.md, so a partial run does not replace the full report;
-#             `benches/bench.py splice` moves a section into BENCHMARKS.md)
+#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0,
+#             BENCHMARKS-lease.md, for WATCH=only, BENCHMARKS-watch.md, for LOCK=only,
+#             BENCHMARKS-lock.md, and for SECURE=only, BENCHMARKS-secure.md, so a partial
+#             run does not replace the full report; `benches/bench.py splice` moves a
+#             section into BENCHMARKS.md)
 #   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
 #   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
@@ -114,8 +141,8 @@
 #             --auto-compaction-retention=1000000"; etcd's periodic mode with 10m first
 #             compacts after 10 minutes, so it would change nothing within a 600 s run)
 #
-# Needs cargo, python3, wrk and etcd 3.4+ (as root on Debian/Ubuntu it installs the last
-# two with apt-get). Every group of cells and every failover trial starts fresh servers
+# Needs cargo, python3, wrk and etcd 3.4+, and openssl for the security part (as root on
+# Debian/Ubuntu it installs the last three with apt-get). Every group of cells and every failover trial starts fresh servers
 # with empty data dirs; only processes this script started are ever signalled, and they
 # are stopped on exit.
 set -euo pipefail
@@ -128,21 +155,25 @@ knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALIS
   FAILOVER FAILOVER_TRIALS FAILOVER_TTL
   RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS
   WATCH WATCH_NODES WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS
-  LOCK LOCK_NODES LOCK_CONNS LOCK_SECS LOCK_ROUNDS LOCK_WAITERS LOCK_HOLD_MS)
+  LOCK LOCK_NODES LOCK_CONNS LOCK_SECS LOCK_ROUNDS LOCK_WAITERS LOCK_HOLD_MS
+  SECURE SECURE_NODES SECURE_CONNS SECURE_ROUNDS SECURE_CONFIGS SECURE_LOADS)
 make_target=bench
 if [[ -n ${MAKELEVEL:-} ]]; then
   [[ ${RSS_RUN:-} == only ]] && make_target=bench-rss
-  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 && ${WATCH:-} == 0 && ${LOCK:-} == 0 ]] &&
-    make_target=bench-lease
+  [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 && ${WATCH:-} == 0 && ${LOCK:-} == 0 &&
+    ${SECURE:-} == 0 ]] && make_target=bench-lease
   [[ ${WATCH:-} == only ]] && make_target=bench-watch
   [[ ${LOCK:-} == only ]] && make_target=bench-lock
+  [[ ${SECURE:-} == only ]] && make_target=bench-secure
 fi
 set_knobs=""
 for k in "${knobs[@]}"; do
   [[ $make_target == bench-rss && $k == RSS_RUN ]] && continue
-  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS || $k == WATCH || $k == LOCK) ]] && continue
+  [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS || $k == WATCH || $k == LOCK ||
+    $k == SECURE) ]] && continue
   [[ $make_target == bench-watch && $k == WATCH ]] && continue
   [[ $make_target == bench-lock && $k == LOCK ]] && continue
+  [[ $make_target == bench-secure && $k == SECURE ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
@@ -184,6 +215,12 @@ done
 : "${LOCK_ROUNDS:=3}"
 : "${LOCK_WAITERS:=8}"
 : "${LOCK_HOLD_MS:=1}"
+: "${SECURE:=1}"
+: "${SECURE_NODES:=1 3}"
+: "${SECURE_CONNS:=64}"
+: "${SECURE_ROUNDS:=3}"
+: "${SECURE_CONFIGS:=plain tls hs256 es256 tls-es256}"
+: "${SECURE_LOADS:=get put}"
 WATCH_WARM=100 # unmeasured puts before each latency run's WATCH_N
 # Each idle watcher is a connection and a watch: Palisade's caps go above their number.
 WATCH_PALISADE_FLAGS="--max-client-connections $((WATCH_IDLE + 1000)) --max-watchers $((WATCH_IDLE + 1000))"
@@ -193,7 +230,9 @@ elif [[ $WATCH == only ]]; then
   : "${OUT:=$root/BENCHMARKS-watch.md}"
 elif [[ $LOCK == only ]]; then
   : "${OUT:=$root/BENCHMARKS-lock.md}"
-elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 && $LOCK == 0 ]]; then
+elif [[ $SECURE == only ]]; then
+  : "${OUT:=$root/BENCHMARKS-secure.md}"
+elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 && $LOCK == 0 && $SECURE == 0 ]]; then
   : "${OUT:=$root/BENCHMARKS-lease.md}"
 else
   : "${OUT:=$root/BENCHMARKS.md}"
@@ -214,13 +253,14 @@ command -v python3 >/dev/null || die "python3 is needed (apt-get install -y pyth
 pkgs=()
 command -v wrk >/dev/null || pkgs+=(wrk)
 [[ " $TARGETS " != *" etcd "* ]] || command -v "$ETCD_BIN" >/dev/null || pkgs+=(etcd-server)
+[[ $SECURE == 0 ]] || command -v openssl >/dev/null || pkgs+=(openssl)
 if ((${#pkgs[@]})); then
   if [[ $EUID == 0 ]] && command -v apt-get >/dev/null; then
     log "installing ${pkgs[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq "${pkgs[@]}" >&2 || { apt-get update -qq && apt-get install -y -qq "${pkgs[@]}" >&2; }
   else
-    die "missing ${pkgs[*]}: install wrk and etcd 3.4 or newer (Debian/Ubuntu: sudo apt-get install -y wrk etcd-server; elsewhere https://github.com/wg/wrk and https://github.com/etcd-io/etcd/releases, or set ETCD_BIN)"
+    die "missing ${pkgs[*]}: install wrk, etcd 3.4 or newer and openssl (Debian/Ubuntu: sudo apt-get install -y wrk etcd-server openssl; elsewhere https://github.com/wg/wrk and https://github.com/etcd-io/etcd/releases, or set ETCD_BIN)"
   fi
 fi
 for t in $TARGETS; do
@@ -237,10 +277,31 @@ done
 [[ $FAILOVER == 0 || $FAILOVER == 1 ]] || die "FAILOVER: $FAILOVER (0 or 1)"
 [[ $WATCH == 0 || $WATCH == 1 || $WATCH == only ]] || die "WATCH: $WATCH (0, 1 or only)"
 [[ $LOCK == 0 || $LOCK == 1 || $LOCK == only ]] || die "LOCK: $LOCK (0, 1 or only)"
+[[ $SECURE == 0 || $SECURE == 1 || $SECURE == only ]] || die "SECURE: $SECURE (0, 1 or only)"
 onlys=0
-for k in RSS_RUN WATCH LOCK; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
-((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only: one part at a time"
-[[ $LOCK != only ]] || WATCH=0 # before the open-file limit check below
+for k in RSS_RUN WATCH LOCK SECURE; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
+((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only, SECURE=only: one part at a time"
+[[ $LOCK != only && $SECURE != only ]] || WATCH=0 # before the open-file limit check below
+for n in $SECURE_NODES; do
+  [[ $n == 1 || $n == 3 ]] || die "SECURE_NODES: $n (1 or 3)"
+done
+for k in SECURE_CONNS SECURE_ROUNDS; do
+  [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
+done
+[[ $SECURE_CONNS -ge 1 ]] || die "SECURE_CONNS: $SECURE_CONNS (1 or more)"
+for c in $SECURE_CONFIGS; do
+  [[ $c == plain || $c =~ ^(tls|hs256|es256)(-(tls|hs256|es256))*$ ]] ||
+    die "SECURE_CONFIGS: $c (plain, or parts tls, hs256, es256 joined by -)"
+  [[ $c != *hs256*es256* && $c != *es256*hs256* ]] || die "SECURE_CONFIGS: $c (one JWT key kind per configuration)"
+done
+if [[ $SECURE != 0 ]]; then
+  for t in $TARGETS; do
+    for l in $SECURE_LOADS; do
+      [[ $l != keepalive ]] || die "SECURE_LOADS: keepalive needs leases the security part does not grant"
+      [[ -f $here/$t/$l.lua ]] || die "SECURE_LOADS: no benches/$t/$l.lua"
+    done
+  done
+fi
 for n in $LOCK_NODES; do
   [[ $n == 1 || $n == 3 ]] || die "LOCK_NODES: $n (1 or 3)"
 done
@@ -288,6 +349,9 @@ CLIENTS=()  # the watch clients (benches/watch.py) running in the background
 CLIENT=""   # the one started last
 END=""      # what end_client found
 PALISADE_PART_FLAGS=""  # more Palisade flags for one part of the run (the watch part's limits)
+ETCD_PART_FLAGS=""      # more etcd flags for one part of the run (the security part's TLS)
+SCHEME=http             # the members' client URLs (https in the security part's TLS groups)
+PART_ENV=()             # environment of bench.py and wrk for one part (its CA file and token)
 URLS=()     # client URLs of the running members
 SAMPLER=""  # the RSS sampler of the memory run while it runs
 
@@ -355,7 +419,7 @@ port_free() { # port_free PORT KNOB
 # palisade_member ID DATA_DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER LOG
 palisade_member() {
   # shellcheck disable=SC2086 # PALISADE_EXTRA_FLAGS is a word list on purpose
-  "$PALISADE_BIN" serve --node-id "$1" --data-dir "$2" \
+  env -u BENCH_TOKEN "$PALISADE_BIN" serve --node-id "$1" --data-dir "$2" \
     --listen-client "127.0.0.1:$3" --listen-peer "127.0.0.1:$4" \
     --initial-cluster "$5" --log-level warn $PALISADE_EXTRA_FLAGS $PALISADE_PART_FLAGS \
     >"$6" 2>&1 </dev/null &
@@ -364,17 +428,18 @@ palisade_member() {
 
 # etcd_member NAME DATA_DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER LOG
 etcd_member() {
-  # shellcheck disable=SC2086 # ETCD_EXTRA_FLAGS is a word list on purpose
-  "$ETCD_BIN" --name "$1" --data-dir "$2" \
-    --listen-client-urls "http://127.0.0.1:$3" --advertise-client-urls "http://127.0.0.1:$3" \
+  # shellcheck disable=SC2086 # ETCD_EXTRA_FLAGS and ETCD_PART_FLAGS are word lists on purpose
+  env -u BENCH_TOKEN "$ETCD_BIN" --name "$1" --data-dir "$2" \
+    --listen-client-urls "$SCHEME://127.0.0.1:$3" --advertise-client-urls "$SCHEME://127.0.0.1:$3" \
     --listen-peer-urls "http://127.0.0.1:$4" --initial-advertise-peer-urls "http://127.0.0.1:$4" \
     --initial-cluster "$5" --initial-cluster-state new --initial-cluster-token "bench-$$" \
-    --logger zap --log-outputs stderr --log-level warn $ETCD_EXTRA_FLAGS \
+    --logger zap --log-outputs stderr --log-level warn $ETCD_EXTRA_FLAGS $ETCD_PART_FLAGS \
     >"$6" 2>&1 </dev/null &
   PIDS+=("$!")
 }
 
-# start PRODUCT NODES DIR: start the members and wait for a leader; sets LEADER_URL.
+# start PRODUCT NODES DIR: start the members (client URLs SCHEME://) and wait for a leader
+# (asked through bench.py, with PART_ENV); sets LEADER_URL.
 start() {
   local product=$1 nodes=$2 dir=$3 i cluster="" ports var=${1^^}_PORTS
   read -r -a ports <<<"${!var}"
@@ -394,10 +459,10 @@ start() {
     else
       etcd_member "m$((i + 1))" "$dir/n$((i + 1))" "${ports[i]%:*}" "${ports[i]#*:}" "$cluster" "$dir/n$((i + 1)).log"
     fi
-    URLS+=("http://127.0.0.1:${ports[i]%:*}")
+    URLS+=("$SCHEME://127.0.0.1:${ports[i]%:*}")
   done
   local deadline=$((SECONDS + READY_TIMEOUT)) pid
-  until LEADER_URL=$(python3 "$here/bench.py" leader "$product" "${URLS[@]}"); do
+  until LEADER_URL=$(env "${PART_ENV[@]}" python3 "$here/bench.py" leader "$product" "${URLS[@]}"); do
     for pid in "${PIDS[@]}"; do
       alive "$pid" || { tail -n 20 "$dir"/n*.log >&2; die "$product PID $pid exited during start-up"; }
     done
@@ -766,6 +831,111 @@ lock_group() {
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
+# --- security ---------------------------------------------------------------------------
+SEC=""  # the security part's certificate, keys and tokens (a directory of the work dir)
+
+# secure_material: makes SEC with openssl: a self-signed EC P-256 certificate for IP
+# 127.0.0.1 (tls.crt, tls.key), a 32-byte HS256 secret (hs256.secret), an EC P-256 key
+# pair for ES256 (es256.key, es256.pub), and one token of each key (hs256.token,
+# es256.token: sub bench, read and write /, valid 24 h) from `palisade auth token`.
+secure_material() {
+  SEC=$work/secure
+  mkdir -p "$SEC"
+  chmod 700 "$SEC"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$SEC/tls.key" 2>"$SEC/openssl.log" &&
+    openssl req -x509 -new -key "$SEC/tls.key" -out "$SEC/tls.crt" -days 2 -subj "/CN=palisade-bench" \
+      -addext "subjectAltName=IP:127.0.0.1" 2>>"$SEC/openssl.log" &&
+    openssl rand -hex 32 >"$SEC/hs256.secret" 2>>"$SEC/openssl.log" &&
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$SEC/es256.key" 2>>"$SEC/openssl.log" &&
+    openssl pkey -in "$SEC/es256.key" -pubout -out "$SEC/es256.pub" 2>>"$SEC/openssl.log" ||
+    { cat "$SEC/openssl.log" >&2; die "openssl could not make the security part's certificate and keys"; }
+  "$PALISADE_BIN" auth token --secret-file "$SEC/hs256.secret" --sub bench --read / --write / --ttl 24h \
+    >"$SEC/hs256.token" || die "palisade auth token (HS256) failed"
+  "$PALISADE_BIN" auth token --private-key "$SEC/es256.key" --sub bench --read / --write / --ttl 24h \
+    >"$SEC/es256.token" || die "palisade auth token (ES256) failed"
+}
+
+# tls_session URL: "tls_version=V tls_cipher=C" of a handshake with the listener at URL
+# (openssl s_client; "unknown" when it cannot tell).
+tls_session() {
+  local hp=${1#https://} line
+  line=$(openssl s_client -connect "$hp" -servername 127.0.0.1 </dev/null 2>/dev/null | grep -m1 '^New, ') || true
+  # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"
+  if [[ $line =~ ^New,\ ([^,]+),\ Cipher\ is\ ([^ ]+) ]]; then
+    echo "tls_version=${BASH_REMATCH[1]} tls_cipher=${BASH_REMATCH[2]}"
+  else
+    echo "tls_version=unknown tls_cipher=unknown"
+  fi
+}
+
+# secure_group ROUND PRODUCT NODES CONFIG: fresh servers in configuration CONFIG (plain, or
+# parts joined by "-": tls, the client listener over TLS; hs256 / es256, client auth with
+# that key and its token on every request); the KEYS keys written through the leader, a
+# checked warm-up of WARMUP s for each load of SECURE_LOADS, then each at SECURE_CONNS
+# connections for DURATION s. A TLS group first sees whether wrk gets good answers over
+# https (1 s, 1 connection); if it does not, the group records that instead of figures.
+# Appends to secure.txt.
+secure_group() {
+  local round=$1 product=$2 nodes=$3 config=$4 part tls=0 flags="" token="" load res sess=""
+  local dir="$work/sec-$round-$product-$nodes-$config"
+  local row="round=$round target=$product nodes=$nodes config=$config conns=$SECURE_CONNS"
+  mkdir -p "$dir"
+  for part in ${config//-/ }; do
+    case $part in
+      tls) tls=1 ;;
+      hs256) flags+=" --auth-jwt-secret-file $SEC/hs256.secret" token=$SEC/hs256.token ;;
+      es256) flags+=" --auth-jwt-public-keys $SEC/es256.pub" token=$SEC/es256.token ;;
+    esac
+  done
+  PART_ENV=()
+  if ((tls)); then
+    SCHEME=https
+    PART_ENV+=(BENCH_CA="$SEC/tls.crt")
+    flags+=" --tls-cert-file $SEC/tls.crt --tls-key-file $SEC/tls.key"
+    ETCD_PART_FLAGS="--cert-file $SEC/tls.crt --key-file $SEC/tls.key"
+  fi
+  # The token reaches bench.py and wrk through the environment, never a command line (which
+  # ps shows); the members are started without it.
+  if [[ -n $token ]]; then
+    BENCH_TOKEN=$(<"$token")
+    export BENCH_TOKEN
+  fi
+  PALISADE_PART_FLAGS=$flags
+  start "$product" "$nodes" "$dir"
+  PALISADE_PART_FLAGS="" ETCD_PART_FLAGS="" SCHEME=http
+  env "${PART_ENV[@]}" python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" ||
+    die "$product ($config): preload failed"
+  if ((tls)); then
+    sess=$(tls_session "$LEADER_URL")
+    res=$(run_wrk "$product" "${SECURE_LOADS%% *}" 1 1 "$dir/https-probe.log" BENCH_VERIFY=1 "${PART_ENV[@]}" 2>&1) ||
+      true
+    if [[ $(field requests "$res") -lt 1 || $(field errors "$res") != 0 || $(field bad "$res") != 0 ]]; then
+      log "$product, $nodes node(s), $config: wrk got no good answer over https, though bench.py did;" \
+        "recording that instead of figures: $(tail -n 3 "$dir/https-probe.log" | tr '\n' ' ')"
+      for load in $SECURE_LOADS; do echo "$row load=$load wrk_https=no" >>"$work/secure.txt"; done
+      PART_ENV=()
+      unset BENCH_TOKEN
+      stop_servers KILL
+      [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+      return 0
+    fi
+  fi
+  for load in $SECURE_LOADS; do
+    warm_up "$product" "$load" "$dir/warmup-$load.log" "${PART_ENV[@]}"
+  done
+  for load in $SECURE_LOADS; do
+    res=$(run_wrk "$product" "$load" "$SECURE_CONNS" "$DURATION" "$dir/$load.log" "${PART_ENV[@]}")
+    all_alive "$product" "$dir" "the $load load ($config)"
+    echo "$row load=$load $res $sess" >>"$work/secure.txt"
+    log "$(printf '%-8s %s node(s) %-10s %-4s c=%-3s' "$product" "$nodes" "$config" "$load" "$SECURE_CONNS")" \
+      "$(summary "$res")"
+  done
+  PART_ENV=()
+  unset BENCH_TOKEN
+  stop_servers KILL # nothing of these servers is kept (3 etcd members take ~7 s to stop on TERM)
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
 # --- machine, versions, the run ---------------------------------------------------------
 command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || echo "benches/run.sh")"
 {
@@ -807,13 +977,16 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
   echo "lock_secs=$LOCK_SECS"
   echo "lock_waiters=$LOCK_WAITERS"
   echo "lock_hold_ms=$LOCK_HOLD_MS"
+  echo "secure_conns=$SECURE_CONNS"
+  echo "secure_loads=$SECURE_LOADS"
   echo "python=$(python3 -c 'import platform; print(platform.python_implementation(), platform.python_version())')"
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
-[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; }
-[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; }
-[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; }
+[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; SECURE=0; }
+[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; SECURE=0; }
+[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; SECURE=0; }
+[[ $SECURE != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; }
 nt=$(wc -w <<<"$TARGETS")
 ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * nt))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
@@ -838,15 +1011,28 @@ lock_est=0
 if [[ $LOCK != 0 ]]; then # per group: start-up and stop, then each run's lead-in, grants and clean-up
   lock_est=$((LOCK_ROUNDS * $(wc -w <<<"$LOCK_NODES") * nt * (8 + ($(wc -w <<<"$LOCK_CONNS") + 1) * (LOCK_SECS + 2))))
 fi
+secure_est=0
+if [[ $SECURE != 0 ]]; then # per group: start-up, preload, a warm-up and a run per load, stop
+  nsec=0
+  for t in $TARGETS; do
+    for c in $SECURE_CONFIGS; do
+      [[ $t == palisade || $c == plain || $c == tls ]] && nsec=$((nsec + 1))
+    done
+  done
+  secure_est=$((SECURE_ROUNDS * $(wc -w <<<"$SECURE_NODES") * nsec *
+    (5 + KEYS / 2000 + $(wc -w <<<"$SECURE_LOADS") * (WARMUP + DURATION + 1))))
+fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
 [[ $WATCH == 0 ]] || plan+=", the watch part"
 [[ $LOCK == 0 ]] || plan+=", $LOCK_ROUNDS round(s) of the lock part"
+[[ $SECURE == 0 ]] || plan+=", $SECURE_ROUNDS round(s) of the security part"
 [[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
 [[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
 [[ $WATCH != only ]] || plan="only the watch part"
 [[ $LOCK != only ]] || plan="only the lock part, $LOCK_ROUNDS round(s)"
-log "$plan; about $(((est + failover_est + watch_est + lock_est + rss_est) / 60 + 1)) min; work dir $work"
+[[ $SECURE != only ]] || plan="only the security part, $SECURE_ROUNDS round(s)"
+log "$plan; about $(((est + failover_est + watch_est + lock_est + secure_est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -885,6 +1071,26 @@ if [[ $LOCK != 0 ]]; then
     for nodes in $LOCK_NODES; do
       for product in $TARGETS; do
         lock_group "$round" "$product" "$nodes"
+      done
+    done
+  done
+fi
+
+if [[ $SECURE != 0 ]]; then
+  secure_material
+  {
+    echo "secure_token_bytes_hs256=$(tr -d '\n' <"$SEC/hs256.token" | wc -c)"
+    echo "secure_token_bytes_es256=$(tr -d '\n' <"$SEC/es256.token" | wc -c)"
+    echo "openssl=$(openssl version | awk '{print $1, $2}')"
+  } >>"$work/machine.txt"
+  for ((round = 1; round <= SECURE_ROUNDS; round++)); do
+    for nodes in $SECURE_NODES; do
+      for product in $TARGETS; do
+        for config in $SECURE_CONFIGS; do
+          # etcd's client auth is not JWT over HTTP: it runs the configurations without one.
+          [[ $product == palisade || $config == plain || $config == tls ]] || continue
+          secure_group "$round" "$product" "$nodes" "$config"
+        done
       done
     done
   done
