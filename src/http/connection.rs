@@ -338,6 +338,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteAddr(pub std::net::SocketAddr);
 
+/// The certificate (DER) the client presented in the TLS handshake of the connection a
+/// request came on, in its extensions (a peer listener with mutual TLS checks whom it
+/// names).
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<[u8]>);
+
+/// What a connection knows of its client, put into every request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// The client's address, if the socket could tell.
+    pub remote: Option<std::net::SocketAddr>,
+    /// Its TLS certificate, if it presented one.
+    pub certificate: Option<ClientCertificate>,
+}
+
 /// The hyper service of one connection: the router, with each request's body under its
 /// deadline, its [`RemoteAddr`] in its extensions, and each reply tracked until it is sent.
 #[derive(Clone)]
@@ -345,8 +360,7 @@ pub struct ConnService {
     pub app: Router,
     pub activity: Arc<Activity>,
     pub body_timeout: Duration,
-    /// The client's address, if the socket could tell.
-    pub remote: Option<std::net::SocketAddr>,
+    pub client: ClientInfo,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -364,8 +378,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let activity = self.activity.clone();
         let timeout = self.body_timeout;
         let mut req = req.map(|inner| DeadlineBody::new(inner, deadline, timeout, seq, activity.clone()));
-        if let Some(remote) = self.remote {
+        if let Some(remote) = self.client.remote {
             req.extensions_mut().insert(RemoteAddr(remote));
+        }
+        if let Some(cert) = &self.client.certificate {
+            req.extensions_mut().insert(cert.clone());
         }
         let app = self.app.clone();
         Box::pin(async move {

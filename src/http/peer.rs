@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::connection::RemoteAddr;
+use super::connection::{ClientCertificate, RemoteAddr};
 use super::error::ApiError;
 use crate::node::Node;
 use crate::peer::{refused_request, PeerRequest, ReplayGuard, RESPONSE_SIGNATURE_HEADER, SIGNATURE_HEADERS};
@@ -42,6 +42,7 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
 pub async fn rpc(
     State(st): State<PeerState>,
     remote: Option<Extension<RemoteAddr>>,
+    certificate: Option<Extension<ClientCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -63,6 +64,19 @@ pub async fn rpc(
         let why = format!("node {from} is not a member of this cluster");
         refused_request(node.id(), Some(from), remote, "not_a_member", &why);
         return refuse(StatusCode::FORBIDDEN, "permission_denied", why);
+    }
+    // With peer mutual TLS the certificate must be the claimed member's own: one the CA
+    // issued for another host (another member, or anything else it signed) is refused.
+    if let Some(Extension(ClientCertificate(der))) = &certificate {
+        let host = node.peer_host(from).unwrap_or_default();
+        if !crate::tls::certificate_names(der, &host) {
+            let why = format!(
+                "the TLS certificate presented does not name node {from}'s peer host {host:?} (a member's peer \
+                 certificate must list its peer address among its subject alternative names)"
+            );
+            refused_request(node.id(), Some(from), remote, "certificate_mismatch", &why);
+            return refuse(StatusCode::FORBIDDEN, "permission_denied", why);
+        }
     }
     let Ok(_slot) = st.slots.clone().try_acquire_owned() else {
         return refuse(

@@ -44,7 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
-use super::connection::{Activity, CloseCounts, Closed, ConnService, Timeouts, WatchedIo};
+use super::connection::{Activity, ClientInfo, CloseCounts, Closed, ConnService, Timeouts, WatchedIo};
 use crate::tls::ServerTls;
 
 /// The first pause after an accept error that is not about one connection.
@@ -363,7 +363,7 @@ async fn serve_connection(
     let Some(tls) = tls else {
         return serve_http(
             WatchedIo { io: tcp, activity: activity.clone() },
-            Some(from),
+            ClientInfo { remote: Some(from), certificate: None },
             activity,
             app,
             timeouts,
@@ -381,9 +381,15 @@ async fn serve_connection(
     };
     match stream {
         Ok(Ok(stream)) => {
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| super::connection::ClientCertificate(Arc::from(c.as_ref())));
             serve_http(
                 WatchedIo { io: stream, activity: activity.clone() },
-                Some(from),
+                ClientInfo { remote: Some(from), certificate },
                 activity,
                 app,
                 timeouts,
@@ -404,7 +410,7 @@ async fn serve_connection(
 /// closes it.
 async fn serve_http<S>(
     io: WatchedIo<S>,
-    remote: Option<std::net::SocketAddr>,
+    client: ClientInfo,
     activity: Arc<Activity>,
     app: Router,
     timeouts: Timeouts,
@@ -414,7 +420,7 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
-    let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body, remote };
+    let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body, client };
     let conn = hyper::server::conn::http1::Builder::new()
         // Our deadlines replace hyper's header timeout, which also runs while a
         // keep-alive connection is idle.

@@ -326,6 +326,21 @@ impl Node {
         &self.peer_key
     }
 
+    /// The host (IP address or DNS name) of member `id`'s peer URL, as this node knows it
+    /// (before it has bootstrapped: the initial members'); for this node, its own.
+    pub fn peer_host(&self, id: NodeId) -> Option<String> {
+        let url = if id == self.id {
+            self.cfg.advertise().peer_url
+        } else if self.replica.has_membership() {
+            self.replica.member(id)?.peer_url
+        } else {
+            self.identity.initial_cluster.get(&id)?.peer_url.clone()
+        };
+        let url = reqwest::Url::parse(&url).ok()?;
+        // An IPv6 address comes in brackets.
+        Some(url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
     /// Whether `id` is a member (voter or learner) in this node's view; before this node
     /// has bootstrapped, the initial members count.
     pub fn is_member(&self, id: NodeId) -> bool {

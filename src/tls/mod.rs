@@ -281,3 +281,31 @@ impl ListenerTls {
         }
     }
 }
+
+/// Whether the certificate `der` (already verified against the CA by the handshake) names
+/// `host` (an IP address or a DNS name) among its subject alternative names: peer mutual
+/// TLS uses it to tie a certificate to the member it claims to be.
+pub fn certificate_names(der: &[u8], host: &str) -> bool {
+    let cert = CertificateDer::from(der);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&cert) else { return false };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(host) else { return false };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+#[cfg(test)]
+mod names_tests {
+    #[test]
+    fn a_certificate_names_the_hosts_of_its_alternative_names_only() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "node-1.palisade".to_string()])
+                .unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert!(super::certificate_names(&der, "127.0.0.1"));
+        assert!(super::certificate_names(&der, "node-1.palisade"));
+        for other in ["127.0.0.2", "node-2.palisade", "localhost", "", "not a name"] {
+            assert!(!super::certificate_names(&der, other), "{other:?}");
+        }
+        assert!(!super::certificate_names(b"not a certificate", "127.0.0.1"));
+    }
+}

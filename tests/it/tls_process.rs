@@ -78,6 +78,31 @@ async fn a_cluster_runs_over_tls_with_peers_authenticated_by_certificate() {
     let no_cert = Http::with_tls(Duration::from_secs(3), &tls.ca(), None);
     let r = no_cert.client.post(format!("{}/raft/rpc", c.peer_url(1))).body("{}").send().await;
     assert!(r.is_err(), "a peer request without a certificate was answered: {r:?}");
+    // A certificate of the cluster CA that does not name the claimed member's peer host
+    // (127.0.0.1) gets through the handshake but not past the peer route.
+    let elsewhere = ca.issue_for("not-a-member", &["localhost"], 999, 2040);
+    let (ecert, ekey) = (dir.path().join("elsewhere.crt"), dir.path().join("elsewhere.key"));
+    elsewhere.write(&ecert, &ekey);
+    let impostor = Http::with_tls(Duration::from_secs(3), &tls.ca(), Some((ecert, ekey)));
+    let now = palisade::clock::wall_clock_ms().to_string();
+    let r = impostor
+        .client
+        .post(format!("{}/raft/rpc", c.peer_url(1)))
+        .header("x-palisade-from", "2")
+        .header("x-palisade-to", "1")
+        .header("x-palisade-time", &now)
+        .body("{}")
+        .send()
+        .await
+        .expect("the handshake passes");
+    assert_eq!(r.status().as_u16(), 403, "{:?}", r.text().await);
+    log_says(
+        &c,
+        1,
+        &["refused a peer request from node 2", "does not name node 2's peer host"],
+        Duration::from_secs(5),
+    )
+    .await;
     log_says(&c, 1, &["TLS handshakes failed", "listener=\"peer\""], Duration::from_secs(5)).await;
     log_says(&c, 1, &["TLS handshakes failed", "listener=\"client\""], Duration::from_secs(5)).await;
 

@@ -47,8 +47,13 @@ impl TestCa {
     /// A certificate for `name` with SANs 127.0.0.1 and localhost, for server and client
     /// authentication, with the given serial number, valid until January 1st of `until_year`.
     pub fn issue(&self, name: &str, serial: u64, until_year: i32) -> Issued {
+        self.issue_for(name, &["127.0.0.1", "localhost"], serial, until_year)
+    }
+
+    /// The same, for the subject alternative names `sans` (IP addresses or DNS names).
+    pub fn issue_for(&self, name: &str, sans: &[&str], serial: u64, until_year: i32) -> Issued {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
