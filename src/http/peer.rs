@@ -2,7 +2,8 @@
 //!
 //! In order, each step before any work of the next: the signed headers (sender, receiver,
 //! time, body digest) are checked, so a stranger never gets a byte of body read; the sender
-//! must be a member; the request must get one of the bounded peer slots; the body must fit
+//! must be a member; with peer mutual TLS, the connection's certificate must name the
+//! sender's peer host; the request must get one of the bounded peer slots; the body must fit
 //! the peer message limit and arrive within `--body-timeout-ms` (else 408, which frees the
 //! slot) and match its signed digest; the JSON must parse; a forwarded write must not be a
 //! replay. Only then does the node see the request. The answer is signed too. A request
