@@ -15,9 +15,7 @@ mod verifier;
 pub use caller::{Caller, Identity};
 pub use grants::{covers, glob, Grants, MAX_PATTERNS, MAX_PATTERN_BYTES};
 pub use minter::{mint, MintRequest, SigningKey};
-pub use verifier::{
-    AuthSettings, FileStamp, Verifier, CACHE_ENTRIES, MAX_KEYS, MAX_TOKEN_BYTES, MIN_SECRET_BYTES,
-};
+pub use verifier::{AuthSettings, Verifier, CACHE_ENTRIES, MAX_KEYS, MAX_TOKEN_BYTES, MIN_SECRET_BYTES};
 
 /// Longest subject (`sub`) a token may carry (bytes): it is stored with every lease the
 /// subject grants.

@@ -15,9 +15,11 @@
 //!
 //! Cost: a verified token is cached (by its SHA-256) until its `exp`, so a client that
 //! reuses its token pays one hash and one map probe per request, not a signature check.
-//! The cache holds at most [`CACHE_ENTRIES`] tokens and is emptied whenever the keys
-//! change. Key files are re-read when they change on disk ([`Verifier::reload`]); a file
-//! that cannot be used keeps the keys in force and is reported.
+//! The cache holds at most [`CACHE_ENTRIES`] tokens, each tagged with the generation of the
+//! keys that verified it (one verified with keys since replaced is never taken from it).
+//! Key files are re-read when they change on disk ([`Verifier::watch`], the same
+//! [`Reloading`] the TLS files use); a file that cannot be used keeps the keys in force and
+//! is reported.
 //!
 //! Bounds: a token over [`MAX_TOKEN_BYTES`] is refused before it is decoded. No error
 //! message repeats the token or a key.
@@ -34,6 +36,7 @@ use super::caller::Caller;
 use super::grants::Grants;
 use super::MAX_SUBJECT_BYTES;
 use crate::error::Error;
+use crate::tls::{PemFile, Reloaded, Reloading};
 
 /// Longest bearer token accepted (bytes).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -186,39 +189,16 @@ struct Cached {
     caller: Caller,
     /// Its `exp` (seconds since the epoch).
     exp: u64,
+    /// The generation of the keys it was verified with: a hit under other keys is none.
+    generation: u64,
 }
 
 /// Checks bearer tokens. Shared by every request of a node.
 pub struct Verifier {
     settings: AuthSettings,
-    keys: RwLock<Arc<Keys>>,
-    /// Moves on with every change of keys (under the cache's lock), so a token verified
-    /// with keys since replaced is never cached.
-    generation: std::sync::atomic::AtomicU64,
+    /// The keys, rebuilt when their files change (see [`Verifier::watch`]).
+    keys: Arc<Reloading<Keys, String>>,
     cache: RwLock<HashMap<[u8; 32], Cached>>,
-    /// What the key files looked like when last read (see [`Verifier::reload`]).
-    seen: std::sync::Mutex<Vec<FileStamp>>,
-}
-
-/// What a file looked like: enough to notice a rewrite.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileStamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    hash: [u8; 32],
-}
-
-impl FileStamp {
-    /// The file as it is now (`None` if it cannot be read).
-    pub fn of(path: &Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        let bytes = std::fs::read(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            hash: Sha256::digest(&bytes).into(),
-        })
-    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -230,34 +210,35 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// Loads the keys; the error says which file cannot be used and why.
     pub fn new(settings: AuthSettings) -> Result<Verifier, String> {
-        let stamps = settings.files().iter().filter_map(|p| FileStamp::of(p)).collect();
-        let keys = Keys::load(&settings)?;
-        Ok(Verifier {
-            settings,
-            keys: RwLock::new(Arc::new(keys)),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            cache: RwLock::default(),
-            seen: std::sync::Mutex::new(stamps),
-        })
+        let mut files = Vec::new();
+        if let Some(p) = &settings.secret_file {
+            files.push(PemFile::new("auth_jwt_secret_file", p));
+        }
+        if let Some(p) = &settings.public_keys {
+            files.push(PemFile::new("auth_jwt_public_keys", p));
+        }
+        let s = settings.clone();
+        let keys = Reloading::load("client auth JWT keys", files, move || Keys::load(&s))?;
+        Ok(Verifier { settings, keys, cache: RwLock::default() })
     }
 
-    /// Re-reads the key files if any changed since they were last read: `Ok(true)` when
-    /// new keys are in force (every cached token is forgotten), `Ok(false)` when nothing
-    /// changed, `Err(why)` when a changed file cannot be used (the old keys stay).
+    /// Re-reads the key files about once a second while the node runs (key rotation
+    /// without a restart; a file that cannot be used keeps the keys in force, and the log
+    /// says why once per change).
+    pub fn watch(&self) {
+        self.keys.watch(crate::tls::RELOAD_EVERY);
+    }
+
+    /// Re-reads the key files if any changed since they were last looked at: `Ok(true)`
+    /// when new keys are in force (no token verified with the old ones is taken from the
+    /// cache again), `Ok(false)` when nothing changed, `Err(why)` when a changed file
+    /// cannot be used (the old keys stay).
     pub fn reload(&self) -> Result<bool, String> {
-        let now: Vec<FileStamp> = self.settings.files().iter().filter_map(|p| FileStamp::of(p)).collect();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == now {
-            return Ok(false);
+        match self.keys.check() {
+            Reloaded::Unchanged => Ok(false),
+            Reloaded::Reloaded => Ok(true),
+            Reloaded::Kept(why) => Err(why),
         }
-        // Whatever happens, this version of the files has been looked at.
-        *seen = now;
-        let keys = Keys::load(&self.settings)?;
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        cache.clear();
-        Ok(true)
     }
 
     /// The caller a request's `Authorization` header values name.
@@ -285,26 +266,26 @@ impl Verifier {
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Caller, Error> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let leeway = self.settings.leeway_ms.div_ceil(1000);
+        // Read before the keys: a verdict reached with keys replaced meanwhile is tagged
+        // with the old generation, so it is never taken from the cache.
+        let generation = self.keys.generation();
         if let Some(c) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(&digest) {
-            if now_s <= c.exp.saturating_add(leeway) {
-                return Ok(c.caller.clone());
+            if c.generation == generation {
+                if now_s <= c.exp.saturating_add(leeway) {
+                    return Ok(c.caller.clone());
+                }
+                return Err(Error::Unauthenticated("the token has expired".into()));
             }
-            return Err(Error::Unauthenticated("the token has expired".into()));
         }
-        // Read before the keys: if they change meanwhile, this verdict is not cached.
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (caller, exp) = self.verify_uncached(token, leeway)?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
-            return Ok(caller);
-        }
         if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, c| now_s <= c.exp.saturating_add(leeway));
+            cache.retain(|_, c| c.generation == generation && now_s <= c.exp.saturating_add(leeway));
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
         }
-        cache.insert(digest, Cached { caller: caller.clone(), exp });
+        cache.insert(digest, Cached { caller: caller.clone(), exp, generation });
         Ok(caller)
     }
 
@@ -313,7 +294,7 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             bad(format!("the token is not a well-formed JWT with a supported algorithm ({})", describe(&e)))
         })?;
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keys = self.keys.current();
         let family = header.alg.family();
         let candidates: Vec<&DecodingKey> = if family == AlgorithmFamily::Hmac {
             if header.alg != Algorithm::HS256 {

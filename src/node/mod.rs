@@ -240,7 +240,7 @@ impl Node {
         tokio::spawn(watch_hub::WatchHub::run(Arc::downgrade(&node)));
         tokio::spawn(lock_hub::LockHub::run(Arc::downgrade(&node)));
         if let Some(auth) = &node.auth {
-            crate::file_poll::poll_files(auth, Duration::from_secs(1), |a| Self::reload_auth_keys(a));
+            auth.watch();
         }
         Ok(node)
     }
@@ -303,22 +303,6 @@ impl Node {
     /// The client token checker; `None` when client auth is off.
     pub fn auth(&self) -> Option<&crate::auth::Verifier> {
         self.auth.as_deref()
-    }
-
-    /// Re-reads the JWT key files if they changed (key rotation without a restart); a file
-    /// that cannot be used keeps the keys in force, and says why once per change.
-    fn reload_auth_keys(auth: &crate::auth::Verifier) {
-        match auth.reload() {
-            Ok(true) => {
-                tracing::info!("client auth: the JWT keys changed on disk; the new keys are in force")
-            }
-            Ok(false) => {}
-            Err(why) => {
-                tracing::warn!(
-                    "client auth: the changed JWT key file cannot be used ({why}); the keys in force stay"
-                )
-            }
-        }
     }
 
     /// What incoming peer requests must prove.

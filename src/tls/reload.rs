@@ -31,16 +31,16 @@ fn stamp(file: &PemFile) -> Stamp {
 
 /// What a look at the files did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reloaded {
+pub enum Reloaded<E = TlsError> {
     /// Nothing changed.
     Unchanged,
     /// The files changed and the value was rebuilt.
     Reloaded,
     /// The files changed but the new value could not be built: the old one stays.
-    Kept(TlsError),
+    Kept(E),
 }
 
-type Build<T> = Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>;
+type Build<T, E> = Box<dyn Fn() -> Result<T, E> + Send + Sync>;
 
 /// Stamps of the files, as of the current value and of the last failed rebuild.
 struct Seen {
@@ -49,25 +49,26 @@ struct Seen {
     failed: Option<Vec<Stamp>>,
 }
 
-/// A value built from files, kept current as they change (see the module docs).
-pub struct Reloading<T> {
+/// A value built from files, kept current as they change (see the module docs); `E` is
+/// why a build failed.
+pub struct Reloading<T, E = TlsError> {
     /// What the value is, for logs (`client listener TLS`).
     what: &'static str,
     files: Vec<PemFile>,
-    build: Build<T>,
+    build: Build<T, E>,
     current: RwLock<Arc<T>>,
     seen: Mutex<Seen>,
     /// Counts the rebuilds, so a user can tell the value changed.
     generation: std::sync::atomic::AtomicU64,
 }
 
-impl<T: Send + Sync + 'static> Reloading<T> {
+impl<T: Send + Sync + 'static, E: std::fmt::Display + Send + Sync + 'static> Reloading<T, E> {
     /// Builds the value from `files` once; an error is the first build's.
     pub fn load(
         what: &'static str,
         files: Vec<PemFile>,
-        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
-    ) -> Result<Arc<Reloading<T>>, TlsError> {
+        build: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Arc<Reloading<T, E>>, E> {
         let stamps = files.iter().map(stamp).collect();
         let value = build()?;
         Ok(Arc::new(Reloading {
@@ -81,7 +82,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     }
 
     /// A value that follows no file.
-    pub fn fixed(what: &'static str, value: T) -> Arc<Reloading<T>> {
+    pub fn fixed(what: &'static str, value: T) -> Arc<Reloading<T, E>> {
         Arc::new(Reloading {
             what,
             files: Vec::new(),
@@ -104,7 +105,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 
     /// Looks at the files; rebuilds the value if any changed. A failure is logged once per
     /// change of the files (never with the files' content).
-    pub fn check(&self) -> Reloaded {
+    pub fn check(&self) -> Reloaded<E> {
         if self.files.is_empty() {
             return Reloaded::Unchanged;
         }
