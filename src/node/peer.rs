@@ -94,7 +94,9 @@ impl Node {
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), self.local_read_index()).await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(PeerError::Timeout),
+                    Err(_) => {
+                        Err(PeerError::Unavailable("no quorum confirmed the read within the deadline".into()))
+                    }
                 };
                 PeerResponse::ReadIndex(r)
             }

@@ -3,6 +3,7 @@
 //! round started, confirmed locally on the leader or by asking it from a follower.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -114,7 +115,7 @@ impl Node {
 
     /// Whether a quorum confirmed, within `max_age`, that this node was in touch with the
     /// cluster's leader (a read-index round that succeeded); else one more round tells.
-    pub async fn confirm_contact(self: &Arc<Self>, max_age: std::time::Duration) -> Result<()> {
+    pub async fn confirm_contact(self: &Arc<Self>, max_age: Duration) -> Result<()> {
         let recent = {
             let r = self.reads.lock().unwrap_or_else(|e| e.into_inner());
             r.confirmed_at.is_some_and(|at| at.elapsed() <= max_age)
@@ -164,12 +165,23 @@ impl Node {
     }
 
     /// The leader's read index, for a follower that asks (see [`Self::linearize`]).
+    ///
+    /// A round in which too few members answered within a heartbeat interval (a slow
+    /// member, a lost message) is tried again, so one missed answer never fails a read:
+    /// the caller's deadline, which every caller sets around this, decides when to give up.
     pub(super) async fn local_read_index(&self) -> std::result::Result<ReadIndexReply, PeerError> {
-        match self.replica.read_index().await {
-            Ok((index, term)) => Ok(ReadIndexReply { index, term }),
-            Err(ReadIndexError::NotLeader { leader }) => Err(PeerError::NotLeader { leader }),
-            Err(ReadIndexError::NoQuorum(q)) => Err(PeerError::Unavailable(format!("no quorum: {q}"))),
-            Err(ReadIndexError::Stopped(e)) => Err(PeerError::Unavailable(format!("raft stopped: {e}"))),
+        loop {
+            match self.replica.read_index().await {
+                Ok((index, term)) => return Ok(ReadIndexReply { index, term }),
+                Err(ReadIndexError::NotLeader { leader }) => return Err(PeerError::NotLeader { leader }),
+                Err(ReadIndexError::NoQuorum(q)) => {
+                    tracing::debug!(%q, "a read-index round missed a quorum; trying again");
+                    tokio::time::sleep(Duration::from_millis(self.cfg.heartbeat_ms)).await;
+                }
+                Err(ReadIndexError::Stopped(e)) => {
+                    return Err(PeerError::Unavailable(format!("raft stopped: {e}")))
+                }
+            }
         }
     }
 
