@@ -29,6 +29,7 @@ impl Node {
                 PeerRequest::LeaseRead(_) => {
                     PeerResponse::LeaseRead(Err(PeerError::Unavailable(not_member())))
                 }
+                PeerRequest::TakeOver => PeerResponse::TakeOver(Err(PeerError::Unavailable(not_member()))),
             },
             PeerRequest::Forward(cmd) => {
                 if self.replica.leadership().borrow().leader != Some(self.id) {
@@ -49,6 +50,9 @@ impl Node {
                 PeerResponse::Forward(r)
             }
             PeerRequest::Probe => PeerResponse::Probe(self.probe_reply(from)),
+            PeerRequest::PublishMember { .. } if self.is_handing_over() => PeerResponse::PublishMember(Err(
+                PeerError::Unavailable("this leader is handing its leadership over; retry".into()),
+            )),
             PeerRequest::PublishMember { client_url, incarnation } => {
                 // A member sets only its own record, and only to a URL.
                 let client_url = match crate::config::normalize_url(&client_url) {
@@ -90,6 +94,7 @@ impl Node {
                 }
                 PeerResponse::LeaseRead(self.local_lease_read(q).await)
             }
+            PeerRequest::TakeOver => PeerResponse::TakeOver(self.take_over(from).await),
             PeerRequest::ReadIndex => {
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), self.local_read_index()).await
                 {

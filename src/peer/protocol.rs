@@ -32,6 +32,8 @@ pub enum PeerRequest {
     },
     /// A client's read of leases and their remaining time, which only the leader knows.
     LeaseRead(LeaseQuery),
+    /// From the leader, shutting down, to a member that holds its whole log: campaign now.
+    TakeOver,
 }
 
 /// What a keepalive reports of a lease.
@@ -138,6 +140,7 @@ pub enum PeerResponse {
     Probe(ProbeReply),
     LeaseKeepalive(Result<LeaseTimes, PeerError>),
     LeaseRead(Result<LeaseAnswer, PeerError>),
+    TakeOver(Result<(), PeerError>),
 }
 
 /// What serves peer requests on a member (the node facade implements it). `from` is the

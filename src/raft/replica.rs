@@ -127,6 +127,8 @@ pub struct ReplicaConfig {
     /// The members this node was bootstrapped with: while it is rebuilt and knows no
     /// membership yet, these may send it Raft calls.
     pub initial_members: BTreeMap<NodeId, Member>,
+    /// Where fsync and apply durations and leader changes are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The condition of this replica's storage (see [`crate::wal::Health`]).
@@ -177,6 +179,10 @@ impl Replica {
     pub async fn open(cfg: &ReplicaConfig, sender: Arc<dyn RaftSender>) -> anyhow::Result<Replica> {
         let opts = crate::wal::Options {
             on_fatal: cfg.on_fatal.clone(),
+            on_fsync: Some({
+                let h = cfg.metrics.fsync_histogram();
+                Arc::new(move |d: Duration| h.observe(d.as_secs_f64()))
+            }),
             segment_bytes: cfg.wal_segment_bytes,
             ..Default::default()
         };
@@ -186,6 +192,7 @@ impl Replica {
             let log = log.clone();
             Box::new(move |index| log.received_at(index))
         });
+        sm.set_apply_histogram(cfg.metrics.apply_histogram());
         let raft_cfg = openraft::Config {
             cluster_name: cfg.cluster_name.clone(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -208,7 +215,13 @@ impl Replica {
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log.clone(), sm.clone()).await?;
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
-        tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone(), cfg.on_fatal.clone()));
+        tokio::spawn(follow_metrics(
+            raft.metrics(),
+            tx,
+            quorum_acked_at.clone(),
+            cfg.on_fatal.clone(),
+            cfg.metrics.clone(),
+        ));
         Ok(Replica {
             id: cfg.id,
             raft,
@@ -553,6 +566,16 @@ impl Replica {
         Ok(())
     }
 
+    /// Starts an election now (at the leader's request: it is handing leadership over).
+    pub async fn campaign(&self) -> Result<(), String> {
+        self.raft.trigger().elect().await.map_err(|e| e.to_string())
+    }
+
+    /// From now on this replica never starts an election by itself (it still votes).
+    pub fn stop_campaigning(&self) {
+        self.raft.runtime_config().elect(false);
+    }
+
     /// Stops Raft; the data dirs stay as they are.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
@@ -566,7 +589,9 @@ async fn follow_metrics(
     tx: watch::Sender<Leadership>,
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
     on_fatal: Option<crate::wal::OnFatal>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let mut leader = None;
     loop {
         let (leadership, acked) = {
             let m = rx.borrow_and_update();
@@ -586,6 +611,10 @@ async fn follow_metrics(
             (l, acked)
         };
         *quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner()) = acked;
+        if leadership.leader.is_some() && leadership.leader != leader {
+            metrics.leader_changed();
+        }
+        leader = leadership.leader.or(leader);
         tx.send_if_modified(|cur| std::mem::replace(cur, leadership) != leadership);
         if rx.changed().await.is_err() {
             return;
@@ -638,6 +667,7 @@ mod tests {
             on_fatal: None,
             wal_segment_bytes: 1 << 20,
             initial_members: (1..=3).map(|id| (id, member(id))).collect(),
+            metrics: Default::default(),
         };
         Replica::open(&cfg, Arc::new(Nowhere)).await.unwrap()
     }
