@@ -48,6 +48,10 @@ impl Node {
         if leadership.borrow().leader != Some(self.id) {
             return;
         }
+        if !self.replica.status().members.iter().any(|m| m.voter && m.id != self.id) {
+            // The only voter: nobody to hand over to.
+            return;
+        }
         self.handing_over.store(true, Ordering::Relaxed);
         // The proposals already on their way go in first: the successor must hold them too.
         while self.proposals_running() > 0 && Instant::now() < give_up {

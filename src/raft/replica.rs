@@ -164,6 +164,8 @@ pub struct Replica {
     leadership: watch::Receiver<Leadership>,
     /// When the quorum last acknowledged this leader (see [`ReplicaStatus::quorum_acked_at`]).
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    /// Set by [`Replica::shutdown`]: Raft stopping then is no failure.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The snapshot a leader is sending this node, as far as it has arrived.
     incoming: tokio::sync::Mutex<Option<Incoming>>,
     /// The log store, for its health.
@@ -215,11 +217,21 @@ impl Replica {
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log.clone(), sm.clone()).await?;
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_fatal = cfg.on_fatal.clone().map(|f| {
+            let stopping = stopping.clone();
+            let f: crate::wal::OnFatal = Arc::new(move |why: &str| {
+                if !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    f(why)
+                }
+            });
+            f
+        });
         tokio::spawn(follow_metrics(
             raft.metrics(),
             tx,
             quorum_acked_at.clone(),
-            cfg.on_fatal.clone(),
+            on_fatal,
             cfg.metrics.clone(),
         ));
         Ok(Replica {
@@ -228,6 +240,7 @@ impl Replica {
             sm,
             leadership,
             quorum_acked_at,
+            stopping,
             incoming: Default::default(),
             log,
             rebuild: Mutex::new(None),
@@ -578,6 +591,7 @@ impl Replica {
 
     /// Stops Raft; the data dirs stay as they are.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.raft.shutdown().await;
     }
 }
