@@ -14,6 +14,7 @@
 pub mod log_store;
 pub mod network;
 pub mod replica;
+pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
