@@ -11,6 +11,7 @@
 //! [`Outcome`]: crate::store::Outcome
 //! [`State`]: crate::store::State
 
+pub mod backup;
 pub mod log_store;
 pub mod network;
 pub mod replica;
@@ -19,6 +20,7 @@ pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
+pub use backup::Backup;
 pub use network::{CallError, RaftReply, RaftRpc, RaftSender};
 pub use replica::{
     Leadership, MemberInfo, ProposeError, ReadIndexError, RebuildGate, Replica, ReplicaConfig, ReplicaStatus,
