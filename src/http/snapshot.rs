@@ -32,8 +32,9 @@ pub async fn download(
     Query::parse(uri.query(), &[])?;
     let stream = node.backup().await?;
     let revision = stream.revision;
-    let pieces = futures::stream::unfold(stream.pieces, |mut rx| async move {
-        rx.recv().await.map(|piece| (piece.map(axum::body::Bytes::from), rx))
+    // The stream (and its place among the downloads) lives as long as the body.
+    let pieces = futures::stream::unfold(stream, |mut s| async move {
+        s.next().await.map(|piece| (piece.map(axum::body::Bytes::from), s))
     });
     let mut resp = (StatusCode::OK, Body::from_stream(pieces)).into_response();
     let headers = resp.headers_mut();

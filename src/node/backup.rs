@@ -5,7 +5,8 @@
 //! before the request) and costs O(1) (the state's maps are persistent), so applying
 //! never waits for a backup; the encoding runs on a blocking thread and stops when the
 //! receiver goes away; what is buffered is bounded by the channel ([`PIECES`] pieces of
-//! [`PIECE_BYTES`]); at most `max_snapshot_downloads` backups run at once on a node.
+//! [`PIECE_BYTES`]); at most `max_snapshot_downloads` backups are open at once on a node
+//! (a place is held until the stream is dropped, i.e. the download ended or broke off).
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -22,10 +23,19 @@ pub const PIECE_BYTES: usize = 256 << 10;
 pub const PIECES: usize = 4;
 
 /// A backup being encoded: its revision, and the pieces as they are made (an `Err` piece
-/// is the last: the encoding failed and the stream is incomplete).
+/// is the last: the encoding failed and the stream is incomplete). It holds its place
+/// among `max_snapshot_downloads` until it is dropped.
 pub struct BackupStream {
     pub revision: u64,
-    pub pieces: mpsc::Receiver<io::Result<Vec<u8>>>,
+    pieces: mpsc::Receiver<io::Result<Vec<u8>>>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl BackupStream {
+    /// The next piece (`None` after the last).
+    pub async fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+        self.pieces.recv().await
+    }
 }
 
 /// Sends what is written to it in pieces of [`PIECE_BYTES`], waiting while the channel is
@@ -67,7 +77,7 @@ impl Node {
     /// snapshot file into the returned stream. `Overloaded` when `max_snapshot_downloads`
     /// backups are running already.
     pub async fn backup(self: &Arc<Self>) -> Result<BackupStream> {
-        let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
+        let place = self.backups.clone().try_acquire_owned().map_err(|_| {
             Error::Overloaded(format!(
                 "{} snapshot downloads are in progress on this node (--max-snapshot-downloads); try again later \
                  or another member",
@@ -79,7 +89,6 @@ impl Node {
         let revision = backup.revision();
         let (tx, pieces) = mpsc::channel(PIECES);
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let t0 = std::time::Instant::now();
             let w = PieceWriter { tx: tx.clone(), buf: Vec::with_capacity(PIECE_BYTES) };
             match backup.write_to(w) {
@@ -98,6 +107,6 @@ impl Node {
                 }
             }
         });
-        Ok(BackupStream { revision, pieces })
+        Ok(BackupStream { revision, pieces, _place: place })
     }
 }

@@ -18,5 +18,6 @@ mod leases;
 mod listing;
 mod locks;
 mod sequential;
+mod snapshot;
 mod txn;
 mod watch;
