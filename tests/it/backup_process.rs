@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support;
-use support::process::{free_ports, run_to_exit, Cluster, ClusterOptions, Exited, NodeHost};
+use support::process::{eventually, free_ports, run_to_exit, Cluster, ClusterOptions, Exited, NodeHost};
 
 fn ok(e: &Exited) -> bool {
     e.status.is_some_and(|s| s.success())
@@ -273,13 +273,35 @@ async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster() {
     let (_, cluster) = call(&dst, &dst.client_url(leader), reqwest::Method::GET, "/v1/cluster", None).await;
     assert_ne!(cluster["cluster_id"], Value::Null);
     check_restored(&dst, revision, &want).await;
-    // Every member serves it (followers too).
+    // Every member serves it, and goes on serving it after a restart (the restored state
+    // is its snapshot, the new log follows it).
+    let (leader, _) = dst.leader().await;
     for id in dst.ids() {
-        let r =
-            dst.http().get_path(&dst.client_url(id), "/v1/kv/leased?consistency=serializable").await.unwrap();
-        if r.status == 200 {
-            assert_eq!(r.body["kv"]["value"], "leased");
+        if id != leader {
+            dst.kill_9(id);
+            dst.restart(id).await;
         }
+    }
+    for id in dst.ids() {
+        let url = dst.client_url(id);
+        let dst = &dst;
+        let r =
+            eventually(dst, Duration::from_secs(20), "a restarted member serves the restored keys", || {
+                let url = url.clone();
+                async move {
+                    let r =
+                        dst.http().get_path(&url, "/v1/kv/after/restore").await.map_err(|e| e.to_string())?;
+                    if r.status == 200 {
+                        Ok(r)
+                    } else {
+                        Err(format!("{} {}", r.status, r.text))
+                    }
+                }
+            })
+            .await;
+        assert_eq!(r.body["kv"]["value"], "new");
+        let r = dst.http().get_path(&url, "/v1/kv/leased").await.unwrap();
+        assert_eq!((r.status, r.body["kv"]["value"].as_str()), (200, Some("leased")), "node {id}");
     }
     dst.stop_all();
 
