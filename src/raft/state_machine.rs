@@ -20,7 +20,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::snapshot_data::SnapshotData;
+use super::snapshot_data::{Received, SnapshotData};
 use super::snapshot_file::{self, Summary};
 use super::types::*;
 use crate::store::{Outcome, State};
@@ -171,6 +171,37 @@ impl StateMachine {
     pub(crate) fn incoming_path(&self, from: NodeId) -> PathBuf {
         let n = self.shared.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.dir.join(format!("{INCOMING_PREFIX}{from}-{n}"))
+    }
+
+    /// Copies the snapshot `data` to `path` (a chunk at a time), syncs it and checks it
+    /// against `meta`: a received file like one that came from a leader.
+    fn copy_in(data: &SnapshotData, path: PathBuf, meta: &SnapshotMeta) -> std::io::Result<Received> {
+        let copied = (|| {
+            let mut f = std::fs::File::create(&path)?;
+            let mut buf = vec![0; 1 << 20];
+            let mut at = 0;
+            while at < data.len() {
+                let n = data.read_at(&mut buf, at)?;
+                if n == 0 {
+                    return Err(std::io::Error::other(format!(
+                        "the snapshot ends at {at} of {} bytes",
+                        data.len()
+                    )));
+                }
+                f.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+            f.sync_all()?;
+            let applied = Self::check_received(&path, meta).map_err(std::io::Error::other)?;
+            SnapshotData::received(path.clone(), applied)
+        })();
+        match copied {
+            Ok(mut data) => Ok(data.take_received().expect("a received handle")),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
     }
 
     /// Decodes the snapshot file at `path` (streaming, checking its checksum) and checks
@@ -342,10 +373,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let fail = |e: std::io::Error| {
             StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e))
         };
-        // Only a received file, checked against `meta` when it arrived, is installed.
-        let received = snapshot.take_received().ok_or_else(|| {
-            fail(std::io::Error::other("only a snapshot received from a leader can be installed"))
-        })?;
+        // A file received from a leader was checked against `meta` when it arrived; any
+        // other handle (a snapshot file open elsewhere) is copied in and checked first.
+        let received = match snapshot.take_received() {
+            Some(r) => r,
+            None => {
+                // (Named as from node 0, which no member is: a local copy.)
+                let (path, meta2) = (self.incoming_path(0), meta.clone());
+                let data = std::sync::Arc::new(*snapshot);
+                tokio::task::spawn_blocking(move || Self::copy_in(&data, path, &meta2))
+                    .await
+                    .map_err(io_err)
+                    .and_then(|r| r)
+                    .map_err(fail)?
+            }
+        };
         let (from, dir) = (received.path().to_path_buf(), self.shared.dir.clone());
         tokio::task::spawn_blocking(move || snapshot_file::install(&from, &dir, SNAPSHOT_FILE))
             .await
@@ -487,6 +529,47 @@ mod tests {
         // An entry that does not move the clock changes nothing.
         sm.apply(vec![entry(3, Command::LeaseClock { clock_ms: 150, renew: vec![] })]).await.unwrap();
         assert_eq!(sm.read().lease_clock_seen, Some(arrived));
+    }
+
+    /// A snapshot handed over as another node's open file (as openraft's own storage tests
+    /// do) is copied in, checked and installed; a damaged one changes nothing.
+    #[tokio::test]
+    async fn a_snapshot_from_another_state_machine_installs() {
+        use crate::store::{Command, Proposal};
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = StateMachine::open(a_dir.path()).unwrap();
+        let mut b = StateMachine::open(b_dir.path()).unwrap();
+        let put = Command::Put {
+            key: "/k".into(),
+            value: vec![1, 2, 255],
+            lease: None,
+            sequential: false,
+            cond: Default::default(),
+            prev_kv: false,
+        };
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Proposal::new(put, 0)),
+        };
+        a.apply(vec![entry]).await.unwrap();
+        let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let meta = snap.meta.clone();
+        // Damaged on the way: refused, and nothing changes.
+        let mut bytes = vec![0; snap.snapshot.len() as usize];
+        snap.snapshot.read_at(&mut bytes, 0).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        let bad = SnapshotData::from_file(f).unwrap();
+        assert!(b.install_snapshot(&meta, Box::new(bad)).await.is_err());
+        assert_eq!(b.read().state.revision(), 0);
+        assert!(b.get_current_snapshot().await.unwrap().is_none());
+        b.install_snapshot(&meta, snap.snapshot).await.unwrap();
+        assert_eq!(b.read().state, a.read().state);
+        assert_eq!(b.get_current_snapshot().await.unwrap().unwrap().meta, meta);
+        let left: Vec<_> = std::fs::read_dir(b_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [SNAPSHOT_FILE]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
