@@ -432,6 +432,15 @@ impl Replica {
                 );
             }
             *incoming = None;
+            // A transfer that cannot fit would fill the disk the log needs too.
+            if let Some(free) = self.sm.free_bytes() {
+                if total > free {
+                    tracing::warn!(from, total, free, "refused a snapshot larger than the free disk space");
+                    return RaftReply::Refused(format!(
+                        "the snapshot is {total} bytes, but the disk of this member's snapshot dir has {free} bytes free"
+                    ));
+                }
+            }
             let path = self.sm.incoming_path(from);
             let file = match std::fs::File::create(&path) {
                 Ok(f) => f,
@@ -730,6 +739,33 @@ mod tests {
             RaftReply::Refused(why) => why,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_larger_than_the_free_disk_is_refused_before_a_byte_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        r.initialize((1..=3).map(|id| (id, member(id))).collect()).await.unwrap();
+        let chunk = |total: u64| RaftRpc::SnapshotChunk {
+            vote: openraft::Vote::new_committed(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 10)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s".into(),
+            },
+            offset: 0,
+            total,
+            done: false,
+            data: vec![0; 16],
+        };
+        let why = refused(&r.handle(1, chunk(u64::MAX / 4)).await).to_string();
+        assert!(why.contains("bytes free"), "{why}");
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("snapshot")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.is_empty(), "{names:?}");
+        // One that fits is taken.
+        assert!(matches!(r.handle(1, chunk(1000)).await, RaftReply::ChunkStored));
+        r.shutdown().await;
     }
 
     #[tokio::test]

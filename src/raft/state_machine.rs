@@ -166,6 +166,12 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Bytes free for an unprivileged writer on the snapshot dir's file system, if known.
+    pub(crate) fn free_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.shared.dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// A new file in the snapshot dir to receive a snapshot into (removed at the next
     /// start if it is left behind).
     pub(crate) fn incoming_path(&self, from: NodeId) -> PathBuf {
