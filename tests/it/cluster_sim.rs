@@ -413,6 +413,13 @@ async fn a_snapshot_of_many_chunks_is_streamed_to_a_follower() {
         c.put_ok(leader, &format!("/big/{i:03}"), &value).await;
     }
     c.restart(lagging).await;
+    // Sending and checking megabytes takes a while in a debug build on a busy machine (and
+    // a leader change starts the transfer over): more than `converge` waits by itself.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.status(lagging).revision < 360 {
+        assert!(Instant::now() < deadline, "the follower never caught up: {}", c.describe());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let state = c.converge().await;
     assert_eq!(state.kvs.len(), 360, "{}", c.describe());
     for i in [0usize, 179, 359] {
