@@ -363,8 +363,12 @@ settings! {
     body_timeout_ms: u64 = 30_000;
     /// An idle keep-alive connection is closed after this long (ms).
     idle_timeout_ms: u64 = 120_000;
-    /// Largest peer message (bytes); bigger appends are split, snapshots travel in chunks.
-    max_peer_message_bytes: usize = 64 * MIB;
+    /// Largest peer message (bytes); bigger appends are split, snapshots travel in chunks
+    /// (of at most 1 MiB). At least 4 times the largest write (key and value, encoded).
+    max_peer_message_bytes: usize = 16 * MIB;
+    /// Snapshot downloads (`GET /v1/maintenance/snapshot`) served at once by this node; one
+    /// more is refused with 429 `overloaded`.
+    max_snapshot_downloads: usize = 2;
     /// Peer requests served at once; more are refused (the sender backs off).
     max_peer_inflight: usize = 256;
     /// Size of a write-ahead log segment (bytes, preallocated; at least 64 KiB).
@@ -424,6 +428,7 @@ impl Config {
         at_least("body_timeout_ms", self.body_timeout_ms, 1)?;
         at_least("idle_timeout_ms", self.idle_timeout_ms, 1)?;
         at_least("max_peer_inflight", self.max_peer_inflight as u64, 1)?;
+        at_least("max_snapshot_downloads", self.max_snapshot_downloads as u64, 1)?;
         at_least("wal_segment_bytes", self.wal_segment_bytes, 64 << 10)?;
         // One write (key, value, JSON and base64 overhead) must fit a peer message with
         // room to spare, or it could never be replicated.

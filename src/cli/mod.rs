@@ -9,6 +9,7 @@ mod lease;
 mod lock;
 mod output;
 mod serve;
+mod snapshot;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,9 @@ pub enum Commands {
     Compact(compact::CompactArgs),
     /// Mint client tokens for a cluster with client auth on (`palisade auth token`).
     Auth(auth::AuthArgs),
+    /// Back up the cluster's state (`save`), check a backup (`status`), and seed a new
+    /// cluster's data dirs from one (`restore`).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -59,5 +63,6 @@ pub fn main() -> std::process::ExitCode {
         Commands::Status(args) => status::run(args),
         Commands::Compact(args) => compact::run(args),
         Commands::Auth(args) => auth::run(args),
+        Commands::Snapshot(args) => snapshot::run(args),
     }
 }

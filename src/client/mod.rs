@@ -51,6 +51,7 @@ mod failover;
 mod kv;
 mod lease;
 mod lock;
+mod snapshot;
 mod txn;
 mod watch;
 
@@ -71,6 +72,7 @@ pub use lock::{
     AcquireOptions, CampaignOptions, ElectionEvent, Fence, LeaseKeeper, LeaseLost, ObserveUpdate, Observer,
     OwnerLease,
 };
+pub use snapshot::SnapshotDownload;
 pub use watch::{WatchOptions, WatchUpdate, Watcher};
 
 /// Attempts of an idempotent write before its last error is returned.

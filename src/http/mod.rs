@@ -23,6 +23,7 @@ mod observe;
 mod peer;
 mod query;
 mod server;
+mod snapshot;
 mod txn;
 mod watch;
 mod write;
@@ -64,6 +65,7 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/elections/{name}/leader"),
     ("GET", "/v1/elections/{name}/observe"),
     ("POST", "/v1/maintenance/compact"),
+    ("GET", "/v1/maintenance/snapshot"),
     ("GET", "/v1/cluster"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -93,6 +95,8 @@ pub fn client_router(node: Arc<Node>) -> Router {
         .route("/v1/elections/{name}/leader", put(election::proclaim).delete(election::resign))
         .route("/v1/elections/{name}/observe", get(election::observe))
         .route("/v1/maintenance/compact", post(maintenance::compact))
+        // Backups: a snapshot of the state, streamed (admin only).
+        .route("/v1/maintenance/snapshot", get(snapshot::download))
         .route("/v1/cluster", get(cluster::cluster))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(

@@ -30,14 +30,29 @@ pub struct Identity {
 
 const IDENTITY_FILE: &str = "identity.json";
 
-fn cluster_id_of(members: &BTreeMap<NodeId, Member>) -> String {
+pub(super) fn cluster_id_of(members: &BTreeMap<NodeId, Member>) -> String {
+    cluster_id_from("", members)
+}
+
+/// The id of a cluster restored from the backup whose checksum is `sha256`: never the id
+/// of the cluster the backup came from, even with the same members, and the same on every
+/// member restored from the same file with the same members.
+pub(super) fn restored_cluster_id(sha256: &str, members: &BTreeMap<NodeId, Member>) -> String {
+    cluster_id_from(&format!("restored:{sha256};"), members)
+}
+
+fn cluster_id_from(prefix: &str, members: &BTreeMap<NodeId, Member>) -> String {
     // FNV-1a over the sorted member list: stable across builds and platforms.
     let mut h: u64 = 0xcbf29ce484222325;
-    for (id, m) in members {
-        for b in format!("{id}={};", m.peer_url).bytes() {
+    let mut feed = |text: &str| {
+        for b in text.bytes() {
             h ^= b as u64;
             h = h.wrapping_mul(0x100000001b3);
         }
+    };
+    feed(prefix);
+    for (id, m) in members {
+        feed(&format!("{id}={};", m.peer_url));
     }
     format!("{h:016x}")
 }
@@ -101,7 +116,12 @@ pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
 
 /// Writes the identity file durably.
 pub(super) fn save(cfg: &Config, id: &Identity) -> anyhow::Result<()> {
-    crate::raft::state_machine::write_durably(&cfg.data_dir, IDENTITY_FILE, &serde_json::to_vec_pretty(id)?)?;
+    save_in(&cfg.data_dir, id)
+}
+
+/// Writes the identity file into the data dir `dir`, durably.
+pub(super) fn save_in(dir: &std::path::Path, id: &Identity) -> anyhow::Result<()> {
+    crate::raft::state_machine::write_durably(dir, IDENTITY_FILE, &serde_json::to_vec_pretty(id)?)?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@ use crate::raft::{
     Leadership, Member, NodeId, Replica, ReplicaConfig, ReplicaStatus, Role, Stall, StorageHealth,
 };
 
+mod backup;
 mod bootstrap;
 mod compactor;
 mod identity;
@@ -40,16 +41,19 @@ mod locks;
 mod peer;
 mod policy;
 mod reads;
+mod restore;
 mod shutdown;
 mod watch;
 mod watch_hub;
 mod writes;
 
+pub use backup::BackupStream;
 pub use identity::{format_cluster, Identity};
 pub use leases::MAX_LEASE_KEYS_SHOWN;
 pub use locks::{AcquireRequest, Acquired, ElectionObserver, ElectionView};
 pub use policy::{check_idempotency_key, check_lock_limit, check_lock_name, check_owner};
 pub use reads::{Consistency, KvRead, KvReadResult};
+pub use restore::{inspect, restore, BackupInfo, Restored};
 pub use watch::{Watch, WatchFrame, WatchRequest, MAX_WAIT_MS};
 
 use reads::ReadRounds;
@@ -123,6 +127,8 @@ pub struct Node {
     lock_hub: Arc<lock_hub::LockHub>,
     /// While a new data dir waits to bootstrap: why (see `bootstrap`).
     bootstrap_wait: Mutex<Option<String>>,
+    /// Places for snapshot downloads running at once (see `backup`).
+    backups: Arc<tokio::sync::Semaphore>,
     /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
     /// process serving it should stop (see [`Node::failed`]).
     fatal: tokio::sync::watch::Sender<Option<String>>,
@@ -222,6 +228,7 @@ impl Node {
                 identity::save(&cfg, &Identity { bootstrapped: true, ..identity.clone() })?;
             }
         }
+        let max_backups = cfg.max_snapshot_downloads;
         let node = Arc::new(Node {
             id: cfg.node_id,
             identity,
@@ -236,6 +243,7 @@ impl Node {
             watches: Arc::default(),
             lock_hub: Arc::default(),
             bootstrap_wait: Mutex::default(),
+            backups: Arc::new(tokio::sync::Semaphore::new(max_backups)),
             fatal,
             metrics,
             shutting_down: Default::default(),

@@ -66,6 +66,12 @@ impl Node {
                 let Some(mut member) = self.replica.member(from) else {
                     return PeerResponse::PublishMember(Err(PeerError::Unavailable(not_member())));
                 };
+                if member.client_url == client_url && member.incarnation == incarnation {
+                    // Recorded already (a member that lags behind its own record asks
+                    // again): a membership change would restart replication to every
+                    // member, and cut off a snapshot that is on its way to this one.
+                    return PeerResponse::PublishMember(Ok(()));
+                }
                 member.client_url = client_url;
                 member.incarnation = incarnation;
                 let r = match tokio::time::timeout(

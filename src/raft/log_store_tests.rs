@@ -3,7 +3,7 @@
 //! conformance suite. The WAL's own rules are tested in `src/wal/`.
 
 use std::fs::{self, OpenOptions};
-use std::io::Cursor;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -13,6 +13,7 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 use tempfile::TempDir;
 
 use super::*;
+use crate::raft::snapshot_data::SnapshotData;
 use crate::raft::types::{Snapshot, SnapshotMeta, StoredMembership};
 use crate::store::{Command, Outcome, Proposal};
 use crate::wal::{max_entry_index, segment_paths, Point};
@@ -616,6 +617,13 @@ async fn open_creates_missing_dirs() {
 
 // --- openraft's conformance suite, with a throwaway in-memory state machine ---
 
+/// Snapshot data in an anonymous file.
+fn file_of(bytes: &[u8]) -> SnapshotData {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(bytes).unwrap();
+    SnapshotData::from_file(f).unwrap()
+}
+
 #[derive(Default)]
 struct SmInner {
     applied: Option<LogId>,
@@ -638,7 +646,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MemSm {
             snapshot_id: format!("snap-{}", g.built),
         };
         g.current = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(file_of(&data)) })
     }
 }
 
@@ -671,16 +679,17 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(file_of(&[])))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let mut data = vec![0; snapshot.len() as usize];
+        snapshot.read_at(&mut data, 0).unwrap();
         let (applied, membership): (Option<LogId>, StoredMembership) = serde_json::from_slice(&data).unwrap();
         let mut g = self.0.lock().unwrap();
         g.applied = applied;
@@ -691,10 +700,9 @@ impl RaftStateMachine<TypeConfig> for MemSm {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let g = self.0.lock().unwrap();
-        Ok(g.current.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(g.current
+            .as_ref()
+            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(file_of(data)) }))
     }
 }
 

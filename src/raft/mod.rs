@@ -11,13 +11,16 @@
 //! [`Outcome`]: crate::store::Outcome
 //! [`State`]: crate::store::State
 
+pub mod backup;
 pub mod log_store;
 pub mod network;
 pub mod replica;
+pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
+pub use backup::Backup;
 pub use network::{CallError, RaftReply, RaftRpc, RaftSender};
 pub use replica::{
     Leadership, MemberInfo, ProposeError, ReadIndexError, RebuildGate, Replica, ReplicaConfig, ReplicaStatus,

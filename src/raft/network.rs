@@ -8,8 +8,10 @@
 //!
 //! Every message stays under the peer message limit: an append that would pass it is
 //! refused before sending with openraft's `PayloadTooLarge` and a hint of how many entries
-//! fit (openraft then sends fewer), and a snapshot travels as a sequence of chunks that
-//! the receiver assembles before installing.
+//! fit (openraft then sends fewer), and a snapshot travels as a sequence of chunks of at
+//! most [`SNAPSHOT_CHUNK_BYTES`], read from the snapshot file one at a time, that the
+//! receiver appends to a file before installing it: a transfer holds one chunk in memory
+//! on either side, whatever the size of the snapshot.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -162,6 +164,9 @@ fn refused<E: std::error::Error>(r: &RaftReply) -> RPCError<NodeId, Member, E> {
     })))
 }
 
+/// The most snapshot bytes in one chunk (less when the peer message limit is smaller).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
 /// Time allowed for one snapshot chunk (the last one includes installing the snapshot).
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -209,24 +214,45 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let data = snapshot.snapshot.into_inner();
+        let data = std::sync::Arc::new(*snapshot.snapshot);
         let meta = snapshot.meta;
-        let total = data.len() as u64;
+        let total = data.len();
         // Base64 takes 4 bytes for 3.
-        let chunk = (self.max_message_bytes.saturating_sub(ENVELOPE_BYTES) / 4 * 3).max(1);
+        let chunk = (self.max_message_bytes.saturating_sub(ENVELOPE_BYTES) / 4 * 3)
+            .clamp(1, SNAPSHOT_CHUNK_BYTES) as u64;
         let send_all = async {
-            let mut offset = 0usize;
+            let mut offset = 0u64;
             loop {
-                let end = (offset + chunk).min(data.len());
-                let done = end == data.len();
-                let rpc = RaftRpc::SnapshotChunk {
-                    vote,
-                    meta: meta.clone(),
-                    offset: offset as u64,
-                    total,
-                    done,
-                    data: data[offset..end].to_vec(),
+                let end = (offset + chunk).min(total);
+                let done = end == total;
+                let bytes = {
+                    let data = data.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; (end - offset) as usize];
+                        match data.read_at(&mut buf, offset) {
+                            Ok(n) if n == buf.len() => Ok(buf),
+                            Ok(n) => Err(format!(
+                                "the snapshot file ends at {} of {total} bytes",
+                                offset + n as u64
+                            )),
+                            Err(e) => Err(format!("reading the snapshot file: {e}")),
+                        }
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
                 };
+                let bytes = match bytes {
+                    Ok(b) => b,
+                    Err(why) => {
+                        tracing::warn!(target = self.target, error = %why, "cannot send a snapshot");
+                        return Err(StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(
+                            why,
+                        ))));
+                    }
+                };
+                let rpc =
+                    RaftRpc::SnapshotChunk { vote, meta: meta.clone(), offset, total, done, data: bytes };
                 let reply = self.sender.send(self.target, &self.member, rpc, CHUNK_TIMEOUT).await;
                 match reply {
                     Ok(RaftReply::ChunkStored) if !done => offset = end,

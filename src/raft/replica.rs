@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::log_store::LogStore;
 use super::network::{Network, RaftReply, RaftRpc, RaftSender};
+use super::snapshot_data::SnapshotData;
 use super::state_machine::{Applied, StateMachine};
 use super::types::*;
 use crate::store::{Outcome, Proposal};
@@ -134,14 +135,27 @@ pub struct ReplicaConfig {
 /// The condition of this replica's storage (see [`crate::wal::Health`]).
 pub use crate::wal::{Health as StorageHealth, Stall};
 
-/// A snapshot being received, chunk by chunk.
+/// A snapshot being received, chunk by chunk, into a file in the snapshot dir (removed
+/// when the transfer is dropped before it is handed on).
 struct Incoming {
     from: NodeId,
     /// The sending leader's vote.
     vote: Vote,
     snapshot_id: String,
     total: u64,
-    data: Vec<u8>,
+    /// Bytes written so far.
+    received: u64,
+    path: PathBuf,
+    /// `None` only while a chunk is being written.
+    file: Option<std::fs::File>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// What a member rebuilt on an empty disk must reach before it may vote again: the
@@ -414,70 +428,139 @@ impl Replica {
             RaftRpc::Append(r) => RaftReply::Append(self.raft.append_entries(r).await),
             RaftRpc::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
             RaftRpc::SnapshotChunk { vote, meta, offset, total, done, data } => {
-                let mut incoming = self.incoming.lock().await;
-                if offset == 0 {
-                    // A transfer from a leader of a later term replaces one from an older
-                    // leader; an older one never interrupts a newer one.
-                    if incoming.as_ref().is_some_and(|i| i.from != from && i.vote > vote) {
-                        return RaftReply::Refused(
-                            "a snapshot from a leader of a later term is being received".into(),
-                        );
-                    }
-                    *incoming = Some(Incoming {
-                        from,
-                        vote,
-                        snapshot_id: meta.snapshot_id.clone(),
-                        total,
-                        data: Vec::new(),
-                    });
-                }
-                let Some(inc) = incoming.as_mut() else {
-                    return RaftReply::Refused(format!(
-                        "no snapshot is being received (a chunk at {offset})"
-                    ));
-                };
-                let expected = inc.data.len() as u64;
-                if inc.from != from
-                    || inc.snapshot_id != meta.snapshot_id
-                    || inc.total != total
-                    || offset != expected
-                {
-                    *incoming = None;
-                    return RaftReply::Refused(format!(
-                        "out of order: a chunk at {offset} of snapshot {} where {expected} of {} was due",
-                        meta.snapshot_id, total
-                    ));
-                }
-                if expected + data.len() as u64 > total || (done && expected + data.len() as u64 != total) {
-                    *incoming = None;
-                    return RaftReply::Refused(format!("the chunks do not add up to {total} bytes"));
-                }
-                inc.data.extend_from_slice(&data);
-                if !done {
-                    return RaftReply::ChunkStored;
-                }
-                let data = std::mem::take(&mut inc.data);
-                *incoming = None;
-                drop(incoming);
-                // Decoding the whole snapshot is CPU work: off the async runtime.
-                let meta2 = meta.clone();
-                let checked = tokio::task::spawn_blocking(move || {
-                    let check = StateMachine::validate_snapshot(&data, &meta2);
-                    (data, check)
-                })
-                .await;
-                let data = match checked {
-                    Ok((data, Ok(()))) => data,
-                    Ok((_, Err(e))) => {
-                        tracing::warn!(from, error = %e, "refused a damaged snapshot");
-                        return RaftReply::Refused(format!("the snapshot is damaged: {e}"));
-                    }
-                    Err(e) => return RaftReply::Refused(format!("checking the snapshot failed: {e}")),
-                };
-                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(data)) };
-                RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
+                self.receive_chunk(from, vote, meta, offset, total, done, data).await
             }
         }
+    }
+
+    /// Stores a chunk of a snapshot from `from` at the end of the file being received, and
+    /// with the last one checks the whole file (streaming) and hands it to Raft. Chunks must
+    /// come in order and add up to `total`; a transfer from a leader of a later term
+    /// replaces one from an older leader, never the other way round.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_chunk(
+        &self,
+        from: NodeId,
+        vote: Vote,
+        meta: SnapshotMeta,
+        offset: u64,
+        total: u64,
+        done: bool,
+        data: Vec<u8>,
+    ) -> RaftReply {
+        let mut incoming = self.incoming.lock().await;
+        if offset == 0 {
+            // A transfer from a leader of a later term replaces one from an older
+            // leader; an older one never interrupts a newer one.
+            if incoming.as_ref().is_some_and(|i| i.from != from && i.vote > vote) {
+                return RaftReply::Refused(
+                    "a snapshot from a leader of a later term is being received".into(),
+                );
+            }
+            *incoming = None;
+            // A transfer that cannot fit would fill the disk the log needs too.
+            if let Some(free) = self.sm.free_bytes() {
+                if total > free {
+                    tracing::warn!(from, total, free, "refused a snapshot larger than the free disk space");
+                    return RaftReply::Refused(format!(
+                        "the snapshot is {total} bytes, but the disk of this member's snapshot dir has {free} bytes free"
+                    ));
+                }
+            }
+            let path = self.sm.incoming_path(from);
+            let file = match std::fs::File::create(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    return RaftReply::Refused(format!("cannot receive a snapshot: {}: {e}", path.display()))
+                }
+            };
+            *incoming = Some(Incoming {
+                from,
+                vote,
+                snapshot_id: meta.snapshot_id.clone(),
+                total,
+                received: 0,
+                path,
+                file: Some(file),
+            });
+        }
+        let Some(inc) = incoming.as_mut() else {
+            return RaftReply::Refused(format!("no snapshot is being received (a chunk at {offset})"));
+        };
+        let expected = inc.received;
+        if inc.from != from || inc.snapshot_id != meta.snapshot_id || inc.total != total || offset != expected
+        {
+            *incoming = None;
+            return RaftReply::Refused(format!(
+                "out of order: a chunk at {offset} of snapshot {} where {expected} of {} was due",
+                meta.snapshot_id, total
+            ));
+        }
+        let end = expected + data.len() as u64;
+        if end > total || (done && end != total) {
+            *incoming = None;
+            return RaftReply::Refused(format!("the chunks do not add up to {total} bytes"));
+        }
+        // Disk writes off the async runtime; the file comes back with the result.
+        let Some(mut file) = inc.file.take() else {
+            *incoming = None;
+            return RaftReply::Refused("a previous chunk failed while it was written".into());
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let r = file.write_all(&data).and_then(|()| if done { file.sync_all() } else { Ok(()) });
+            (file, r)
+        })
+        .await;
+        match written {
+            Ok((file, Ok(()))) => {
+                inc.file = Some(file);
+                inc.received = end;
+            }
+            Ok((_, Err(e))) => {
+                let why = format!("cannot store a snapshot chunk in {}: {e}", inc.path.display());
+                *incoming = None;
+                tracing::warn!(from, error = %e, "storing a snapshot chunk failed");
+                return RaftReply::Refused(why);
+            }
+            Err(e) => {
+                *incoming = None;
+                return RaftReply::Refused(format!("storing a snapshot chunk failed: {e}"));
+            }
+        }
+        if !done {
+            return RaftReply::ChunkStored;
+        }
+        let path = std::mem::take(&mut inc.path);
+        *incoming = None;
+        drop(incoming);
+        // Decoding the whole snapshot is CPU work: off the async runtime.
+        let meta2 = meta.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let check = StateMachine::check_received(&path, &meta2);
+            let applied = match check {
+                Ok(applied) => applied,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(format!("the snapshot is damaged: {e}"));
+                }
+            };
+            SnapshotData::received(path.clone(), applied).map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                format!("cannot reopen the received snapshot: {e}")
+            })
+        })
+        .await;
+        let data = match checked {
+            Ok(Ok(data)) => data,
+            Ok(Err(why)) => {
+                tracing::warn!(from, error = %why, "refused a received snapshot");
+                return RaftReply::Refused(why);
+            }
+            Err(e) => return RaftReply::Refused(format!("checking the snapshot failed: {e}")),
+        };
+        let snapshot = openraft::Snapshot { meta, snapshot: Box::new(data) };
+        RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
     }
 
     /// Why `rpc` from `from` must not reach Raft, if it must not.
@@ -700,6 +783,33 @@ mod tests {
             RaftReply::Refused(why) => why,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_larger_than_the_free_disk_is_refused_before_a_byte_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        r.initialize((1..=3).map(|id| (id, member(id))).collect()).await.unwrap();
+        let chunk = |total: u64| RaftRpc::SnapshotChunk {
+            vote: openraft::Vote::new_committed(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 10)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s".into(),
+            },
+            offset: 0,
+            total,
+            done: false,
+            data: vec![0; 16],
+        };
+        let why = refused(&r.handle(1, chunk(u64::MAX / 4)).await).to_string();
+        assert!(why.contains("bytes free"), "{why}");
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("snapshot")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.is_empty(), "{names:?}");
+        // One that fits is taken.
+        assert!(matches!(r.handle(1, chunk(1000)).await, RaftReply::ChunkStored));
+        r.shutdown().await;
     }
 
     #[tokio::test]

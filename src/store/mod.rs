@@ -36,19 +36,81 @@ pub use mvcc::{
 pub use state::State;
 pub use txn::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnResult};
 
-/// Serde helper: bytes as a base64 string (compact in JSON, unlike a number array).
+/// Serde helper: bytes as a base64 string in a human-readable format such as JSON
+/// (compact there, unlike a number array), and as raw bytes in a binary one (MessagePack
+/// snapshots). Reading takes either form, whatever the format says of itself: serde's
+/// internally tagged enums buffer their fields and then claim to be human-readable, so
+/// a binary field can arrive through a "human-readable" deserializer.
 pub mod bytes_b64 {
+    use std::fmt;
+
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(v))
+        if s.is_human_readable() {
+            s.serialize_str(&STANDARD.encode(v))
+        } else {
+            s.serialize_bytes(v)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            d.deserialize_str(BytesVisitor)
+        } else {
+            d.deserialize_byte_buf(BytesVisitor)
+        }
+    }
+
+    /// Takes base64 text, raw bytes, or a sequence of byte values.
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("base64 text or bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            STANDARD.decode(v.as_bytes()).map_err(E::custom)
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A value in the same form, for `Option`.
+    struct Bytes(Vec<u8>);
+
+    struct BytesRef<'a>(&'a [u8]);
+
+    impl Serialize for BytesRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize(self.0, s)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+            deserialize(d).map(Bytes)
+        }
     }
 
     /// The same for an optional value.
@@ -57,14 +119,13 @@ pub mod bytes_b64 {
 
         pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
             match v {
-                Some(b) => s.serialize_some(&STANDARD.encode(b)),
+                Some(b) => s.serialize_some(&BytesRef(b)),
                 None => s.serialize_none(),
             }
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-            let s = <Option<String>>::deserialize(d)?;
-            s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+            Ok(<Option<Bytes>>::deserialize(d)?.map(|b| b.0))
         }
     }
 }

@@ -385,6 +385,63 @@ async fn large_catch_ups_travel_in_messages_under_the_limit() {
     c.shutdown().await;
 }
 
+/// A snapshot of over ten megabytes crosses in more than a dozen chunks, each under the
+/// message limit, into a file on the receiver (nothing of it is left over there), and the
+/// follower ends with every key, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_many_chunks_is_streamed_to_a_follower() {
+    const LIMIT: usize = 1 << 20;
+    let mut opts = sim::ClusterOptions::new(3);
+    opts.snapshot_every = 100;
+    // Writes of 60 KB share two cores with snapshots of megabytes being built: room for a
+    // busy machine (the test is about the transfer, not the write latency).
+    opts.request_timeout = Duration::from_secs(10);
+    opts.configure = |cfg| {
+        cfg.max_peer_message_bytes = LIMIT;
+        cfg.max_value_bytes = 64 << 10;
+        cfg.max_body_bytes = 256 << 10;
+    };
+    let c = Cluster::start_with(opts).await;
+    c.net().set_max_message_bytes(LIMIT);
+    let (leader, _) = c.leader().await;
+    let lagging = others(&c, &[leader])[0];
+    c.crash(lagging).await;
+    // 360 values of 60 KB: about 21 MB of state; the snapshot the follower needs holds
+    // most of it.
+    for i in 0..360 {
+        let value: String = (0..60_000).map(|j| (b'a' + ((i + j) % 26) as u8) as char).collect();
+        c.put_ok(leader, &format!("/big/{i:03}"), &value).await;
+    }
+    c.restart(lagging).await;
+    // Sending and checking megabytes takes a while in a debug build on a busy machine (and
+    // a leader change starts the transfer over): more than `converge` waits by itself.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.status(lagging).revision < 360 {
+        assert!(Instant::now() < deadline, "the follower never caught up: {}", c.describe());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = c.converge().await;
+    assert_eq!(state.kvs.len(), 360, "{}", c.describe());
+    for i in [0usize, 179, 359] {
+        let (_, kv) = c.get(lagging, &format!("/big/{i:03}"), false).await.unwrap();
+        let want: Vec<u8> = (0..60_000).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+        assert_eq!(kv.expect("the key").value, want);
+    }
+    let largest = c.net().largest_delivered();
+    assert!(largest <= LIMIT, "a message of {largest} bytes passed the limit of {LIMIT}");
+    let snapshots = c.node(lagging).config().data_dir.join("snapshot");
+    let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["snapshot.bin"], "the received file was installed, and nothing else is left");
+    let size = std::fs::metadata(snapshots.join("snapshot.bin")).unwrap().len();
+    // At most 768 KiB of snapshot bytes fit a chunk under the limit (base64 in JSON).
+    assert!(size > 10_000_000, "the snapshot is {size} bytes: too few chunks for the test's premise");
+    c.shutdown().await;
+}
+
 /// A member rebuilt on an empty disk (`--rebuild-from-peers`) catches up from the others
 /// and becomes a member like any other; no acknowledged write is lost. (That it refuses
 /// votes and stale leaders meanwhile is tested beside `Replica`.)

@@ -19,5 +19,6 @@ mod listing;
 mod locks;
 mod metrics;
 mod sequential;
+mod snapshot;
 mod txn;
 mod watch;

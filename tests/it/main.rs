@@ -16,6 +16,9 @@
 //! - `watch_process`: watches on real processes (a leader killed, resumes on other nodes, a
 //!   follower restarted, snapshot install and compaction, stalled watchers), checked by
 //!   `jepsen::watch`.
+//! - `backup_process`: `palisade snapshot save|status|restore` on real processes: a backup
+//!   of a live cluster under a writer restored into a new cluster of three and of one, and
+//!   damaged backups refused.
 //! - `auth_process`: client auth on real processes (the CLI's tokens; lease ownership
 //!   through followers).
 //! - `tls_process`: TLS on both listeners, peers authenticated by mutual TLS, certificate
@@ -28,6 +31,7 @@ mod sim;
 mod support;
 
 mod auth_process;
+mod backup_process;
 mod checkers;
 mod cli;
 mod cli_lock;

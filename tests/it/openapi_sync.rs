@@ -1914,6 +1914,14 @@ async fn router_serves_the_spec_and_nothing_else() {
     tour.check("POST", "/v1/maintenance/compact", body(json!({"revision": 1, "x": 1})), 400).await;
     tour.check("POST", "/v1/maintenance/compact?x", compact(1), 400).await;
     tour.check("POST", "/v1/maintenance/compact", Some(b"[".to_vec()), 400).await;
+    // A backup: a snapshot file of the state as of now.
+    let snap = tour.check("GET", "/v1/maintenance/snapshot", None, 200).await;
+    tour.expect(
+        snap.body.starts_with(b"PALSNAP\0") && snap.body.len() > 64,
+        &snap,
+        "a snapshot file (header, payload, trailer)",
+    );
+    tour.check("GET", "/v1/maintenance/snapshot?x", None, 400).await;
     let old = tour.check("GET", &format!("{p}/a?revision={first_rev}"), None, 410).await;
     tour.expect(old.json()["error"]["compact_revision"] == current, &old, "410 names the floor");
     tour.check("GET", &format!("{p}?recursive&after={next}"), None, 410).await;
@@ -2164,7 +2172,7 @@ async fn router_serves_the_spec_and_nothing_else() {
         ("GET", "/v1/txn"),
         ("PUT", "/v1/txn"),
         ("GET", "/v1/maintenance/compact"),
-        ("GET", "/v1/maintenance/snapshot"),
+        ("POST", "/v1/maintenance/snapshot"),
         ("PATCH", "/v1/kv/a/b"),
         ("OPTIONS", "/v1/kv/a"),
         ("POST", "/v1/cluster"),

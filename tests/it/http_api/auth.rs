@@ -995,6 +995,31 @@ async fn compaction_needs_admin_and_the_cluster_status_any_token() {
 }
 
 #[tokio::test]
+async fn a_snapshot_download_needs_admin() {
+    with_auth(
+        |_| {},
+        |api| async move {
+            let admin = admin(&api);
+            admin.set("/k", "v").await;
+            let r = api.get("/v1/maintenance/snapshot").await;
+            r.error(UNAUTHORIZED, "unauthenticated");
+            assert_eq!(r.header("www-authenticate"), Some(CHALLENGE));
+            let almost = api.with_token(&token(
+                "almost",
+                json!({"read": ["/"], "write": ["/"], "locks": ["*"], "elections": ["*"]}),
+            ));
+            let err = denied(&admin, almost.get("/v1/maintenance/snapshot")).await;
+            assert!(err["message"].as_str().unwrap().contains("admin"), "{err}");
+            let r = admin.get("/v1/maintenance/snapshot").await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.what);
+            assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+            assert!(r.body.starts_with(b"PALSNAP\0"), "{}", r.what);
+        },
+    )
+    .await
+}
+
+#[tokio::test]
 async fn a_lock_listing_never_shows_nor_pages_through_hidden_names() {
     with_auth(
         |_| {},
