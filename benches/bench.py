@@ -1523,7 +1523,7 @@ def report_ops(meta, rows, o, alone):
         o.append("| " + " | ".join([
             meta.get("desc_" + t, t), f"{int(r0['keys']):,} keys",
             f"{size / 1e6:.1f} MB", f"{snap_s:.2f} s", fmt(mbs, 1),
-            f"{figs[t]['catchup']:.1f} s", f"{figs[t]['rss']:.0f} MiB",
+            f"{figs[t]['catchup']:.2f} s", f"{figs[t]['rss']:.0f} MiB",
             f"{med(g, mib('leader_peak_kib')):.0f} MiB",
             fmt(med(g, lambda r: int(r["alone_requests"]) / float(r["alone_duration_s"]))),
             f"{med(g, lambda r: ms(r['alone_p99_us'])):.2f} ms",

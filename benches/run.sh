@@ -889,8 +889,14 @@ ops_member() {
       --listen-client "127.0.0.1:$cport" --listen-peer "127.0.0.1:$pport" \
       --join "$join" --log-level warn $PALISADE_EXTRA_FLAGS >"$dir/n$n.log" 2>&1 </dev/null &
   else
-    ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member add "m$n" --learner \
-      --peer-urls "http://127.0.0.1:$pport" >"$dir/add-m$n.txt" 2>&1 || { cat "$dir/add-m$n.txt" >&2; die "etcd: member add m$n failed"; }
+    # etcd refuses a member change until every member has been connected for 5 s.
+    for ((i = 0; i < 60; i++)); do
+      ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member add "m$n" --learner \
+        --peer-urls "http://127.0.0.1:$pport" >"$dir/add-m$n.txt" 2>&1 && break
+      grep -q "unhealthy cluster" "$dir/add-m$n.txt" || { cat "$dir/add-m$n.txt" >&2; die "etcd: member add m$n failed"; }
+      sleep 0.5
+    done
+    ((i < 60)) || { cat "$dir/add-m$n.txt" >&2; die "etcd: member add m$n failed for 30 s"; }
     cluster=$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' "$dir/add-m$n.txt")
     [[ -n $cluster ]] || die "etcd: member add printed no ETCD_INITIAL_CLUSTER (see $dir/add-m$n.txt)"
     # shellcheck disable=SC2086 # ETCD_EXTRA_FLAGS is a word list on purpose
