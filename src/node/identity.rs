@@ -1,7 +1,8 @@
 //! The node's identity on disk: which node a data dir belongs to, the cluster it was
 //! bootstrapped with, the data dir's incarnation and whether the node has bootstrapped,
 //! so a restart resumes them, contradicting flags are refused, and a data dir that lost
-//! its log is told apart from a new one.
+//! its log is told apart from a new one. A node that joined a running cluster records the
+//! cluster it joined; a node the cluster removed records that, and never starts again.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,13 @@ pub struct Identity {
     /// again (see `bootstrap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<crate::raft::RebuildGate>,
+    /// This node joined a running cluster (`--join`): the cluster added it as a learner,
+    /// and `initial_cluster` is the membership it answered with. It is never asked again.
+    #[serde(default)]
+    pub joined: bool,
+    /// Why this node stopped for good: a membership change removed it (it refuses to start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
 }
 
 const IDENTITY_FILE: &str = "identity.json";
@@ -93,6 +101,8 @@ pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
         incarnation: rand::random::<u64>().max(1),
         bootstrapped: false,
         rebuild: None,
+        joined: false,
+        removed: None,
     };
     std::fs::create_dir_all(&cfg.data_dir)?;
     save(cfg, &id)?;

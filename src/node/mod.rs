@@ -37,6 +37,7 @@ mod leases;
 mod lessor;
 mod lock_hub;
 mod locks;
+mod membership;
 mod peer;
 mod policy;
 mod reads;
@@ -47,6 +48,7 @@ mod writes;
 pub use identity::{format_cluster, Identity};
 pub use leases::MAX_LEASE_KEYS_SHOWN;
 pub use locks::{AcquireRequest, Acquired, ElectionObserver, ElectionView};
+pub use membership::PROMOTE_MAX_LAG;
 pub use policy::{check_idempotency_key, check_lock_limit, check_lock_name, check_owner};
 pub use reads::{Consistency, KvRead, KvReadResult};
 pub use watch::{Watch, WatchFrame, WatchRequest, MAX_WAIT_MS};
@@ -125,6 +127,8 @@ pub struct Node {
     /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
     /// process serving it should stop (see [`Node::failed`]).
     fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// Held while this node, as leader, makes a membership change (one at a time).
+    member_change: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -156,7 +160,25 @@ impl Node {
             Some(s) => Some(Arc::new(crate::auth::Verifier::new(s).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        let identity = identity::resolve(&cfg)?;
+        let mut identity = identity::resolve(&cfg)?;
+        if let Some(why) = &identity.removed {
+            anyhow::bail!("{why}");
+        }
+        let fresh = !identity.bootstrapped && !identity.joined && identity.rebuild.is_none();
+        if let (true, Some(urls)) = (fresh, cfg.join_urls()) {
+            let answer = Self::join_cluster(&cfg, &transport, &identity, &urls).await?;
+            let mut members = answer.members;
+            members.entry(cfg.node_id).or_insert_with(|| cfg.advertise());
+            // Rebuilding a member that lost its data: from here on, the usual rebuild
+            // (probes, then catching up before it votes) with the members it learned.
+            identity = Identity {
+                cluster_id: answer.cluster_id,
+                initial_cluster: members,
+                joined: !cfg.rebuild_from_peers,
+                ..identity
+            };
+            identity::save(&cfg, &identity)?;
+        }
         let fatal = tokio::sync::watch::Sender::new(None);
         let replica_cfg = ReplicaConfig {
             id: cfg.node_id,
@@ -169,6 +191,7 @@ impl Node {
             max_message_bytes: cfg.max_peer_message_bytes,
             wal_segment_bytes: cfg.wal_segment_bytes,
             initial_members: identity.initial_cluster.clone(),
+            joining: identity.joined,
             on_fatal: Some({
                 let fatal = fatal.clone();
                 Arc::new(move |why: &str| {
@@ -228,12 +251,16 @@ impl Node {
             lock_hub: Arc::default(),
             bootstrap_wait: Mutex::default(),
             fatal,
+            member_change: tokio::sync::Mutex::new(()),
         });
         if let Some(gate) = node.identity.rebuild {
             tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), gate));
+        } else if node.identity.joined {
+            tokio::spawn(Self::finish_join(Arc::downgrade(&node)));
         } else if !initialized {
             tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
         }
+        tokio::spawn(Self::watch_removal(Arc::downgrade(&node)));
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         tokio::spawn(Self::auto_compact(Arc::downgrade(&node)));
         tokio::spawn(Self::run_lessor(Arc::downgrade(&node)));

@@ -26,6 +26,10 @@ pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// Ids of members a membership change removed: never given to a member again.
+    /// Replicated (derived from the membership entries, in log order) and in snapshots.
+    #[serde(default)]
+    pub retired: std::collections::BTreeSet<NodeId>,
     /// When the entry that moved the lease clock to its current reading reached this node
     /// (appended to its log; when it was applied if that is not known), on this node's
     /// monotonic clock: so not replicated, and not in snapshots (`None` after a restart or
@@ -269,6 +273,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         outcome
                     }
                     EntryPayload::Membership(m) => {
+                        // A member the new membership leaves out is retired for good.
+                        let gone: Vec<NodeId> = a
+                            .membership
+                            .membership()
+                            .nodes()
+                            .map(|(id, _)| *id)
+                            .filter(|id| m.get_node(id).is_none())
+                            .collect();
+                        a.retired.extend(gone);
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
                         a.state.nothing()
                     }

@@ -42,6 +42,7 @@ mod http_api;
 mod idempotency_process;
 mod lease_process;
 mod lock_process;
+mod membership_process;
 mod openapi_sync;
 mod peer_secret_process;
 mod tls_process;
