@@ -109,9 +109,29 @@ pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
     Ok(id)
 }
 
+/// Held while the identity file is written (its temporary file has one name).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes the identity file durably.
 pub(super) fn save(cfg: &Config, id: &Identity) -> anyhow::Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     crate::raft::state_machine::write_durably(&cfg.data_dir, IDENTITY_FILE, &serde_json::to_vec_pretty(id)?)?;
+    Ok(())
+}
+
+/// Changes the identity file as it is on disk now (not as this process first read it), so
+/// two changes made at about the same time both stay.
+pub(super) fn update(cfg: &Config, change: impl FnOnce(&mut Identity)) -> anyhow::Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let path = cfg.data_dir.join(IDENTITY_FILE);
+    let mut id: Identity = serde_json::from_slice(&std::fs::read(&path)?)
+        .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?;
+    change(&mut id);
+    crate::raft::state_machine::write_durably(
+        &cfg.data_dir,
+        IDENTITY_FILE,
+        &serde_json::to_vec_pretty(&id)?,
+    )?;
     Ok(())
 }
 

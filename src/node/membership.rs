@@ -308,6 +308,7 @@ impl Node {
         MemberCheckReply {
             cluster_id: self.identity.cluster_id.clone(),
             removed: self.replica.retired().contains(&from),
+            peer_url: self.replica.member(from).map(|m| m.peer_url),
         }
     }
 
@@ -378,8 +379,7 @@ impl Node {
                 continue;
             }
             if !recorded {
-                let id = Identity { bootstrapped: true, ..n.identity.clone() };
-                match identity::save(&n.cfg, &id) {
+                match identity::update(&n.cfg, |id| id.bootstrapped = true) {
                     Ok(()) => recorded = true,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not record the join; retrying");
@@ -392,6 +392,8 @@ impl Node {
                     tracing::info!(node_id = n.id, "this node is a voter");
                     return;
                 }
+                // Still applying the log from before it joined.
+                None if !n.replica.applied_removal_of(n.id) => continue,
                 None => return,
                 Some(_) => {}
             }
@@ -423,18 +425,17 @@ impl Node {
                 return;
             }
             n.finish_joint().await;
-            let removed = match n.replica.applied_without(n.id) {
-                Some(true) => true,
-                None => false,
-                Some(false) => {
-                    let quiet = n.replica.since_leader_heard() > REMOVAL_CHECK_AFTER
-                        && n.replica.status().role != Role::Leader;
-                    if quiet && asked_at.is_none_or(|t| t.elapsed() >= REMOVAL_CHECK_AFTER) {
-                        asked_at = Some(Instant::now());
-                        n.asked_removed().await
-                    } else {
-                        false
-                    }
+            let removed = if n.replica.applied_removal_of(n.id) {
+                true
+            } else {
+                let quiet = n.replica.has_membership()
+                    && n.replica.since_leader_heard() > REMOVAL_CHECK_AFTER
+                    && n.replica.status().role != Role::Leader;
+                if quiet && asked_at.is_none_or(|t| t.elapsed() >= REMOVAL_CHECK_AFTER) {
+                    asked_at = Some(Instant::now());
+                    n.asked_removed().await
+                } else {
+                    false
                 }
             };
             if removed {
@@ -472,7 +473,7 @@ impl Node {
             .iter()
             .map(|(id, m)| self.transport.call(*id, m, PeerRequest::MemberCheck, Duration::from_secs(1)));
         futures::future::join_all(calls).await.into_iter().any(|r| {
-            matches!(r, Ok(PeerResponse::MemberCheck(MemberCheckReply { cluster_id, removed: true }))
+            matches!(r, Ok(PeerResponse::MemberCheck(MemberCheckReply { cluster_id, removed: true, .. }))
                 if cluster_id == self.identity.cluster_id)
         })
     }
@@ -480,12 +481,48 @@ impl Node {
     /// Records that this node was removed, and stops it.
     fn stop_removed(&self) {
         let why = removed_message(self.id, &self.identity.cluster_id);
-        let id = Identity { removed: Some(why.clone()), ..self.identity.clone() };
-        if let Err(e) = identity::save(&self.cfg, &id) {
+        if let Err(e) = identity::update(&self.cfg, |id| id.removed = Some(why.clone())) {
             tracing::warn!(error = %e, "could not record the removal in the identity file");
         }
         self.fail(why);
     }
+}
+
+/// Refuses to run as a member whose peer URL differs from the one the cluster records for
+/// it, unless the cluster has moved it there: a member restarted at its new address after
+/// a move may not have received the change itself, so it asks the others (for a few
+/// seconds) what they record for it.
+pub(super) async fn check_address(
+    cfg: &crate::config::Config,
+    replica: &crate::raft::Replica,
+    transport: &Arc<dyn crate::peer::Transport>,
+) -> anyhow::Result<()> {
+    let advertised = cfg.advertise().peer_url;
+    match replica.member(cfg.node_id) {
+        Some(m) if m.peer_url != advertised => {}
+        _ => return Ok(()),
+    }
+    let others: Vec<(NodeId, Member)> = replica
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| m.id != cfg.node_id)
+        .map(|m| (m.id, m.addr))
+        .collect();
+    for _round in 0..5 {
+        let calls = others
+            .iter()
+            .map(|(id, m)| transport.call(*id, m, PeerRequest::MemberCheck, Duration::from_secs(1)));
+        let moved = futures::future::join_all(calls).await.into_iter().any(|r| {
+            matches!(r, Ok(PeerResponse::MemberCheck(MemberCheckReply { peer_url: Some(u), .. })) if u == advertised)
+        });
+        if moved {
+            tracing::info!(node_id = cfg.node_id, peer_url = %advertised, "the cluster moved this member to its new peer URL");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    identity::check_recorded_address(replica, cfg)
 }
 
 /// What a removed node says, when it stops and when it refuses to start.

@@ -230,7 +230,7 @@ impl Node {
             );
         }
         if initialized {
-            identity::check_recorded_address(&replica, &cfg)?;
+            membership::check_address(&cfg, &replica, &transport).await?;
             if !identity.bootstrapped {
                 // Bootstrapped before a crash kept the identity file from saying so.
                 identity::save(&cfg, &Identity { bootstrapped: true, ..identity.clone() })?;

@@ -110,6 +110,9 @@ pub struct MemberCheckReply {
     pub cluster_id: String,
     /// A committed membership change removed the caller.
     pub removed: bool,
+    /// The peer URL the answering member records for the caller (none: not a member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
 }
 
 /// What a keepalive reports of a lease.

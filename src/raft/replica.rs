@@ -498,16 +498,11 @@ impl Replica {
         self.sm.read().retired.clone()
     }
 
-    /// Whether an applied (so committed) membership leaves `id` out: it was a member and is
-    /// no more. `None` while nothing about it is applied here (no membership yet).
-    pub fn applied_without(&self, id: NodeId) -> Option<bool> {
-        let a = self.sm.read();
-        if a.retired.contains(&id) {
-            return Some(true);
-        }
-        let m = a.membership.membership();
-        m.nodes().next()?;
-        Some(m.get_node(&id).is_none())
+    /// Whether an applied (so committed) membership change removed `id`: it was in the
+    /// membership before the change and not after (a node that is catching up applies
+    /// memberships from before it joined; they do not count).
+    pub fn applied_removal_of(&self, id: NodeId) -> bool {
+        self.sm.read().retired.contains(&id)
     }
 
     /// How long since a leader's entries (or heartbeat) last reached Raft here.
