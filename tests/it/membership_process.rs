@@ -411,3 +411,70 @@ async fn a_member_moved_to_a_new_peer_url_keeps_serving() {
         assert_eq!(m["peer_url"], format!("http://{new_peer}"), "node {id}: {v}");
     }
 }
+
+/// Runs `palisade member --endpoints <ep> <args...>`.
+fn member_cli(ep: &str, args: &[&str]) -> crate::support::process::Exited {
+    let mut v = vec!["member".to_string(), "--endpoints".to_string(), ep.to_string()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    crate::support::process::run_to_exit(&v, Duration::from_secs(30))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_member_commands() {
+    let c = Cluster::start(ClusterOptions {
+        nodes: 2,
+        delayed: vec![2],
+        joiners: vec![2],
+        ..ClusterOptions::default()
+    })
+    .await;
+    c.leader().await;
+    let ep = c.client_url(1);
+    let ok = |e: &crate::support::process::Exited| e.status.is_some_and(|s| s.success());
+    // Added by hand first: the node then starts with --join and finds itself added.
+    let e = member_cli(&ep, &["add", "2", "--peer-url", &c.peer_url(2), "--client-url", &c.client_url(2)]);
+    assert!(ok(&e), "{e:?}");
+    assert!(e.stdout.starts_with("added member 2 role=learner peer_url="), "{e:?}");
+    let e = member_cli(&ep, &["promote", "2"]);
+    assert_eq!(e.status.and_then(|s| s.code()), Some(1), "{e:?}");
+    assert!(e.stderr.contains("learner_behind"), "{e:?}");
+    c.start_node(2).await;
+    wait_roles(&c, 1, &[(1, "voter"), (2, "voter")], Duration::from_secs(30)).await;
+    let e = member_cli(&ep, &["ls"]);
+    assert!(ok(&e), "{e:?}");
+    let lines: Vec<&str> = e.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("ROLE") && lines[0].contains("PEER URL"),
+        "{e:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("2 ") && l.contains("voter") && l.contains(&c.peer_url(2))),
+        "{e:?}"
+    );
+    let e = member_cli(&ep, &["-o", "json", "ls"]);
+    let v: Value = serde_json::from_str(&e.stdout).expect("json");
+    assert_eq!(v.as_array().map(|a| a.len()), Some(2), "{e:?}");
+    let e = member_cli(&ep, &["-o", "json", "update", "2", "--client-url", "http://127.0.0.1:9"]);
+    assert!(ok(&e), "{e:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&e.stdout).unwrap()["client_url"],
+        "http://127.0.0.1:9",
+        "{e:?}"
+    );
+    // Bad input: refused before anything is sent, or by the server; nothing changes.
+    let e = member_cli(&ep, &["update", "2"]);
+    assert_eq!(e.status.and_then(|s| s.code()), Some(2), "clap refuses an update without a URL: {e:?}");
+    let e = member_cli(&ep, &["add", "3", "--peer-url", "ftp://x:1", "--client-url", "http://127.0.0.1:1"]);
+    assert!(e.stderr.contains("invalid_argument"), "{e:?}");
+    let e = member_cli(&ep, &["rm", "7"]);
+    assert!(e.stderr.contains("member_not_found"), "{e:?}");
+    assert_eq!(roles(&c, 1).await.unwrap().len(), 2);
+    // Removed: the process stops, and the id is never given again.
+    let e = member_cli(&ep, &["rm", "2"]);
+    assert!(ok(&e), "{e:?}");
+    assert!(e.stdout.starts_with("removed member 2 role=voter"), "{e:?}");
+    let log = exited(&c, 2, Duration::from_secs(30)).await;
+    assert!(log.contains("this node (id 2) was removed from the cluster"), "{log}");
+    let e = member_cli(&ep, &["add", "2", "--peer-url", &c.peer_url(2), "--client-url", &c.client_url(2)]);
+    assert!(e.stderr.contains("member_id_retired"), "{e:?}");
+}
