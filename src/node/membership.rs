@@ -113,12 +113,15 @@ impl Node {
         self: &Arc<Self>,
         change: MemberChange,
     ) -> std::result::Result<MemberRecord, PeerError> {
-        let Ok(_one) = self.member_change.try_lock() else {
+        // One asked-for change at a time (a second is refused); a member's own record being
+        // published (its client URL) is only waited for.
+        let Some(_asked) = AskedChange::begin(&self.asked_change) else {
             return Err(conflict(
                 MemberConflict::ChangeInProgress,
                 "another membership change is under way; try again once it is done".into(),
             ));
         };
+        let _one = self.member_change.lock().await;
         let leader = self.replica.leadership().borrow().leader;
         if leader != Some(self.id) {
             return Err(PeerError::NotLeader { leader });
@@ -523,6 +526,21 @@ pub(super) async fn check_address(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     identity::check_recorded_address(replica, cfg)
+}
+
+/// Marks a requested membership change as under way until dropped.
+struct AskedChange<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> AskedChange<'a> {
+    fn begin(flag: &'a std::sync::atomic::AtomicBool) -> Option<AskedChange<'a>> {
+        (!flag.swap(true, std::sync::atomic::Ordering::AcqRel)).then_some(AskedChange(flag))
+    }
+}
+
+impl Drop for AskedChange<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// What a removed node says, when it stops and when it refuses to start.

@@ -129,6 +129,9 @@ pub struct Node {
     fatal: tokio::sync::watch::Sender<Option<String>>,
     /// Held while this node, as leader, makes a membership change (one at a time).
     member_change: tokio::sync::Mutex<()>,
+    /// Set while a membership change someone asked for is under way here (a second one
+    /// is refused rather than queued).
+    asked_change: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -252,6 +255,7 @@ impl Node {
             bootstrap_wait: Mutex::default(),
             fatal,
             member_change: tokio::sync::Mutex::new(()),
+            asked_change: Default::default(),
         });
         if let Some(gate) = node.identity.rebuild {
             tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), gate));

@@ -77,7 +77,34 @@ async fn a_node_joins_catches_up_and_is_promoted() {
         "{}",
         c.log_tail(4, 100)
     );
-    let _ = call(&c, 1, Method::GET, "/v1/cluster", None).await;
+
+    // Its disk lost: joining again as node 4 is refused (it ran with data) ...
+    c.stop(4, Duration::from_secs(5));
+    std::fs::remove_dir_all(c.data_dir(4)).unwrap();
+    let (status, log) = c.start_expecting_exit(4, Duration::from_secs(20)).await;
+    assert!(!status.success());
+    assert!(log.contains("already a member"), "{log}");
+    assert!(log.contains("--rebuild-from-peers"), "{log}");
+    // ... and rebuilding it from its peers brings it back.
+    std::fs::remove_dir_all(c.data_dir(4)).unwrap();
+    c.set_command_line(4, [c.command_line(4), vec!["--rebuild-from-peers".into()]].concat());
+    c.restart(4).await;
+    eventually(&c, Duration::from_secs(30), "the rebuilt member to be ready", || async {
+        let r = c.http().get_path(&c.client_url(4), "/readyz").await.map_err(|e| e.to_string())?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.text)
+        }
+    })
+    .await;
+    let r = c
+        .http()
+        .get(&c.client_url(4), "/k/49", crate::support::process::Consistency::Serializable)
+        .await
+        .unwrap();
+    assert_eq!(r.value(), Some("v"), "{}", r.text);
+    assert!(c.log_tail(4, 200).contains("rebuilt from the peers"), "{}", c.log_tail(4, 60));
 }
 
 /// Asserts `r` is the error `status` / `code`.
@@ -219,6 +246,17 @@ async fn one_membership_change_at_a_time() {
     let c = Cluster::start(ClusterOptions::default()).await;
     let (leader, _) = c.leader().await;
     let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    // (Once every member has published its client URL: a change of its own.)
+    eventually(&c, Duration::from_secs(10), "every member's client URL", || async {
+        let v = c.cluster_view(leader).await?;
+        let published = v["members"].as_array().is_some_and(|m| m.iter().all(|m| m["client_url"] != ""));
+        if published {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
     // With both followers paused, a removal cannot commit: its joint membership stays.
     c.pause(others[0]);
     c.pause(others[1]);
@@ -477,4 +515,74 @@ async fn cli_member_commands() {
     assert!(log.contains("this node (id 2) was removed from the cluster"), "{log}");
     let e = member_cli(&ep, &["add", "2", "--peer-url", &c.peer_url(2), "--client-url", &c.client_url(2)]);
     assert!(e.stderr.contains("member_id_retired"), "{e:?}");
+}
+
+/// POSTs `body` to node `to`'s join route, signed with `key` as node `from` (addressed to
+/// node `addressed`: 0 for "whichever member answers").
+async fn join_raw(
+    c: &Cluster,
+    key: &palisade::peer::PeerKey,
+    from: u64,
+    to: u64,
+    addressed: u64,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut req = reqwest::Client::new().post(format!("{}/raft/join", c.peer_url(to)));
+    for (name, value) in key.sign(from, addressed, now, &body) {
+        req = req.header(name, value);
+    }
+    let resp = req.body(body).timeout(Duration::from_secs(10)).send().await.expect("an answer");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_route_takes_only_joins_from_holders_of_the_secret() {
+    use palisade::peer::{JoinRequest, PeerKey, PeerRequest};
+    let c = Cluster::start(ClusterOptions { nodes: 1, ..ClusterOptions::default() }).await;
+    c.leader().await;
+    let key = PeerKey::load(&c.peer_secret_path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "another-secret-of-enough-bytes\n").unwrap();
+    let stranger = PeerKey::load(&wrong).unwrap();
+    let away = format!("http://127.0.0.1:{}", crate::support::process::free_ports(1)[0]);
+    let join = |id: u64| {
+        serde_json::to_vec(&PeerRequest::Join(JoinRequest {
+            id,
+            peer_url: away.clone(),
+            client_url: "http://127.0.0.1:1".into(),
+            incarnation: 7,
+            rebuild: false,
+        }))
+        .unwrap()
+    };
+    let before = roles(&c, 1).await.unwrap();
+    // Another secret: 401, nothing read.
+    let (status, body) = join_raw(&c, &stranger, 8, 1, 0, join(8)).await;
+    assert_eq!(status, 401, "{body}");
+    // Addressed to another member than this one (or to "any", 0, which is accepted).
+    let (status, body) = join_raw(&c, &key, 8, 1, 5, join(8)).await;
+    assert_eq!(status, 401, "{body}");
+    // Only joins and removal checks: a forwarded write from a stranger is refused.
+    let (status, body) =
+        join_raw(&c, &key, 8, 1, 0, serde_json::to_vec(&PeerRequest::ReadIndex).unwrap()).await;
+    assert_eq!(status, 400, "{body}");
+    // Bounded body.
+    let (status, body) = join_raw(&c, &key, 8, 1, 0, vec![b' '; 64 * 1024]).await;
+    assert_eq!(status, 413, "{body}");
+    // A node joins only as itself.
+    let (status, body) = join_raw(&c, &key, 8, 1, 0, join(9)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("only as itself"), "{body}");
+    assert_eq!(roles(&c, 1).await.unwrap(), before, "nothing changed");
+    // A join of its own: added as a learner; the same join again (a retry) is answered alike.
+    for _ in 0..2 {
+        let (status, body) = join_raw(&c, &key, 8, 1, 0, join(8)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["join"]["Ok"]["members"]["8"].is_object(), "{body}");
+    }
+    assert!(roles(&c, 1).await.unwrap().contains(&(8, "learner".to_string())));
 }
