@@ -762,6 +762,10 @@ mod tests {
     }
 
     async fn replica(dir: &std::path::Path) -> Replica {
+        replica_with(dir, false).await
+    }
+
+    async fn replica_with(dir: &std::path::Path, joining: bool) -> Replica {
         let cfg = ReplicaConfig {
             id: 3,
             cluster_name: "test".into(),
@@ -774,7 +778,7 @@ mod tests {
             on_fatal: None,
             wal_segment_bytes: 1 << 20,
             initial_members: (1..=3).map(|id| (id, member(id))).collect(),
-            joining: false,
+            joining,
         };
         Replica::open(&cfg, Arc::new(Nowhere)).await.unwrap()
     }
@@ -818,6 +822,21 @@ mod tests {
         assert!(
             !matches!(r.handle(1, RaftRpc::Vote(vote)).await, RaftReply::Refused(ref why) if why.contains("votes again"))
         );
+        r.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_joining_node_hears_the_members_it_was_told_of_before_it_has_a_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica_with(dir.path(), true).await;
+        assert!(
+            matches!(r.handle(1, append(5, 1)).await, RaftReply::Append(_)),
+            "a member's entries reach raft"
+        );
+        assert!(refused(&r.handle(7, append(5, 7)).await).contains("not a member"));
+        let vote = openraft::raft::VoteRequest { vote: openraft::Vote::new(9, 2), last_log_id: None };
+        assert!(refused(&r.handle(2, RaftRpc::Vote(vote)).await).contains("not a voter"));
+        assert!(!r.applied_removal_of(3), "nothing applied, nobody removed");
         r.shutdown().await;
     }
 }

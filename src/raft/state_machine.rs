@@ -374,6 +374,33 @@ mod tests {
 
     /// The lease clock's reading is dated by when its entry reached this node, not by when
     /// it was applied (a follower may apply a dead leader's last entries only once it leads).
+    /// A member a membership entry leaves out is retired for good, on every node alike, and
+    /// the retired ids travel in snapshots; a member added later is not.
+    #[tokio::test]
+    async fn members_left_out_by_a_membership_are_retired() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let node = || Member::default();
+        let config = |voters: &[u64], learners: &[u64]| {
+            let nodes: BTreeMap<NodeId, Member> =
+                voters.iter().chain(learners).map(|id| (*id, node())).collect();
+            openraft::Membership::new(vec![voters.iter().copied().collect::<BTreeSet<_>>()], nodes)
+        };
+        let entry = |index: u64, m: openraft::Membership<NodeId, Member>| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Membership(m),
+        };
+        sm.apply(vec![entry(1, config(&[1, 2, 3], &[]))]).await.unwrap();
+        sm.apply(vec![entry(2, config(&[1, 2, 3], &[4]))]).await.unwrap();
+        assert!(sm.read().retired.is_empty(), "a learner added retires nobody");
+        sm.apply(vec![entry(3, config(&[1, 2, 4], &[]))]).await.unwrap();
+        sm.apply(vec![entry(4, config(&[1, 4], &[]))]).await.unwrap();
+        assert_eq!(sm.read().retired, BTreeSet::from([2, 3]));
+        let copy: Applied = serde_json::from_slice(&serde_json::to_vec(&*sm.read()).unwrap()).unwrap();
+        assert_eq!(copy.retired, BTreeSet::from([2, 3]), "in snapshots");
+    }
+
     #[tokio::test]
     async fn the_lease_clock_is_dated_by_when_its_entry_arrived() {
         use crate::store::{Command, Proposal};

@@ -586,3 +586,26 @@ async fn the_join_route_takes_only_joins_from_holders_of_the_secret() {
     }
     assert!(roles(&c, 1).await.unwrap().contains(&(8, "learner".to_string())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_over_peer_mutual_tls_without_a_secret() {
+    use crate::support::tls::{ClusterTls, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("palisade test CA");
+    let tls = ClusterTls::generate(&ca, dir.path(), 3);
+    let c = Cluster::start(ClusterOptions {
+        nodes: 3,
+        delayed: vec![3],
+        joiners: vec![3],
+        tls: Some(tls),
+        ..ClusterOptions::default()
+    })
+    .await;
+    assert!(!c.command_line(3).iter().any(|a| a == "--peer-secret-file"), "mutual TLS alone");
+    assert!(c.command_line(3).iter().any(|a| a.starts_with("https://")), "{:?}", c.command_line(3));
+    c.leader().await;
+    c.start_node(3).await;
+    wait_roles(&c, 1, &[(1, "voter"), (2, "voter"), (3, "voter")], Duration::from_secs(30)).await;
+    let r = c.http().put(&c.client_url(3), "/tls/joined", "yes").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+}
