@@ -360,7 +360,13 @@ impl Node {
                 }
             }
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                tracing::warn!("waiting to join the cluster: {}", failures.join("; "));
+                // A client listener has no peer routes.
+                let hint = if failures.iter().any(|f| f.contains("no route for /raft/join")) {
+                    " (--join takes the peer URLs of running members, not their client URLs)"
+                } else {
+                    ""
+                };
+                tracing::warn!("waiting to join the cluster{hint}: {}", failures.join("; "));
                 last_log = Some(Instant::now());
             }
             tokio::time::sleep(backoff).await;

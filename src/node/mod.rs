@@ -341,8 +341,10 @@ impl Node {
         &self.peer_key
     }
 
-    /// The host (IP address or DNS name) of member `id`'s peer URL, as this node knows it
-    /// (before it has bootstrapped: the initial members'); for this node, its own.
+    /// The host (IP address or DNS name) of member `id`'s peer URL, as this node knows it:
+    /// from the replicated membership (so members that joined later, and moved ones, too);
+    /// before this node has a membership, the initial members' (for a node that joined,
+    /// the membership the cluster answered its join with); for this node, its own.
     pub fn peer_host(&self, id: NodeId) -> Option<String> {
         let url = if id == self.id {
             self.cfg.advertise().peer_url
@@ -356,8 +358,9 @@ impl Node {
         Some(url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string())
     }
 
-    /// Whether `id` is a member (voter or learner) in this node's view; before this node
-    /// has bootstrapped, the initial members count.
+    /// Whether `id` is a member (voter or learner) in this node's view (the replicated
+    /// membership, members that joined later included); before this node has a membership,
+    /// the initial members count (for a node that joined: those its join was answered with).
     pub fn is_member(&self, id: NodeId) -> bool {
         if self.replica.has_membership() {
             self.replica.member(id).is_some()

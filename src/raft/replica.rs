@@ -10,7 +10,10 @@
 //!   term (so everything an earlier leader committed is applied before a leader-only task
 //!   starts: etcd promotes its lessor at the same point), and false the moment it is not
 //!   leader any more;
-//! - a peer RPC reaches openraft only from a member (a voter, for a vote) speaking for
+//! - a membership change is made in a task of its own, so both steps of a joint change
+//!   are proposed even when its caller gives up; removed ids are replicated (never reused);
+//! - a peer RPC reaches openraft only from a member (a voter, for a vote; before a joining
+//!   or rebuilt node has a membership, one of the members it was told of) speaking for
 //!   itself, with a term that cannot overflow, entries that form a sequence, and, for a
 //!   snapshot, chunks that arrive in order and add up to data that decodes; anything else
 //!   is refused and changes nothing.
