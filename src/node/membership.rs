@@ -478,6 +478,23 @@ impl Node {
             .filter(|m| m.id != self.id)
             .map(|m| (m.id, m.addr))
             .collect();
+        self.ask_removed(&others).await
+    }
+
+    /// Asks the initial members whether a committed change removed this node (a node
+    /// waiting to bootstrap on an empty data dir may be one the cluster removed).
+    pub(super) async fn removed_from_initial_cluster(&self) -> bool {
+        let others: Vec<(NodeId, Member)> = self
+            .identity
+            .initial_cluster
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        self.ask_removed(&others).await
+    }
+
+    async fn ask_removed(&self, others: &[(NodeId, Member)]) -> bool {
         let calls = others
             .iter()
             .map(|(id, m)| self.transport.call(*id, m, PeerRequest::MemberCheck, Duration::from_secs(1)));

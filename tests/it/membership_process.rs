@@ -390,11 +390,16 @@ async fn three_to_five_to_three_members_under_a_workload() {
     }
     linearizability::check_revisions(&history).unwrap_or_else(|v| panic!("revisions: {v}"));
 
-    // A removed node refuses to start again, with the same message.
+    // A removed node refuses to start again, with the same message; on an empty data dir,
+    // the cluster tells it so.
     for gone in [follower, leader] {
         let (status, log) = c.start_expecting_exit(gone, Duration::from_secs(20)).await;
         assert!(!status.success());
         assert!(log.contains(&format!("this node (id {gone}) was removed from the cluster")), "{log}");
+        std::fs::remove_dir_all(c.data_dir(gone)).unwrap();
+        let (status, log) = c.start_expecting_exit(gone, Duration::from_secs(20)).await;
+        assert!(!status.success());
+        assert!(log.contains("was removed"), "{log}");
     }
 }
 
