@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch bench-lock bench-secure soak fuzz clean
+.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch bench-lock bench-secure bench-ops soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -103,6 +103,18 @@ bench-lock:
 # Security` then puts its Security section into BENCHMARKS.md.
 bench-secure:
 	SECURE=only ./benches/run.sh
+
+# Only the operations part (~8 min): on a 3-node cluster of each product holding 500,000
+# keys, backups timed (`palisade snapshot save` against `etcdctl snapshot save`, installed
+# with apt-get when missing, as root), a 4th member added and timed until it has applied
+# everything (its peak RSS and the leader's), and put at 16 connections alone and while
+# a member is removed and another added. Writes BENCHMARKS-ops.md unless OUT is set.
+# Knobs: OPS_ROUNDS, OPS_KEYS, OPS_SNAPSHOTS, OPS_CONNS, OPS_SECS (see benches/run.sh),
+# e.g. `OPS_KEYS=50000 make bench-ops` for a quick look. `python3 benches/bench.py splice
+# BENCHMARKS-ops.md BENCHMARKS.md Operations` then puts its Operations section into
+# BENCHMARKS.md.
+bench-ops:
+	OPS=only ./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a
 # failure prints its seed, and SEED= replays the same schedule.

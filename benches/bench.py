@@ -6,6 +6,14 @@
   bench.py preload palisade|etcd URL N [PREFIX]
                                          write keys PREFIXk000000000000000 .. N-1 (the wrk
                                          key space; BENCH_PREFIX of the wrk scripts)
+  bench.py bulkload palisade|etcd URL N [VALUE_BYTES] [BATCH]
+                                         write keys /bulk/k... 0..N-1 in transactions of BATCH
+                                         (100) puts of VALUE_BYTES (100) bytes
+  bench.py revision palisade|etcd URL    print the revision the member at URL has applied
+  bench.py catchup palisade|etcd URL REV TIMEOUT LEADER_PID NEW_PID
+                                         wait until the member at URL has applied REV; print
+                                         the time and the peak RSS of the new member and the
+                                         leader meanwhile (the operations part)
   bench.py leases palisade|etcd URL N TTL FILE
                                          grant N leases of TTL s; their ids to FILE, one a line
                                          (the keepalive load's BENCH_LEASES)
@@ -22,7 +30,7 @@
   bench.py report WORKDIR OUT            BENCHMARKS.md from WORKDIR/{machine.txt,results.txt,
                                          putka.txt,failover.txt,rss.txt,rss-samples-*.txt,
                                          watchlat.txt,watchlat-*.txt,watchidle.txt,watchput.txt,
-                                         lockpairs.txt,lockhandoff.txt,secure.txt}
+                                         lockpairs.txt,lockhandoff.txt,secure.txt,ops.txt}
   bench.py splice FROM INTO [SECTION]    put the "## SECTION" (Watches; or Locks, Security, ...) of the
                                          report FROM into the report INTO, in place of its own
                                          if it has one, else before its memory run or machine
@@ -152,6 +160,72 @@ def cmd_preload(product, url, n, prefix=""):
     if err:
         print("preload failed: " + err, file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_bulkload(product, url, n, value_bytes="100", batch="100"):
+    """Writes keys 0..n-1 (values of value_bytes bytes) in transactions of `batch` puts."""
+    n, batch, value = int(n), int(batch), "v" * int(value_bytes)
+
+    def one(c, b):
+        keys = [key(i, "bulk/") for i in range(b * batch, min(n, (b + 1) * batch))]
+        if product == "palisade":
+            body = {"success": [{"put": {"key": "/" + k, "value": value}} for k in keys]}
+            st, resp = c.call("POST", "/v1/txn", body)
+        else:
+            body = {"success": [{"requestPut": {"key": b64(k), "value": b64(value)}} for k in keys]}
+            st, resp = c.call("POST", "/v3/kv/txn", body)
+        return None if st == 200 else "batch %d: HTTP %d %s" % (b, st, resp[:200])
+
+    err = in_parallel(url, (n + batch - 1) // batch, one)
+    if err:
+        print("bulk load failed: " + err, file=sys.stderr)
+        return 1
+    return 0
+
+
+def revision_at(product, url):
+    """The revision the member at url has applied (a local read), or None."""
+    try:
+        c = Conn(url, timeout=1.0)
+        if product == "palisade":
+            st, body = c.call("GET", "/v1/cluster")
+            return json.loads(body)["revision"] if st == 200 else None
+        st, body = c.call("POST", "/v3/maintenance/status", {})
+        return int(json.loads(body)["header"]["revision"]) if st == 200 else None
+    except Exception:
+        return None
+
+
+def cmd_revision(product, url):
+    rev = revision_at(product, url)
+    if rev is None:
+        return 1
+    print(rev)
+    return 0
+
+
+def cmd_catchup(product, url, target, timeout_s, leader_pid, new_pid):
+    """Waits until the member at url has applied revision `target`, sampling the RSS of
+    the leader and of the new member; prints one CATCHUP line."""
+    t0, target = time.monotonic(), int(target)
+    leader_peak = new_peak = 0
+    while True:
+        leader_peak = max(leader_peak, vm_kib(leader_pid, "VmRSS"))
+        new_peak = max(new_peak, vm_kib(new_pid, "VmRSS"))
+        rev = revision_at(product, url)
+        if rev is not None and rev >= target:
+            break
+        if vm_kib(new_pid, "VmRSS") < 0:
+            print("the new member exited", file=sys.stderr)
+            return 1
+        if time.monotonic() - t0 > float(timeout_s):
+            print(f"not caught up after {timeout_s} s (at revision {rev} of {target})", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    secs = time.monotonic() - t0
+    print(f"CATCHUP secs={secs:.2f} new_hwm_kib={vm_kib(new_pid, 'VmHWM')} new_peak_kib={new_peak} "
+          f"leader_peak_kib={leader_peak}")
     return 0
 
 
@@ -404,6 +478,7 @@ def cmd_report(workdir, out):
     watch = [read_rows(os.path.join(workdir, f)) for f in ("watchlat.txt", "watchidle.txt", "watchput.txt")]
     locks = [read_rows(os.path.join(workdir, f)) for f in ("lockpairs.txt", "lockhandoff.txt")]
     secure_rows = read_rows(os.path.join(workdir, "secure.txt"))
+    ops_rows = read_rows(os.path.join(workdir, "ops.txt"))
     o = []
     o.append("# Benchmarks\n")
     o.append("Palisade and etcd on the same machine under the same closed-loop HTTP load "
@@ -423,6 +498,10 @@ def cmd_report(workdir, out):
     if secure_rows:
         alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows or any(watch) or any(locks))
         targets += report_security(meta, hz, secure_rows, o, alone)
+    if ops_rows:
+        alone = not (rows or ka_rows or putka_rows or failover_rows or rss_rows or any(watch) or any(locks)
+                     or secure_rows)
+        targets += report_ops(meta, ops_rows, o, alone)
     if rss_rows:
         targets += report_rss(meta, hz, workdir, rss_rows, o)
     targets = list(dict.fromkeys(targets))
@@ -1403,6 +1482,63 @@ def report_security(meta, hz, rows, o, alone):
     return targets
 
 
+def report_ops(meta, rows, o, alone):
+    """The operations section into o: backups, a member's catch-up, put during a membership
+    change; returns the products. alone: the report holds nothing else."""
+    o.append("## Operations\n")
+    if alone:
+        versions = ", ".join(v for v in (meta.get("version_palisade"), meta.get("version_etcd")) if v)
+        o.append(f"Run on {meta['date']} with `{meta['command']}` ({meta['cores']} cores, {meta['cpu']}; "
+                 f"disk fsync: {meta['fsync'].split(' (')[0]}; {versions}).\n")
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    rounds = max(int(r["round"]) for r in rows)
+    r0 = rows[0]
+    snaps = sorted(k for k in r0 if k.startswith("snapshot") and k.endswith("_s"))
+    o.append(
+        f"Each round starts a fresh 3-node cluster of each product and writes {int(r0['keys']):,} keys "
+        f"of 100 bytes (in transactions of 100 puts) plus the {meta['keys']} keys of the load tables. "
+        f"**Backup**: {len(snaps)} backups of the whole store in a row, `palisade snapshot save` "
+        "(a linearizable snapshot streamed by the leader, checked against its SHA-256 and fsynced) "
+        "against `etcdctl snapshot save`, the same way; the median time, and the file size. "
+        "**Catch-up**: a 4th member started (Palisade: `serve --join`, which adds it as a learner and "
+        "promotes it once caught up; etcd: `etcdctl member add --learner`, then the new etcd) and "
+        "timed from its start until it has applied the store's revision; its peak RSS (VmHWM) and the "
+        "leader's highest RSS meanwhile. **Put during a membership change**: put at "
+        f"{meta.get('ops_conns', '16')} connections for {meta.get('ops_secs', '10')} s alone, then "
+        "again while, 1 s in, member 4 is removed and a 5th added (which catches up under the load). "
+        f"Medians over {rounds} round(s).\n")
+    o.append("| | store | backup file | backup time | backup MB/s | catch-up | new member peak RSS "
+             "| leader RSS during catch-up | put req/s alone | put p99 alone | put req/s during change "
+             "| put p99 during change | errors during change |")
+    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    mib = lambda k: (lambda r: int(r[k]) / 1024)
+    figs = {}
+    for t in targets:
+        g = [r for r in rows if r["target"] == t]
+        snap_s = med(g, lambda r: statistics.median(float(r[k]) for k in snaps))
+        size = med(g, lambda r: int(r["snapshot_bytes"]))
+        mbs = size / 1e6 / snap_s if snap_s else None
+        figs[t] = {"mbs": mbs, "catchup": med(g, lambda r: float(r["secs"])),
+                   "rss": med(g, mib("new_hwm_kib")), "p99": med(g, lambda r: ms(r["change_p99_us"]))}
+        o.append("| " + " | ".join([
+            meta.get("desc_" + t, t), f"{int(r0['keys']):,} keys",
+            f"{size / 1e6:.1f} MB", f"{snap_s:.2f} s", fmt(mbs, 1),
+            f"{figs[t]['catchup']:.1f} s", f"{figs[t]['rss']:.0f} MiB",
+            f"{med(g, mib('leader_peak_kib')):.0f} MiB",
+            fmt(med(g, lambda r: int(r["alone_requests"]) / float(r["alone_duration_s"]))),
+            f"{med(g, lambda r: ms(r['alone_p99_us'])):.2f} ms",
+            fmt(med(g, lambda r: int(r["change_requests"]) / float(r["change_duration_s"]))),
+            f"{figs[t]['p99']:.2f} ms", fmt(med(g, lambda r: int(r["change_errors"])))]) + " |")
+    o.append("")
+    if "palisade" in figs and "etcd" in figs:
+        p, e = figs["palisade"], figs["etcd"]
+        o.append(f"Palisade against etcd: backups at {p['mbs'] / e['mbs']:.2f}x etcd's MB/s; a new member "
+                 f"caught up in {p['catchup'] / e['catchup']:.2f}x etcd's time with "
+                 f"{p['rss'] / e['rss']:.2f}x its peak RSS; put p99 during the change "
+                 f"{p['p99']:.2f} ms against etcd's {e['p99']:.2f} ms.\n")
+    return targets
+
+
 def cmd_splice(src, dst, section="Watches"):
     """Put the "## section" of the report src into the report dst."""
     def split(text):
@@ -1435,7 +1571,8 @@ def cmd_splice(src, dst, section="Watches"):
 
 
 def main():
-    cmds = ("leader", "preload", "leases", "failover", "fsync", "sample", "latsummary", "report", "splice")
+    cmds = ("leader", "preload", "bulkload", "revision", "catchup", "leases", "failover", "fsync", "sample",
+            "latsummary", "report", "splice")
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

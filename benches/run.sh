@@ -41,9 +41,18 @@
 #     HS256 secret), tokens with `palisade auth token` (sub bench, read and write /),
 #     sent by the wrk scripts as `Authorization: Bearer` (BENCH_TOKEN). About 21 minutes
 #     with the defaults (42 groups of ~30 s).
-# So `make bench` takes about 103 minutes, 12-15 of them for leases (the keepalive
-# groups, put under keepalives, failover), about 6 for watches, about 10 for locks and
-# about 21 for security; the script prints a (low) estimate when it starts.
+#   - the operations part (OPS): OPS_ROUNDS rounds of one group per product: a fresh 3-node
+#     cluster holding OPS_KEYS keys (100-byte values, written in transactions of 100 puts);
+#     OPS_SNAPSHOTS backups timed (`palisade snapshot save`, `etcdctl snapshot save`); a 4th
+#     member added (Palisade: `serve --join`; etcd: `etcdctl member add --learner`, then
+#     promoted) and timed until it has applied the store's revision, with its peak RSS and
+#     the leader's meanwhile; then put at OPS_CONNS connections for OPS_SECS s alone, and
+#     again while, 1 s in, member 4 is removed and a 5th added (on PALISADE_OPS_PORTS /
+#     ETCD_OPS_PORTS). About 4 minutes per product with the defaults.
+# So `make bench` takes about 111 minutes, 12-15 of them for leases (the keepalive
+# groups, put under keepalives, failover), about 6 for watches, about 10 for locks,
+# about 21 for security and about 8 for operations; the script prints a (low) estimate
+# when it starts.
 #
 #   make bench                                      # everything, as above (~103 min)
 #   RSS_RUN=0 make bench                            # all but the memory run (~82 min)
@@ -61,6 +70,9 @@
 #                                                   # unless OUT is set
 #   make bench-secure                               # only the security part (~21 min):
 #                                                   # SECURE=only, to BENCHMARKS-secure.md
+#                                                   # unless OUT is set
+#   make bench-ops                                  # only the operations part (~8 min):
+#                                                   # OPS=only, to BENCHMARKS-ops.md
 #                                                   # unless OUT is set
 #   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 make bench
 #                                                   # quick look
@@ -124,6 +136,11 @@
 #             without a JWT part
 #   SECURE_LOADS    loads of each configuration (get put; wrk scripts in
 #             benches/<product>/)
+#   OPS       1 runs the operations part after the security part, 0 skips it, only: just
+#             the operations part (1)
+#   OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS  its rounds, store size, backups per
+#             round, and the put runs' connections and seconds (1 500000 3 16 10)
+#   PALISADE_OPS_PORTS, ETCD_OPS_PORTS  "client:peer" pairs of members 4 and 5
 #   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
 #             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0,
 #             BENCHMARKS-lease.md, for WATCH=only, BENCHMARKS-watch.md, for LOCK=only,
@@ -156,7 +173,8 @@ knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALIS
   RSS_RUN RSS_LOAD RSS_CONNS RSS_NODES RSS_DURATION RSS_INTERVAL RSS_MARKS
   WATCH WATCH_NODES WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS
   LOCK LOCK_NODES LOCK_CONNS LOCK_SECS LOCK_ROUNDS LOCK_WAITERS LOCK_HOLD_MS
-  SECURE SECURE_NODES SECURE_CONNS SECURE_ROUNDS SECURE_CONFIGS SECURE_LOADS)
+  SECURE SECURE_NODES SECURE_CONNS SECURE_ROUNDS SECURE_CONFIGS SECURE_LOADS
+  OPS OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS PALISADE_OPS_PORTS ETCD_OPS_PORTS)
 make_target=bench
 if [[ -n ${MAKELEVEL:-} ]]; then
   [[ ${RSS_RUN:-} == only ]] && make_target=bench-rss
@@ -165,6 +183,7 @@ if [[ -n ${MAKELEVEL:-} ]]; then
   [[ ${WATCH:-} == only ]] && make_target=bench-watch
   [[ ${LOCK:-} == only ]] && make_target=bench-lock
   [[ ${SECURE:-} == only ]] && make_target=bench-secure
+  [[ ${OPS:-} == only ]] && make_target=bench-ops
 fi
 set_knobs=""
 for k in "${knobs[@]}"; do
@@ -174,6 +193,7 @@ for k in "${knobs[@]}"; do
   [[ $make_target == bench-watch && $k == WATCH ]] && continue
   [[ $make_target == bench-lock && $k == LOCK ]] && continue
   [[ $make_target == bench-secure && $k == SECURE ]] && continue
+  [[ $make_target == bench-ops && $k == OPS ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
@@ -221,6 +241,14 @@ done
 : "${SECURE_ROUNDS:=3}"
 : "${SECURE_CONFIGS:=plain tls hs256 es256 tls-es256}"
 : "${SECURE_LOADS:=get put}"
+: "${OPS:=1}"
+: "${OPS_ROUNDS:=1}"
+: "${OPS_KEYS:=500000}"
+: "${OPS_SNAPSHOTS:=3}"
+: "${OPS_CONNS:=16}"
+: "${OPS_SECS:=10}"
+: "${PALISADE_OPS_PORTS:=37379:37380 47379:47380}"
+: "${ETCD_OPS_PORTS:=42379:42380 52379:52380}"
 WATCH_WARM=100 # unmeasured puts before each latency run's WATCH_N
 # Each idle watcher is a connection and a watch: Palisade's caps go above their number.
 WATCH_PALISADE_FLAGS="--max-client-connections $((WATCH_IDLE + 1000)) --max-watchers $((WATCH_IDLE + 1000))"
@@ -232,6 +260,8 @@ elif [[ $LOCK == only ]]; then
   : "${OUT:=$root/BENCHMARKS-lock.md}"
 elif [[ $SECURE == only ]]; then
   : "${OUT:=$root/BENCHMARKS-secure.md}"
+elif [[ $OPS == only ]]; then
+  : "${OUT:=$root/BENCHMARKS-ops.md}"
 elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 && $LOCK == 0 && $SECURE == 0 ]]; then
   : "${OUT:=$root/BENCHMARKS-lease.md}"
 else
@@ -254,6 +284,7 @@ pkgs=()
 command -v wrk >/dev/null || pkgs+=(wrk)
 [[ " $TARGETS " != *" etcd "* ]] || command -v "$ETCD_BIN" >/dev/null || pkgs+=(etcd-server)
 [[ $SECURE == 0 ]] || command -v openssl >/dev/null || pkgs+=(openssl)
+[[ $OPS == 0 || " $TARGETS " != *" etcd "* ]] || command -v etcdctl >/dev/null || pkgs+=(etcd-client)
 if ((${#pkgs[@]})); then
   if [[ $EUID == 0 ]] && command -v apt-get >/dev/null; then
     log "installing ${pkgs[*]} with apt-get"
@@ -278,10 +309,15 @@ done
 [[ $WATCH == 0 || $WATCH == 1 || $WATCH == only ]] || die "WATCH: $WATCH (0, 1 or only)"
 [[ $LOCK == 0 || $LOCK == 1 || $LOCK == only ]] || die "LOCK: $LOCK (0, 1 or only)"
 [[ $SECURE == 0 || $SECURE == 1 || $SECURE == only ]] || die "SECURE: $SECURE (0, 1 or only)"
+[[ $OPS == 0 || $OPS == 1 || $OPS == only ]] || die "OPS: $OPS (0, 1 or only)"
+for k in OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS; do
+  [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
+done
+((OPS_SNAPSHOTS >= 1 && OPS_CONNS >= 1 && OPS_SECS >= 3)) || die "OPS_SNAPSHOTS, OPS_CONNS: 1 or more; OPS_SECS: 3 or more"
 onlys=0
-for k in RSS_RUN WATCH LOCK SECURE; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
-((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only, SECURE=only: one part at a time"
-[[ $LOCK != only && $SECURE != only ]] || WATCH=0 # before the open-file limit check below
+for k in RSS_RUN WATCH LOCK SECURE OPS; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
+((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only, SECURE=only, OPS=only: one part at a time"
+[[ $LOCK != only && $SECURE != only && $OPS != only ]] || WATCH=0 # before the open-file limit check below
 for n in $SECURE_NODES; do
   [[ $n == 1 || $n == 3 ]] || die "SECURE_NODES: $n (1 or 3)"
 done
@@ -831,6 +867,132 @@ lock_group() {
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
+# --- operations -------------------------------------------------------------------------
+
+# ops_member PRODUCT N DIR: starts member N (4, 5, ...) of a running 3-node cluster on the
+# next pair of OPS_PORTS: Palisade joins by itself (--join, learner, then promoted once
+# caught up); etcd is added as a learner with etcdctl first. Sets NEW_PID and NEW_URL.
+ops_member() {
+  local product=$1 n=$2 dir=$3 ports var=${1^^}_OPS_PORTS cport pport i cluster=""
+  read -r -a ports <<<"${!var}"
+  ((${#ports[@]} >= n - 3)) || die "$var has fewer than $((n - 3)) client:peer pairs"
+  cport=${ports[n - 4]%:*}
+  pport=${ports[n - 4]#*:}
+  port_free "$cport" "$var"
+  port_free "$pport" "$var"
+  if [[ $product == palisade ]]; then
+    local join="" p
+    read -r -a p <<<"$PALISADE_PORTS"
+    for ((i = 0; i < 3; i++)); do join+="${join:+,}http://127.0.0.1:${p[i]#*:}"; done
+    # shellcheck disable=SC2086 # PALISADE_EXTRA_FLAGS is a word list on purpose
+    "$PALISADE_BIN" serve --node-id "$n" --data-dir "$dir/n$n" \
+      --listen-client "127.0.0.1:$cport" --listen-peer "127.0.0.1:$pport" \
+      --join "$join" --log-level warn $PALISADE_EXTRA_FLAGS >"$dir/n$n.log" 2>&1 </dev/null &
+  else
+    ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member add "m$n" --learner \
+      --peer-urls "http://127.0.0.1:$pport" >"$dir/add-m$n.txt" 2>&1 || { cat "$dir/add-m$n.txt" >&2; die "etcd: member add m$n failed"; }
+    cluster=$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' "$dir/add-m$n.txt")
+    [[ -n $cluster ]] || die "etcd: member add printed no ETCD_INITIAL_CLUSTER (see $dir/add-m$n.txt)"
+    # shellcheck disable=SC2086 # ETCD_EXTRA_FLAGS is a word list on purpose
+    "$ETCD_BIN" --name "m$n" --data-dir "$dir/n$n" \
+      --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+      --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+      --initial-cluster "$cluster" --initial-cluster-state existing \
+      --logger zap --log-outputs stderr --log-level warn $ETCD_EXTRA_FLAGS >"$dir/n$n.log" 2>&1 </dev/null &
+  fi
+  NEW_PID=$!
+  PIDS+=("$NEW_PID")
+  NEW_URL="http://127.0.0.1:$cport"
+}
+
+# ops_remove PRODUCT N: removes member N (its process stops by itself).
+ops_remove() {
+  if [[ $1 == palisade ]]; then
+    "$PALISADE_BIN" member rm "$2" --endpoints "$LEADER_URL" >/dev/null || die "palisade: member rm $2 failed"
+  else
+    local id
+    id=$(ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member list | awk -F', ' -v n="m$2" '$3 == n {print $1}')
+    [[ -n $id ]] || die "etcd: no member m$2 to remove"
+    ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member remove "$id" >/dev/null || die "etcd: member remove m$2 failed"
+  fi
+}
+
+# wrk_p99 PRODUCT SECS LOG: put at OPS_CONNS connections against LEADER_URL; prints its
+# BENCHRESULT fields (no CPU figures: members come and go meanwhile).
+wrk_put() {
+  env LUA_PATH="$here/?.lua;;" BENCH_KEYS="$KEYS" wrk -t1 -c"$OPS_CONNS" -d"$2s" --latency \
+    -s "$here/$1/put.lua" "$LEADER_URL" >"$3" 2>&1 || die "wrk failed (see $3)"
+  local res
+  res=$(grep '^BENCHRESULT' "$3") || die "no result from wrk (see $3)"
+  echo "${res#BENCHRESULT }"
+}
+
+# ops_group ROUND PRODUCT: a 3-node cluster holding OPS_KEYS keys: OPS_SNAPSHOTS backups
+# (`palisade snapshot save`, `etcdctl snapshot save`), timed; a 4th member added and timed
+# until it has applied everything (its peak RSS and the leader's meanwhile); then put at
+# OPS_CONNS connections for OPS_SECS s alone, and again while member 4 is removed and a
+# 5th added (catching up from a snapshot under the load). Appends to ops.txt.
+ops_group() {
+  local round=$1 product=$2 i t0 t1 bytes rev res leader_pid="" line
+  local dir="$work/ops-$round-$product"
+  mkdir -p "$dir"
+  start "$product" 3 "$dir"
+  for i in "${!URLS[@]}"; do [[ ${URLS[i]} != "$LEADER_URL" ]] || leader_pid=${PIDS[i]}; done
+  t0=$(date +%s.%N)
+  python3 "$here/bench.py" bulkload "$product" "$LEADER_URL" "$OPS_KEYS" || die "$product: bulk load failed"
+  t1=$(date +%s.%N)
+  python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" || die "$product: preload failed"
+  rev=$(python3 "$here/bench.py" revision "$product" "$LEADER_URL") || die "$product: no revision"
+  log "$product: $OPS_KEYS keys written in $(bc_s "$t0" "$t1") s (revision $rev)"
+  line="round=$round target=$product keys=$OPS_KEYS revision=$rev"
+  for ((i = 1; i <= OPS_SNAPSHOTS; i++)); do
+    rm -f "$dir/backup.db"
+    t0=$(date +%s.%N)
+    if [[ $product == palisade ]]; then
+      "$PALISADE_BIN" snapshot save "$dir/backup.db" --endpoints "$LEADER_URL" >"$dir/save.txt" 2>&1 ||
+        { cat "$dir/save.txt" >&2; die "palisade snapshot save failed"; }
+    else
+      ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" snapshot save "$dir/backup.db" >"$dir/save.txt" 2>&1 ||
+        { cat "$dir/save.txt" >&2; die "etcdctl snapshot save failed"; }
+    fi
+    t1=$(date +%s.%N)
+    bytes=$(stat -c %s "$dir/backup.db")
+    line+=" snapshot${i}_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') snapshot_bytes=$bytes"
+    log "$(printf '%-8s backup %d: %.1f MB in %s s' "$product" "$i" "$(awk -v b="$bytes" 'BEGIN{print b/1e6}')" "$(bc_s "$t0" "$t1")")"
+  done
+  rm -f "$dir/backup.db"
+  ops_member "$product" 4 "$dir"
+  res=$(python3 "$here/bench.py" catchup "$product" "$NEW_URL" "$rev" 300 "$leader_pid" "$NEW_PID") ||
+    { tail -n 20 "$dir"/n*.log >&2; die "$product: member 4 did not catch up"; }
+  line+=" ${res#CATCHUP }"
+  log "$product: member 4 caught up: ${res#CATCHUP }"
+  if [[ $product == etcd ]]; then
+    local id
+    id=$(ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member list | awk -F', ' '$3 == "m4" {print $1}')
+    for ((i = 0; i < 50; i++)); do
+      ETCDCTL_API=3 etcdctl --endpoints "$LEADER_URL" member promote "$id" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    ((i < 50)) || die "etcd: m4 was not promoted"
+  fi
+  res=$(wrk_put "$product" "$OPS_SECS" "$dir/wrk-alone.log")
+  line+=" alone_requests=$(field requests "$res") alone_duration_s=$(field duration_s "$res") alone_p50_us=$(field p50_us "$res") alone_p99_us=$(field p99_us "$res") alone_errors=$(field errors "$res")"
+  wrk_put "$product" "$OPS_SECS" "$dir/wrk-change.log" >"$dir/wrk-change.res" &
+  local wrk_pid=$!
+  sleep 1
+  ops_remove "$product" 4
+  ops_member "$product" 5 "$dir"
+  wait "$wrk_pid" || die "$product: the put run during the membership change failed"
+  res=$(cat "$dir/wrk-change.res")
+  line+=" change_requests=$(field requests "$res") change_duration_s=$(field duration_s "$res") change_p50_us=$(field p50_us "$res") change_p99_us=$(field p99_us "$res") change_errors=$(field errors "$res")"
+  echo "$line" >>"$work/ops.txt"
+  log "$(printf '%-8s put c=%s p99 %.2f ms alone, %.2f ms while member 4 leaves and 5 joins' "$product" "$OPS_CONNS" \
+    "$(awk -v u="$(field alone_p99_us "$line")" 'BEGIN{print u/1000}')" \
+    "$(awk -v u="$(field change_p99_us "$line")" 'BEGIN{print u/1000}')")"
+  stop_servers KILL
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
 # --- security ---------------------------------------------------------------------------
 SEC=""  # the security part's certificate, keys and tokens (a directory of the work dir)
 
@@ -978,15 +1140,18 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
   echo "lock_waiters=$LOCK_WAITERS"
   echo "lock_hold_ms=$LOCK_HOLD_MS"
   echo "secure_conns=$SECURE_CONNS"
+  echo "ops_conns=$OPS_CONNS"
+  echo "ops_secs=$OPS_SECS"
   echo "secure_loads=$SECURE_LOADS"
   echo "python=$(python3 -c 'import platform; print(platform.python_implementation(), platform.python_version())')"
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
-[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; SECURE=0; }
-[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; SECURE=0; }
-[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; SECURE=0; }
-[[ $SECURE != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; }
+[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; SECURE=0; OPS=0; }
+[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; SECURE=0; OPS=0; }
+[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; SECURE=0; OPS=0; }
+[[ $SECURE != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; OPS=0; }
+[[ $OPS != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; SECURE=0; }
 nt=$(wc -w <<<"$TARGETS")
 ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * nt))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
@@ -1022,17 +1187,23 @@ if [[ $SECURE != 0 ]]; then # per group: start-up, preload, a warm-up and a run 
   secure_est=$((SECURE_ROUNDS * $(wc -w <<<"$SECURE_NODES") * nsec *
     (5 + KEYS / 2000 + $(wc -w <<<"$SECURE_LOADS") * (WARMUP + DURATION + 1))))
 fi
+ops_est=0
+if [[ $OPS != 0 ]]; then # per group: start-up, bulk load (~10k keys/s), backups, catch-up, two put runs
+  ops_est=$((OPS_ROUNDS * nt * (20 + OPS_KEYS / 5000 + OPS_SNAPSHOTS * 5 + 30 + 2 * OPS_SECS)))
+fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
 [[ $WATCH == 0 ]] || plan+=", the watch part"
 [[ $LOCK == 0 ]] || plan+=", $LOCK_ROUNDS round(s) of the lock part"
 [[ $SECURE == 0 ]] || plan+=", $SECURE_ROUNDS round(s) of the security part"
+[[ $OPS == 0 ]] || plan+=", $OPS_ROUNDS round(s) of the operations part"
 [[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
 [[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
 [[ $WATCH != only ]] || plan="only the watch part"
 [[ $LOCK != only ]] || plan="only the lock part, $LOCK_ROUNDS round(s)"
 [[ $SECURE != only ]] || plan="only the security part, $SECURE_ROUNDS round(s)"
-log "$plan; about $(((est + failover_est + watch_est + lock_est + secure_est + rss_est) / 60 + 1)) min; work dir $work"
+[[ $OPS != only ]] || plan="only the operations part, $OPS_ROUNDS round(s)"
+log "$plan; about $(((est + failover_est + watch_est + lock_est + secure_est + ops_est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -1092,6 +1263,14 @@ if [[ $SECURE != 0 ]]; then
           secure_group "$round" "$product" "$nodes" "$config"
         done
       done
+    done
+  done
+fi
+
+if [[ $OPS != 0 ]]; then
+  for ((round = 1; round <= OPS_ROUNDS; round++)); do
+    for product in $TARGETS; do
+      ops_group "$round" "$product"
     done
   done
 fi

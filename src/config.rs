@@ -110,6 +110,38 @@ impl SettingValue for PathBuf {
     }
 }
 
+/// A setting that is one of a few words.
+macro_rules! choices {
+    ($(#[$doc:meta])* $t:ident { $($variant:ident = $word:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $t { $($variant),* }
+
+        impl SettingValue for $t {
+            fn parse_setting(raw: &str) -> Result<Self, String> {
+                match raw {
+                    $($word => Ok($t::$variant),)*
+                    _ => Err(format!("{raw:?} is not one of {}", [$($word),*].join(", "))),
+                }
+            }
+
+            fn show(&self) -> Option<String> {
+                Some(match self { $($t::$variant => $word,)* }.to_string())
+            }
+        }
+    };
+}
+
+choices! {
+    /// How log lines are written.
+    LogFormat { Text = "text", Json = "json" }
+}
+
+choices! {
+    /// Who may read `GET /metrics`.
+    MetricsAccess { Open = "open", Auth = "auth", Off = "off" }
+}
+
 impl<T: SettingValue> SettingValue for Option<T> {
     fn parse_setting(raw: &str) -> Result<Self, String> {
         T::parse_setting(raw).map(Some)
@@ -258,6 +290,18 @@ settings! {
     auth_jwt_leeway_ms: u64 = 10_000;
     /// Log filter (`info`, `debug`, `palisade=debug,openraft=warn`); RUST_LOG wins if set.
     log_level: String = "info,openraft=warn".into();
+    /// Log lines as `text` (for people) or `json` (one object a line, for log pipelines).
+    log_format: LogFormat = LogFormat::Text;
+    /// A request slower than this is logged (route, status, duration; never its key, value
+    /// or token) and counted (ms; 0: never). Waits that are the request's point (a
+    /// long-poll, a lock or election wait, a watch) are not counted.
+    slow_request_ms: u64 = 1_000;
+    /// `GET /metrics` (Prometheus text) is `open` to anyone, needs a valid token (`auth`,
+    /// the same as open while client auth is off), or is not served (`off`).
+    metrics: MetricsAccess = MetricsAccess::Auth;
+    /// On SIGTERM or Ctrl-C: how long requests being served have to finish (ms), after
+    /// /readyz turns false and before a leader hands leadership over and the node exits.
+    shutdown_timeout_ms: u64 = 10_000;
     /// How long a request may wait for a leader, quorum or commit (ms).
     request_timeout_ms: u64 = 5000;
     /// Raft heartbeat interval (ms).

@@ -54,6 +54,7 @@ pub mod config;
 pub mod error;
 pub mod file_poll;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod raft;

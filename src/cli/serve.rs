@@ -28,7 +28,12 @@ pub fn run(flags: ServeFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        crate::config::LogFormat::Text => logs.init(),
+        // One JSON object a line, the event's fields flattened beside `message`.
+        crate::config::LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match rt.block_on(serve(cfg)) {
         Ok(()) => ExitCode::SUCCESS,

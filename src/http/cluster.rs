@@ -20,6 +20,7 @@ pub async fn cluster(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response
     let body = wire::ClusterResponse {
         cluster_id: s.cluster_id,
         node_id: s.node_id,
+        version: env!("CARGO_PKG_VERSION").to_string(),
         leader: s.leader,
         term: s.term,
         revision: s.revision,

@@ -361,6 +361,8 @@ pub struct ConnService {
     pub activity: Arc<Activity>,
     pub body_timeout: Duration,
     pub client: ClientInfo,
+    /// Whether the server is shutting down: a reply then closes its connection.
+    pub closing: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -385,11 +387,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             req.extensions_mut().insert(cert.clone());
         }
         let app = self.app.clone();
+        let closing = self.closing.clone();
         Box::pin(async move {
             let Ok(mut resp) = app.oneshot(req).await;
-            if activity.body_timed_out() {
-                // The rest of the body is still on its way (or never coming): this
-                // connection cannot carry another request.
+            // After a body that timed out, the rest of it is still on its way (or never
+            // coming): this connection cannot carry another request. While the server
+            // shuts down, the client learns from the reply not to send another on it (a
+            // request sent on a connection as the server closes it would be lost unanswered).
+            if activity.body_timed_out() || closing() {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(resp.map(|inner| ReplyBody { inner, _done: done }))

@@ -20,6 +20,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod members;
+mod observe;
 mod peer;
 mod query;
 mod server;
@@ -71,6 +72,7 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/cluster/members/{id}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
 ];
 
 /// The client API.
@@ -106,12 +108,17 @@ pub fn client_router(node: Arc<Node>) -> Router {
             Arc::new(tokio::sync::Semaphore::new(node.config().max_inflight_requests)),
             limit_inflight,
         ));
-    Router::new()
+    let mut router = Router::new()
         .merge(api)
         .route("/healthz", get(cluster::healthz))
-        .route("/readyz", get(cluster::readyz))
+        .route("/readyz", get(cluster::readyz));
+    if node.config().metrics != crate::config::MetricsAccess::Off {
+        router = router.route("/metrics", get(observe::metrics));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), observe::observe))
         .with_state(node)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
@@ -136,33 +143,34 @@ async fn authenticate(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let caller = match node.auth() {
-        None => Caller::open(),
-        Some(verifier) => {
-            let mut values = req.headers().get_all(axum::http::header::AUTHORIZATION).iter();
-            let (first, more) = (values.next(), values.next().is_some());
-            let checked = if more {
-                Err(crate::error::Error::Unauthenticated("send one Authorization header, not several".into()))
-            } else {
-                verifier.caller(first.map(|v| v.as_bytes()), crate::clock::wall_clock_ms() / 1000)
-            };
-            match checked {
-                Ok(caller) => caller,
-                Err(e) => {
-                    let challenge = if first.is_none() {
-                        HeaderValue::from_static("Bearer realm=\"palisade\"")
-                    } else {
-                        HeaderValue::from_static("Bearer realm=\"palisade\", error=\"invalid_token\"")
-                    };
-                    let mut resp = ApiError::from(e).into_response();
-                    resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
-                    return resp;
-                }
-            }
-        }
+    let caller = match caller_of(&node, req.headers()) {
+        Ok(caller) => caller,
+        Err(refusal) => return *refusal,
     };
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// The caller `headers` name (anyone while client auth is off), or the 401 to answer.
+fn caller_of(node: &Node, headers: &HeaderMap) -> Result<Caller, Box<axum::response::Response>> {
+    let Some(verifier) = node.auth() else { return Ok(Caller::open()) };
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let (first, more) = (values.next(), values.next().is_some());
+    let checked = if more {
+        Err(crate::error::Error::Unauthenticated("send one Authorization header, not several".into()))
+    } else {
+        verifier.caller(first.map(|v| v.as_bytes()), crate::clock::wall_clock_ms() / 1000)
+    };
+    checked.map_err(|e| {
+        let challenge = if first.is_none() {
+            HeaderValue::from_static("Bearer realm=\"palisade\"")
+        } else {
+            HeaderValue::from_static("Bearer realm=\"palisade\", error=\"invalid_token\"")
+        };
+        let mut resp = ApiError::from(e).into_response();
+        resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+        Box::new(resp)
+    })
 }
 
 /// Refuses a request with 429 when `--max-inflight-requests` are already being served, so
@@ -247,9 +255,11 @@ pub(crate) fn state_headers(h: &mut HeaderMap, revision: u64, term: u64) {
     h.insert("x-palisade-term", HeaderValue::from(term));
 }
 
-/// Serves the client and peer routers on the given listeners until `shutdown` resolves,
-/// then lets the requests being served finish for up to `--request-timeout-ms` (the
-/// longest a request waits for a leader, quorum or commit) before closing what is left.
+/// Serves the client and peer routers on the given listeners until `shutdown` resolves.
+/// Then, in order: `/readyz` turns false and the client listener stops taking
+/// connections; the client requests being served have `--shutdown-timeout-ms` to finish
+/// (watches end at once); a leader hands its leadership over; and only then does the peer
+/// listener close (the hand-over, and the other members' calls until then, need it).
 ///
 /// The client listener takes at most `--max-client-connections` connections; the peer
 /// listener at most `--max-peer-inflight` (HTTP/1.1 serves one request per connection at
@@ -272,30 +282,50 @@ pub async fn serve(
         idle: std::time::Duration::from_millis(cfg.idle_timeout_ms),
     };
     let health = Arc::new(server::ServerHealth::default());
-    let listeners = vec![
-        server::Listener {
-            name: "client",
-            tcp: client,
-            app: client_router(node.clone()).layer(axum::Extension(health.clone())),
-            max_connections: cfg.max_client_connections,
-            cap_setting: "max_client_connections",
-            tls: tls.client,
-        },
-        server::Listener {
-            name: "peer",
-            tcp: peer,
-            app: peer_router(node.clone()),
-            max_connections: cfg.max_peer_inflight,
-            cap_setting: "max_peer_inflight",
-            tls: tls.peer,
-        },
-    ];
-    // Watches never finish by themselves: they end as the server starts draining.
-    let grace = cfg.request_timeout();
-    let shutdown = async move {
-        shutdown.await;
-        node.close_watches();
+    let client = server::Listener {
+        name: "client",
+        tcp: client,
+        app: client_router(node.clone()).layer(axum::Extension(health.clone())),
+        max_connections: cfg.max_client_connections,
+        cap_setting: "max_client_connections",
+        tls: tls.client,
     };
-    server::run(listeners, timeouts, grace, health, shutdown).await;
+    let peer = server::Listener {
+        name: "peer",
+        tcp: peer,
+        app: peer_router(node.clone()),
+        max_connections: cfg.max_peer_inflight,
+        cap_setting: "max_peer_inflight",
+        tls: tls.peer,
+    };
+    let (close_peer, peer_closing) = tokio::sync::oneshot::channel::<()>();
+    // Peer requests are short (a request deadline at most): a second is enough for those
+    // in flight when the peer listener closes.
+    let peer_server = tokio::spawn(server::run(
+        vec![peer],
+        timeouts,
+        std::time::Duration::from_secs(1),
+        health.clone(),
+        async move {
+            let _ = peer_closing.await;
+        },
+    ));
+    let grace = std::time::Duration::from_millis(cfg.shutdown_timeout_ms);
+    let client_shutdown = {
+        let node = node.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(?grace, "shutting down: not ready, finishing the requests being served");
+            node.begin_shutdown();
+            // Watches never finish by themselves: they end as the server starts draining.
+            node.close_watches();
+        }
+    };
+    server::run(vec![client], timeouts, grace, health, client_shutdown).await;
+    if node.health().is_ok() {
+        node.hand_over_leadership().await;
+    }
+    let _ = close_peer.send(());
+    let _ = peer_server.await;
     Ok(())
 }

@@ -57,6 +57,10 @@ const REFUSALS_AT_ONCE: usize = 64;
 /// How long a refused connection may take to read its 503 and close.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
+/// How long an idle keep-alive connection stays open once the server drains: long enough
+/// for a busy client to send its next request, be served, and read `Connection: close`.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// What the server knows of its own health that the node does not: for `/readyz`.
 #[derive(Debug, Default)]
 pub struct ServerHealth {
@@ -420,7 +424,12 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
-    let service = ConnService { app, activity: activity.clone(), body_timeout: timeouts.body, client };
+    let closing = {
+        let phase = phase.clone();
+        Arc::new(move || *phase.borrow() != Phase::Serving)
+    };
+    let service =
+        ConnService { app, activity: activity.clone(), body_timeout: timeouts.body, client, closing };
     let conn = hyper::server::conn::http1::Builder::new()
         // Our deadlines replace hyper's header timeout, which also runs while a
         // keep-alive connection is idle.
@@ -431,6 +440,10 @@ async fn serve_http<S>(
     let timer = tokio::time::sleep(far);
     tokio::pin!(timer);
     let mut draining = false;
+    // Draining, an idle connection stays open a moment (see `LINGER`).
+    let linger = tokio::time::sleep(far);
+    tokio::pin!(linger);
+    let mut lingering = false;
     let missed = loop {
         let due = activity.deadline(&timeouts);
         timer.as_mut().reset(due.map_or_else(|| Instant::now() + far, |(at, _)| at));
@@ -455,16 +468,30 @@ async fn serve_http<S>(
                     }
                 }
             }
+            () = linger.as_mut(), if lingering => {
+                lingering = false;
+                if activity.is_quiet() {
+                    break None;
+                }
+                conn.as_mut().graceful_shutdown();
+            }
             r = phase.changed() => {
                 // The sender gone means the server is gone: close.
                 match r.map_or(Phase::Closing, |()| *phase.borrow()) {
                     Phase::Serving => {}
-                    Phase::Draining if activity.is_quiet() => break None,
+                    Phase::Draining if draining => {}
+                    // An idle keep-alive connection may be carrying a request this very
+                    // moment: closing it now would lose that request unanswered (the client
+                    // cannot tell whether it was served). It lingers instead; a request
+                    // that comes is served, and its reply closes the connection.
+                    Phase::Draining if activity.is_quiet() => {
+                        draining = true;
+                        lingering = true;
+                        linger.as_mut().reset(Instant::now() + LINGER);
+                    }
                     Phase::Draining => {
-                        if !draining {
-                            conn.as_mut().graceful_shutdown();
-                            draining = true;
-                        }
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
                     }
                     Phase::Closing => break None,
                 }

@@ -199,6 +199,14 @@ impl Node {
                 return;
             }
             let Some(n) = node.upgrade() else { return };
+            if n.is_handing_over() {
+                // This leader proposes nothing more: keepalives wait for its successor.
+                drop(n);
+                if leadership.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let (waiting, renewing) = {
                 let p = n.lessor.pending.lock().unwrap_or_else(|e| e.into_inner());
                 let ids: std::collections::HashSet<u64> = p.renewing.keys().copied().collect();

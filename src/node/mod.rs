@@ -41,6 +41,7 @@ mod membership;
 mod peer;
 mod policy;
 mod reads;
+mod shutdown;
 mod watch;
 mod watch_hub;
 mod writes;
@@ -132,6 +133,12 @@ pub struct Node {
     /// Set while a membership change someone asked for is under way here (a second one
     /// is refused rather than queued).
     asked_change: std::sync::atomic::AtomicBool,
+    /// What this node counts and times (`GET /metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Set when the process was told to stop (see `shutdown`).
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// Set while this leader hands its leadership over: it proposes nothing more.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -183,6 +190,7 @@ impl Node {
             identity::save(&cfg, &identity)?;
         }
         let fatal = tokio::sync::watch::Sender::new(None);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let replica_cfg = ReplicaConfig {
             id: cfg.node_id,
             cluster_name: format!("palisade-{}", identity.cluster_id),
@@ -195,6 +203,7 @@ impl Node {
             wal_segment_bytes: cfg.wal_segment_bytes,
             initial_members: identity.initial_cluster.clone(),
             joining: identity.joined,
+            metrics: metrics.clone(),
             on_fatal: Some({
                 let fatal = fatal.clone();
                 Arc::new(move |why: &str| {
@@ -256,6 +265,9 @@ impl Node {
             fatal,
             member_change: tokio::sync::Mutex::new(()),
             asked_change: Default::default(),
+            metrics,
+            shutting_down: Default::default(),
+            handing_over: Default::default(),
         });
         if let Some(gate) = node.identity.rebuild {
             tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), gate));
@@ -523,6 +535,54 @@ impl Node {
         }
     }
 
+    /// What this node counts and times.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus exposition of this node: its event metrics and its state now.
+    pub fn metrics_text(&self) -> String {
+        let s = self.replica.status();
+        let voters = s.members.iter().filter(|m| m.voter).count() as u64;
+        let gauges = {
+            let a = self.replica.applied();
+            let (kv, leases, locks) = (a.state.kv(), a.state.leases(), a.state.locks());
+            let (lc, kc) = (leases.counters(), locks.counters());
+            crate::metrics::Gauges {
+                node_id: self.id,
+                term: s.term,
+                leader: s.leader.unwrap_or(0),
+                is_leader: s.leader == Some(self.id),
+                last_log_index: s.last_log_index,
+                applied_index: s.applied_index,
+                voters,
+                learners: s.members.len() as u64 - voters,
+                revision: kv.revision(),
+                compact_revision: kv.compact_revision(),
+                keys: kv.live_keys(),
+                store_bytes: kv.bytes(),
+                quota_bytes: self.cfg.quota_bytes,
+                idempotency_keys: a.state.dedup().len() as u64,
+                leases_alive: leases.len() as u64,
+                leases_granted: lc.granted,
+                leases_expired: lc.expired,
+                leases_revoked: lc.revoked,
+                locks_active: locks.len() as u64,
+                lock_owners: locks.owners() as u64,
+                lock_grants: kc.grants,
+                lock_handoffs: kc.handoffs,
+                lock_waits: kc.waits,
+                lock_lease_ended: kc.lease_ended,
+                watchers: self.watches.watchers() as u64,
+                storage_stalled: matches!(
+                    self.replica.storage_health(),
+                    crate::raft::StorageHealth::Stalled { .. }
+                ),
+            }
+        };
+        self.metrics.render(gauges)
+    }
+
     /// Alive: the Raft core and storage are running. Never depends on quorum.
     pub fn health(&self) -> std::result::Result<(), String> {
         if let Some(why) = self.fatal.borrow().clone() {
@@ -544,6 +604,9 @@ impl Node {
     /// Ready: alive, a leader is known and this node has applied what its log holds.
     pub fn readiness(&self) -> std::result::Result<(), String> {
         self.health()?;
+        if self.is_shutting_down() {
+            return Err("shutting down".into());
+        }
         self.check_storage()?;
         if let Some(why) = self.bootstrap_wait.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(why);

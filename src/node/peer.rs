@@ -38,6 +38,7 @@ impl Node {
                     PeerResponse::MemberChange(Err(PeerError::Unavailable(not_member())))
                 }
                 PeerRequest::Join(_) | PeerRequest::MemberCheck => unreachable!("served above"),
+                PeerRequest::TakeOver => PeerResponse::TakeOver(Err(PeerError::Unavailable(not_member()))),
             },
             PeerRequest::MemberChange(change) => {
                 PeerResponse::MemberChange(self.change_locally(change).await)
@@ -61,6 +62,9 @@ impl Node {
                 PeerResponse::Forward(r)
             }
             PeerRequest::Probe => PeerResponse::Probe(self.probe_reply(from)),
+            PeerRequest::PublishMember { .. } if self.is_handing_over() => PeerResponse::PublishMember(Err(
+                PeerError::Unavailable("this leader is handing its leadership over; retry".into()),
+            )),
             PeerRequest::PublishMember { client_url, incarnation } => {
                 // A member sets only its own record, and only to a URL.
                 let client_url = match crate::config::normalize_url(&client_url) {
@@ -102,6 +106,7 @@ impl Node {
                 }
                 PeerResponse::LeaseRead(self.local_lease_read(q).await)
             }
+            PeerRequest::TakeOver => PeerResponse::TakeOver(self.take_over(from).await),
             PeerRequest::ReadIndex => {
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), self.local_read_index()).await
                 {

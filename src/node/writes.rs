@@ -92,6 +92,12 @@ impl Node {
     /// Proposes `cmd` on this node (the leader), batched with the writes that wait
     /// alongside it: one log entry and one fsync for the lot.
     pub(super) async fn propose(self: &Arc<Self>, cmd: Command) -> std::result::Result<Outcome, PeerError> {
+        if self.is_handing_over() {
+            return Err(PeerError::Unavailable(
+                "this leader is shutting down and handing its leadership over; nothing was proposed, retry"
+                    .into(),
+            ));
+        }
         // The leader's lease clock on a grant.
         let cmd = self.stamp_lease_clock(cmd).await?;
         // The leader's own retention, whatever the member that took the request has set.
@@ -119,6 +125,11 @@ impl Node {
         rx.await.unwrap_or(Err(PeerError::Timeout))
     }
 
+    /// Proposers running now (each proposing one batch, or about to).
+    pub(super) fn proposals_running(&self) -> usize {
+        self.proposals.lock().unwrap_or_else(|e| e.into_inner()).running
+    }
+
     /// Proposes batches while writes are waiting.
     async fn run_proposer(self: Arc<Self>) {
         loop {
@@ -127,6 +138,15 @@ impl Node {
                 // A write whose caller gave up (its deadline passed and it was told the
                 // outcome is unknown) is not proposed any more: nothing more to wait for.
                 p.waiting.retain(|(_, tx)| !tx.is_closed());
+                if self.is_handing_over() {
+                    // Nothing more is proposed here (see `shutdown`): the writes still
+                    // waiting are refused, unproposed, and retried at the next leader.
+                    let refused = PeerError::Unavailable(
+                        "this leader is shutting down and handing its leadership over; nothing was proposed, retry"
+                            .into(),
+                    );
+                    p.waiting.drain(..).for_each(|(_, tx)| drop(tx.send(Err(refused.clone()))));
+                }
                 if p.waiting.is_empty() {
                     p.running -= 1;
                     return;
@@ -151,6 +171,7 @@ impl Node {
             let n = waiters.len();
             let result = self.replica.propose(Proposal::new(payload, crate::clock::wall_clock_ms())).await;
             tracing::debug!(batch = n, micros = t0.elapsed().as_micros() as u64, "proposal decided");
+            self.metrics.proposal(result.is_ok());
             let result = match result {
                 Ok(outcome) => Ok(outcome),
                 Err(ProposeError::NotLeader { leader }) => Err(PeerError::NotLeader { leader }),

@@ -40,6 +40,8 @@ pub enum PeerRequest {
     /// Sent by a node that no longer hears from a leader (to [`JOIN_PATH`], as it may not
     /// be a member any more): was I removed?
     MemberCheck,
+    /// From the leader, shutting down, to a member that holds its whole log: campaign now.
+    TakeOver,
 }
 
 /// Where requests from a node that may not be a member go: [`PeerRequest::Join`] and
@@ -222,6 +224,7 @@ pub enum PeerResponse {
     MemberChange(Result<MemberRecord, PeerError>),
     Join(Result<JoinAnswer, PeerError>),
     MemberCheck(MemberCheckReply),
+    TakeOver(Result<(), PeerError>),
 }
 
 /// What serves peer requests on a member (the node facade implements it). `from` is the

@@ -134,6 +134,8 @@ pub struct ReplicaConfig {
     /// it does, `initial_members` (the membership the cluster answered the join with) may
     /// send it entries.
     pub joining: bool,
+    /// Where fsync and apply durations and leader changes are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The condition of this replica's storage (see [`crate::wal::Health`]).
@@ -169,6 +171,8 @@ pub struct Replica {
     leadership: watch::Receiver<Leadership>,
     /// When the quorum last acknowledged this leader (see [`ReplicaStatus::quorum_acked_at`]).
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    /// Set by [`Replica::shutdown`]: Raft stopping then is no failure.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The snapshot a leader is sending this node, as far as it has arrived.
     incoming: tokio::sync::Mutex<Option<Incoming>>,
     /// The log store, for its health.
@@ -222,6 +226,10 @@ impl Replica {
     pub async fn open(cfg: &ReplicaConfig, sender: Arc<dyn RaftSender>) -> anyhow::Result<Replica> {
         let opts = crate::wal::Options {
             on_fatal: cfg.on_fatal.clone(),
+            on_fsync: Some({
+                let h = cfg.metrics.fsync_histogram();
+                Arc::new(move |d: Duration| h.observe(d.as_secs_f64()))
+            }),
             segment_bytes: cfg.wal_segment_bytes,
             ..Default::default()
         };
@@ -231,6 +239,7 @@ impl Replica {
             let log = log.clone();
             Box::new(move |index| log.received_at(index))
         });
+        sm.set_apply_histogram(cfg.metrics.apply_histogram());
         let raft_cfg = openraft::Config {
             cluster_name: cfg.cluster_name.clone(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -253,13 +262,30 @@ impl Replica {
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log.clone(), sm.clone()).await?;
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
-        tokio::spawn(follow_metrics(raft.metrics(), tx, quorum_acked_at.clone(), cfg.on_fatal.clone()));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_fatal = cfg.on_fatal.clone().map(|f| {
+            let stopping = stopping.clone();
+            let f: crate::wal::OnFatal = Arc::new(move |why: &str| {
+                if !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    f(why)
+                }
+            });
+            f
+        });
+        tokio::spawn(follow_metrics(
+            raft.metrics(),
+            tx,
+            quorum_acked_at.clone(),
+            on_fatal,
+            cfg.metrics.clone(),
+        ));
         Ok(Replica {
             id: cfg.id,
             raft,
             sm,
             leadership,
             quorum_acked_at,
+            stopping,
             incoming: Default::default(),
             log,
             rebuild: Mutex::new(None),
@@ -692,8 +718,19 @@ impl Replica {
         Ok(())
     }
 
+    /// Starts an election now (at the leader's request: it is handing leadership over).
+    pub async fn campaign(&self) -> Result<(), String> {
+        self.raft.trigger().elect().await.map_err(|e| e.to_string())
+    }
+
+    /// From now on this replica never starts an election by itself (it still votes).
+    pub fn stop_campaigning(&self) {
+        self.raft.runtime_config().elect(false);
+    }
+
     /// Stops Raft; the data dirs stay as they are.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.raft.shutdown().await;
     }
 }
@@ -705,7 +742,9 @@ async fn follow_metrics(
     tx: watch::Sender<Leadership>,
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
     on_fatal: Option<crate::wal::OnFatal>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let mut leader = None;
     loop {
         let (leadership, acked) = {
             let m = rx.borrow_and_update();
@@ -725,6 +764,10 @@ async fn follow_metrics(
             (l, acked)
         };
         *quorum_acked_at.lock().unwrap_or_else(|e| e.into_inner()) = acked;
+        if leadership.leader.is_some() && leadership.leader != leader {
+            metrics.leader_changed();
+        }
+        leader = leadership.leader.or(leader);
         tx.send_if_modified(|cur| std::mem::replace(cur, leadership) != leadership);
         if rx.changed().await.is_err() {
             return;
@@ -782,6 +825,7 @@ mod tests {
             wal_segment_bytes: 1 << 20,
             initial_members: (1..=3).map(|id| (id, member(id))).collect(),
             joining,
+            metrics: Default::default(),
         };
         Replica::open(&cfg, Arc::new(Nowhere)).await.unwrap()
     }

@@ -70,6 +70,8 @@ struct Shared {
     counter: std::sync::atomic::AtomicU64,
     /// When the log entry at an index reached this node, if known (see `Applied`).
     receipts: std::sync::OnceLock<Receipts>,
+    /// Times each applied batch (metrics).
+    apply_histogram: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// When the log entry at an index reached this node, if known.
@@ -120,6 +122,7 @@ impl StateMachine {
                 snapshot_lock: tokio::sync::Mutex::new(()),
                 counter: Default::default(),
                 receipts: Default::default(),
+                apply_histogram: Default::default(),
             }),
         })
     }
@@ -132,6 +135,11 @@ impl StateMachine {
     /// replica that owns both).
     pub fn set_receipts(&self, receipts: Receipts) {
         let _ = self.shared.receipts.set(receipts);
+    }
+
+    /// Where the time of each applied batch is counted (set once, by the replica).
+    pub fn set_apply_histogram(&self, h: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.shared.apply_histogram.set(h);
     }
 
     /// Read access to the applied state. Never hold it across an await.
@@ -256,6 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let t0 = std::time::Instant::now();
         let position = {
             let mut a = self.shared.applied.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
@@ -290,6 +299,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Self::position_of(&a)
         };
+        if let Some(h) = self.shared.apply_histogram.get() {
+            h.observe(t0.elapsed().as_secs_f64());
+        }
         self.shared.position.send_replace(position);
         Ok(out)
     }

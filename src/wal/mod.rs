@@ -112,6 +112,9 @@ const MIN_SEGMENT_BYTES: u64 = 4 << 10;
 /// Called with the reason when the WAL fails for good.
 pub type OnFatal = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Called with the duration of each fsync.
+pub type OnFsync = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// How to open a [`Wal`].
 #[derive(Clone)]
 pub struct Options {
@@ -125,6 +128,8 @@ pub struct Options {
     /// Called once, on the writer thread, when the WAL fails for good. The node should
     /// exit: nothing is written from then on.
     pub on_fatal: Option<OnFatal>,
+    /// Called on the writer thread with the time each fsync of a segment took (metrics).
+    pub on_fsync: Option<OnFsync>,
     /// The file operations (tests inject faults here).
     pub(crate) disk: Option<Arc<dyn Disk>>,
     /// Called at each step of the writer (tests take crash images here).
@@ -139,6 +144,7 @@ impl Default for Options {
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(1),
             on_fatal: None,
+            on_fsync: None,
             disk: None,
             #[cfg(test)]
             hook: None,

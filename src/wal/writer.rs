@@ -130,6 +130,7 @@ pub(super) struct Writer {
     health: Arc<HealthCell>,
     closing: Arc<AtomicBool>,
     on_fatal: Option<OnFatal>,
+    on_fsync: Option<super::OnFsync>,
     /// `(kind, message)` of the error that failed the WAL.
     failed: Option<(io::ErrorKind, String)>,
     #[cfg(test)]
@@ -157,6 +158,7 @@ impl Writer {
             health: setup.health,
             closing: setup.closing,
             on_fatal: setup.opts.on_fatal,
+            on_fsync: setup.opts.on_fsync,
             failed: None,
             #[cfg(test)]
             hook: setup.opts.hook,
@@ -281,11 +283,21 @@ impl Writer {
             }
         }
         if sync {
-            self.disk.sync_data(&self.file).map_err(|e| self.fsync_failed(e))?;
+            self.sync()?;
             self.epoch += 1;
             self.unsynced = false;
         } else if total > 0 {
             self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the current segment, timed for `on_fsync`.
+    fn sync(&self) -> Result<(), Stop> {
+        let t0 = std::time::Instant::now();
+        self.disk.sync_data(&self.file).map_err(|e| self.fsync_failed(e))?;
+        if let Some(cb) = &self.on_fsync {
+            cb(t0.elapsed());
         }
         Ok(())
     }
@@ -333,7 +345,7 @@ impl Writer {
         let at = self.len;
         let current = self.seq;
         self.retry("sealing", current, |w| w.disk.write_at(&w.file, &[&seal], at).map_err(classify))?;
-        self.disk.sync_data(&self.file).map_err(|e| self.fsync_failed(e))?;
+        self.sync()?;
         self.epoch += 1;
         self.unsynced = false;
 

@@ -37,6 +37,9 @@ pub struct ClusterResponse {
     pub cluster_id: String,
     #[serde(default)]
     pub node_id: u64,
+    /// The answering node's Palisade version.
+    #[serde(default)]
+    pub version: String,
     pub leader: Option<u64>,
     pub term: u64,
     pub revision: u64,

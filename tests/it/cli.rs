@@ -107,14 +107,28 @@ async fn cli_drives_a_cluster() {
     for id in c.ids() {
         assert!(e.stdout.contains(&c.client_url(id)), "status lacks member {id}: {e:?}");
     }
+    // Each member answered for itself: a row each, all reachable.
+    assert_eq!(e.stdout.lines().filter(|l| l.trim_end().ends_with(" ok")).count(), 3, "{e:?}");
     let e = cli(&ep, &["status", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&e.stdout).expect("json status");
     assert_eq!(v["leader"], leader);
-    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for m in members {
+        assert_eq!(m["reachable"], true, "{m}");
+        assert_eq!(m["leader"], leader, "member {} sees another leader: {m}", m["id"]);
+        assert!(m["applied_index"].as_u64().is_some_and(|i| i > 0), "{m}");
+        assert_eq!(m["version"], env!("CARGO_PKG_VERSION"), "{m}");
+    }
 
     // Failover: a dead endpoint first, then a live one.
     c.kill_9(follower);
     let live = c.ids().into_iter().find(|&i| i != follower).unwrap();
+    // status says which member is unreachable, and exits 1.
+    let e = cli(&c.client_url(live), &["status"]);
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    let row = e.stdout.lines().find(|l| l.contains(&c.client_url(follower))).unwrap_or_default();
+    assert!(row.contains("unreachable"), "{e:?}");
     let eps = format!("{},{}", c.client_url(follower), c.client_url(live));
     let e = cli(&eps, &["kv", "get", "/app/db/leader"]);
     assert!(ok(&e), "failover: {e:?}");

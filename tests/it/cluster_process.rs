@@ -664,3 +664,38 @@ async fn a_follower_behind_by_big_entries_catches_up() {
     })
     .await;
 }
+
+/// `--log-format json`: every line the node logs is one JSON object (a slow request's line
+/// included, which names the route, never the key or the value); SIGTERM ends the process
+/// with 0 after its "shutting down" line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_no_key_or_value_and_sigterm_exits_zero() {
+    let opts = ClusterOptions {
+        nodes: 1,
+        extra_args: ["--log-format", "json", "--slow-request-ms", "1"].map(String::from).to_vec(),
+        ..ClusterOptions::default()
+    };
+    let c = Cluster::start(opts).await;
+    c.leader().await;
+    let base = c.client_url(1);
+    for i in 0..50 {
+        let r = c.http().put(&base, &format!("/secret-key-{i}"), "secret-value").await.expect("a put");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let status = c.stop(1, Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}\n{}", c.log_tail(1, 40));
+    let log = std::fs::read_to_string(c.log_path(1)).expect("the log");
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.starts_with("=== harness")) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 3, "{log}");
+    assert!(
+        !log.contains("secret-key") && !log.contains("secret-value"),
+        "a key or value was logged:\n{log}"
+    );
+    assert!(log.contains("\"message\":\"shutting down\""), "{log}");
+}

@@ -17,6 +17,7 @@ mod keys;
 mod leases;
 mod listing;
 mod locks;
+mod metrics;
 mod sequential;
 mod txn;
 mod watch;

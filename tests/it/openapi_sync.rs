@@ -1960,6 +1960,18 @@ async fn router_serves_the_spec_and_nothing_else() {
     );
     tour.check("GET", "/healthz", None, 200).await;
     tour.check("GET", "/readyz", None, 200).await;
+    let m = tour.check("GET", "/metrics", None, 200).await;
+    let text = String::from_utf8_lossy(&m.body).to_string();
+    tour.expect(
+        text.contains("palisade_store_revision ")
+            && text.contains(
+                "palisade_http_requests_total{method=\"GET\",route=\"/v1/cluster\",status=\"200\"}",
+            )
+            && text.ends_with("# EOF\n"),
+        &m,
+        "the exposition counts the tour's requests and shows the state",
+    );
+    tour.check("GET", "/metrics?verbose", None, 400).await;
 
     // Leases: grants, keys under leases, keepalives, reads, listings, revokes, the cap.
     let lease_stats = |r: &Reply| r.json()["leases"].clone();
@@ -2890,6 +2902,10 @@ async fn auth_replies_match_the_spec() {
     }
     tour.check("GET", "/healthz", None, 200).await;
     tour.check("GET", "/readyz", None, 200).await;
+    // `--metrics auth` (the default): any valid token reads the metrics, no token does not.
+    tour.check("GET", "/metrics", None, 401).await;
+    tour.check_with("GET", "/metrics", &[("authorization", "Bearer not.a.jwt")], None, 401).await;
+    tour.check_with("GET", "/metrics", &[("authorization", &nobody)], None, 200).await;
     n.stop().await;
     assert!(errs.is_empty(), "the router and api/openapi.yaml disagree:\n  {}", errs.join("\n  "));
 }
