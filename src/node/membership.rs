@@ -299,10 +299,8 @@ impl Node {
                 Err(e) => return Err(PeerError::Refused(e)),
             }
         }
-        let mut members: std::collections::BTreeMap<NodeId, Member> =
-            self.replica.status().members.into_iter().map(|m| (m.id, m.addr)).collect();
-        // This member may not have the new learner in its view yet.
-        members.entry(self.id).or_insert_with(|| self.cfg.advertise());
+        // (This member may not have applied the new learner yet: the joining node adds itself.)
+        let members = self.replica.status().members.into_iter().map(|m| (m.id, m.addr)).collect();
         Ok(JoinAnswer { cluster_id: self.identity.cluster_id.clone(), members })
     }
 

@@ -453,6 +453,18 @@ async fn a_member_moved_to_a_new_peer_url_keeps_serving() {
         let m = v["members"].as_array().unwrap().iter().find(|m| m["id"] == moved).cloned().unwrap();
         assert_eq!(m["peer_url"], format!("http://{new_peer}"), "node {id}: {v}");
     }
+
+    // The leader removes itself (the request sent to it): answered, then it stops, and the
+    // other two elect a leader and serve.
+    let (leader, _) = c.leader().await;
+    let r = call(&c, leader, Method::DELETE, &format!("/v1/cluster/members/{leader}"), None).await;
+    assert_eq!((r.status, r.body["role"].as_str()), (200, Some("voter")), "{}", r.text);
+    let log = exited(&c, leader, Duration::from_secs(30)).await;
+    assert!(log.contains(&format!("this node (id {leader}) was removed from the cluster")), "{log}");
+    let (next, _) = c.leader().await;
+    assert_ne!(next, leader);
+    let r = c.http().put(&c.client_url(next), "/moved/after", "v3").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 /// Runs `palisade member --endpoints <ep> <args...>`.
