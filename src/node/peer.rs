@@ -75,14 +75,15 @@ impl Node {
                         ))))
                     }
                 };
-                let Some(mut member) = self.replica.member(from) else {
-                    return PeerResponse::PublishMember(Err(PeerError::Unavailable(not_member())));
-                };
-                member.client_url = client_url;
-                member.incarnation = incarnation;
-                // One membership change at a time (see `membership`).
+                // One membership change at a time (see `membership`), and the record read
+                // under it: read before, a move made meanwhile would be undone.
                 let publish = async {
                     let _one = self.member_change.lock().await;
+                    let Some(mut member) = self.replica.member(from) else {
+                        return Err(not_member());
+                    };
+                    member.client_url = client_url;
+                    member.incarnation = incarnation;
                     self.replica.set_member_addr(from, member).await
                 };
                 let r = match tokio::time::timeout(self.cfg.request_timeout(), publish).await {
