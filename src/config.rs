@@ -242,6 +242,12 @@ settings! {
     /// Initial members: `1=http://127.0.0.1:7380,2=http://127.0.0.1:17380,...` (a member's
     /// client URL may follow its peer URL after `|`). Default: this node alone.
     initial_cluster: Option<String> = None;
+    /// Join a running cluster on the first start: peer URLs of some of its members
+    /// (`http://10.0.0.1:7380,http://10.0.0.2:7380`). The node asks to be added as a learner
+    /// (proven by the peer secret or peer certificate, like every peer request), catches
+    /// up, then asks to be promoted to a voter. Once the data dir holds this node's state
+    /// it is not asked again. Cannot be given with initial_cluster.
+    join: Option<String> = None;
     /// A file holding the cluster's shared peer secret (at least 16 bytes); every member
     /// needs the same one. A peer listener not on a loopback address needs it, or peer
     /// mutual TLS (peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file), or both.
@@ -511,6 +517,26 @@ impl Config {
                 ));
             }
         }
+        if let Some(join) = &self.join {
+            if self.initial_cluster.is_some() {
+                return Err(self.error(
+                    "join",
+                    "cannot be given with initial_cluster: a node either starts a cluster or joins a running one",
+                ));
+            }
+            let urls = parse_join(join).map_err(|m| self.error("join", m))?;
+            let scheme = if self.peer_tls_cert_file.is_some() { "https://" } else { "http://" };
+            if let Some(u) = urls.iter().find(|u| !u.starts_with(scheme)) {
+                return Err(self.error(
+                    "join",
+                    format!("{u} is not {scheme}, as this node's peer listener (every member's speaks TLS, or none)"),
+                ));
+            }
+            if urls.contains(&self.advertise().peer_url) {
+                return Err(self
+                    .error("join", "names this node's own peer URL: give the peer URLs of running members"));
+            }
+        }
         self.validate_tls()?;
         if self.peer_secret_file.is_none()
             && !self.peer_mutual_tls()
@@ -653,6 +679,11 @@ impl Config {
             ),
             incarnation: 0,
         }
+    }
+
+    /// The peer URLs to join through, if given (validated: `validate` has checked them).
+    pub fn join_urls(&self) -> Option<Vec<String>> {
+        self.join.as_deref().and_then(|j| parse_join(j).ok())
     }
 
     /// The initial members, if given (validated: `validate` has checked it parses).
@@ -815,6 +846,25 @@ pub(crate) fn normalize_url(url: &str) -> Result<String, String> {
     }
 }
 
+/// Parses `http://a:7380,http://b:7380` (at most 16 URLs, none twice).
+pub fn parse_join(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let url = normalize_url(part)?;
+        if out.contains(&url) {
+            return Err(format!("names {url} twice"));
+        }
+        out.push(url);
+    }
+    if out.is_empty() {
+        return Err("give the peer URL of at least one running member".into());
+    }
+    if out.len() > 16 {
+        return Err(format!("names {} URLs; at most 16", out.len()));
+    }
+    Ok(out)
+}
+
 /// Parses `1=http://a:7380,2=http://b:7380|http://b:7379`.
 pub fn parse_cluster(s: &str) -> Result<BTreeMap<NodeId, Member>, String> {
     let mut out = BTreeMap::new();
@@ -882,6 +932,24 @@ mod tests {
         let mut c = Config::defaults();
         c.listen_client = "localhost".into();
         assert!(c.validate().unwrap_err().to_string().contains("listen_client"));
+    }
+
+    #[test]
+    fn join_urls_are_checked() {
+        let err = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut c = Config::defaults();
+        c.join = Some("http://127.0.0.1:9001, 127.0.0.1:9002".into());
+        c.validate().unwrap();
+        assert_eq!(c.join_urls().unwrap(), ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]);
+        c.initial_cluster = Some("1=http://127.0.0.1:7380".into());
+        assert!(err(&c).contains("either starts a cluster or joins"), "{}", err(&c));
+        c.initial_cluster = None;
+        for bad in ["", " , ", "http://a:1,http://a:1", "ftp://x:1", "http://127.0.0.1:7380"] {
+            c.join = Some(bad.into());
+            assert!(err(&c).contains("join"), "{bad}: {}", err(&c));
+        }
+        c.join = Some("https://127.0.0.1:9001".into());
+        assert!(err(&c).contains("not http://"), "{}", err(&c));
     }
 
     #[test]

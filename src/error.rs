@@ -42,6 +42,12 @@ pub enum Error {
     /// No such route or method.
     #[error("{0}")]
     NotFound(String),
+    /// No member with this id (404).
+    #[error("node {0} is not a member of this cluster")]
+    MemberNotFound(u64),
+    /// A membership change the cluster's state does not allow now (409); nothing changed.
+    #[error("{message}")]
+    MemberConflict { reason: MemberConflict, message: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     /// A bug or an I/O failure; the detail is logged, never shown to clients.
@@ -50,3 +56,38 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a membership change conflicts with the cluster's state (each a 409 with its own code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberConflict {
+    /// Another membership change is under way (one at a time).
+    ChangeInProgress,
+    /// The id is a member already.
+    MemberExists,
+    /// The id belonged to a member that was removed: node ids are never reused.
+    IdRetired,
+    /// Another member has this peer URL.
+    PeerUrlInUse,
+    /// The learner's log is `behind` entries behind the leader's (or it did not answer).
+    LearnerBehind { behind: u64 },
+    /// The member is a voter already.
+    AlreadyVoter,
+    /// Removing it would leave no voter.
+    LastVoter,
+}
+
+impl MemberConflict {
+    /// The error code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MemberConflict::ChangeInProgress => "membership_change_in_progress",
+            MemberConflict::MemberExists => "member_exists",
+            MemberConflict::IdRetired => "member_id_retired",
+            MemberConflict::PeerUrlInUse => "peer_url_in_use",
+            MemberConflict::LearnerBehind { .. } => "learner_behind",
+            MemberConflict::AlreadyVoter => "already_voter",
+            MemberConflict::LastVoter => "last_voter",
+        }
+    }
+}

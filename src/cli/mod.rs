@@ -7,6 +7,7 @@ mod fence;
 pub(crate) mod kv;
 mod lease;
 mod lock;
+mod member;
 mod output;
 mod serve;
 mod snapshot;
@@ -41,6 +42,8 @@ pub enum Commands {
     Fence(fence::FenceArgs),
     /// Show the cluster: members, roles, leader, term and revision.
     Status(status::StatusArgs),
+    /// List the members, add a learner, promote it, remove or move a member (admin).
+    Member(member::MemberArgs),
     /// Drop the history below a revision (or keep the last N revisions).
     Compact(compact::CompactArgs),
     /// Mint client tokens for a cluster with client auth on (`palisade auth token`).
@@ -61,6 +64,7 @@ pub fn main() -> std::process::ExitCode {
         Commands::Elect(args) => elect::run(args),
         Commands::Fence(args) => fence::run(args),
         Commands::Status(args) => status::run(args),
+        Commands::Member(args) => member::run(args),
         Commands::Compact(args) => compact::run(args),
         Commands::Auth(args) => auth::run(args),
         Commands::Snapshot(args) => snapshot::run(args),

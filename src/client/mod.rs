@@ -789,7 +789,7 @@ mod tests {
         assert_eq!(page.children[1].kv.as_ref().unwrap().value_bytes(), b"");
         assert_eq!(serde_json::to_value(&page).unwrap(), children);
 
-        let cluster = json!({"cluster_id": "c1", "node_id": 1, "leader": null, "term": 0, "revision": 0,
+        let cluster = json!({"cluster_id": "c1", "node_id": 1, "version": "0.1.0", "leader": null, "term": 0, "revision": 0,
             "compact_revision": 0, "applied_index": 0, "store_bytes": 10, "quota_bytes": 100, "idempotency_keys": 2,
             "leases": {"alive": 1, "granted": 4, "expired": 2, "revoked": 1},
             "locks": {"active": 1, "owners": 3, "bytes": 60, "grants": 9, "handoffs": 4, "waits": 5, "lease_ended": 1},

@@ -69,6 +69,16 @@ impl From<Error> for ApiError {
             Error::Unauthenticated(_) => ApiError::new(S::UNAUTHORIZED, "unauthenticated", msg),
             Error::PermissionDenied(_) => ApiError::new(S::FORBIDDEN, "permission_denied", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
+            Error::MemberNotFound(id) => {
+                ApiError::new(S::NOT_FOUND, "member_not_found", msg).with("id", json!(id))
+            }
+            Error::MemberConflict { reason, .. } => {
+                let e = ApiError::new(S::CONFLICT, reason.code(), msg);
+                match reason {
+                    crate::error::MemberConflict::LearnerBehind { behind } => e.with("behind", json!(behind)),
+                    _ => e,
+                }
+            }
             Error::MethodNotAllowed(_) => ApiError::new(S::METHOD_NOT_ALLOWED, "method_not_allowed", msg),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");

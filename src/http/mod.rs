@@ -19,6 +19,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod members;
 mod observe;
 mod peer;
 mod query;
@@ -67,6 +68,10 @@ pub const CLIENT_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/maintenance/compact"),
     ("GET", "/v1/maintenance/snapshot"),
     ("GET", "/v1/cluster"),
+    ("POST", "/v1/cluster/members"),
+    ("POST", "/v1/cluster/members/{id}/promote"),
+    ("PUT", "/v1/cluster/members/{id}"),
+    ("DELETE", "/v1/cluster/members/{id}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -98,6 +103,10 @@ pub fn client_router(node: Arc<Node>) -> Router {
         // Backups: a snapshot of the state, streamed (admin only).
         .route("/v1/maintenance/snapshot", get(snapshot::download))
         .route("/v1/cluster", get(cluster::cluster))
+        // Membership changes (admin only).
+        .route("/v1/cluster/members", post(members::add))
+        .route("/v1/cluster/members/{id}/promote", post(members::promote))
+        .route("/v1/cluster/members/{id}", put(members::update).delete(members::remove))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(tokio::sync::Semaphore::new(node.config().max_inflight_requests)),
@@ -124,6 +133,7 @@ pub fn peer_router(node: Arc<Node>) -> Router {
     let slots = Arc::new(tokio::sync::Semaphore::new(node.config().max_peer_inflight));
     Router::new()
         .route("/raft/rpc", post(peer::rpc))
+        .route("/raft/join", post(peer::join))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(peer::PeerState { node, slots, replays: Arc::new(ReplayGuard::new(peer::REPLAY_MEMORY)) })

@@ -1,4 +1,6 @@
-//! The peer endpoint: one `POST /raft/rpc` carrying a signed [`PeerRequest`] as JSON.
+//! The peer endpoints: `POST /raft/rpc` carrying a signed [`PeerRequest`] as JSON from a
+//! member, and `POST /raft/join` for the two requests of a node that is not a member
+//! (see [`join`]).
 //!
 //! In order, each step before any work of the next: the signed headers (sender, receiver,
 //! time, body digest) are checked, so a stranger never gets a byte of body read; the sender
@@ -112,6 +114,98 @@ pub async fn rpc(
         && !st.replays.first_time(&verified.signature, crate::clock::wall_clock_ms())
     {
         return refuse(StatusCode::CONFLICT, "replayed", "this forwarded write was already received");
+    }
+    let resp = node.clone().handle_peer(from, req).await;
+    let body = serde_json::to_vec(&resp).expect("peer responses serialise");
+    let mut reply = ([(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response();
+    if let Some(sig) = key.sign_response(&verified, &body) {
+        let value = axum::http::HeaderValue::from_str(&sig).expect("hex is a valid header value");
+        reply.headers_mut().insert(RESPONSE_SIGNATURE_HEADER, value);
+    }
+    reply
+}
+
+/// The largest body `POST /raft/join` reads (a join names an id and two URLs).
+pub const JOIN_BODY_LIMIT: usize = 16 * 1024;
+
+/// `POST /raft/join`: the requests of a node that is not a member (yet, or any more): a
+/// join ([`PeerRequest::Join`]) or a removal check ([`PeerRequest::MemberCheck`]), nothing
+/// else. The sender must still prove itself as on `/raft/rpc`: the signature by the
+/// cluster's secret (addressed to this node, or to node 0: a joining node does not know
+/// the ids of the members it calls), and with peer mutual TLS a certificate of the cluster
+/// CA that names the peer host the join gives (for a removal check, the sender's recorded
+/// peer host when it is still a member here). The body is bounded by [`JOIN_BODY_LIMIT`].
+pub async fn join(
+    State(st): State<PeerState>,
+    remote: Option<Extension<RemoteAddr>>,
+    certificate: Option<Extension<ClientCertificate>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let node = &st.node;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let remote = remote.map(|Extension(RemoteAddr(r))| r);
+    let key = node.peer_key();
+    let to = if header(SIGNATURE_HEADERS[1]) == Some("0") { 0 } else { node.id() };
+    let verified = match key.check_headers(header, to, crate::clock::wall_clock_ms()) {
+        Ok(v) => v,
+        Err(e) => {
+            let claimed = header(SIGNATURE_HEADERS[0]).and_then(|f| f.parse().ok());
+            refused_request(node.id(), claimed, remote, e.kind(), &e.explain(claimed));
+            return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
+        }
+    };
+    let from = verified.from;
+    let Ok(_slot) = st.slots.clone().try_acquire_owned() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many peer requests in flight; retry",
+        );
+    };
+    let bytes = match axum::body::to_bytes(body, JOIN_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) if super::connection::is_body_timeout(&e) => {
+            return super::extract::body_timeout(&e).into_response()
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a join is at most {JOIN_BODY_LIMIT} bytes: {e}"),
+            )
+        }
+    };
+    if let Err(e) = key.check_body(&verified, &bytes) {
+        refused_request(node.id(), Some(from), remote, e.kind(), &e.explain(Some(from)));
+        return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
+    }
+    let req: PeerRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
+    };
+    let host = match &req {
+        PeerRequest::Join(j) => reqwest::Url::parse(&j.peer_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())),
+        PeerRequest::MemberCheck => node.peer_host(from),
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "only joins and removal checks go to /raft/join; members call /raft/rpc",
+            )
+        }
+    };
+    if let (Some(Extension(ClientCertificate(der))), Some(host)) = (&certificate, &host) {
+        if !crate::tls::certificate_names(der, host) {
+            let why = format!(
+                "the TLS certificate presented does not name node {from}'s peer host {host:?} (a member's peer \
+                 certificate must list its peer address among its subject alternative names)"
+            );
+            refused_request(node.id(), Some(from), remote, "certificate_mismatch", &why);
+            return refuse(StatusCode::FORBIDDEN, "permission_denied", why);
+        }
     }
     let resp = node.clone().handle_peer(from, req).await;
     let body = serde_json::to_vec(&resp).expect("peer responses serialise");

@@ -129,6 +129,11 @@ impl Node {
                     return;
                 }
                 Decision::Wait(why) => {
+                    // The others refuse a node they removed: ask them whether this is one.
+                    if n.removed_from_initial_cluster().await {
+                        n.fail(super::membership::removed_message(n.id, &n.identity.cluster_id));
+                        return;
+                    }
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                         tracing::warn!("{why}");
                         last_log = Some(Instant::now());

@@ -1,7 +1,8 @@
 //! The node's identity on disk: which node a data dir belongs to, the cluster it was
 //! bootstrapped with, the data dir's incarnation and whether the node has bootstrapped,
 //! so a restart resumes them, contradicting flags are refused, and a data dir that lost
-//! its log is told apart from a new one.
+//! its log is told apart from a new one. A node that joined a running cluster records the
+//! cluster it joined; a node the cluster removed records that, and never starts again.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,13 @@ pub struct Identity {
     /// again (see `bootstrap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<crate::raft::RebuildGate>,
+    /// This node joined a running cluster (`--join`): the cluster added it as a learner,
+    /// and `initial_cluster` is the membership it answered with. It is never asked again.
+    #[serde(default)]
+    pub joined: bool,
+    /// Why this node stopped for good: a membership change removed it (it refuses to start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
 }
 
 const IDENTITY_FILE: &str = "identity.json";
@@ -108,11 +116,16 @@ pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
         incarnation: rand::random::<u64>().max(1),
         bootstrapped: false,
         rebuild: None,
+        joined: false,
+        removed: None,
     };
     std::fs::create_dir_all(&cfg.data_dir)?;
     save(cfg, &id)?;
     Ok(id)
 }
+
+/// Held while the identity file is written (its temporary file has one name).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Writes the identity file durably.
 pub(super) fn save(cfg: &Config, id: &Identity) -> anyhow::Result<()> {
@@ -121,7 +134,24 @@ pub(super) fn save(cfg: &Config, id: &Identity) -> anyhow::Result<()> {
 
 /// Writes the identity file into the data dir `dir`, durably.
 pub(super) fn save_in(dir: &std::path::Path, id: &Identity) -> anyhow::Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     crate::raft::state_machine::write_durably(dir, IDENTITY_FILE, &serde_json::to_vec_pretty(id)?)?;
+    Ok(())
+}
+
+/// Changes the identity file as it is on disk now (not as this process first read it), so
+/// two changes made at about the same time both stay.
+pub(super) fn update(cfg: &Config, change: impl FnOnce(&mut Identity)) -> anyhow::Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let path = cfg.data_dir.join(IDENTITY_FILE);
+    let mut id: Identity = serde_json::from_slice(&std::fs::read(&path)?)
+        .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?;
+    change(&mut id);
+    crate::raft::state_machine::write_durably(
+        &cfg.data_dir,
+        IDENTITY_FILE,
+        &serde_json::to_vec_pretty(&id)?,
+    )?;
     Ok(())
 }
 

@@ -38,6 +38,7 @@ mod leases;
 mod lessor;
 mod lock_hub;
 mod locks;
+mod membership;
 mod peer;
 mod policy;
 mod reads;
@@ -51,6 +52,7 @@ pub use backup::BackupStream;
 pub use identity::{format_cluster, Identity};
 pub use leases::MAX_LEASE_KEYS_SHOWN;
 pub use locks::{AcquireRequest, Acquired, ElectionObserver, ElectionView};
+pub use membership::PROMOTE_MAX_LAG;
 pub use policy::{check_idempotency_key, check_lock_limit, check_lock_name, check_owner};
 pub use reads::{Consistency, KvRead, KvReadResult};
 pub use restore::{inspect, restore, BackupInfo, Restored};
@@ -132,6 +134,11 @@ pub struct Node {
     /// Set once the node cannot go on (a replaced disk refused, a storage failure); the
     /// process serving it should stop (see [`Node::failed`]).
     fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// Held while this node, as leader, makes a membership change (one at a time).
+    member_change: tokio::sync::Mutex<()>,
+    /// Set while a membership change someone asked for is under way here (a second one
+    /// is refused rather than queued).
+    asked_change: std::sync::atomic::AtomicBool,
     /// What this node counts and times (`GET /metrics`).
     metrics: Arc<crate::metrics::Metrics>,
     /// Set when the process was told to stop (see `shutdown`).
@@ -169,7 +176,25 @@ impl Node {
             Some(s) => Some(Arc::new(crate::auth::Verifier::new(s).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        let identity = identity::resolve(&cfg)?;
+        let mut identity = identity::resolve(&cfg)?;
+        if let Some(why) = &identity.removed {
+            anyhow::bail!("{why}");
+        }
+        let fresh = !identity.bootstrapped && !identity.joined && identity.rebuild.is_none();
+        if let (true, Some(urls)) = (fresh, cfg.join_urls()) {
+            let answer = Self::join_cluster(&cfg, &transport, &identity, &urls).await?;
+            let mut members = answer.members;
+            members.entry(cfg.node_id).or_insert_with(|| cfg.advertise());
+            // Rebuilding a member that lost its data: from here on, the usual rebuild
+            // (probes, then catching up before it votes) with the members it learned.
+            identity = Identity {
+                cluster_id: answer.cluster_id,
+                initial_cluster: members,
+                joined: !cfg.rebuild_from_peers,
+                ..identity
+            };
+            identity::save(&cfg, &identity)?;
+        }
         let fatal = tokio::sync::watch::Sender::new(None);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let replica_cfg = ReplicaConfig {
@@ -183,6 +208,7 @@ impl Node {
             max_message_bytes: cfg.max_peer_message_bytes,
             wal_segment_bytes: cfg.wal_segment_bytes,
             initial_members: identity.initial_cluster.clone(),
+            joining: identity.joined,
             metrics: metrics.clone(),
             on_fatal: Some({
                 let fatal = fatal.clone();
@@ -222,7 +248,7 @@ impl Node {
             );
         }
         if initialized {
-            identity::check_recorded_address(&replica, &cfg)?;
+            membership::check_address(&cfg, &replica, &transport).await?;
             if !identity.bootstrapped {
                 // Bootstrapped before a crash kept the identity file from saying so.
                 identity::save(&cfg, &Identity { bootstrapped: true, ..identity.clone() })?;
@@ -245,15 +271,20 @@ impl Node {
             bootstrap_wait: Mutex::default(),
             backups: Arc::new(tokio::sync::Semaphore::new(max_backups)),
             fatal,
+            member_change: tokio::sync::Mutex::new(()),
+            asked_change: Default::default(),
             metrics,
             shutting_down: Default::default(),
             handing_over: Default::default(),
         });
         if let Some(gate) = node.identity.rebuild {
             tokio::spawn(Self::finish_rebuild(Arc::downgrade(&node), gate));
+        } else if node.identity.joined {
+            tokio::spawn(Self::finish_join(Arc::downgrade(&node)));
         } else if !initialized {
             tokio::spawn(Self::bootstrap(Arc::downgrade(&node)));
         }
+        tokio::spawn(Self::watch_removal(Arc::downgrade(&node)));
         tokio::spawn(Self::publish_member(Arc::downgrade(&node)));
         tokio::spawn(Self::auto_compact(Arc::downgrade(&node)));
         tokio::spawn(Self::run_lessor(Arc::downgrade(&node)));
@@ -330,8 +361,10 @@ impl Node {
         &self.peer_key
     }
 
-    /// The host (IP address or DNS name) of member `id`'s peer URL, as this node knows it
-    /// (before it has bootstrapped: the initial members'); for this node, its own.
+    /// The host (IP address or DNS name) of member `id`'s peer URL, as this node knows it:
+    /// from the replicated membership (so members that joined later, and moved ones, too);
+    /// before this node has a membership, the initial members' (for a node that joined,
+    /// the membership the cluster answered its join with); for this node, its own.
     pub fn peer_host(&self, id: NodeId) -> Option<String> {
         let url = if id == self.id {
             self.cfg.advertise().peer_url
@@ -345,8 +378,9 @@ impl Node {
         Some(url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string())
     }
 
-    /// Whether `id` is a member (voter or learner) in this node's view; before this node
-    /// has bootstrapped, the initial members count.
+    /// Whether `id` is a member (voter or learner) in this node's view (the replicated
+    /// membership, members that joined later included); before this node has a membership,
+    /// the initial members count (for a node that joined: those its join was answered with).
     pub fn is_member(&self, id: NodeId) -> bool {
         if self.replica.has_membership() {
             self.replica.member(id).is_some()

@@ -1,5 +1,6 @@
 //! Serving peer requests: Raft calls (checked by the replica), forwarded writes (checked
-//! here exactly like a client's), read-index calls, member records and probes. The sender
+//! here exactly like a client's), read-index calls, member records, probes, membership
+//! changes, and the joins and removal checks of nodes that are not members. The sender
 //! has been proven by the transport; a sender that is not a member is refused outright.
 
 use std::sync::Arc;
@@ -15,6 +16,10 @@ impl Node {
         let not_member = || format!("node {from} is not a member of this cluster");
         match req {
             PeerRequest::Raft(rpc) => PeerResponse::Raft(self.replica.handle(from, rpc).await),
+            // From a node that is not a member (yet, or any more): the peer route for
+            // joins proved it holds the cluster's secret or certificate.
+            PeerRequest::Join(j) => PeerResponse::Join(self.serve_join(from, j).await),
+            PeerRequest::MemberCheck => PeerResponse::MemberCheck(self.member_check(from)),
             _ if from != self.id && !self.is_member(from) => match req {
                 PeerRequest::Forward(_) => PeerResponse::Forward(Err(PeerError::Unavailable(not_member()))),
                 PeerRequest::ReadIndex => PeerResponse::ReadIndex(Err(PeerError::Unavailable(not_member()))),
@@ -29,8 +34,15 @@ impl Node {
                 PeerRequest::LeaseRead(_) => {
                     PeerResponse::LeaseRead(Err(PeerError::Unavailable(not_member())))
                 }
+                PeerRequest::MemberChange(_) => {
+                    PeerResponse::MemberChange(Err(PeerError::Unavailable(not_member())))
+                }
+                PeerRequest::Join(_) | PeerRequest::MemberCheck => unreachable!("served above"),
                 PeerRequest::TakeOver => PeerResponse::TakeOver(Err(PeerError::Unavailable(not_member()))),
             },
+            PeerRequest::MemberChange(change) => {
+                PeerResponse::MemberChange(self.change_locally(change).await)
+            }
             PeerRequest::Forward(cmd) => {
                 if self.replica.leadership().borrow().leader != Some(self.id) {
                     let leader = self.replica.leadership().borrow().leader;
@@ -63,23 +75,24 @@ impl Node {
                         ))))
                     }
                 };
-                let Some(mut member) = self.replica.member(from) else {
-                    return PeerResponse::PublishMember(Err(PeerError::Unavailable(not_member())));
+                // One membership change at a time (see `membership`), and the record read
+                // under it: read before, a move made meanwhile would be undone.
+                let publish = async {
+                    let _one = self.member_change.lock().await;
+                    let Some(mut member) = self.replica.member(from) else {
+                        return Err(not_member());
+                    };
+                    if member.client_url == client_url && member.incarnation == incarnation {
+                        // Recorded already (a member that lags behind its own record asks
+                        // again): a membership change would restart replication to every
+                        // member, and cut off a snapshot that is on its way to this one.
+                        return Ok(());
+                    }
+                    member.client_url = client_url;
+                    member.incarnation = incarnation;
+                    self.replica.set_member_addr(from, member).await
                 };
-                if member.client_url == client_url && member.incarnation == incarnation {
-                    // Recorded already (a member that lags behind its own record asks
-                    // again): a membership change would restart replication to every
-                    // member, and cut off a snapshot that is on its way to this one.
-                    return PeerResponse::PublishMember(Ok(()));
-                }
-                member.client_url = client_url;
-                member.incarnation = incarnation;
-                let r = match tokio::time::timeout(
-                    self.cfg.request_timeout(),
-                    self.replica.set_member_addr(from, member),
-                )
-                .await
-                {
+                let r = match tokio::time::timeout(self.cfg.request_timeout(), publish).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(PeerError::Unavailable(e)),
                     Err(_) => Err(PeerError::Timeout),

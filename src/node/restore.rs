@@ -128,6 +128,8 @@ pub fn restore(
             incarnation: rand::random::<u64>().max(1),
             bootstrapped: true,
             rebuild: None,
+            joined: false,
+            removed: None,
         };
         identity::save_in(&tmp, &id)?;
         std::fs::File::open(&tmp)?.sync_all()?;

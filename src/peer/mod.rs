@@ -18,8 +18,9 @@ pub use auth::{
     SIGNATURE_HEADERS,
 };
 pub use protocol::{
-    LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, PeerError, PeerHandler, PeerRequest, PeerResponse,
-    ProbeReply, ReadIndexReply,
+    JoinAnswer, JoinRequest, LeaseAnswer, LeaseInfo, LeaseQuery, LeaseTimes, MemberChange, MemberCheckReply,
+    MemberRecord, PeerError, PeerHandler, PeerRequest, PeerResponse, ProbeReply, ReadIndexReply, JOIN_PATH,
+    RPC_PATH,
 };
 pub(crate) use refusals::refused_request;
 pub use transport::{HttpTransport, RaftOverPeers, Transport};

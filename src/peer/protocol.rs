@@ -32,8 +32,89 @@ pub enum PeerRequest {
     },
     /// A client's read of leases and their remaining time, which only the leader knows.
     LeaseRead(LeaseQuery),
+    /// A membership change for the leader to make (an admin's, forwarded by the member
+    /// that received it; or a joined learner asking to be promoted).
+    MemberChange(MemberChange),
+    /// Sent by a node that is not a member yet (to [`JOIN_PATH`]): add me as a learner.
+    Join(JoinRequest),
+    /// Sent by a node that no longer hears from a leader (to [`JOIN_PATH`], as it may not
+    /// be a member any more): was I removed?
+    MemberCheck,
     /// From the leader, shutting down, to a member that holds its whole log: campaign now.
     TakeOver,
+}
+
+/// Where requests from a node that may not be a member go: [`PeerRequest::Join`] and
+/// [`PeerRequest::MemberCheck`] only, with a small body limit.
+pub const JOIN_PATH: &str = "/raft/join";
+
+/// Where every other peer request goes.
+pub const RPC_PATH: &str = "/raft/rpc";
+
+impl PeerRequest {
+    /// The peer route this request goes to.
+    pub fn path(&self) -> &'static str {
+        match self {
+            PeerRequest::Join(_) | PeerRequest::MemberCheck => JOIN_PATH,
+            _ => RPC_PATH,
+        }
+    }
+}
+
+/// A membership change, as the leader makes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberChange {
+    /// Add a learner. `incarnation`: the joining node's data dir's (0 when an admin adds it).
+    Add { id: NodeId, peer_url: String, client_url: String, incarnation: u64 },
+    /// Make a learner a voter once it has caught up.
+    Promote { id: NodeId },
+    /// Remove a voter or a learner (the leader too).
+    Remove { id: NodeId },
+    /// Move a member to new URLs (each one kept when not given).
+    Update { id: NodeId, peer_url: Option<String>, client_url: Option<String> },
+}
+
+/// What a joining node says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub id: NodeId,
+    pub peer_url: String,
+    pub client_url: String,
+    /// Its data dir's incarnation: a retried join of the same data dir is told apart from a
+    /// wiped member's.
+    pub incarnation: u64,
+    /// The node is a member that lost its data and is rebuilt from its peers: add nothing,
+    /// only tell it the cluster.
+    #[serde(default)]
+    pub rebuild: bool,
+}
+
+/// What the cluster answers a join: who it is and who its members are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub cluster_id: String,
+    pub members: std::collections::BTreeMap<NodeId, crate::raft::Member>,
+}
+
+/// A member as a membership change left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: NodeId,
+    pub peer_url: String,
+    pub client_url: String,
+    pub voter: bool,
+}
+
+/// What a member answers a [`PeerRequest::MemberCheck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCheckReply {
+    pub cluster_id: String,
+    /// A committed membership change removed the caller.
+    pub removed: bool,
+    /// The peer URL the answering member records for the caller (none: not a member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
 }
 
 /// What a keepalive reports of a lease.
@@ -140,6 +221,9 @@ pub enum PeerResponse {
     Probe(ProbeReply),
     LeaseKeepalive(Result<LeaseTimes, PeerError>),
     LeaseRead(Result<LeaseAnswer, PeerError>),
+    MemberChange(Result<MemberRecord, PeerError>),
+    Join(Result<JoinAnswer, PeerError>),
+    MemberCheck(MemberCheckReply),
     TakeOver(Result<(), PeerError>),
 }
 

@@ -1,7 +1,8 @@
 //! Carrying peer requests: the [`Transport`] seam, its HTTP implementation, and Raft's
 //! calls over it.
 //!
-//! Over HTTP a request is `POST {peer_url}/raft/rpc` with the JSON of a [`PeerRequest`]
+//! Over HTTP a request is `POST {peer_url}/raft/rpc` (`/raft/join` for the requests of a
+//! node that may not be a member, see [`PeerRequest::path`]) with the JSON of a [`PeerRequest`]
 //! and the headers of [`PeerKey::sign`]; the answer is the JSON of a [`PeerResponse`],
 //! signed for that request (an answer whose signature does not check is a failed call)
 //! and no larger than the peer message limit.
@@ -130,7 +131,7 @@ impl Transport for HttpTransport {
         req: PeerRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<PeerResponse, CallError>> {
-        let url = format!("{}/raft/rpc", member.peer_url.trim_end_matches('/'));
+        let url = format!("{}{}", member.peer_url.trim_end_matches('/'), req.path());
         let body = match serde_json::to_vec(&req) {
             Ok(b) => b,
             Err(e) => return futures::future::ready(Err(CallError::Unreachable(e.to_string()))).boxed(),

@@ -88,7 +88,15 @@ pub fn seed(snapshot_dir: &Path, state: State, members: &BTreeMap<NodeId, Member
     let at = Some(first_log_id());
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
     let membership = StoredMembership::new(at, openraft::Membership::new(vec![voters], members.clone()));
-    let applied = Applied { state, last_applied: at, membership: membership.clone(), lease_clock_seen: None };
+    // A new cluster: no node id of it was ever removed (the backed-up cluster's removed ids
+    // are its own).
+    let applied = Applied {
+        state,
+        last_applied: at,
+        membership: membership.clone(),
+        lease_clock_seen: None,
+        retired: Default::default(),
+    };
     let meta = SnapshotMeta { last_log_id: at, last_membership: membership, snapshot_id: "restored".into() };
     snapshot_file::write(snapshot_dir, SNAPSHOT_FILE, &SnapshotFileRef { meta: &meta, applied: &applied })
 }

@@ -23,8 +23,8 @@ pub mod types;
 pub use backup::Backup;
 pub use network::{CallError, RaftReply, RaftRpc, RaftSender};
 pub use replica::{
-    Leadership, MemberInfo, ProposeError, ReadIndexError, RebuildGate, Replica, ReplicaConfig, ReplicaStatus,
-    Role, Stall, StorageHealth,
+    ChangeError, Leadership, MemberInfo, ProposeError, ReadIndexError, RebuildGate, Replica, ReplicaConfig,
+    ReplicaStatus, Role, Stall, StorageHealth,
 };
 pub use state_machine::Applied;
 pub use types::{Member, NodeId};

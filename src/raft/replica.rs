@@ -10,7 +10,10 @@
 //!   term (so everything an earlier leader committed is applied before a leader-only task
 //!   starts: etcd promotes its lessor at the same point), and false the moment it is not
 //!   leader any more;
-//! - a peer RPC reaches openraft only from a member (a voter, for a vote) speaking for
+//! - a membership change is made in a task of its own, so both steps of a joint change
+//!   are proposed even when its caller gives up; removed ids are replicated (never reused);
+//! - a peer RPC reaches openraft only from a member (a voter, for a vote; before a joining
+//!   or rebuilt node has a membership, one of the members it was told of) speaking for
 //!   itself, with a term that cannot overflow, entries that form a sequence, and, for a
 //!   snapshot, chunks that arrive in order and add up to data that decodes; anything else
 //!   is refused and changes nothing.
@@ -128,6 +131,10 @@ pub struct ReplicaConfig {
     /// The members this node was bootstrapped with: while it is rebuilt and knows no
     /// membership yet, these may send it Raft calls.
     pub initial_members: BTreeMap<NodeId, Member>,
+    /// This node joined a running cluster and has not received its membership yet: until
+    /// it does, `initial_members` (the membership the cluster answered the join with) may
+    /// send it entries.
+    pub joining: bool,
     /// Where fsync and apply durations and leader changes are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -188,6 +195,44 @@ pub struct Replica {
     rebuild: Mutex<Option<RebuildGate>>,
     /// See [`ReplicaConfig::initial_members`].
     initial_members: BTreeMap<NodeId, Member>,
+    /// See [`ReplicaConfig::joining`].
+    joining: bool,
+    /// When a leader's entries or snapshot last reached Raft here (a node the cluster
+    /// removed stops hearing from it).
+    leader_heard_at: Mutex<Instant>,
+}
+
+/// Why a membership change was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// This node is not the leader; nothing changed.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Another membership change is under way; nothing changed.
+    #[error("another membership change is under way: {0}")]
+    InProgress(String),
+    /// Raft refused the change as it stands (an unknown learner, ...); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// Raft stopped under the change: it may or may not take effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ChangeError {
+    use openraft::error::ChangeMembershipError as C;
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ChangeError::NotLeader { leader: f.leader_id }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(C::InProgress(p))) => {
+            ChangeError::InProgress(p.to_string())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ChangeError::Refused(e.to_string())
+        }
+        RaftError::Fatal(e) => ChangeError::Unknown(format!("raft stopped: {e}")),
+    }
 }
 
 impl Replica {
@@ -259,6 +304,8 @@ impl Replica {
             log,
             rebuild: Mutex::new(None),
             initial_members: cfg.initial_members.clone(),
+            joining: cfg.joining,
+            leader_heard_at: Mutex::new(Instant::now()),
         })
     }
 
@@ -418,11 +465,102 @@ impl Replica {
         self.raft.change_membership(change, false).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// Adds `id` as a learner (on the leader), without waiting for it to catch up; returns
+    /// the log index of the change.
+    pub async fn add_learner(&self, id: NodeId, addr: Member) -> Result<u64, ChangeError> {
+        let raft = self.raft.clone();
+        let task = tokio::spawn(async move { raft.add_learner(id, addr, false).await });
+        match task.await {
+            Ok(r) => r.map(|r| r.log_id.index).map_err(change_error),
+            Err(e) => Err(ChangeError::Unknown(format!("the membership change task failed: {e}"))),
+        }
+    }
+
+    /// Makes learner `id` a voter (on the leader), through joint consensus; returns once
+    /// the new membership is committed, with its log index.
+    pub async fn promote(&self, id: NodeId) -> Result<u64, ChangeError> {
+        self.change(openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([id]))).await
+    }
+
+    /// Removes member `id` (a voter through joint consensus, or a learner) on the leader;
+    /// returns once the membership without it is committed, with its log index. A leader
+    /// that removes itself leads until then, and steps down after.
+    pub async fn remove(&self, id: NodeId) -> Result<u64, ChangeError> {
+        let voter = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        let ids = std::collections::BTreeSet::from([id]);
+        let change = if voter {
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        self.change(change).await
+    }
+
+    /// Records new addresses for member `id` (on the leader), typed like the other changes.
+    pub async fn change_addr(&self, id: NodeId, addr: Member) -> Result<u64, ChangeError> {
+        self.change(openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, addr)]))).await
+    }
+
+    /// Makes `change` in a task of its own: openraft proposes the second step of a joint
+    /// change only while its caller waits, so a caller that gave up (a request past its
+    /// deadline) must not leave the cluster in a joint membership.
+    async fn change(&self, change: openraft::ChangeMembers<NodeId, Member>) -> Result<u64, ChangeError> {
+        let raft = self.raft.clone();
+        let task = tokio::spawn(async move { raft.change_membership(change, false).await });
+        match task.await {
+            Ok(r) => r.map(|r| r.log_id.index).map_err(change_error),
+            Err(e) => Err(ChangeError::Unknown(format!("the membership change task failed: {e}"))),
+        }
+    }
+
+    /// As leader, completes a joint membership left behind (a leader that changed during a
+    /// change commits the joint step, but never proposes the next one): moves to its last
+    /// configuration. `Ok(false)` when there was nothing to complete.
+    pub async fn finish_joint(&self) -> Result<bool, ChangeError> {
+        let (joint, last, committed) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let configs = membership.get_joint_config();
+            let committed = self.sm.read().membership.log_id() == m.membership_config.log_id();
+            (configs.len() > 1, configs.last().cloned().unwrap_or_default(), committed)
+        };
+        if !joint || !committed || last.is_empty() {
+            return Ok(false);
+        }
+        self.change(openraft::ChangeMembers::ReplaceAllVoters(last)).await.map(|_| true)
+    }
+
+    /// Whether the membership this node knows is a joint one: a change is under way.
+    pub fn change_in_progress(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1
+    }
+
+    /// The ids a membership change removed (applied here): never to be used again.
+    pub fn retired(&self) -> std::collections::BTreeSet<NodeId> {
+        self.sm.read().retired.clone()
+    }
+
+    /// Whether an applied (so committed) membership change removed `id`: it was in the
+    /// membership before the change and not after (a node that is catching up applies
+    /// memberships from before it joined; they do not count).
+    pub fn applied_removal_of(&self, id: NodeId) -> bool {
+        self.sm.read().retired.contains(&id)
+    }
+
+    /// How long since a leader's entries (or heartbeat) last reached Raft here.
+    pub fn since_leader_heard(&self) -> Duration {
+        self.leader_heard_at.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+
     /// Serves a Raft call from member `from`, after checking it may be handed to Raft.
     pub async fn handle(&self, from: NodeId, rpc: RaftRpc) -> RaftReply {
         if let Err(why) = self.check(from, &rpc) {
             tracing::warn!(from, %why, "refused a raft call");
             return RaftReply::Refused(why);
+        }
+        if !matches!(rpc, RaftRpc::Vote(_)) {
+            *self.leader_heard_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
         match rpc {
             RaftRpc::Append(r) => RaftReply::Append(self.raft.append_entries(r).await),
@@ -577,9 +715,10 @@ impl Replica {
         }
         let known = match membership.get_node(&from) {
             Some(_) => true,
-            // Rebuilding, before the first membership arrived: the initial members.
+            // Rebuilding or joining, before the first membership arrived: the initial
+            // members (for a joining node, the membership the cluster answered with).
             None => {
-                rebuild.is_some()
+                (rebuild.is_some() || self.joining)
                     && membership.nodes().next().is_none()
                     && self.initial_members.contains_key(&from)
             }
@@ -752,6 +891,10 @@ mod tests {
     }
 
     async fn replica(dir: &std::path::Path) -> Replica {
+        replica_with(dir, false).await
+    }
+
+    async fn replica_with(dir: &std::path::Path, joining: bool) -> Replica {
         let cfg = ReplicaConfig {
             id: 3,
             cluster_name: "test".into(),
@@ -764,6 +907,7 @@ mod tests {
             on_fatal: None,
             wal_segment_bytes: 1 << 20,
             initial_members: (1..=3).map(|id| (id, member(id))).collect(),
+            joining,
             metrics: Default::default(),
         };
         Replica::open(&cfg, Arc::new(Nowhere)).await.unwrap()
@@ -835,6 +979,21 @@ mod tests {
         assert!(
             !matches!(r.handle(1, RaftRpc::Vote(vote)).await, RaftReply::Refused(ref why) if why.contains("votes again"))
         );
+        r.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_joining_node_hears_the_members_it_was_told_of_before_it_has_a_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica_with(dir.path(), true).await;
+        assert!(
+            matches!(r.handle(1, append(5, 1)).await, RaftReply::Append(_)),
+            "a member's entries reach raft"
+        );
+        assert!(refused(&r.handle(7, append(5, 7)).await).contains("not a member"));
+        let vote = openraft::raft::VoteRequest { vote: openraft::Vote::new(9, 2), last_log_id: None };
+        assert!(refused(&r.handle(2, RaftRpc::Vote(vote)).await).contains("not a voter"));
+        assert!(!r.applied_removal_of(3), "nothing applied, nobody removed");
         r.shutdown().await;
     }
 }

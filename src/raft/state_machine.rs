@@ -31,6 +31,10 @@ pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// Ids of members a membership change removed: never given to a member again.
+    /// Replicated (derived from the membership entries, in log order) and in snapshots.
+    #[serde(default)]
+    pub retired: std::collections::BTreeSet<NodeId>,
     /// When the entry that moved the lease clock to its current reading reached this node
     /// (appended to its log; when it was applied if that is not known), on this node's
     /// monotonic clock: so not replicated, and not in snapshots (`None` after a restart or
@@ -353,6 +357,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         outcome
                     }
                     EntryPayload::Membership(m) => {
+                        // A member the new membership leaves out is retired for good.
+                        let gone: Vec<NodeId> = a
+                            .membership
+                            .membership()
+                            .nodes()
+                            .map(|(id, _)| *id)
+                            .filter(|id| m.get_node(id).is_none())
+                            .collect();
+                        a.retired.extend(gone);
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
                         a.state.nothing()
                     }
@@ -526,6 +539,33 @@ mod tests {
 
     /// The lease clock's reading is dated by when its entry reached this node, not by when
     /// it was applied (a follower may apply a dead leader's last entries only once it leads).
+    /// A member a membership entry leaves out is retired for good, on every node alike, and
+    /// the retired ids travel in snapshots; a member added later is not.
+    #[tokio::test]
+    async fn members_left_out_by_a_membership_are_retired() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let node = || Member::default();
+        let config = |voters: &[u64], learners: &[u64]| {
+            let nodes: BTreeMap<NodeId, Member> =
+                voters.iter().chain(learners).map(|id| (*id, node())).collect();
+            openraft::Membership::new(vec![voters.iter().copied().collect::<BTreeSet<_>>()], nodes)
+        };
+        let entry = |index: u64, m: openraft::Membership<NodeId, Member>| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Membership(m),
+        };
+        sm.apply(vec![entry(1, config(&[1, 2, 3], &[]))]).await.unwrap();
+        sm.apply(vec![entry(2, config(&[1, 2, 3], &[4]))]).await.unwrap();
+        assert!(sm.read().retired.is_empty(), "a learner added retires nobody");
+        sm.apply(vec![entry(3, config(&[1, 2, 4], &[]))]).await.unwrap();
+        sm.apply(vec![entry(4, config(&[1, 4], &[]))]).await.unwrap();
+        assert_eq!(sm.read().retired, BTreeSet::from([2, 3]));
+        let copy: Applied = serde_json::from_slice(&serde_json::to_vec(&*sm.read()).unwrap()).unwrap();
+        assert_eq!(copy.retired, BTreeSet::from([2, 3]), "in snapshots");
+    }
+
     #[tokio::test]
     async fn the_lease_clock_is_dated_by_when_its_entry_arrived() {
         use crate::store::{Command, Proposal};

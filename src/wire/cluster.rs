@@ -12,6 +12,25 @@ pub struct MemberResponse {
     pub role: String,
 }
 
+/// `POST /v1/cluster/members`: add a learner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub id: u64,
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+/// `PUT /v1/cluster/members/{id}`: move a member (a URL not given stays as it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMemberRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_url: Option<String>,
+}
+
 /// `GET /v1/cluster`: the answering node's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterResponse {

@@ -11,7 +11,10 @@ pub mod txn;
 pub mod watch;
 pub mod whole;
 
-pub use cluster::{ClusterResponse, HealthResponse, LeaseStats, LockStats, MemberResponse};
+pub use cluster::{
+    AddMemberRequest, ClusterResponse, HealthResponse, LeaseStats, LockStats, MemberResponse,
+    UpdateMemberRequest,
+};
 pub use error::{ErrorBody, ErrorDetail};
 pub use kv::{
     decode_value, put_body, Child, ChildrenResponse, CountResponse, DeleteResponse, GetResponse, KeyValue,

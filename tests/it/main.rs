@@ -23,6 +23,9 @@
 //!   through followers).
 //! - `tls_process`: TLS on both listeners, peers authenticated by mutual TLS, certificate
 //!   rotation while serving, a would-be member with a foreign certificate, client certificates.
+//! - `membership_process`: live membership changes on real processes (3 -> 5 -> 3 members
+//!   under a recorded workload, `--join`, removing the leader, moving a member, bad input,
+//!   `palisade member`).
 //! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
 //!   out of file descriptors).
 
@@ -46,6 +49,7 @@ mod http_api;
 mod idempotency_process;
 mod lease_process;
 mod lock_process;
+mod membership_process;
 mod openapi_sync;
 mod peer_secret_process;
 mod tls_process;

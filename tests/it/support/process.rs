@@ -70,6 +70,10 @@ pub struct ClusterOptions {
     /// A bearer token the cluster's own client ([`Cluster::http`], [`Cluster::leader`])
     /// sends with every request: needed when the nodes run with client auth.
     pub token: Option<String>,
+    /// Members that are not in `--initial-cluster`: they start with `--join` and the peer
+    /// URLs of the initial members instead (put them in `delayed` too, to start them once
+    /// the cluster runs).
+    pub joiners: Vec<u64>,
 }
 
 /// Where one node listens and how it is launched, for a cluster that is not on 127.0.0.1
@@ -100,6 +104,7 @@ impl Default for ClusterOptions {
             data_root: None,
             tls: None,
             token: None,
+            joiners: Vec::new(),
         }
     }
 }
@@ -275,7 +280,13 @@ impl Cluster {
         std::fs::write(&secret_path, format!("{secret}\n")).expect("write the peer secret");
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let initial_cluster = (1..=n)
+            .filter(|id| !opts.joiners.contains(&(*id as u64)))
             .map(|id| format!("{id}={scheme}://{}:{}", hosts[id - 1].ip, hosts[id - 1].peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let join_urls = (1..=n)
+            .filter(|id| !opts.joiners.contains(&(*id as u64)))
+            .map(|id| format!("{scheme}://{}:{}", hosts[id - 1].ip, hosts[id - 1].peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let nodes = (1..=n)
@@ -295,8 +306,8 @@ impl Cluster {
                     &client_addr,
                     "--listen-peer",
                     &peer_addr,
-                    "--initial-cluster",
-                    &initial_cluster,
+                    if opts.joiners.contains(&(id as u64)) { "--join" } else { "--initial-cluster" },
+                    if opts.joiners.contains(&(id as u64)) { &join_urls } else { &initial_cluster },
                     "--heartbeat-ms",
                     &opts.heartbeat_ms.to_string(),
                     "--election-timeout-ms",
@@ -811,6 +822,21 @@ impl Http {
     fn kv_url(base: &str, key: &str, query: &str) -> String {
         let q = if query.is_empty() { String::new() } else { format!("?{query}") };
         format!("{}/v1/kv{}{q}", base.trim_end_matches('/'), encode_key(key))
+    }
+
+    /// `{method} {base}{path_and_query}` with `body` as JSON (none: no body).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        base: &str,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, reqwest::Error> {
+        let mut req = self.client.request(method, format!("{}{path_and_query}", base.trim_end_matches('/')));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Self::reply(req.send().await?).await
     }
 
     /// `GET {base}{path_and_query}`.
