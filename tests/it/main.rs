@@ -26,6 +26,7 @@
 //! - `membership_process`: live membership changes on real processes (3 -> 5 -> 3 members
 //!   under a recorded workload, `--join`, removing the leader, moving a member, bad input,
 //!   `palisade member`).
+//! - `ops_process`: a learner joining a store of 500,000 keys (memory bound, writes flowing).
 //! - `hardening`: stuck and greedy clients against a real node (deadlines, caps, running
 //!   out of file descriptors).
 
@@ -51,6 +52,7 @@ mod lease_process;
 mod lock_process;
 mod membership_process;
 mod openapi_sync;
+mod ops_process;
 mod peer_secret_process;
 mod tls_process;
 mod watch_process;
