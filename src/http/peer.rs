@@ -63,10 +63,18 @@ pub async fn rpc(
         }
     };
     let from = verified.from;
-    if from != node.id() && !node.is_member(from) {
+    // A sender this node's membership does not name may still be a leader that joined
+    // after the membership this node has applied: its appends and snapshots are let
+    // through to the replica (checked once the body says what it is); anything else is
+    // refused.
+    let stranger = from != node.id() && !node.is_member(from);
+    let not_member = || {
         let why = format!("node {from} is not a member of this cluster");
         refused_request(node.id(), Some(from), remote, "not_a_member", &why);
-        return refuse(StatusCode::FORBIDDEN, "permission_denied", why);
+        refuse(StatusCode::FORBIDDEN, "permission_denied", why)
+    };
+    if stranger && !node.replica_has_membership() {
+        return not_member();
     }
     // With peer mutual TLS the certificate must be the claimed member's own: one the CA
     // issued for another host (another member, or anything else it signed) is refused.
@@ -110,6 +118,9 @@ pub async fn rpc(
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     };
+    if stranger && !node.takes_from_unknown(from, &req) {
+        return not_member();
+    }
     if matches!(req, PeerRequest::Forward(_))
         && !st.replays.first_time(&verified.signature, crate::clock::wall_clock_ms())
     {
@@ -185,8 +196,10 @@ pub async fn join(
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     };
     let host = match &req {
-        PeerRequest::Join(j) => reqwest::Url::parse(&j.peer_url)
+        // Read as the membership will record it (a URL without a scheme gets one).
+        PeerRequest::Join(j) => crate::config::normalize_url(&j.peer_url)
             .ok()
+            .and_then(|u| reqwest::Url::parse(&u).ok())
             .and_then(|u| u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())),
         PeerRequest::MemberCheck => node.peer_host(from),
         _ => {
@@ -197,6 +210,16 @@ pub async fn join(
             )
         }
     };
+    if certificate.is_some() && host.is_none() && matches!(req, PeerRequest::Join(_)) {
+        // Under peer mutual TLS a joining node's certificate must name the host it joins
+        // as: without one, nothing ties the certificate to the member it would become. (A
+        // removal check answers no more than whether the sender's id was removed.)
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the peer URL names no host to check the peer certificate against",
+        );
+    }
     if let (Some(Extension(ClientCertificate(der))), Some(host)) = (&certificate, &host) {
         if !crate::tls::certificate_names(der, host) {
             let why = format!(

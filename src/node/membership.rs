@@ -122,9 +122,21 @@ impl Node {
             ));
         };
         let _one = self.member_change.lock().await;
-        let leader = self.replica.leadership().borrow().leader;
-        if leader != Some(self.id) {
-            return Err(PeerError::NotLeader { leader });
+        if self.is_handing_over() || self.is_shutting_down() {
+            return Err(PeerError::Unavailable(
+                "this node is shutting down and hands its leadership over; try again".into(),
+            ));
+        }
+        let leadership = *self.replica.leadership().borrow();
+        if leadership.leader != Some(self.id) {
+            return Err(PeerError::NotLeader { leader: leadership.leader });
+        }
+        if !leadership.is_self {
+            // Not everything committed before this term is applied yet, the removed ids
+            // included: an id a change just retired could be handed out again.
+            return Err(PeerError::Unavailable(
+                "this leader is still applying the log of its predecessors; try again".into(),
+            ));
         }
         if self.replica.change_in_progress() {
             return Err(conflict(
@@ -343,6 +355,11 @@ impl Node {
                         tracing::info!(node_id = cfg.node_id, via = %url, cluster_id = %answer.cluster_id, "joined the cluster as a learner");
                         return Ok(answer);
                     }
+                    // Another change is under way (another node joining, say): this one
+                    // goes in after it.
+                    Ok(PeerResponse::Join(Err(PeerError::Refused(
+                        e @ Error::MemberConflict { reason: MemberConflict::ChangeInProgress, .. },
+                    )))) => failures.push(format!("{url}: {e}")),
                     Ok(PeerResponse::Join(Err(PeerError::Refused(e)))) => {
                         let hint = match &e {
                             Error::MemberConflict { reason: MemberConflict::MemberExists, .. } => {
@@ -455,7 +472,10 @@ impl Node {
     /// As leader, completes a joint membership a change left behind (its leader changed
     /// between the two steps), so the next change is not refused for ever.
     async fn finish_joint(&self) {
-        if !self.replica.change_in_progress() || !self.replica.leadership().borrow().is_self {
+        if !self.replica.change_in_progress()
+            || !self.replica.leadership().borrow().is_self
+            || self.is_handing_over()
+        {
             return;
         }
         let Ok(_one) = self.member_change.try_lock() else { return };

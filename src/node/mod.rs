@@ -389,6 +389,18 @@ impl Node {
         }
     }
 
+    /// Whether this node has a membership (it bootstrapped, joined or was sent one).
+    pub fn replica_has_membership(&self) -> bool {
+        self.replica.has_membership()
+    }
+
+    /// Whether peer request `req` from `from`, whom this node's membership does not name,
+    /// may be served: an append or a snapshot from a leader that joined after the
+    /// membership this node has applied (Raft's own checks then decide).
+    pub fn takes_from_unknown(&self, from: NodeId, req: &PeerRequest) -> bool {
+        matches!(req, PeerRequest::Raft(rpc) if self.replica.takes_from_unknown(from, rpc))
+    }
+
     /// Who leads; a change is published as it happens. `is_self` turns true only once
     /// this node leads and has applied an entry of its own term.
     pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {

@@ -53,6 +53,8 @@ impl Node {
             return;
         }
         self.handing_over.store(true, Ordering::Relaxed);
+        // A membership change under way goes in first (new ones are refused from now on).
+        let _ = tokio::time::timeout_at(give_up, self.member_change.lock()).await;
         // The proposals already on their way go in first: the successor must hold them too.
         while self.proposals_running() > 0 && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(5)).await;

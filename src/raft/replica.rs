@@ -536,6 +536,15 @@ impl Replica {
         self.raft.metrics().borrow().membership_config.membership().get_joint_config().len() > 1
     }
 
+    /// Whether a Raft call `rpc` from `from`, which this node's membership does not name,
+    /// may still reach the replica: an append or a snapshot from a leader that joined after
+    /// the membership this node has applied (see `check`).
+    pub fn takes_from_unknown(&self, from: NodeId, rpc: &RaftRpc) -> bool {
+        matches!(rpc, RaftRpc::Append(_) | RaftRpc::SnapshotChunk { .. })
+            && self.has_membership()
+            && !self.sm.read().retired.contains(&from)
+    }
+
     /// The ids a membership change removed (applied here): never to be used again.
     pub fn retired(&self) -> std::collections::BTreeSet<NodeId> {
         self.sm.read().retired.clone()
@@ -626,8 +635,15 @@ impl Replica {
             return RaftReply::Refused(format!("no snapshot is being received (a chunk at {offset})"));
         };
         let expected = inc.received;
-        if inc.from != from || inc.snapshot_id != meta.snapshot_id || inc.total != total || offset != expected
-        {
+        if inc.from != from || inc.vote > vote {
+            // A stray chunk from another sender (a deposed leader's, late) never cuts off the
+            // transfer under way.
+            return RaftReply::Refused(format!(
+                "a chunk at {offset} from node {from}, while a snapshot from node {} is being received",
+                inc.from
+            ));
+        }
+        if inc.snapshot_id != meta.snapshot_id || inc.total != total || offset != expected {
             *incoming = None;
             return RaftReply::Refused(format!(
                 "out of order: a chunk at {offset} of snapshot {} where {expected} of {} was due",
@@ -717,10 +733,16 @@ impl Replica {
             Some(_) => true,
             // Rebuilding or joining, before the first membership arrived: the initial
             // members (for a joining node, the membership the cluster answered with).
+            None if membership.nodes().next().is_none() => {
+                (rebuild.is_some() || self.joining) && self.initial_members.contains_key(&from)
+            }
+            // A leader this node does not know yet: its membership may be behind the log
+            // (members were added while it was away, or it installed a snapshot taken
+            // before that leader joined). Raft's term and log checks decide, as for any
+            // leader; an id a membership change removed, never.
             None => {
-                (rebuild.is_some() || self.joining)
-                    && membership.nodes().next().is_none()
-                    && self.initial_members.contains_key(&from)
+                matches!(rpc, RaftRpc::Append(_) | RaftRpc::SnapshotChunk { .. })
+                    && !self.sm.read().retired.contains(&from)
             }
         };
         if !known {
@@ -979,6 +1001,23 @@ mod tests {
         assert!(
             !matches!(r.handle(1, RaftRpc::Vote(vote)).await, RaftReply::Refused(ref why) if why.contains("votes again"))
         );
+        r.shutdown().await;
+    }
+
+    /// A member whose membership is behind the log (members were added while it was away)
+    /// hears a leader it does not know yet: Raft's term and log checks decide. It never
+    /// takes a vote from one.
+    #[tokio::test]
+    async fn a_member_behind_on_the_membership_hears_a_leader_that_joined_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        r.initialize((1..=3).map(|id| (id, member(id))).collect()).await.unwrap();
+        assert!(
+            matches!(r.handle(4, append(5, 4)).await, RaftReply::Append(_)),
+            "an append from a leader that joined later reaches raft"
+        );
+        let vote = openraft::raft::VoteRequest { vote: openraft::Vote::new(9, 4), last_log_id: None };
+        assert!(refused(&r.handle(4, RaftRpc::Vote(vote)).await).contains("not a member"));
         r.shutdown().await;
     }
 
