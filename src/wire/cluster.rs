@@ -16,6 +16,8 @@ pub struct MemberResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
+    /// A whole number, in any JSON spelling of it (`4`, `4.0`).
+    #[serde(deserialize_with = "super::whole::u64")]
     pub id: u64,
     pub peer_url: String,
     pub client_url: String,

@@ -47,6 +47,12 @@ disagreement between the spec and the server.
   10 min) when the lock is held: every one gets a `wait` of 0 to 50 ms (in the spelling
   generated). Its `ttl` is fitted like a lease's, and its `lease` folded like the ids
   above. (An election's observe stream never ends: run.sh leaves it out.)
+- A member's URLs (adding or moving a member) must be `http(s)://host:port`, and a peer URL
+  must have the scheme of the node's peer listener (`http://` here): a generated string that
+  is not such a URL is replaced by one (a private address that nothing listens on, so an
+  added learner never answers). The server's URL rules and refusals are covered by
+  tests/it/membership_process.rs. A member id in a path generated as a whole float is
+  sent with digits.
 """
 
 import math
@@ -301,6 +307,25 @@ def _fit_txn(body):
         body[name] = kept
 
 
+def _fit_member_urls(body):
+    """Each of a member change's URLs that the server would refuse, replaced by a valid one."""
+    import urllib.parse
+
+    for name, scheme, port in (("peer_url", "http", 7380), ("client_url", "http", 7379)):
+        v = body.get(name)
+        if not isinstance(v, str):
+            continue
+        try:
+            u = urllib.parse.urlsplit(v)
+            ok = (u.scheme == scheme and u.hostname and re.fullmatch(r"[A-Za-z0-9.-]+", u.hostname)
+                  and u.port is not None and 0 < u.port < 65536 and u.path in ("", "/")
+                  and not (u.query or u.fragment or u.username or u.password))
+        except ValueError:
+            ok = False
+        if not ok:
+            body[name] = f"{scheme}://10.9.{sum(map(ord, v)) % 250 + 1}.1:{port}"
+
+
 # `before_call` runs in every phase (the coverage phase does not use the map/filter hooks),
 # on the case about to be sent.
 @schemathesis.hook
@@ -340,3 +365,11 @@ def before_call(ctx, case, **kwargs):
         _fit_txn(case.body)
     elif method == "POST" and path in ("/v1/locks/{name}", "/v1/elections/{name}/campaign"):
         _fit_acquire(case.body)
+    elif method in ("POST", "PUT") and path in ("/v1/cluster/members", "/v1/cluster/members/{id}"):
+        if isinstance(case.body, dict):
+            _fit_member_urls(case.body)
+    if path.startswith("/v1/cluster/members/") and isinstance((case.path_parameters or {}).get("id"), float):
+        # A member id in a path is spelled with digits (a float spelling of a large integer
+        # may already be another integer).
+        if case.path_parameters["id"].is_integer():
+            case.path_parameters["id"] = int(case.path_parameters["id"])
