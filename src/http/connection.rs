@@ -198,6 +198,11 @@ impl Activity {
         due
     }
 
+    /// When the connection last became idle (its last request ended, or it was accepted).
+    pub fn idle_since(&self) -> Instant {
+        self.state().idle_since
+    }
+
     /// Whether nothing of a request has arrived or is being served: the connection can be
     /// closed at shutdown without cutting anyone off.
     pub fn is_quiet(&self) -> bool {

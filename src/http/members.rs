@@ -85,11 +85,7 @@ pub async fn promote(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.check_admin("promote a cluster member")?;
-    Query::parse(uri.query(), &[])?;
-    let id = member_id(&id)?;
-    no_body(&node, &headers, body).await?;
-    let m = node.change_membership(MemberChange::Promote { id }).await?;
-    Ok(reply(&node, StatusCode::OK, m))
+    change_by_id(&node, &id, &uri, &headers, body, |id| MemberChange::Promote { id }).await
 }
 
 /// `DELETE /v1/cluster/members/{id}`: removes a voter or a learner (the leader too).
@@ -102,11 +98,23 @@ pub async fn remove(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.check_admin("remove a cluster member")?;
+    change_by_id(&node, &id, &uri, &headers, body, |id| MemberChange::Remove { id }).await
+}
+
+/// A change named by the member id in the path alone (no query, no body).
+async fn change_by_id(
+    node: &Arc<Node>,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    change: fn(u64) -> MemberChange,
+) -> Result<Response, ApiError> {
     Query::parse(uri.query(), &[])?;
-    let id = member_id(&id)?;
-    no_body(&node, &headers, body).await?;
-    let m = node.change_membership(MemberChange::Remove { id }).await?;
-    Ok(reply(&node, StatusCode::OK, m))
+    let id = member_id(id)?;
+    no_body(node, headers, body).await?;
+    let m = node.change_membership(change(id)).await?;
+    Ok(reply(node, StatusCode::OK, m))
 }
 
 /// `PUT /v1/cluster/members/{id}` with `{"peer_url"?, "client_url"?}`: moves a member.

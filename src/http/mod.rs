@@ -313,6 +313,7 @@ pub async fn serve(
         async move {
             let _ = peer_closing.await;
         },
+        || {},
     ));
     let grace = std::time::Duration::from_millis(cfg.shutdown_timeout_ms);
     let client_shutdown = {
@@ -321,11 +322,12 @@ pub async fn serve(
             shutdown.await;
             tracing::info!(?grace, "shutting down: not ready, finishing the requests being served");
             node.begin_shutdown();
-            // Watches never finish by themselves: they end as the server starts draining.
-            node.close_watches();
         }
     };
-    server::run(vec![client], timeouts, grace, health, client_shutdown).await;
+    // Watches never finish by themselves: they end as the server starts draining.
+    let drain_node = node.clone();
+    server::run(vec![client], timeouts, grace, health, client_shutdown, move || drain_node.close_watches())
+        .await;
     if node.health().is_ok() {
         node.hand_over_leadership().await;
     }

@@ -121,20 +121,22 @@ pub struct Listener {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Serving,
-    /// Finish the requests being served, then close.
-    Draining,
+    /// Finish the requests being served, then close (since when).
+    Draining(Instant),
     /// The grace period is over: close now.
     Closing,
 }
 
 /// Serves `listeners` until `shutdown` resolves, then drains their connections for at
-/// most `grace`.
+/// most `grace`; `on_drain` runs once draining has begun (what it ends, such as streams,
+/// then closes its connection instead of leaving it idle).
 pub async fn run(
     listeners: Vec<Listener>,
     timeouts: Timeouts,
     grace: Duration,
     health: Arc<ServerHealth>,
     shutdown: impl std::future::Future<Output = ()>,
+    on_drain: impl FnOnce(),
 ) {
     let (phase, watching) = watch::channel(Phase::Serving);
     // Every accept loop and connection holds a sender; `recv` gives `None` once all are gone.
@@ -144,7 +146,8 @@ pub async fn run(
     }
     drop(alive);
     shutdown.await;
-    let _ = phase.send(Phase::Draining);
+    let _ = phase.send(Phase::Draining(Instant::now()));
+    on_drain();
     if tokio::time::timeout(grace, all_gone.recv()).await.is_err() {
         tracing::warn!(?grace, "closing the connections still open after the shutdown grace period");
         let _ = phase.send(Phase::Closing);
@@ -479,17 +482,20 @@ async fn serve_http<S>(
                 // The sender gone means the server is gone: close.
                 match r.map_or(Phase::Closing, |()| *phase.borrow()) {
                     Phase::Serving => {}
-                    Phase::Draining if draining => {}
+                    Phase::Draining(_) if draining => {}
                     // An idle keep-alive connection may be carrying a request this very
                     // moment: closing it now would lose that request unanswered (the client
                     // cannot tell whether it was served). It lingers instead; a request
                     // that comes is served, and its reply closes the connection.
-                    Phase::Draining if activity.is_quiet() => {
+                    Phase::Draining(since) if activity.is_quiet() && activity.idle_since() < since => {
                         draining = true;
                         lingering = true;
                         linger.as_mut().reset(Instant::now() + LINGER);
                     }
-                    Phase::Draining => {
+                    // Its last request ended as the shutdown began (a stream the shutdown
+                    // ended): nothing more is coming on it.
+                    Phase::Draining(_) if activity.is_quiet() => break None,
+                    Phase::Draining(_) => {
                         conn.as_mut().graceful_shutdown();
                         draining = true;
                     }

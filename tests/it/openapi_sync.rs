@@ -72,6 +72,7 @@ const CHECKED_KEYWORDS: &[&str] = &[
     "maxLength",
     "minItems",
     "maxItems",
+    "minProperties",
     "pattern",
     "contentSchema",
 ];
@@ -372,6 +373,9 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<St
         }
     }
     if let Some(obj) = v.as_object() {
+        if s.get("minProperties").and_then(Value::as_u64).is_some_and(|m| (obj.len() as u64) < m) {
+            errs.push(format!("{here}: {} fields, fewer than minProperties", obj.len()));
+        }
         for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
             let r = r.as_str().unwrap_or_default();
             if !obj.contains_key(r) {
