@@ -31,6 +31,8 @@ test verify:
 	$(CARGO) build --bin palisade
 	./tests/fuzz/run.sh
 	$(CARGO) test --all-targets -- --test-threads=2
+	@# Heavy (both cores for about two minutes): alone, so the others' timing is their own.
+	$(CARGO) test --test it -- --ignored --exact ops_process::a_learner_joins_a_store_of_500k_keys_with_bounded_memory
 
 # Schemathesis against one local node, from api/openapi.yaml (about a minute; part of
 # `make test`). Installs schemathesis into target/fuzz-venv. FUZZ_MAX_TIME=300 for longer.

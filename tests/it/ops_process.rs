@@ -23,7 +23,12 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 /// chunks, writes keep flowing meanwhile, and its peak memory stays within the bound the
 /// streaming promises: what the leader holds for the same state, plus 64 MiB (the state is
 /// in memory by design; the transfer itself adds a chunk, never a copy of the store).
+///
+/// It loads both cores for about two minutes, which would make the timing of the tests
+/// running beside it meaningless: `make test` runs it alone, after the others (`--ignored
+/// --exact`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: make test runs it alone, after the others"]
 async fn a_learner_joins_a_store_of_500k_keys_with_bounded_memory() {
     const KEYS: usize = 500_000;
     const BATCH: usize = 125;
@@ -56,8 +61,16 @@ async fn a_learner_joins_a_store_of_500k_keys_with_bounded_memory() {
                     .map(|i| json!({"put": {"key": format!("/big/{i:07}"), "value": "v".repeat(64)}}))
                     .collect();
                 let body = json!({"success": ops});
-                let r = http.send(Method::POST, &base, "/v1/txn", Some(&body)).await.expect("a txn");
-                assert_eq!(r.status, 200, "batch {b}: {r:?}");
+                // A batch that timed out is sent again (it puts the same values).
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match http.send(Method::POST, &base, "/v1/txn", Some(&body)).await {
+                        Ok(r) if r.status == 200 => break,
+                        other if tries < 5 => eprintln!("batch {b}: {other:?}; again"),
+                        other => panic!("batch {b}: {other:?}"),
+                    }
+                }
             }
         }));
     }
