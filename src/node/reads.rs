@@ -167,13 +167,19 @@ impl Node {
     /// The leader's read index, for a follower that asks (see [`Self::linearize`]).
     ///
     /// A round in which too few members answered within a heartbeat interval (a slow
-    /// member, a lost message) is tried again, so one missed answer never fails a read:
-    /// the caller's deadline, which every caller sets around this, decides when to give up.
+    /// member, a lost message) is tried again for up to an election timeout, so one missed
+    /// answer never fails a read. Past that this node has likely been deposed without
+    /// knowing it yet: it says so (503) and the caller goes elsewhere, rather than holding
+    /// the request (a keepalive, say) until its deadline.
     pub(super) async fn local_read_index(&self) -> std::result::Result<ReadIndexReply, PeerError> {
+        let give_up = tokio::time::Instant::now() + Duration::from_millis(self.cfg.election_timeout_ms);
         loop {
             match self.replica.read_index().await {
                 Ok((index, term)) => return Ok(ReadIndexReply { index, term }),
                 Err(ReadIndexError::NotLeader { leader }) => return Err(PeerError::NotLeader { leader }),
+                Err(ReadIndexError::NoQuorum(q)) if tokio::time::Instant::now() >= give_up => {
+                    return Err(PeerError::Unavailable(format!("no quorum: {q}")));
+                }
                 Err(ReadIndexError::NoQuorum(q)) => {
                     tracing::debug!(%q, "a read-index round missed a quorum; trying again");
                     tokio::time::sleep(Duration::from_millis(self.cfg.heartbeat_ms)).await;
