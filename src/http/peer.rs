@@ -97,26 +97,9 @@ pub async fn rpc(
         );
     };
     let limit = node.config().max_peer_message_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) if super::connection::is_body_timeout(&e) => {
-            return super::extract::body_timeout(&e).into_response()
-        }
-        Err(e) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("peer message over {limit} bytes: {e}"),
-            )
-        }
-    };
-    if let Err(e) = key.check_body(&verified, &bytes) {
-        refused_request(node.id(), Some(from), remote, e.kind(), &e.explain(Some(from)));
-        return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
-    }
-    let req: PeerRequest = match serde_json::from_slice(&bytes) {
+    let req = match read_signed(node, key, &verified, remote, body, limit, "a peer message").await {
         Ok(r) => r,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
+        Err(refusal) => return *refusal,
     };
     if stranger && !node.takes_from_unknown(from, &req) {
         return not_member();
@@ -134,6 +117,41 @@ pub async fn rpc(
         reply.headers_mut().insert(RESPONSE_SIGNATURE_HEADER, value);
     }
     reply
+}
+
+/// Reads a peer request's body (at most `limit` bytes, `what` naming it in the 413),
+/// checks it against its signed digest, and parses it; or the refusal to answer.
+async fn read_signed(
+    node: &Node,
+    key: &crate::peer::PeerKey,
+    verified: &crate::peer::Verified,
+    remote: Option<std::net::SocketAddr>,
+    body: axum::body::Body,
+    limit: usize,
+    what: &str,
+) -> Result<PeerRequest, Box<Response>> {
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) if super::connection::is_body_timeout(&e) => {
+            return Err(Box::new(super::extract::body_timeout(&e).into_response()))
+        }
+        Err(e) => {
+            return Err(Box::new(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("{what} is at most {limit} bytes: {e}"),
+            )))
+        }
+    };
+    let from = verified.from;
+    if let Err(e) = key.check_body(verified, &bytes) {
+        refused_request(node.id(), Some(from), remote, e.kind(), &e.explain(Some(from)));
+        return Err(Box::new(refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(req) => Ok(req),
+        Err(e) => Err(Box::new(refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))),
+    }
 }
 
 /// The largest body `POST /raft/join` reads (a join names an id and two URLs).
@@ -174,26 +192,9 @@ pub async fn join(
             "too many peer requests in flight; retry",
         );
     };
-    let bytes = match axum::body::to_bytes(body, JOIN_BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(e) if super::connection::is_body_timeout(&e) => {
-            return super::extract::body_timeout(&e).into_response()
-        }
-        Err(e) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("a join is at most {JOIN_BODY_LIMIT} bytes: {e}"),
-            )
-        }
-    };
-    if let Err(e) = key.check_body(&verified, &bytes) {
-        refused_request(node.id(), Some(from), remote, e.kind(), &e.explain(Some(from)));
-        return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
-    }
-    let req: PeerRequest = match serde_json::from_slice(&bytes) {
+    let req = match read_signed(node, key, &verified, remote, body, JOIN_BODY_LIMIT, "a join").await {
         Ok(r) => r,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
+        Err(refusal) => return *refusal,
     };
     let host = match &req {
         // Read as the membership will record it (a URL without a scheme gets one).
