@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster bench bench-rss bench-lease bench-watch bench-lock bench-secure bench-ops soak fuzz clean
+.PHONY: build test verify fix run cluster image chart bench bench-rss bench-lease bench-watch bench-lock bench-secure bench-ops soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -30,6 +30,7 @@ test verify:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
 	$(CARGO) build --bin palisade
 	./tests/fuzz/run.sh
+	./tests/chart/run.sh
 	$(CARGO) test --all-targets -- --test-threads=2
 	@# Heavy (both cores for about two minutes): alone, so the others' timing is their own.
 	$(CARGO) test --test it -- --ignored --exact ops_process::a_learner_joins_a_store_of_500k_keys_with_bounded_memory
@@ -38,6 +39,23 @@ test verify:
 # `make test`). Installs schemathesis into target/fuzz-venv. FUZZ_MAX_TIME=300 for longer.
 fuzz:
 	./tests/fuzz/run.sh
+
+# The Helm chart's checks alone (part of `make test`; about 2 minutes): helm lint, templates
+# with several value sets validated against Kubernetes 1.29 and the newest schemas, the
+# golden file, bad values refused, and the chart-to-process test. Installs helm and
+# kubernetes-validate into target/chart-tools. GOLDEN=update rewrites the golden file.
+chart:
+	./tests/chart/run.sh
+
+# The container image (Dockerfile) as the chart's default image, with docker, podman or
+# buildah, whichever is there and working. IMAGE= names another.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= ghcr.io/palisade-db/palisade:$(VERSION)
+image:
+	@if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then podman build -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null; then buildah bud -t $(IMAGE) .; \
+	else echo 'make image: no image builder here (a running docker daemon, podman or buildah)'; exit 1; fi
 
 fix:
 	$(CARGO) fmt --all

@@ -229,6 +229,13 @@ const MIB: usize = 1024 * 1024;
 settings! {
     /// This node's id (unique in the cluster, never reused).
     node_id: NodeId = 1;
+    /// Take the node id from the number ending the host name, as a StatefulSet names its
+    /// pods: `palisade-2` is node 3 (the ordinal plus 1). Not with node_id. A pod that joins
+    /// (join) where its ordinal's id was used before (a member scaled away) takes the next
+    /// free id of its ordinal's series, ordinal + 1 + 1000 x k (`palisade-2`: 3, 1003,
+    /// 2003, ...); a data dir keeps the id it was given. The host name is HOSTNAME, else
+    /// the system's; ordinals go up to 999.
+    node_id_from_hostname: bool = false;
     /// Where the Raft log, snapshots and identity live.
     data_dir: PathBuf = PathBuf::from("./palisade-data");
     /// Address of the client API listener.
@@ -246,7 +253,8 @@ settings! {
     /// (`http://10.0.0.1:7380,http://10.0.0.2:7380`). The node asks to be added as a learner
     /// (proven by the peer secret or peer certificate, like every peer request), catches
     /// up, then asks to be promoted to a voter. Once the data dir holds this node's state
-    /// it is not asked again. Cannot be given with initial_cluster.
+    /// it is not asked again. Cannot be given with initial_cluster. This node's own peer URL
+    /// may be among them (it is skipped), so every member can be given the same list.
     join: Option<String> = None;
     /// A file holding the cluster's shared peer secret (at least 16 bytes); every member
     /// needs the same one. A peer listener not on a loopback address needs it, or peer
@@ -532,9 +540,12 @@ impl Config {
                     format!("{u} is not {scheme}, as this node's peer listener (every member's speaks TLS, or none)"),
                 ));
             }
-            if urls.contains(&self.advertise().peer_url) {
-                return Err(self
-                    .error("join", "names this node's own peer URL: give the peer URLs of running members"));
+            let own = self.advertise().peer_url;
+            if urls.iter().all(|u| *u == own) {
+                return Err(self.error(
+                    "join",
+                    "names only this node's own peer URL: give the peer URLs of running members",
+                ));
             }
         }
         self.validate_tls()?;
@@ -681,9 +692,40 @@ impl Config {
         }
     }
 
-    /// The peer URLs to join through, if given (validated: `validate` has checked them).
+    /// The peer URLs to join through, if given, without this node's own (validated:
+    /// `validate` has checked them).
     pub fn join_urls(&self) -> Option<Vec<String>> {
-        self.join.as_deref().and_then(|j| parse_join(j).ok())
+        let own = self.advertise().peer_url;
+        self.join
+            .as_deref()
+            .and_then(|j| parse_join(j).ok())
+            .map(|urls| urls.into_iter().filter(|u| *u != own).collect())
+    }
+
+    /// With node_id_from_hostname: the ids this pod may have, its ordinal's series
+    /// (`node_id`, then `node_id` + 1000, ...; see [`ORDINAL_ID_STEP`]).
+    pub fn ordinal_ids(&self) -> Option<impl Iterator<Item = NodeId>> {
+        let first = self.node_id;
+        self.node_id_from_hostname.then(|| (0..ORDINAL_SERIES_LEN).map(move |k| first + k * ORDINAL_ID_STEP))
+    }
+
+    /// Sets node_id from the host name's ordinal (node_id_from_hostname).
+    fn resolve_hostname_id(&mut self) -> Result<(), String> {
+        if !self.node_id_from_hostname {
+            return Ok(());
+        }
+        if self.sources.contains_key("node_id") {
+            return Err("invalid setting node_id_from_hostname: it cannot be given with node_id".into());
+        }
+        let host = match std::env::var("HOSTNAME") {
+            Ok(h) if !h.trim().is_empty() => h.trim().to_string(),
+            _ => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).map_err(
+                |e| format!("node_id_from_hostname: cannot read the host name (set HOSTNAME): {e}"),
+            )?,
+        };
+        self.node_id =
+            ordinal_of(&host).map_err(|m| format!("invalid setting node_id_from_hostname: {m}"))? + 1;
+        Ok(())
     }
 
     /// The initial members, if given (validated: `validate` has checked it parses).
@@ -730,8 +772,27 @@ impl ServeFlags {
                 })?;
             }
         }
+        c.resolve_hostname_id()?;
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
+    }
+}
+
+/// The ids a pod's ordinal may take are this far apart (see node_id_from_hostname).
+pub const ORDINAL_ID_STEP: NodeId = 1000;
+
+/// How many ids of an ordinal's series a joining pod tries.
+const ORDINAL_SERIES_LEN: NodeId = 1000;
+
+/// The ordinal a StatefulSet's pod name ends with: `palisade-2` is 2 (at most 999).
+pub fn ordinal_of(host: &str) -> Result<NodeId, String> {
+    let tail = host.rsplit('-').next().unwrap_or_default();
+    match tail.parse::<NodeId>() {
+        Ok(n) if host.contains('-') && n < ORDINAL_ID_STEP && !tail.starts_with('+') => Ok(n),
+        Ok(n) if n >= ORDINAL_ID_STEP => {
+            Err(format!("the host name {host:?} ends with {n}; ordinals go up to 999"))
+        }
+        _ => Err(format!("the host name {host:?} does not end with `-N`, as a StatefulSet's pod name does")),
     }
 }
 
@@ -950,6 +1011,29 @@ mod tests {
         }
         c.join = Some("https://127.0.0.1:9001".into());
         assert!(err(&c).contains("not http://"), "{}", err(&c));
+        // Every member may be given the same list: its own URL is skipped.
+        c.join = Some("http://127.0.0.1:7380,http://127.0.0.1:9001".into());
+        c.validate().unwrap();
+        assert_eq!(c.join_urls().unwrap(), ["http://127.0.0.1:9001"]);
+    }
+
+    #[test]
+    fn node_ids_from_the_hostname_ordinal() {
+        assert_eq!(ordinal_of("palisade-0"), Ok(0));
+        assert_eq!(ordinal_of("my-release-palisade-12"), Ok(12));
+        assert_eq!(ordinal_of("p-999"), Ok(999));
+        for bad in ["palisade", "palisade-", "palisade-x", "7", "p-1000", "p-+1"] {
+            assert!(ordinal_of(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::defaults();
+        c.node_id_from_hostname = true;
+        c.node_id = 3;
+        let ids: Vec<NodeId> = c.ordinal_ids().unwrap().take(3).collect();
+        assert_eq!(ids, [3, 1003, 2003]);
+        assert!(Config::defaults().ordinal_ids().is_none());
+        // Not with an explicit node id.
+        let flags = ServeFlags::from_flags(None, &[("node_id_from_hostname", "true"), ("node_id", "2")]);
+        assert!(flags.config().unwrap_err().contains("cannot be given with node_id"));
     }
 
     #[test]

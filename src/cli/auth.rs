@@ -62,21 +62,47 @@ pub struct TokenArgs {
     /// The audience (`aud`), if the servers check one.
     #[arg(long, env = "PALISADE_AUTH_JWT_AUDIENCE")]
     pub aud: Option<String>,
+    /// Write the token to this file (readable by its owner only, replaced whole) instead
+    /// of printing it, for `--token-file`.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 pub fn run(args: AuthArgs) -> ExitCode {
     match args.command {
-        AuthCommand::Token(a) => match token(&a) {
-            Ok(t) => {
+        AuthCommand::Token(a) => match token(&a).and_then(|t| match &a.output {
+            Some(path) => write_private(path, &t),
+            None => {
                 println!("{t}");
-                ExitCode::SUCCESS
+                Ok(())
             }
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(1)
             }
         },
     }
+}
+
+/// Writes `token` to `path` with mode 0600: a temporary file beside it, renamed over it.
+fn write_private(path: &std::path::Path, token: &str) -> Result<(), String> {
+    use std::io::Write;
+    let name = path.file_name().ok_or_else(|| format!("--output {} names no file", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let write = || -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("cannot write the token to {}: {e}", path.display()))
 }
 
 fn token(a: &TokenArgs) -> Result<String, String> {

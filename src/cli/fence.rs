@@ -1,4 +1,4 @@
-//! `palisade fence check NAME TOKEN`: whether a fencing token is still a current holder's
+//! `palisade fence check NAME [TOKEN]`: whether a fencing token is still a current holder's
 //! of a lock (or the leader's of an election), as a resource asks before it accepts a
 //! write (Chubby's CheckSequencer).
 
@@ -29,7 +29,9 @@ pub enum FenceCommand {
 pub struct CheckArgs {
     /// The lock's (or election's) name.
     pub name: String,
-    /// The fencing token to check (PALISADE_FENCING_TOKEN under `palisade lock`).
+    /// The fencing token to check (default: PALISADE_FENCING_TOKEN, which `palisade lock`
+    /// gives the command it runs).
+    #[arg(env = "PALISADE_FENCING_TOKEN")]
     pub token: u64,
 }
 

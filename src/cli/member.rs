@@ -25,8 +25,9 @@ pub enum MemberCommand {
     Add(AddArgs),
     /// Make a learner a voter (refused with `learner_behind` until it has caught up).
     Promote(IdArgs),
-    /// Remove a member (a voter, a learner, or the leader); its id is never used again.
-    Rm(IdArgs),
+    /// Remove a member (a voter, a learner, or the leader), by id or by peer URL; its id is
+    /// never used again.
+    Rm(RmArgs),
     /// Move a member to new URLs; then restart it with the matching --listen-peer /
     /// --advertise-peer.
     Update(UpdateArgs),
@@ -48,6 +49,16 @@ pub struct AddArgs {
 pub struct IdArgs {
     /// The member's node id.
     pub id: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// The member's node id, or its peer URL (`https://palisade-3.palisade-peer:7380`).
+    pub member: String,
+    /// Succeed, printing `not a member`, when no member has that id or peer URL (so a
+    /// scripted removal can run again).
+    #[arg(long)]
+    pub missing_ok: bool,
 }
 
 #[derive(Args, Debug)]
@@ -108,7 +119,7 @@ pub fn run(args: MemberArgs) -> ExitCode {
                 show(out, "added", &client.add_member(a.id, &a.peer_url, &a.client_url).await?)
             }
             MemberCommand::Promote(a) => show(out, "promoted", &client.promote_member(a.id).await?),
-            MemberCommand::Rm(a) => show(out, "removed", &client.remove_member(a.id).await?),
+            MemberCommand::Rm(a) => remove(&client, out, a).await,
             MemberCommand::Update(a) => show(
                 out,
                 "updated",
@@ -116,4 +127,31 @@ pub fn run(args: MemberArgs) -> ExitCode {
             ),
         }
     })
+}
+
+/// `member rm`: by id, or by the peer URL the membership records (looked up first).
+async fn remove(client: &crate::client::Client, out: Output, a: RmArgs) -> Result<(), Failure> {
+    let id = match a.member.parse::<u64>() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            let url = crate::config::normalize_url(&a.member).map_err(|m| {
+                Failure::Local(format!("{:?} is neither a node id nor a peer URL: {m}", a.member))
+            })?;
+            let members = client.cluster().await?;
+            members.members.iter().find(|m| m.peer_url == url).map(|m| m.id)
+        }
+    };
+    let removed = match id {
+        Some(id) => client.remove_member(id).await.map(Some),
+        None => Ok(None),
+    };
+    match removed {
+        Ok(Some(r)) => show(out, "removed", &r),
+        Ok(None) | Err(crate::client::Error::Api { status: 404, .. }) if a.missing_ok => match out {
+            Output::Json => output::json(&serde_json::json!({ "member": a.member, "removed": false })),
+            Output::Table => output::line(&format!("not a member: {}", a.member)),
+        },
+        Ok(None) => Err(Failure::Local(format!("no member has the peer URL {}", a.member))),
+        Err(e) => Err(e.into()),
+    }
 }

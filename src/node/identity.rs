@@ -65,12 +65,20 @@ fn cluster_id_from(prefix: &str, members: &BTreeMap<NodeId, Member>) -> String {
     format!("{h:016x}")
 }
 
+/// The identity the data dir `dir` records, if it has one (a damaged file is the error).
+pub(super) fn recorded(dir: &std::path::Path) -> anyhow::Result<Option<Identity>> {
+    let path = dir.join(IDENTITY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let found = serde_json::from_slice(&std::fs::read(&path)?)
+        .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?;
+    Ok(Some(found))
+}
+
 /// Reads or creates the identity file, refusing settings that contradict it.
 pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
-    let path = cfg.data_dir.join(IDENTITY_FILE);
-    if path.exists() {
-        let found: Identity = serde_json::from_slice(&std::fs::read(&path)?)
-            .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?;
+    if let Some(found) = recorded(&cfg.data_dir)? {
         if found.node_id != cfg.node_id {
             anyhow::bail!(
                 "the data dir {} belongs to node {}, but --node-id is {}; use the right data dir or node id",

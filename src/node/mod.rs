@@ -39,6 +39,7 @@ mod lessor;
 mod lock_hub;
 mod locks;
 mod membership;
+mod ordinal;
 mod peer;
 mod policy;
 mod reads;
@@ -149,7 +150,7 @@ pub struct Node {
 
 impl Node {
     /// Starts a node with the HTTP peer transport its config describes.
-    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
+    pub async fn start(mut cfg: Config) -> anyhow::Result<Arc<Node>> {
         let key = match &cfg.peer_secret_file {
             Some(path) => PeerKey::load(path).map_err(anyhow::Error::msg)?,
             None => PeerKey::insecure(),
@@ -157,6 +158,7 @@ impl Node {
         // A changed file is used within a second or so, by the transport and the peer
         // route alike (they share the key's secrets): a rotation needs no restart.
         key.watch_file(Duration::from_secs(1));
+        ordinal::resolve(&mut cfg, &key).await?;
         let tls = crate::tls::ClientFiles::peer_transport(&cfg);
         let transport = HttpTransport::new(cfg.node_id, key.clone(), cfg.max_peer_message_bytes, tls)
             .map_err(|e| anyhow::anyhow!("cannot set up peer TLS: {e}"))?;

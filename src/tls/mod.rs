@@ -308,4 +308,22 @@ mod names_tests {
         }
         assert!(!super::certificate_names(b"not a certificate", "127.0.0.1"));
     }
+
+    #[test]
+    fn a_wildcard_names_one_label_below_it() {
+        // As the Helm chart's peer certificate names every member (`*.<fullname>-peer...`).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["*.p-peer.ns.svc.cluster.local".to_string()]).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert!(super::certificate_names(&der, "p-0.p-peer.ns.svc.cluster.local"));
+        assert!(super::certificate_names(&der, "p-12.p-peer.ns.svc.cluster.local"));
+        for other in [
+            "p-peer.ns.svc.cluster.local",
+            "a.p-0.p-peer.ns.svc.cluster.local",
+            "p-0.q-peer.ns.svc.cluster.local",
+        ] {
+            assert!(!super::certificate_names(&der, other), "{other:?}");
+        }
+    }
 }

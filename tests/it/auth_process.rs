@@ -94,6 +94,35 @@ async fn the_cli_mints_and_sends_tokens() {
     let e = kv(&["--token-file", file.to_str().unwrap(), "get", "/app/x"]);
     assert!(ok(&e), "{e:?}");
     assert_eq!(e.stdout.trim(), "1");
+    // `auth token --output`: written for --token-file, readable by its owner only, nothing printed.
+    let minted = dir.path().join("minted");
+    std::fs::write(&minted, "an old token").unwrap();
+    let mint_to = |path: &str| {
+        run(&[
+            "auth",
+            "token",
+            "--secret-file",
+            secret_s,
+            "--sub",
+            "app",
+            "--read",
+            "/app/",
+            "--output",
+            path,
+        ])
+    };
+    let e = run(&["auth", "token", "--secret-file", secret_s, "--sub", "app", "--output"]);
+    assert!(code(&e) == Some(2) && e.stderr.contains("--output"), "{e:?}");
+    let e = mint_to(minted.to_str().unwrap());
+    assert!(ok(&e) && e.stdout.is_empty(), "{e:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&minted).unwrap().permissions().mode() & 0o777, 0o600);
+    let e = kv(&["--token-file", minted.to_str().unwrap(), "get", "/app/x"]);
+    assert!(ok(&e), "{e:?}");
+    assert_eq!(e.stdout.trim(), "1");
+    let e = mint_to(dir.path().join("no/such/dir/token").to_str().unwrap());
+    assert_eq!(code(&e), Some(1), "{e:?}");
+    assert!(e.stderr.contains("cannot write the token to"), "{e:?}");
     // PALISADE_TOKEN.
     let out = palisade_command(&args(&["kv", "--endpoints", &ep, "put", "/app/y", "2"]))
         .env("PALISADE_TOKEN", &app)

@@ -362,6 +362,12 @@ async fn cli_fence_check_says_valid_or_stale() {
         (Some(false), Some("stale_token")),
         "{e:?}"
     );
+    // Under `palisade lock`, the token defaults to PALISADE_FENCING_TOKEN (no shell needed).
+    let e = cli(&ep, &["lock", "res2", "--", BIN, "fence", "--endpoints", &ep, "check", "res2"]);
+    assert_eq!(code(&e), Some(0), "{e:?}");
+    assert!(e.stdout.starts_with("valid name=res2 token="), "{e:?}");
+    let e = cli(&ep, &["fence", "check", "res2"]);
+    assert_eq!(code(&e), Some(2), "no token and no PALISADE_FENCING_TOKEN: {e:?}");
     // Bad input.
     let e = cli(&ep, &["fence", "check", "res", "x"]);
     assert_eq!(code(&e), Some(2), "{e:?}");

@@ -538,9 +538,19 @@ async fn cli_member_commands() {
     assert!(e.stderr.contains("invalid_argument"), "{e:?}");
     let e = member_cli(&ep, &["rm", "7"]);
     assert!(e.stderr.contains("member_not_found"), "{e:?}");
+    let e = member_cli(&ep, &["rm", "7", "--missing-ok"]);
+    assert!(ok(&e) && e.stdout == "not a member: 7\n", "{e:?}");
+    let e = member_cli(&ep, &["rm", "http://127.0.0.1:1"]);
+    assert_eq!(e.status.and_then(|s| s.code()), Some(1), "{e:?}");
+    assert!(e.stderr.contains("no member has the peer URL"), "{e:?}");
+    let e = member_cli(&ep, &["-o", "json", "rm", "http://127.0.0.1:1", "--missing-ok"]);
+    assert!(ok(&e), "{e:?}");
+    assert_eq!(serde_json::from_str::<Value>(&e.stdout).unwrap()["removed"], false, "{e:?}");
+    let e = member_cli(&ep, &["rm", "not a url"]);
+    assert!(e.stderr.contains("neither a node id nor a peer URL"), "{e:?}");
     assert_eq!(roles(&c, 1).await.unwrap().len(), 2);
-    // Removed: the process stops, and the id is never given again.
-    let e = member_cli(&ep, &["rm", "2"]);
+    // Removed (by its peer URL): the process stops, and the id is never given again.
+    let e = member_cli(&ep, &["rm", &c.peer_url(2)]);
     assert!(ok(&e), "{e:?}");
     assert!(e.stdout.starts_with("removed member 2 role=voter"), "{e:?}");
     let log = exited(&c, 2, Duration::from_secs(30)).await;
