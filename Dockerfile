@@ -15,15 +15,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin palisade \
     && cp target/release/palisade /palisade \
-    && /palisade --version
+    && /palisade --version \
+    && mkdir -p /empty/var/lib/palisade
 
 # glibc and libgcc, CA certificates, a non-root user (65532) and nothing else: no shell,
 # no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /palisade /usr/local/bin/palisade
+# The data dir, owned by the user the node runs as (a named volume starts as a copy of it).
+COPY --from=build --chown=65532:65532 /empty/var/lib/palisade /var/lib/palisade
 # One node out of the box: clients from outside the container, data in the volume. The
 # Helm chart sets every listener and URL itself.
-ENV PALISADE_DATA_DIR=/var/lib/palisade \
+ENV PALISADE_DATA_DIR=/var/lib/palisade/data \
     PALISADE_LISTEN_CLIENT=0.0.0.0:7379
 WORKDIR /var/lib/palisade
 VOLUME /var/lib/palisade

@@ -76,6 +76,12 @@ pub(super) fn recorded(dir: &std::path::Path) -> anyhow::Result<Option<Identity>
     Ok(Some(found))
 }
 
+/// Deletes the identity file of a join that never finished (the data dir holds nothing else).
+pub(super) fn forget(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::remove_file(dir.join(IDENTITY_FILE))?;
+    Ok(())
+}
+
 /// Reads or creates the identity file, refusing settings that contradict it.
 pub(super) fn resolve(cfg: &Config) -> anyhow::Result<Identity> {
     if let Some(found) = recorded(&cfg.data_dir)? {

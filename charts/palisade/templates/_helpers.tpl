@@ -120,6 +120,16 @@ app.kubernetes.io/component: member
 {{- if and .Values.auth.enabled .Values.auth.secretKey }}true{{ end -}}
 {{- end -}}
 
+{{/* Whether the client-side pods read a token from auth.adminTokenSecret instead (no HS256 key). */}}
+{{- define "palisade.tokenFromSecret" -}}
+{{- if and .Values.auth.enabled (not .Values.auth.secretKey) .Values.auth.adminTokenSecret.name }}true{{ end -}}
+{{- end -}}
+
+{{/* The environment variables the chart sets on the members (extraEnv may not repeat them). */}}
+{{- define "palisade.chartEnv" -}}
+PALISADE_NODE_ID PALISADE_NODE_ID_FROM_HOSTNAME PALISADE_DATA_DIR PALISADE_LISTEN_CLIENT PALISADE_LISTEN_PEER PALISADE_ADVERTISE_CLIENT PALISADE_ADVERTISE_PEER PALISADE_INITIAL_CLUSTER PALISADE_JOIN PALISADE_PEER_SECRET_FILE PALISADE_PEER_TLS_CERT_FILE PALISADE_PEER_TLS_KEY_FILE PALISADE_PEER_TLS_CA_FILE PALISADE_TLS_CERT_FILE PALISADE_TLS_KEY_FILE PALISADE_AUTH_JWT_SECRET_FILE PALISADE_AUTH_JWT_PUBLIC_KEYS PALISADE_AUTH_JWT_ISSUER PALISADE_AUTH_JWT_AUDIENCE PALISADE_METRICS PALISADE_SHUTDOWN_TIMEOUT_MS PALISADE_HEARTBEAT_MS PALISADE_ELECTION_TIMEOUT_MS PALISADE_LOG_FORMAT PALISADE_LOG_LEVEL PALISADE_CONFIG PALISADE_REBUILD_FROM_PEERS
+{{- end -}}
+
 {{/* Settings checked across values, beyond what the schema can say. */}}
 {{- define "palisade.validate" -}}
 {{- if and .Values.auth.enabled (not .Values.auth.secretKey) (not .Values.auth.publicKeysKey) -}}
@@ -130,6 +140,15 @@ app.kubernetes.io/component: member
 {{- end -}}
 {{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (ne .Values.auth.secretKey "jwt-secret") -}}
 {{- fail "auth.secretKey names a key of auth.existingSecret; the Secret the chart generates holds jwt-secret" -}}
+{{- end -}}
+{{- if and .Values.auth.enabled (not .Values.auth.secretKey) (not .Values.auth.adminTokenSecret.name) (or .Values.tests.enabled .Values.scaleDown.hook) -}}
+{{- fail "with auth.enabled and no auth.secretKey, the helm test and scale-down hook pods cannot mint a token: give auth.adminTokenSecret (a Secret holding an admin token), or set tests.enabled and scaleDown.hook false" -}}
+{{- end -}}
+{{- $chartEnv := splitList " " (include "palisade.chartEnv" .) -}}
+{{- range $name, $_ := .Values.extraEnv -}}
+{{- if has $name $chartEnv -}}
+{{- fail (printf "extraEnv.%s is set by the chart itself: use the chart's value for it (see values.yaml)" $name) -}}
+{{- end -}}
 {{- end -}}
 {{- if and (not .Values.peer.secret.enabled) (not .Values.peer.tls.enabled) -}}
 {{- fail "peer traffic needs peer.secret.enabled or peer.tls.enabled: the peer port would otherwise let anyone who reaches it rewrite the store" -}}
@@ -177,6 +196,9 @@ app.kubernetes.io/component: member
 {{- if include "palisade.canMint" . }}
 - name: PALISADE_TOKEN_FILE
   value: /scratch/token
+{{- else if include "palisade.tokenFromSecret" . }}
+- name: PALISADE_TOKEN_FILE
+  value: /etc/palisade/token/{{ .Values.auth.adminTokenSecret.key }}
 {{- end }}
 {{- end -}}
 
@@ -225,6 +247,15 @@ volumes:
         - key: {{ .Values.auth.secretKey }}
           path: {{ .Values.auth.secretKey }}
   {{- end }}
+  {{- if include "palisade.tokenFromSecret" . }}
+  - name: token
+    secret:
+      secretName: {{ .Values.auth.adminTokenSecret.name }}
+      defaultMode: 0440
+      items:
+        - key: {{ .Values.auth.adminTokenSecret.key }}
+          path: {{ .Values.auth.adminTokenSecret.key }}
+  {{- end }}
   {{- if .Values.tls.enabled }}
   - name: tls
     secret:
@@ -260,6 +291,11 @@ volumes:
     {{- if include "palisade.canMint" $ }}
     - name: auth
       mountPath: /etc/palisade/auth
+      readOnly: true
+    {{- end }}
+    {{- if include "palisade.tokenFromSecret" $ }}
+    - name: token
+      mountPath: /etc/palisade/token
       readOnly: true
     {{- end }}
     {{- if $.Values.tls.enabled }}
