@@ -28,6 +28,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::log_store::APPEND_BYTES;
 use super::types::*;
 
 /// A Raft call from one member to another.
@@ -104,6 +105,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             member: node.clone(),
             sender: self.sender.clone(),
             max_message_bytes: self.max_message_bytes,
+            append_budget: APPEND_BYTES,
+            in_flight: None,
         }
     }
 }
@@ -114,6 +117,35 @@ pub(crate) struct PeerClient {
     member: Member,
     sender: Arc<dyn RaftSender>,
     max_message_bytes: usize,
+    /// The most entry bytes (as sent) the next AppendEntries may carry. openraft gives an
+    /// AppendEntries one heartbeat interval and then sends the same batch again: on a slow
+    /// link or a loaded machine a batch that cannot make it in time would be retried for
+    /// ever, and a follower behind by big entries would never catch up. So a batch cut off
+    /// halves the budget (down to [`MIN_APPEND_BYTES`]), and an answered one that used at
+    /// least half of it doubles it again (up to [`APPEND_BYTES`]).
+    append_budget: usize,
+    /// The entry bytes of the AppendEntries under way. Still set when the next one starts:
+    /// the previous one was dropped by openraft's timeout before it was answered.
+    in_flight: Option<usize>,
+}
+
+/// The smallest budget for the entries of one AppendEntries (one entry always goes).
+const MIN_APPEND_BYTES: usize = 16 << 10;
+
+impl PeerClient {
+    /// Halves the budget after an AppendEntries of `bytes` that was cut off.
+    fn cut_off(&mut self, bytes: usize) {
+        let budget = (bytes / 2).clamp(MIN_APPEND_BYTES, APPEND_BYTES).min(self.append_budget);
+        if budget < self.append_budget {
+            tracing::debug!(
+                target = self.target,
+                bytes,
+                budget,
+                "an AppendEntries was cut off: sending less"
+            );
+        }
+        self.append_budget = budget;
+    }
 }
 
 /// Room in a message for everything but the entries or the snapshot bytes.
@@ -176,16 +208,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let fit = entries_that_fit(&rpc.entries, self.max_message_bytes.saturating_sub(ENVELOPE_BYTES));
+        if let Some(bytes) = self.in_flight.take() {
+            self.cut_off(bytes);
+        }
+        let budget = self.append_budget.min(self.max_message_bytes.saturating_sub(ENVELOPE_BYTES));
+        let fit = entries_that_fit(&rpc.entries, budget);
         if fit < rpc.entries.len() {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
         }
-        let resp = self
-            .sender
-            .send(self.target, &self.member, RaftRpc::Append(rpc), option.hard_ttl())
-            .await
-            .map_err(unreachable)?;
-        match resp {
+        let bytes: usize = rpc.entries.iter().map(wire_bytes).sum();
+        self.in_flight = (bytes > 0).then_some(bytes);
+        let sent = self.sender.send(self.target, &self.member, RaftRpc::Append(rpc), option.hard_ttl()).await;
+        self.in_flight = None;
+        match &sent {
+            Err(CallError::Timeout) if bytes > 0 => self.cut_off(bytes),
+            Ok(_) if bytes * 2 >= self.append_budget => {
+                self.append_budget = (self.append_budget * 2).min(APPEND_BYTES);
+            }
+            _ => {}
+        }
+        match sent.map_err(unreachable)? {
             RaftReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(refused(&other)),
         }
@@ -281,5 +323,112 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             r = send_all => r,
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
+    }
+}
+
+#[cfg(test)]
+mod append_budget_tests {
+    use super::*;
+    use crate::store::{Command, Proposal};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    /// Answers an AppendEntries at once when its entries are at most `fast` bytes, and
+    /// never (until dropped) when they are more: a link too slow for big batches.
+    struct SlowForBig {
+        fast: usize,
+    }
+
+    impl RaftSender for SlowForBig {
+        fn send(
+            &self,
+            _: NodeId,
+            _: &Member,
+            rpc: RaftRpc,
+            _: Duration,
+        ) -> BoxFuture<'static, Result<RaftReply, CallError>> {
+            let RaftRpc::Append(rpc) = rpc else { unreachable!() };
+            let bytes: usize = rpc.entries.iter().map(wire_bytes).sum();
+            let fast = bytes <= self.fast;
+            Box::pin(async move {
+                if !fast {
+                    std::future::pending::<()>().await;
+                }
+                Ok(RaftReply::Append(Ok(AppendEntriesResponse::Success)))
+            })
+        }
+    }
+
+    fn entries(n: u64, size: usize) -> Vec<Entry> {
+        (1..=n)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Proposal::new(
+                    Command::Put {
+                        lease: None,
+                        sequential: false,
+                        key: format!("/k/{i}"),
+                        value: vec![7; size],
+                        cond: Default::default(),
+                        prev_kv: false,
+                    },
+                    0,
+                )),
+            })
+            .collect()
+    }
+
+    fn request(entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_cut_off_by_the_timeout_shrink_until_they_get_through_then_grow_back() {
+        let mut client = PeerClient {
+            target: 2,
+            member: Member {
+                peer_url: "http://127.0.0.1:1".into(),
+                client_url: String::new(),
+                incarnation: 0,
+            },
+            sender: Arc::new(SlowForBig { fast: 100 << 10 }),
+            max_message_bytes: 16 << 20,
+            append_budget: APPEND_BYTES,
+            in_flight: None,
+        };
+        let option = || RPCOption::new(Duration::from_millis(50));
+        // 64 entries of 8 KiB: about 700 KB as sent, more than the link takes in time.
+        let all = entries(64, 8 << 10);
+        let mut sent = all.len();
+        let mut through = false;
+        for _ in 0..10 {
+            let call = client.append_entries(request(all[..sent].to_vec()), option());
+            match tokio::time::timeout(Duration::from_millis(50), call).await {
+                // Cut off: openraft drops the call and sends the same batch again.
+                Err(_) => {}
+                Ok(Err(RPCError::PayloadTooLarge(hint))) => sent = hint.entries_hint() as usize,
+                Ok(Ok(_)) => {
+                    through = true;
+                    break;
+                }
+                Ok(Err(e)) => panic!("{e}"),
+            }
+        }
+        assert!(through, "a smaller batch got through: {sent} entries");
+        let bytes: usize = all[..sent].iter().map(wire_bytes).sum();
+        assert!(sent < all.len() && bytes <= 100 << 10, "{sent} entries, {bytes} bytes");
+        // Answered batches that use the budget grow it back, up to the cap.
+        let small = entries(4, 8 << 10);
+        let before = client.append_budget;
+        for _ in 0..8 {
+            let fit = entries_that_fit(&small, client.append_budget);
+            client.append_entries(request(small[..fit].to_vec()), option()).await.unwrap();
+        }
+        assert!(client.append_budget >= before, "{} {before}", client.append_budget);
+        assert!(client.append_budget <= APPEND_BYTES);
     }
 }
