@@ -40,6 +40,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) async fn resolve(cfg: &mut Config, key: &PeerKey) -> anyhow::Result<()> {
     let Some(series) = cfg.ordinal_ids() else { return Ok(()) };
     let series: Vec<NodeId> = series.collect();
+    let join = cfg.join_urls();
     let mut unfinished = None;
     if let Some(found) = identity::recorded(&cfg.data_dir)? {
         if !series.contains(&found.node_id) {
@@ -54,14 +55,14 @@ pub(super) async fn resolve(cfg: &mut Config, key: &PeerKey) -> anyhow::Result<(
             // today's replica count, by a reinstall say) is no contradiction of the member's.
             cfg.initial_cluster = None;
             return Ok(());
-        } else if cfg.join_urls().is_none() {
+        } else if join.is_none() {
             cfg.node_id = found.node_id;
             return Ok(());
         } else {
             unfinished = Some(found.node_id);
         }
     }
-    let Some(urls) = cfg.join_urls() else { return Ok(()) };
+    let Some(urls) = join else { return Ok(()) };
     let own = cfg.advertise().peer_url;
     let tls = crate::tls::ClientFiles::peer_transport(cfg);
     let mut last_log: Option<Instant> = None;
@@ -92,29 +93,30 @@ pub(super) async fn resolve(cfg: &mut Config, key: &PeerKey) -> anyhow::Result<(
     };
     match unfinished {
         // The same id: the join is asked again with the same identity (and incarnation),
-        // which the leader takes as a retry.
+        // which the leader takes as a retry (a learner it added is this pod's, not lost).
         Some(old) if old == candidate => {}
-        _ if own_member => {
-            tracing::warn!(
+        Some(old) => {
+            tracing::info!(
                 node_id = candidate,
-                "this pod's member (node {candidate}) has lost its data: rebuilding it from its peers"
+                "the join as node {old} never finished; joining as node {candidate}"
             );
-            cfg.rebuild_from_peers = true;
+            identity::forget(&cfg.data_dir)?;
         }
-        _ => {}
+        None if candidate != cfg.node_id && !own_member => {
+            tracing::info!(
+                node_id = candidate,
+                ordinal_id = cfg.node_id,
+                "this pod's ordinal id was used before; joining as node {candidate}"
+            );
+        }
+        None => {}
     }
-    if let Some(old) = unfinished.filter(|old| *old != candidate) {
-        tracing::info!(
+    if own_member && unfinished != Some(candidate) {
+        tracing::warn!(
             node_id = candidate,
-            "the join as node {old} never finished; joining as node {candidate}"
+            "this pod's member (node {candidate}) has lost its data: rebuilding it from its peers"
         );
-        identity::forget(&cfg.data_dir)?;
-    } else if candidate != cfg.node_id && !own_member {
-        tracing::info!(
-            node_id = candidate,
-            ordinal_id = cfg.node_id,
-            "this pod's ordinal id was used before; joining as node {candidate}"
-        );
+        cfg.rebuild_from_peers = true;
     }
     cfg.node_id = candidate;
     Ok(())

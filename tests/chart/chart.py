@@ -225,6 +225,21 @@ BAD = [
 ]
 
 
+def chart_env_is_refused_in_extra_env():
+    """extraEnv may not repeat a setting the chart sets: every PALISADE_* variable any value
+    set renders is on the templates' list of refused names (a name added to the StatefulSet
+    and not to the list would fail here)."""
+    names = set()
+    for _, args in value_sets():
+        _, docs = render(*args)
+        names |= {n for n in env_of(container(docs)[1]) if n.startswith("PALISADE_")}
+    for n in sorted(names):
+        r = helm("template", "rel", CHART, "--namespace", "ns", "--set", f"extraEnv.{n}=x", ok=False)
+        check(r.returncode != 0 and f"extraEnv.{n} is set by the chart" in r.stderr,
+              f"extraEnv.{n} should be refused: the chart sets it")
+    print(f"ok   extraEnv refuses each of the {len(names)} settings the chart renders", flush=True)
+
+
 def bad_values():
     for args, expect in BAD:
         r = helm("template", "rel", CHART, "--namespace", "ns", *args, ok=False)
@@ -260,6 +275,7 @@ if __name__ == "__main__":
     lint_render_validate()
     golden()
     bad_values()
+    chart_env_is_refused_in_extra_env()
     if failures:
         print(f"\n{len(failures)} chart check(s) failed", file=sys.stderr)
         sys.exit(1)
