@@ -316,6 +316,12 @@ settings! {
     heartbeat_ms: u64 = 100;
     /// Minimum election timeout (ms, at least 3 heartbeats); the maximum is twice this.
     election_timeout_ms: u64 = 1000;
+    /// Serve every linearizable read after a quorum round (a read index), never from the
+    /// leader's read lease. The lease (on by default) lets a leader whose quorum has
+    /// acknowledged it within the shortest election timeout answer without a round: safe
+    /// as long as the members' clocks run at about the same rate, since followers refuse
+    /// to vote for another leader for the longest election timeout.
+    read_index_only: bool = false;
     /// Take a snapshot every this many log entries (at least 100).
     snapshot_every: u64 = 10_000;
     /// Longest key (bytes).

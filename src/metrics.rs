@@ -58,6 +58,8 @@ pub struct Metrics {
     proposals: Counter,
     proposal_failures: Counter,
     leader_changes: Counter,
+    lease_reads: Counter,
+    read_rounds: Counter,
     fsync: Histogram,
     apply: Histogram,
 }
@@ -84,6 +86,8 @@ impl Metrics {
         let proposals = Counter::default();
         let proposal_failures = Counter::default();
         let leader_changes = Counter::default();
+        let lease_reads = Counter::default();
+        let read_rounds = Counter::default();
         let fsync = Histogram::new(storage_buckets());
         let apply = Histogram::new(storage_buckets());
         registry.register(
@@ -116,6 +120,16 @@ impl Metrics {
             "Changes of leader this node has seen",
             leader_changes.clone(),
         );
+        registry.register(
+            "raft_lease_read_indexes",
+            "Read indexes this node answered as leader from its read lease, without a quorum round",
+            lease_reads.clone(),
+        );
+        registry.register(
+            "raft_read_index_rounds",
+            "Read-index quorum rounds that confirmed this node as leader",
+            read_rounds.clone(),
+        );
         registry.register("wal_fsync_duration_seconds", "Time of one fsync of the Raft log", fsync.clone());
         registry.register(
             "raft_apply_duration_seconds",
@@ -130,6 +144,8 @@ impl Metrics {
             proposals,
             proposal_failures,
             leader_changes,
+            lease_reads,
+            read_rounds,
             fsync,
             apply,
         }
@@ -151,6 +167,15 @@ impl Metrics {
         self.proposals.inc();
         if !decided {
             self.proposal_failures.inc();
+        }
+    }
+
+    /// Counts a read index answered from the read lease (`true`) or by a quorum round.
+    pub fn read_index(&self, lease: bool) {
+        if lease {
+            self.lease_reads.inc();
+        } else {
+            self.read_rounds.inc();
         }
     }
 

@@ -175,7 +175,8 @@ impl Node {
         decide(self.id, &self.identity.cluster_id, self.identity.initial_cluster.len(), &answers)
     }
 
-    /// Starts rebuilding this member from its peers: learns the cluster's commit index and
+    /// Starts rebuilding this member from its peers: learns the cluster's commit index (the
+    /// leader's read index) and
     /// its leader's term, records them, and holds votes and entries from older terms until
     /// that index is applied. It does not bootstrap a membership of its own: the leader
     /// sends it the log (or a snapshot) from the start. An error means "not yet" (no

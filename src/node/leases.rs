@@ -38,7 +38,7 @@ impl Node {
     }
 
     /// Reads leases as the leader sees them now (linearizable: the leader confirms its
-    /// leadership with a quorum first).
+    /// leadership first, from its read lease or with a quorum round).
     pub async fn lease_read(self: &Arc<Self>, q: LeaseQuery) -> Result<LeaseAnswer> {
         self.check_lease_query(&q)?;
         self.at_leader(
@@ -113,7 +113,7 @@ impl Node {
         }
     }
 
-    /// Confirms with a quorum that this node still leads in the term of `clock`, and
+    /// Confirms (read lease or quorum round) that this node still leads in the term of `clock`, and
     /// applies everything committed up to then: its lease table is then at least as new as
     /// any other member's, so it may answer for leases. (A deposed leader that does not know
     /// it yet may have missed a grant or a renewal, and its clock runs on while its

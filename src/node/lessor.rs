@@ -16,7 +16,8 @@
 //!   if the lessor had not taken it yet, it is never proposed (503, nothing happened); if
 //!   it had, the renewal may still commit (504, outcome unknown). A keepalive of a lease
 //!   whose time is up (or that this node does not know) is refused, even before its expiry
-//!   is applied, but only once a quorum has confirmed that this node still leads (a
+//!   is applied, but only once a quorum has confirmed that this node still leads (its read
+//!   lease or a round; a
 //!   deposed leader's table may lack a grant or a renewal its successor made), and never
 //!   while an earlier keepalive of it is queued or in flight (that one came in time).
 //! - one task decides every lease command (renewals first, then expiries, then a tick);

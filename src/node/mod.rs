@@ -212,6 +212,7 @@ impl Node {
             initial_members: identity.initial_cluster.clone(),
             joining: identity.joined,
             metrics: metrics.clone(),
+            lease_reads: !cfg.read_index_only,
             on_fatal: Some({
                 let fatal = fatal.clone();
                 Arc::new(move |why: &str| {

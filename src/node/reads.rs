@@ -1,6 +1,7 @@
 //! Reads: typed key-value reads served from the applied state, after a read index for
-//! linearizable ones. Read-index rounds are shared by every read that arrived before the
-//! round started, confirmed locally on the leader or by asking it from a follower.
+//! linearizable ones. A leader within its read lease takes its index at once; otherwise
+//! read-index rounds are shared by every read that arrived before the round started,
+//! confirmed locally on the leader or by asking it from a follower.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,8 @@ use crate::store::{ChildrenPage, KeyValue, ListOptions, ListPage, ReadError};
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
-    /// Reflects every write acknowledged before the read began (a quorum round).
+    /// Reflects every write acknowledged before the read began (a read index the leader
+    /// vouches for: from its read lease or a quorum round).
     #[default]
     Linearizable,
     /// This node's applied state, possibly behind the leader; no round trip.
@@ -83,13 +85,19 @@ pub(super) struct ReadRounds {
 }
 
 impl Node {
-    /// Waits until this node can serve a linearizable read: a read index confirmed by a
-    /// quorum is applied here.
+    /// Waits until this node can serve a linearizable read: a read index the leader vouches
+    /// for (its read lease, or a quorum round) is applied here.
     pub async fn linearize(self: &Arc<Self>) -> Result<()> {
         // While this node's log cannot be written (disk full), its Raft core waits on the
         // write and applies nothing: a linearizable read could only time out.
         self.check_storage().map_err(Error::Unavailable)?;
         let deadline = self.deadline();
+        // A leader within its read lease needs no round (see `raft::lease`).
+        if let Some((index, _)) = self.replica.lease_read_index() {
+            return tokio::time::timeout_at(deadline, self.replica.wait_applied(index)).await.map_err(|_| {
+                Error::Unavailable("this node did not apply its own read index within the deadline".into())
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut r = self.reads.lock().unwrap_or_else(|e| e.into_inner());

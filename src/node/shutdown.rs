@@ -53,6 +53,8 @@ impl Node {
             return;
         }
         self.handing_over.store(true, Ordering::Relaxed);
+        // The member asked to campaign may win within this leader's read lease.
+        self.replica.end_lease_reads();
         // A membership change under way goes in first (new ones are refused from now on).
         let _ = tokio::time::timeout_at(give_up, self.member_change.lock()).await;
         // The proposals already on their way go in first: the successor must hold them too.

@@ -237,6 +237,11 @@ impl LogStore {
         self.submit(records, ack, |st| st.vote = Some(vote))
     }
 
+    /// The index of the last committed log id openraft saved (0: none).
+    pub(crate) fn committed_index(&self) -> u64 {
+        lock(&self.shared.state).committed.map_or(0, |c| c.index)
+    }
+
     pub(crate) fn enqueue_committed(&self, committed: Option<LogId>, ack: Ack) -> io::Result<()> {
         let mut records = Records::new();
         records.push(Record::Committed, json(&committed))?;

@@ -6,12 +6,14 @@
 //! - `log_store`: openraft's log storage over the write-ahead log.
 //! - `state_machine`: openraft's state machine over the pure [`State`], and snapshots.
 //! - `network`: the Raft RPCs as values and openraft's network over a [`RaftSender`].
+//! - `lease`: when a quorum last acknowledged this leader, for reads without a round.
 //!
 //! [`Proposal`]: crate::store::Proposal
 //! [`Outcome`]: crate::store::Outcome
 //! [`State`]: crate::store::State
 
 pub mod backup;
+mod lease;
 pub mod log_store;
 pub mod network;
 pub mod replica;

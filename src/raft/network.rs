@@ -28,6 +28,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::lease::LeaseClock;
 use super::log_store::APPEND_BYTES;
 use super::types::*;
 
@@ -94,6 +95,8 @@ pub(crate) struct Network {
     pub sender: Arc<dyn RaftSender>,
     /// The largest message a peer accepts (bytes).
     pub max_message_bytes: usize,
+    /// Where acknowledged appends are timed, for the leader's read lease.
+    pub lease: Arc<LeaseClock>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -107,6 +110,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             max_message_bytes: self.max_message_bytes,
             append_budget: APPEND_BYTES,
             in_flight: None,
+            lease: self.lease.clone(),
         }
     }
 }
@@ -127,6 +131,7 @@ pub(crate) struct PeerClient {
     /// The entry bytes of the AppendEntries under way. Still set when the next one starts:
     /// the previous one was dropped by openraft's timeout before it was answered.
     in_flight: Option<usize>,
+    lease: Arc<LeaseClock>,
 }
 
 /// The smallest budget for the entries of one AppendEntries (one entry always goes).
@@ -218,6 +223,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         let bytes: usize = rpc.entries.iter().map(wire_bytes).sum();
         self.in_flight = (bytes > 0).then_some(bytes);
+        let vote = rpc.vote;
+        // Before the message leaves: a follower may act on this commit index at once.
+        self.lease.sending(&vote, rpc.leader_commit.map_or(0, |c| c.index));
+        let sent_at = tokio::time::Instant::now();
         let sent = self.sender.send(self.target, &self.member, RaftRpc::Append(rpc), option.hard_ttl()).await;
         self.in_flight = None;
         match &sent {
@@ -228,7 +237,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             _ => {}
         }
         match sent.map_err(unreachable)? {
-            RaftReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            RaftReply::Append(r) => {
+                // The follower took this leader's vote, whatever it said of the entries.
+                if let Ok(
+                    AppendEntriesResponse::Success
+                    | AppendEntriesResponse::PartialSuccess(_)
+                    | AppendEntriesResponse::Conflict,
+                ) = &r
+                {
+                    self.lease.acked(self.target, &vote, sent_at);
+                }
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(refused(&other)),
         }
     }
@@ -399,6 +419,7 @@ mod append_budget_tests {
             max_message_bytes: 16 << 20,
             append_budget: APPEND_BYTES,
             in_flight: None,
+            lease: Default::default(),
         };
         let option = || RPCOption::new(Duration::from_millis(50));
         // 64 entries of 8 KiB: about 700 KB as sent, more than the link takes in time.

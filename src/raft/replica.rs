@@ -5,7 +5,8 @@
 //! Owns the openraft instance, its log store and its state machine. Invariants:
 //! - a proposal's outcome is reported only once it is applied here; when Raft stopped
 //!   under a proposal the outcome is unknown, never "did not happen";
-//! - a read index is handed out only after a quorum confirmed this node still leads;
+//! - a read index is handed out only after a quorum confirmed this node still leads: in a
+//!   round, or by acknowledging it within the read lease (`raft::lease`);
 //! - [`Leadership::is_self`] turns true only once this node has applied an entry of its own
 //!   term (so everything an earlier leader committed is applied before a leader-only task
 //!   starts: etcd promotes its lessor at the same point), and false the moment it is not
@@ -20,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use openraft::{ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::lease::LeaseClock;
 use super::log_store::LogStore;
 use super::network::{Network, RaftReply, RaftRpc, RaftSender};
 use super::snapshot_data::SnapshotData;
@@ -137,6 +140,9 @@ pub struct ReplicaConfig {
     pub joining: bool,
     /// Where fsync and apply durations and leader changes are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// As leader, answer read-index requests from the read lease (see `raft::lease`)
+    /// while a quorum's acknowledgement is fresh, instead of a quorum round each time.
+    pub lease_reads: bool,
 }
 
 /// The condition of this replica's storage (see [`crate::wal::Health`]).
@@ -200,6 +206,15 @@ pub struct Replica {
     /// When a leader's entries or snapshot last reached Raft here (a node the cluster
     /// removed stops hearing from it).
     leader_heard_at: Mutex<Instant>,
+    /// When a quorum last acknowledged this node as leader (see `raft::lease`).
+    lease: Arc<LeaseClock>,
+    /// How long after a quorum's acknowledgement a read may rely on it: half of openraft's
+    /// leader lease (the longest election timeout), for which followers refuse votes.
+    lease_window: Duration,
+    /// Lease reads are on (off with `--read-index-only`, and for good once
+    /// [`Replica::end_lease_reads`] is called).
+    lease_reads: std::sync::atomic::AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a membership change was not made.
@@ -272,7 +287,10 @@ impl Replica {
             ..Default::default()
         }
         .validate()?;
-        let network = Network { sender, max_message_bytes: cfg.max_message_bytes };
+        let lease = Arc::new(LeaseClock::default());
+        let network = Network { sender, max_message_bytes: cfg.max_message_bytes, lease: lease.clone() };
+        // Half the time a follower refuses votes after hearing from this leader.
+        let lease_window = Duration::from_millis(raft_cfg.election_timeout_max / 2);
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log.clone(), sm.clone()).await?;
         let (tx, leadership) = watch::channel(Leadership::default());
         let quorum_acked_at = Arc::new(Mutex::new(None));
@@ -306,6 +324,10 @@ impl Replica {
             initial_members: cfg.initial_members.clone(),
             joining: cfg.joining,
             leader_heard_at: Mutex::new(Instant::now()),
+            lease,
+            metrics: cfg.metrics.clone(),
+            lease_window,
+            lease_reads: std::sync::atomic::AtomicBool::new(cfg.lease_reads),
         })
     }
 
@@ -343,11 +365,18 @@ impl Replica {
         }
     }
 
-    /// The leader's read index: its commit index once a quorum confirmed it still leads,
-    /// with the term it leads in.
+    /// The leader's read index, with the term it leads in: from the read lease when it
+    /// holds (see [`Replica::lease_read_index`]), else its commit index once a quorum
+    /// confirmed in a round that it still leads.
     pub async fn read_index(&self) -> Result<(u64, u64), ReadIndexError> {
+        if let Some(read) = self.lease_read_index() {
+            return Ok(read);
+        }
         match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok((read.map_or(0, |l| l.index), self.term())),
+            Ok((read, _applied)) => {
+                self.metrics.read_index(false);
+                Ok((read.map_or(0, |l| l.index), self.term()))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ReadIndexError::NotLeader { leader: f.leader_id })
             }
@@ -356,6 +385,52 @@ impl Replica {
             }
             Err(RaftError::Fatal(e)) => Err(ReadIndexError::Stopped(e.to_string())),
         }
+    }
+
+    /// As leader within its read lease: a read index and the term, with no quorum round
+    /// and no call into Raft (see `raft::lease`). `None` when this node is not the leader,
+    /// has not applied an entry of its own term yet (so entries of earlier leaders may be
+    /// unapplied here), or no quorum acknowledged it within the lease window: the caller
+    /// then runs a round.
+    pub fn lease_read_index(&self) -> Option<(u64, u64)> {
+        if !self.lease_reads.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (state, vote, last_applied, membership) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.vote, m.last_applied, m.membership_config.clone())
+        };
+        let term = vote.leader_id().term;
+        // Lagging metrics only make this refuse longer.
+        let own_term_applied = last_applied.is_some_and(|l| l.leader_id.term == term);
+        if state != ServerState::Leader || vote.leader_id().voted_for() != Some(self.id) || !own_term_applied
+        {
+            return None;
+        }
+        let now = Instant::now();
+        let configs = membership.membership().get_joint_config();
+        let (acked, commit_sent) = self.lease.quorum_acked(&vote, self.id, configs, now)?;
+        if now.saturating_duration_since(acked) >= self.lease_window {
+            return None;
+        }
+        // Everything acknowledged anywhere is applied here (an answer is sent after the
+        // apply) or on a member that learnt its commit from this leader (recorded before it
+        // was sent); the commit index openraft saved (before applying) is taken too, so a
+        // member rebuilt from its peers waits for about all that is committed.
+        let index = commit_sent.max(self.sm.applied_index()).max(self.log.committed_index());
+        // A hand-over that began meanwhile may already have a successor campaigning.
+        if !self.lease_reads.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.metrics.read_index(true);
+        Some((index, term))
+    }
+
+    /// Lease reads end here for good (a leader handing its leadership over: the member it
+    /// asks to campaign does not wait for the lease to run out, so neither may reads).
+    pub fn end_lease_reads(&self) {
+        self.lease_reads.store(false, Ordering::SeqCst);
     }
 
     /// Waits until the entry at `index` is applied here.
@@ -573,7 +648,11 @@ impl Replica {
         }
         match rpc {
             RaftRpc::Append(r) => RaftReply::Append(self.raft.append_entries(r).await),
-            RaftRpc::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
+            RaftRpc::Vote(r) => {
+                // Before the vote can be granted: this node's lease ends with it.
+                self.lease.vote_requested(r.vote.leader_id.term);
+                RaftReply::Vote(self.raft.vote(r).await)
+            }
             RaftRpc::SnapshotChunk { vote, meta, offset, total, done, data } => {
                 self.receive_chunk(from, vote, meta, offset, total, done, data).await
             }
@@ -931,6 +1010,7 @@ mod tests {
             initial_members: (1..=3).map(|id| (id, member(id))).collect(),
             joining,
             metrics: Default::default(),
+            lease_reads: true,
         };
         Replica::open(&cfg, Arc::new(Nowhere)).await.unwrap()
     }

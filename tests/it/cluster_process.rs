@@ -543,19 +543,32 @@ async fn requests_to_a_minority_end_with_503_within_the_deadline() {
     // The survivor is the leader: restart the others, then kill the two followers. The
     // leader refuses a write before proposing it (503) once it knows it has lost its
     // quorum; until openraft's ack clock shows that, it proposes, and the entry may still
-    // commit later, so 504 ("may or may not take effect") is the honest answer then. The
-    // read must be 503.
+    // commit later, so 504 ("may or may not take effect") is the honest answer then.
     for id in c.ids() {
         if id != survivor {
             c.restart(id).await;
         }
     }
     let (leader, _) = c.leader().await;
+    let r = c.http().put(&c.client_url(leader), "/m/latest", "latest").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
     for id in c.ids() {
         if id != leader {
             c.kill_9(id);
         }
     }
+    // For one election timeout after its quorum last acknowledged it, the leader may still
+    // answer a linearizable read from its read lease: no other leader can exist before the
+    // followers' longer vote refusal runs out, so the answer is current...
+    let r = c.http().get(&c.client_url(leader), "/m/latest", Consistency::Linearizable).await.unwrap();
+    assert!(
+        (r.status == 200 && r.value() == Some("latest")) || r.status == 503,
+        "linearizable read on the leader just after losing its quorum: {} {}",
+        r.status,
+        r.text
+    );
+    // ...and once the lease has run out, the read must be 503.
+    tokio::time::sleep(Duration::from_millis(c.options().election_timeout_ms)).await;
     assert_minority_refuses(&c, leader, true).await;
 }
 
@@ -698,4 +711,102 @@ async fn json_logs_name_no_key_or_value_and_sigterm_exits_zero() {
         "a key or value was logged:\n{log}"
     );
     assert!(log.contains("\"message\":\"shutting down\""), "{log}");
+}
+
+/// The value of an unlabelled counter in a node's `/metrics`.
+async fn counter(c: &Cluster, id: u64, name: &str) -> u64 {
+    let m = c.http().get_path(&c.client_url(id), "/metrics").await.expect("metrics");
+    assert_eq!(m.status, 200, "metrics on node {id}: {}", m.text);
+    m.text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .unwrap_or_else(|| panic!("no {name}_total in node {id}'s metrics:\n{}", m.text))
+        .trim()
+        .parse()
+        .expect("a counter")
+}
+
+/// Linearizable reads on a leader whose followers keep acknowledging it come from its read
+/// lease, without a quorum round each; with `--read-index-only` every one takes a round.
+/// (That a lease never serves a stale read is what the fault suite's recorded histories
+/// check: with the lease made 20 election timeouts long, `fault_sim::partition_isolate_leader`
+/// and `cluster_sim::linearizable_read_on_isolated_leader_fails_instead_of_stale` fail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_reads_from_its_lease_unless_told_to_take_a_round_each_time() {
+    for read_index_only in [false, true] {
+        let extra_args = if read_index_only { vec!["--read-index-only".to_string()] } else { vec![] };
+        let c = Cluster::start(ClusterOptions { extra_args, ..Default::default() }).await;
+        let (leader, _) = c.leader().await;
+        let http = c.http();
+        let r = http.put(&c.client_url(leader), "/lease/key", "v").await.expect("put");
+        assert_eq!(r.status, 200, "{}", r.text);
+        let (lease0, rounds0) = (
+            counter(&c, leader, "palisade_raft_lease_read_indexes").await,
+            counter(&c, leader, "palisade_raft_read_index_rounds").await,
+        );
+        for _ in 0..50 {
+            let g =
+                http.get(&c.client_url(leader), "/lease/key", Consistency::Linearizable).await.expect("get");
+            assert_eq!(g.status, 200, "{}", g.text);
+            assert_eq!(g.value(), Some("v"), "{}", g.text);
+        }
+        let lease = counter(&c, leader, "palisade_raft_lease_read_indexes").await - lease0;
+        let rounds = counter(&c, leader, "palisade_raft_read_index_rounds").await - rounds0;
+        if read_index_only {
+            assert_eq!(lease, 0, "--read-index-only answered {lease} reads from the lease");
+            assert!(rounds >= 50, "50 reads one after the other took {rounds} rounds");
+        } else {
+            // A read right after an election timeout without traffic may still take a round.
+            assert!(
+                lease >= 45,
+                "only {lease} of 50 reads came from the lease ({rounds} rounds)\n{}",
+                c.logs()
+            );
+        }
+        drop(c);
+    }
+}
+
+/// A write acknowledged by the leader is seen by a linearizable read through a follower
+/// right after, while other writers keep the leader busy: the read index the leader hands
+/// out from its lease covers what it acknowledged, not only what it told the followers.
+/// (The race this guards, a read index taken from a lagging copy of the applied index, is
+/// narrow: this test did not catch it on demand; the argument is in `raft::lease`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_by_the_leader_is_read_back_through_a_follower() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let (leader, _) = c.leader().await;
+    let followers: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let background: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, stop, http) = (c.client_url(leader), stop.clone(), c.http().clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = http.put(&url, &format!("/busy/{w}"), &i.to_string()).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let http = c.http();
+    for i in 0..300u64 {
+        let key = format!("/seen/{}", i % 7);
+        let r = http.put(&c.client_url(leader), &key, &i.to_string()).await.expect("put");
+        assert_eq!(r.status, 200, "{}", r.text);
+        let via = followers[i as usize % followers.len()];
+        let g = http.get(&c.client_url(via), &key, Consistency::Linearizable).await.expect("get");
+        assert_eq!(g.status, 200, "read of {key} via node {via}: {}", g.text);
+        assert_eq!(
+            g.value(),
+            Some(i.to_string().as_str()),
+            "a linearizable read via node {via} missed the write acknowledged just before it: {}",
+            g.text
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in background {
+        b.await.unwrap();
+    }
 }
