@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEED ?=
 DURATION ?= 300
 
-.PHONY: build test verify fix run cluster image chart bench bench-rss bench-lease bench-watch bench-lock bench-secure bench-ops soak fuzz clean
+.PHONY: build test verify fix run cluster image chart bench bench-rss bench-lease bench-watch bench-lock bench-secure bench-ops bench-mixed soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -73,11 +73,11 @@ cluster: build
 # Palisade and etcd side by side under the same wrk load; writes BENCHMARKS.md. Builds
 # Palisade and installs wrk and etcd when missing (apt-get, as root). Runs the load cells
 # (put, get, get-serializable, txn, keepalive, and put under keepalives; ~40 min), the
-# lease failover trials (~3 min), the watch part (~6 min), the lock part (~10 min), the
-# security part (~21 min) and then the 10-minute memory run of each product (~21 min):
-# about 103 minutes in all. Knobs in benches/run.sh, e.g. `DURATION=2 ROUNDS=1 RSS_RUN=0
-# FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 make bench`
-# for a quick look.
+# lease failover trials (~3 min), the watch part (~7 min), the lock part (~10 min), the
+# security part (~21 min), the operations part (~8 min), the mixed workload (~10 min) and
+# then the 10-minute memory run of each product (~21 min): about 122 minutes in all. Knobs
+# in benches/run.sh, e.g. `DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1
+# LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 MIXED_ROUNDS=1 make bench` for a quick look.
 bench:
 	./benches/run.sh
 
@@ -89,11 +89,12 @@ bench-rss:
 # Only the lease parts (keepalive load, put under keepalives, failover; ~15 min); writes
 # BENCHMARKS-lease.md unless OUT is set.
 bench-lease:
-	LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 ./benches/run.sh
+	LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 OPS=0 MIXED=0 ./benches/run.sh
 
-# Only the watch part (~6 min): put->event latency on 1 and 3 nodes (watcher on the leader
-# and on a follower), the memory of 10,000 idle watchers, and put beside them and beside a
-# stalled watcher; writes BENCHMARKS-watch.md unless OUT is set. Knobs: WATCH_N,
+# Only the watch part (~7 min): put->event latency on 1 and 3 nodes (watcher on the leader
+# and on a follower, and on the leader beside 10,000 idle watchers on that node), the memory
+# of 10,000 idle watchers, and put beside them and beside a stalled watcher; writes
+# BENCHMARKS-watch.md unless OUT is set. Knobs: WATCH_N,
 # WATCH_ROUNDS, WATCH_IDLE, WATCH_CONNS, WATCH_NODES, DURATION (see benches/run.sh).
 # `python3 benches/bench.py splice BENCHMARKS-watch.md BENCHMARKS.md` then puts its
 # Watches section into BENCHMARKS.md.
@@ -135,6 +136,20 @@ bench-secure:
 # BENCHMARKS.md.
 bench-ops:
 	OPS=only ./benches/run.sh
+
+# Only the mixed workload (~10 min): on 1 and 3 nodes of each product, each cell on fresh
+# servers holding the 10,000 keys (in 1,000 groups) and 10,000 leases, with 1,000 watchers
+# on the leader (one recursive watch per group, each its own connection, every event read
+# and counted), wrk at 16 and 64 connections sending 70% linearizable gets, 20% puts, 5%
+# transactions (2 compares, 2 puts) and 5% lease keepalives, picked at random
+# (benches/<product>/mixed.lua); req/s against etcd's, p50/p99 over the mix, memory, CPU
+# and the events the watchers received. Writes BENCHMARKS-mixed.md unless OUT is set.
+# Knobs: MIXED_ROUNDS, MIXED_NODES, MIXED_CONNS, MIXED_WATCHERS, DURATION, WARMUP, KEYS,
+# LEASES (see benches/run.sh), e.g. `MIXED_ROUNDS=1 DURATION=3 MIXED_NODES=1 make
+# bench-mixed` for a quick look. `python3 benches/bench.py splice BENCHMARKS-mixed.md
+# BENCHMARKS.md "Mixed workload"` then puts its Mixed workload section into BENCHMARKS.md.
+bench-mixed:
+	MIXED=only ./benches/run.sh
 
 # Long seeded fault-injection runs (every nemesis, in-process and real processes); a
 # failure prints its seed, and SEED= replays the same schedule.

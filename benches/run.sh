@@ -19,11 +19,13 @@
 #     21 minutes (10 min per product plus start-up, preload and warm-up).
 #   - the watch part (WATCH): put->event latency (one watcher, one putter writing WATCH_N
 #     fresh keys one at a time) on WATCH_NODES-node clusters, the watcher on the leader
-#     and, for 3 nodes, on a follower, WATCH_ROUNDS runs each; then WATCH_ROUNDS rounds
-#     of put at WATCH_CONNS connections on 1 node alone, beside one watcher reading every
-#     event, beside one that reads nothing, and beside WATCH_IDLE idle watchers (each its
-#     own connection; their memory is measured first), each on a fresh node (about 3.5
-#     minutes per product with the defaults).
+#     and, for 3 nodes, on a follower, WATCH_ROUNDS runs each; then the same with the
+#     watcher on the leader of a fresh cluster of each size where WATCH_IDLE idle watchers
+#     (each its own connection) are open on that leader; then WATCH_ROUNDS rounds of put
+#     at WATCH_CONNS connections on 1 node alone, beside one watcher reading every event,
+#     beside one that reads nothing, and beside WATCH_IDLE idle watchers (their memory is
+#     measured first), each on a fresh node (about 4 minutes per product with the
+#     defaults).
 #   - the lock part (LOCK): LOCK_ROUNDS rounds of one group per LOCK_NODES cluster size and
 #     product, each on fresh servers: uncontended acquire+release pairs at each client count
 #     of LOCK_CONNS (each client its own lock name and lease, looping acquire -> release),
@@ -49,20 +51,31 @@
 #     the leader's meanwhile; then put at OPS_CONNS connections for OPS_SECS s alone, and
 #     again while, 1 s in, member 4 is removed and a 5th added (on PALISADE_OPS_PORTS /
 #     ETCD_OPS_PORTS). About 4 minutes per product with the defaults.
-# So `make bench` takes about 111 minutes, 12-15 of them for leases (the keepalive
-# groups, put under keepalives, failover), about 6 for watches, about 10 for locks,
-# about 21 for security and about 8 for operations; the script prints a (low) estimate
-# when it starts.
+#   - the mixed workload (MIXED): MIXED_ROUNDS rounds; in each, for every MIXED_NODES
+#     cluster size and MIXED_CONNS connection count, each product on fresh servers: the
+#     KEYS keys written through the leader in MIXED_WATCHERS groups (key i under
+#     g<i mod MIXED_WATCHERS>/), LEASES leases of LEASE_TTL s granted, MIXED_WATCHERS
+#     watchers opened on the leader by benches/watch.py (one recursive watch of each group,
+#     each its own connection, every event read and counted, so every write is an event for
+#     one of them), a checked warm-up of WARMUP s, then wrk with benches/<product>/mixed.lua
+#     at that connection count for DURATION s: each request picked at random, 70% get
+#     (linearizable) of a random key, 20% put of a random key, 5% the txn load's
+#     transaction, 5% the keepalive load's keepalive of a random lease. About 10 minutes
+#     with the defaults (24 cells of ~25 s).
+# So `make bench` takes about 122 minutes, 12-15 of them for leases (the keepalive
+# groups, put under keepalives, failover), about 7 for watches, about 10 for locks,
+# about 21 for security, about 8 for operations and about 10 for the mixed workload; the
+# script prints a (low) estimate when it starts.
 #
-#   make bench                                      # everything, as above (~103 min)
-#   RSS_RUN=0 make bench                            # all but the memory run (~82 min)
+#   make bench                                      # everything, as above (~122 min)
+#   RSS_RUN=0 make bench                            # all but the memory run (~101 min)
 #   make bench-rss                                  # only the memory run (~21 min), to
 #                                                   # BENCHMARKS-rss.md unless OUT is set
 #   make bench-lease                                # only the lease parts (~15 min):
 #                                                   # LOADS=keepalive RSS_RUN=0 WATCH=0
-#                                                   # LOCK=0 SECURE=0, to BENCHMARKS-lease.md
-#                                                   # unless OUT is set
-#   make bench-watch                                # only the watch part (~6 min):
+#                                                   # LOCK=0 SECURE=0 OPS=0 MIXED=0, to
+#                                                   # BENCHMARKS-lease.md unless OUT is set
+#   make bench-watch                                # only the watch part (~7 min):
 #                                                   # WATCH=only, to BENCHMARKS-watch.md
 #                                                   # unless OUT is set
 #   make bench-lock                                 # only the lock part (~10 min):
@@ -74,15 +87,21 @@
 #   make bench-ops                                  # only the operations part (~8 min):
 #                                                   # OPS=only, to BENCHMARKS-ops.md
 #                                                   # unless OUT is set
-#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 make bench
+#   make bench-mixed                                # only the mixed workload (~10 min):
+#                                                   # MIXED=only, to BENCHMARKS-mixed.md
+#                                                   # unless OUT is set
+#   DURATION=2 ROUNDS=1 RSS_RUN=0 FAILOVER_TRIALS=2 WATCH_ROUNDS=1 LOCK_ROUNDS=1 LOCK_SECS=2 SECURE_ROUNDS=1 MIXED_ROUNDS=1 make bench
 #                                                   # quick look
 #   LOCK=only LOCK_ROUNDS=1 LOCK_SECS=3 LOCK_CONNS="1 16" LOCK_NODES=1 benches/run.sh
 #                                                   # quick look at the lock part
 #   SECURE=only SECURE_ROUNDS=1 DURATION=4 SECURE_NODES=1 benches/run.sh
 #                                                   # quick look at the security part
+#   MIXED=only MIXED_ROUNDS=1 DURATION=3 MIXED_NODES=1 MIXED_CONNS=16 benches/run.sh
+#                                                   # quick look at the mixed workload
 #   TARGETS=palisade NODES=3 LOADS=put CONNS=16 FAILOVER=0 benches/run.sh
 #   RSS_RUN=only RSS_DURATION=30 OUT=/tmp/rss.md benches/run.sh   # quick look at the memory run
-#   ROUNDS=0 RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 OUT=/tmp/failover.md benches/run.sh   # only the failover trials
+#   ROUNDS=0 RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 OPS=0 MIXED=0 OUT=/tmp/failover.md benches/run.sh
+#                                                   # only the failover trials
 #
 # Knobs (environment):
 #   TARGETS   products, in this order within a round  (palisade etcd)
@@ -97,7 +116,8 @@
 #   RSS_MARKS     sample times (s) the report's memory table shows (60 120 300 600)
 #   WARMUP    seconds of checked load before each group's cells (2)
 #   KEYS      size of the key space every load works on (10000)
-#   LEASES    leases the keepalive load renews, picked at random (10000)
+#   LEASES    leases the keepalive load (and the mixed workload) renews, picked at random
+#             (10000)
 #   LEASE_TTL their TTL in s, long enough that none ends during a group (300)
 #   PUT_KA    cluster sizes whose keepalive groups also measure put under keepalives
 #             (3); 0: none
@@ -112,11 +132,13 @@
 #             watch part (1)
 #   WATCH_NODES   cluster sizes of the latency runs (1 3)
 #   WATCH_N       measured puts per latency run, after 100 unmeasured ones (1000)
-#   WATCH_ROUNDS  latency runs per cluster size and watcher placement, and rounds of the
-#             put runs beside idle and stalled watchers (3)
-#   WATCH_IDLE    idle watchers (10000); Palisade then runs with --max-client-connections
-#             and --max-watchers of WATCH_IDLE + 1000, and the open-file limit (soft) is
-#             raised to the hard limit, which must be at least WATCH_IDLE + 1000
+#   WATCH_ROUNDS  latency runs per cluster size and watcher placement (and beside the idle
+#             watchers), and rounds of the put runs beside idle and stalled watchers (3)
+#   WATCH_IDLE    idle watchers (10000), beside the latency runs of their own clusters and
+#             beside a put run; 0: no latency runs beside idle watchers. Palisade then runs
+#             with --max-client-connections and --max-watchers of WATCH_IDLE + 1000, and the
+#             open-file limit (soft) is raised to the hard limit, which must be at least
+#             WATCH_IDLE + 1000
 #   WATCH_CONNS   the put load's connections beside the watchers (16)
 #   LOCK      1 runs the lock part after the watch part, 0 skips it, only: just the lock
 #             part (1)
@@ -141,12 +163,22 @@
 #   OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS  its rounds, store size, backups per
 #             round, and the put runs' connections and seconds (1 500000 3 16 10)
 #   PALISADE_OPS_PORTS, ETCD_OPS_PORTS  "client:peer" pairs of members 4 and 5
+#   MIXED     1 runs the mixed workload after the operations part, 0 skips it, only: just
+#             the mixed workload (1)
+#   MIXED_NODES     cluster sizes of the mixed cells (1 3)
+#   MIXED_CONNS     wrk connections of the mixed cells (16 64)
+#   MIXED_ROUNDS    rounds of the mixed cells; the report gives medians over them (3)
+#   MIXED_WATCHERS  watchers on the leader during the mixed load, and groups of the key
+#             space, one watcher each (1000); the open-file limit (soft) is raised to the
+#             hard limit, which must be at least MIXED_WATCHERS + 1000; above 9000, Palisade
+#             runs with --max-client-connections and --max-watchers of MIXED_WATCHERS + 1000
 #   OUT       the report (BENCHMARKS.md at the top of the repository; for RSS_RUN=only,
-#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0,
-#             BENCHMARKS-lease.md, for WATCH=only, BENCHMARKS-watch.md, for LOCK=only,
-#             BENCHMARKS-lock.md, and for SECURE=only, BENCHMARKS-secure.md, so a partial
-#             run does not replace the full report; `benches/bench.py splice` moves a
-#             section into BENCHMARKS.md)
+#             BENCHMARKS-rss.md, for LOADS=keepalive RSS_RUN=0 WATCH=0 LOCK=0 SECURE=0 OPS=0
+#             MIXED=0, BENCHMARKS-lease.md, for WATCH=only, BENCHMARKS-watch.md, for
+#             LOCK=only, BENCHMARKS-lock.md, for SECURE=only, BENCHMARKS-secure.md, for
+#             OPS=only, BENCHMARKS-ops.md, and for MIXED=only, BENCHMARKS-mixed.md, so a
+#             partial run does not replace the full report; `benches/bench.py splice` moves
+#             a section into BENCHMARKS.md)
 #   KEEP_DATA 1 keeps the work dir (data dirs, server and wrk logs)
 #   PALISADE_BIN  skip the build and use this binary;  ETCD_BIN  (etcd)
 #   PALISADE_PORTS, ETCD_PORTS  "client:peer" pairs, one per member
@@ -174,26 +206,29 @@ knobs=(TARGETS NODES LOADS CONNS DURATION ROUNDS WARMUP KEYS OUT KEEP_DATA PALIS
   WATCH WATCH_NODES WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS
   LOCK LOCK_NODES LOCK_CONNS LOCK_SECS LOCK_ROUNDS LOCK_WAITERS LOCK_HOLD_MS
   SECURE SECURE_NODES SECURE_CONNS SECURE_ROUNDS SECURE_CONFIGS SECURE_LOADS
-  OPS OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS PALISADE_OPS_PORTS ETCD_OPS_PORTS)
+  OPS OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS PALISADE_OPS_PORTS ETCD_OPS_PORTS
+  MIXED MIXED_NODES MIXED_CONNS MIXED_ROUNDS MIXED_WATCHERS)
 make_target=bench
 if [[ -n ${MAKELEVEL:-} ]]; then
   [[ ${RSS_RUN:-} == only ]] && make_target=bench-rss
   [[ ${LOADS:-} == keepalive && ${RSS_RUN:-} == 0 && ${WATCH:-} == 0 && ${LOCK:-} == 0 &&
-    ${SECURE:-} == 0 ]] && make_target=bench-lease
+    ${SECURE:-} == 0 && ${OPS:-} == 0 && ${MIXED:-} == 0 ]] && make_target=bench-lease
   [[ ${WATCH:-} == only ]] && make_target=bench-watch
   [[ ${LOCK:-} == only ]] && make_target=bench-lock
   [[ ${SECURE:-} == only ]] && make_target=bench-secure
   [[ ${OPS:-} == only ]] && make_target=bench-ops
+  [[ ${MIXED:-} == only ]] && make_target=bench-mixed
 fi
 set_knobs=""
 for k in "${knobs[@]}"; do
   [[ $make_target == bench-rss && $k == RSS_RUN ]] && continue
   [[ $make_target == bench-lease && ($k == RSS_RUN || $k == LOADS || $k == WATCH || $k == LOCK ||
-    $k == SECURE) ]] && continue
+    $k == SECURE || $k == OPS || $k == MIXED) ]] && continue
   [[ $make_target == bench-watch && $k == WATCH ]] && continue
   [[ $make_target == bench-lock && $k == LOCK ]] && continue
   [[ $make_target == bench-secure && $k == SECURE ]] && continue
   [[ $make_target == bench-ops && $k == OPS ]] && continue
+  [[ $make_target == bench-mixed && $k == MIXED ]] && continue
   v=${!k:-}
   if [[ $v == *[[:space:]]* ]]; then v="\"$v\""; fi
   if [[ -n $v ]]; then set_knobs+="$k=$v "; fi
@@ -249,6 +284,11 @@ done
 : "${OPS_SECS:=10}"
 : "${PALISADE_OPS_PORTS:=37379:37380 47379:47380}"
 : "${ETCD_OPS_PORTS:=42379:42380 52379:52380}"
+: "${MIXED:=1}"
+: "${MIXED_NODES:=1 3}"
+: "${MIXED_CONNS:=16 64}"
+: "${MIXED_ROUNDS:=3}"
+: "${MIXED_WATCHERS:=1000}"
 WATCH_WARM=100 # unmeasured puts before each latency run's WATCH_N
 # Each idle watcher is a connection and a watch: Palisade's caps go above their number.
 WATCH_PALISADE_FLAGS="--max-client-connections $((WATCH_IDLE + 1000)) --max-watchers $((WATCH_IDLE + 1000))"
@@ -262,7 +302,10 @@ elif [[ $SECURE == only ]]; then
   : "${OUT:=$root/BENCHMARKS-secure.md}"
 elif [[ $OPS == only ]]; then
   : "${OUT:=$root/BENCHMARKS-ops.md}"
-elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 && $LOCK == 0 && $SECURE == 0 ]]; then
+elif [[ $MIXED == only ]]; then
+  : "${OUT:=$root/BENCHMARKS-mixed.md}"
+elif [[ $LOADS == keepalive && $RSS_RUN == 0 && $WATCH == 0 && $LOCK == 0 && $SECURE == 0 && $OPS == 0 &&
+  $MIXED == 0 ]]; then
   : "${OUT:=$root/BENCHMARKS-lease.md}"
 else
   : "${OUT:=$root/BENCHMARKS.md}"
@@ -310,14 +353,27 @@ done
 [[ $LOCK == 0 || $LOCK == 1 || $LOCK == only ]] || die "LOCK: $LOCK (0, 1 or only)"
 [[ $SECURE == 0 || $SECURE == 1 || $SECURE == only ]] || die "SECURE: $SECURE (0, 1 or only)"
 [[ $OPS == 0 || $OPS == 1 || $OPS == only ]] || die "OPS: $OPS (0, 1 or only)"
+[[ $MIXED == 0 || $MIXED == 1 || $MIXED == only ]] || die "MIXED: $MIXED (0, 1 or only)"
+for n in $MIXED_NODES; do
+  [[ $n == 1 || $n == 3 ]] || die "MIXED_NODES: $n (1 or 3)"
+done
+for n in $MIXED_CONNS; do
+  [[ $n =~ ^[0-9]+$ && $n -ge 1 ]] || die "MIXED_CONNS: $n (a number of connections, 1 or more)"
+done
+for k in MIXED_ROUNDS MIXED_WATCHERS; do
+  [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
+done
+((MIXED_WATCHERS >= 1)) || die "MIXED_WATCHERS: $MIXED_WATCHERS (1 or more)"
 for k in OPS_ROUNDS OPS_KEYS OPS_SNAPSHOTS OPS_CONNS OPS_SECS; do
   [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
 done
 ((OPS_SNAPSHOTS >= 1 && OPS_CONNS >= 1 && OPS_SECS >= 3)) || die "OPS_SNAPSHOTS, OPS_CONNS: 1 or more; OPS_SECS: 3 or more"
 onlys=0
-for k in RSS_RUN WATCH LOCK SECURE OPS; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
-((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only, SECURE=only, OPS=only: one part at a time"
-[[ $LOCK != only && $SECURE != only && $OPS != only ]] || WATCH=0 # before the open-file limit check below
+for k in RSS_RUN WATCH LOCK SECURE OPS MIXED; do [[ ${!k} != only ]] || onlys=$((onlys + 1)); done
+((onlys <= 1)) || die "RSS_RUN=only, WATCH=only, LOCK=only, SECURE=only, OPS=only, MIXED=only: one part at a time"
+# Before the open-file limit check below, which only the watch part and the mixed workload need.
+[[ $LOCK != only && $SECURE != only && $OPS != only && $MIXED != only ]] || WATCH=0
+[[ $WATCH != only && $LOCK != only && $SECURE != only && $OPS != only && $RSS_RUN != only ]] || MIXED=0
 for n in $SECURE_NODES; do
   [[ $n == 1 || $n == 3 ]] || die "SECURE_NODES: $n (1 or 3)"
 done
@@ -355,18 +411,21 @@ done
 for k in WATCH_N WATCH_ROUNDS WATCH_IDLE WATCH_CONNS; do
   [[ ${!k} =~ ^[0-9]+$ ]] || die "$k: ${!k} (a number)"
 done
-if [[ $WATCH != 0 && $RSS_RUN != only ]]; then
+if [[ ($WATCH != 0 || $MIXED != 0) && $RSS_RUN != only ]]; then
   # Every watcher is a connection, in the client and in the server: both inherit this.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   nofile=$(ulimit -n)
-  [[ $nofile == unlimited ]] || ((nofile >= WATCH_IDLE + 1000)) ||
+  [[ $WATCH == 0 || $nofile == unlimited ]] || ((nofile >= WATCH_IDLE + 1000)) ||
     die "WATCH_IDLE=$WATCH_IDLE needs an open-file limit of at least $((WATCH_IDLE + 1000)) (ulimit -n: $nofile, and the hard limit is $(ulimit -Hn)); lower WATCH_IDLE or raise the hard limit"
+  [[ $MIXED == 0 || $nofile == unlimited ]] || ((nofile >= MIXED_WATCHERS + 1000)) ||
+    die "MIXED_WATCHERS=$MIXED_WATCHERS needs an open-file limit of at least $((MIXED_WATCHERS + 1000)) (ulimit -n: $nofile, and the hard limit is $(ulimit -Hn)); lower MIXED_WATCHERS or raise the hard limit"
 fi
 for r in $PUT_KA_RATES; do
   [[ $r =~ ^[0-9]+$ ]] || die "PUT_KA_RATES: $r (keepalives/s, 0 for as fast as they go)"
 done
 for t in $TARGETS; do
   for l in $LOADS; do
+    [[ $l != mixed ]] || die "LOADS: mixed is the mixed workload's (MIXED=only runs it)"
     [[ -f $here/$t/$l.lua ]] || die "LOADS: no benches/$t/$l.lua"
   done
   [[ $RSS_RUN == 0 || -f $here/$t/$RSS_LOAD.lua ]] || die "RSS_LOAD: no benches/$t/$RSS_LOAD.lua"
@@ -735,19 +794,36 @@ end_client() {
   END=$(sed -n "s/^[A-Z]* end //p" "$1" | sed "s/\([a-z_]*=\)/$2\1/g")
 }
 
-# watch_latency PRODUCT NODES: a fresh cluster; WATCH_ROUNDS latency runs with the watcher
-# on the leader and (3 nodes) as many on a follower, taking turns; the putter always writes
-# through the leader. Appends to watchlat.txt, the samples to watchlat-*.txt.
+# watch_latency PRODUCT NODES [idle]: a fresh cluster; WATCH_ROUNDS latency runs with the
+# watcher on the leader and (3 nodes) as many on a follower, taking turns; the putter always
+# writes through the leader. With idle: WATCH_IDLE idle watchers (benches/watch.py idle, as
+# in watch_cell) are opened on the leader first and held to the end, and the watcher is only
+# on the leader. Appends to watchlat.txt (idle=N), the samples to watchlat-*.txt, and with
+# idle a row to watchlatidle.txt: how the idle watchers opened, how long the runs took after
+# that, and how many were still open and what they received meanwhile.
 watch_latency() {
-  local product=$1 nodes=$2 r where url follower="" res i t0 b0 w0
-  local dir="$work/watchlat-$product-$nodes"
+  local product=$1 nodes=$2 idle=0 r where url follower="" res i t0 b0 w0 ready suffix="" places t_idle
+  [[ ${3:-} != idle ]] || { idle=$WATCH_IDLE suffix=-idle; }
+  local dir="$work/watchlat-$product-$nodes$suffix"
   mkdir -p "$dir"
+  [[ $idle == 0 || $product != palisade ]] || PALISADE_PART_FLAGS=$WATCH_PALISADE_FLAGS
   start "$product" "$nodes" "$dir"
+  PALISADE_PART_FLAGS=""
+  places="leader follower"
+  if ((idle)); then
+    places=leader
+    watch_client "$dir/idle.out" idle "$product" "$LEADER_URL" "$idle"
+    ready=$(sed -n 's/^IDLE ready //p' "$dir/idle.out")
+    all_alive "$product" "$dir" "the idle watchers"
+    log "$(printf '%-8s %s node(s): %s idle watchers on the leader: %s' "$product" "$nodes" "$idle" "$ready")"
+    [[ $(field opened "$ready") == "$idle" ]] || die "$product: not every idle watcher opened ($ready; see $dir/idle.out)"
+    t_idle=$EPOCHREALTIME
+  fi
   for i in "${!URLS[@]}"; do
     [[ ${URLS[i]} == "$LEADER_URL" || -n $follower ]] || follower=${URLS[i]}
   done
   for ((r = 1; r <= WATCH_ROUNDS; r++)); do
-    for where in leader follower; do
+    for where in $places; do
       url=$LEADER_URL
       if [[ $where == follower ]]; then
         [[ -n $follower ]] || continue
@@ -757,15 +833,22 @@ watch_latency() {
       b0=$(busy_ticks)
       w0=$EPOCHREALTIME
       res=$(python3 "$here/watch.py" latency "$product" "$LEADER_URL" "$url" "$WATCH_N" "lat$r$where/" \
-        "$work/watchlat-$product-$nodes-$where.txt" "$WATCH_WARM") || { echo "$res" >&2; die "$product: watch latency run failed"; }
+        "$work/watchlat-$product-$nodes-$where$suffix.txt" "$WATCH_WARM") ||
+        { echo "$res" >&2; die "$product: watch latency run failed"; }
       all_alive "$product" "$dir" "the watch latency runs"
-      echo "round=$r target=$product nodes=$nodes watcher=$where ${res#WATCHLAT }" \
+      echo "round=$r target=$product nodes=$nodes watcher=$where idle=$idle ${res#WATCHLAT }" \
         "server_ticks=$(($(cpu_ticks "${PIDS[@]}") - t0)) busy_ticks=$(($(busy_ticks) - b0))" \
         "wall_s=$(bc_s "$w0" "$EPOCHREALTIME")" >>"$work/watchlat.txt"
       log "$(printf '%-8s %s node(s) watcher on the %-8s' "$product" "$nodes" "$where")" \
-        "$(python3 "$here/bench.py" latsummary "$work/watchlat-$product-$nodes-$where.txt")"
+        "$( ((idle == 0)) || echo "beside $idle idle watchers: ")$(python3 "$here/bench.py" latsummary \
+          "$work/watchlat-$product-$nodes-$where$suffix.txt")"
     done
   done
+  if ((idle)); then
+    ready+=" runs_s=$(bc_s "$t_idle" "$EPOCHREALTIME")" # from the last idle watcher established to now
+    end_client "$dir/idle.out" idle_
+    echo "target=$product nodes=$nodes $ready $END" >>"$work/watchlatidle.txt"
+  fi
   stop_servers KILL # nothing of this cluster is kept (3 etcd members take ~7 s to stop on TERM)
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
@@ -828,6 +911,73 @@ watch_cell() {
     echo "$row $END" >>"$work/watchput.txt"
   fi
   stop_servers KILL # nothing of this node is kept
+  [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
+}
+
+# --- the mixed workload -----------------------------------------------------------------
+
+# watch_count OUT: the events the watch client started last (watch.py groups, writing to
+# OUT) has counted so far, once none has come for 0.5 s: on SIGUSR1 it prints a "count" line.
+watch_count() {
+  local out=$1 n i last="" now
+  for ((i = 0; i < 100; i++)); do
+    n=$(grep -c ' count ' "$out" || true)
+    kill -USR1 "$CLIENT" 2>/dev/null || die "the watch client has exited (see $out)"
+    while (($(grep -c ' count ' "$out" || true) == n)); do
+      alive "$CLIENT" || die "the watch client has exited (see $out)"
+      sleep 0.02
+    done
+    now=$(grep ' count ' "$out" | tail -n 1 | sed -n 's/.* events=\([0-9]*\).*/\1/p')
+    [[ $now != "$last" ]] || { echo "$now"; return 0; }
+    last=$now
+    sleep 0.5
+  done
+  die "the watchers' events did not stop coming in 50 s (see $out)"
+}
+
+# mixed_cell ROUND PRODUCT NODES CONNS: fresh servers; the KEYS keys in MIXED_WATCHERS groups
+# (the wrk scripts' BENCH_GROUPS) and LEASES leases of LEASE_TTL s, written through the
+# leader; MIXED_WATCHERS watchers on the leader (benches/watch.py groups: one recursive watch
+# of each group, each on its own connection, reading and counting every event); a checked
+# warm-up of the mixed load (benches/<product>/mixed.lua) for WARMUP s at 16 connections;
+# then the mixed load at CONNS connections for DURATION s, and the events the watchers
+# received from its start until they stop coming after it. Appends to mixed.txt.
+mixed_cell() {
+  local round=$1 product=$2 nodes=$3 conns=$4 res ready e0 e1 c0 c1 t0 t1 row
+  local dir="$work/mixed-$round-$product-$nodes-$conns"
+  local env=(BENCH_LEASES="$dir/leases.txt" BENCH_LEASE_TTL="$LEASE_TTL" BENCH_GROUPS="$MIXED_WATCHERS")
+  mkdir -p "$dir"
+  t0=$EPOCHREALTIME
+  # Palisade's default caps (10,000 client connections, 20,000 watches) hold the defaults.
+  [[ $product != palisade ]] || ((MIXED_WATCHERS + 1000 <= 10000)) ||
+    PALISADE_PART_FLAGS="--max-client-connections $((MIXED_WATCHERS + 1000)) --max-watchers $((MIXED_WATCHERS + 1000))"
+  start "$product" "$nodes" "$dir"
+  PALISADE_PART_FLAGS=""
+  t1=$EPOCHREALTIME
+  python3 "$here/bench.py" preload "$product" "$LEADER_URL" "$KEYS" "" "$MIXED_WATCHERS" ||
+    die "$product: preload failed"
+  python3 "$here/bench.py" leases "$product" "$LEADER_URL" "$LEASES" "$LEASE_TTL" "$dir/leases.txt" ||
+    die "$product: lease preload failed"
+  watch_client "$dir/watchers.out" groups "$product" "$LEADER_URL" "$MIXED_WATCHERS"
+  ready=$(sed -n 's/^GROUPS ready //p' "$dir/watchers.out")
+  [[ $(field opened "$ready") == "$MIXED_WATCHERS" ]] ||
+    die "$product: not every watcher opened ($ready; see $dir/watchers.out)"
+  log "$product, $nodes node(s): leader $LEADER_URL after $(bc_s "$t0" "$t1") s; $KEYS keys, $LEASES leases" \
+    "and $MIXED_WATCHERS watchers in $(bc_s "$t1" "$EPOCHREALTIME") s"
+  warm_up "$product" mixed "$dir/warmup.log" "${env[@]}"
+  e0=$(watch_count "$dir/watchers.out")
+  c0=$(cpu_ticks "$CLIENT")
+  res=$(run_wrk "$product" mixed "$conns" "$DURATION" "$dir/c$conns.log" "${env[@]}")
+  c1=$(cpu_ticks "$CLIENT")
+  all_alive "$product" "$dir" "the mixed load"
+  row="round=$round target=$product nodes=$nodes conns=$conns watchers=$MIXED_WATCHERS $res $(rss_kib "${PIDS[@]}")"
+  e1=$(watch_count "$dir/watchers.out")
+  end_client "$dir/watchers.out" watchers_
+  echo "$row events=$((e1 - e0)) watch_client_cpu_s=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN{printf "%.2f", t/hz}')" \
+    "$END" >>"$work/mixed.txt"
+  log "$(printf '%-8s %s node(s) mixed c=%-3s' "$product" "$nodes" "$conns") $(summary "$res")" \
+    " $((e1 - e0)) events to the watchers ($(field sent_put "$res") puts, $(field sent_txn "$res") txns sent)"
+  stop_servers KILL # nothing of these servers is kept
   [[ $KEEP_DATA == 1 ]] || rm -rf -- "$dir"
 }
 
@@ -1149,15 +1299,17 @@ command="${set_knobs}$([[ -n ${MAKELEVEL:-} ]] && echo "make $make_target" || ec
   echo "ops_conns=$OPS_CONNS"
   echo "ops_secs=$OPS_SECS"
   echo "secure_loads=$SECURE_LOADS"
+  echo "mixed_watchers=$MIXED_WATCHERS"
   echo "python=$(python3 -c 'import platform; print(platform.python_implementation(), platform.python_version())')"
 } >"$work/machine.txt"
 log "$(grep -E '^(cpu|cores|fsync)=' "$work/machine.txt" | tr '\n' ' ')"
 
-[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; SECURE=0; OPS=0; }
-[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; SECURE=0; OPS=0; }
-[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; SECURE=0; OPS=0; }
-[[ $SECURE != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; OPS=0; }
-[[ $OPS != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; SECURE=0; }
+[[ $RSS_RUN != only ]] || { ROUNDS=0; FAILOVER=0; WATCH=0; LOCK=0; SECURE=0; OPS=0; MIXED=0; }
+[[ $WATCH != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; LOCK=0; SECURE=0; OPS=0; MIXED=0; }
+[[ $LOCK != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; SECURE=0; OPS=0; MIXED=0; }
+[[ $SECURE != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; OPS=0; MIXED=0; }
+[[ $OPS != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; SECURE=0; MIXED=0; }
+[[ $MIXED != only ]] || { ROUNDS=0; FAILOVER=0; RSS_RUN=0; WATCH=0; LOCK=0; SECURE=0; OPS=0; }
 nt=$(wc -w <<<"$TARGETS")
 ngroups=$(($(wc -w <<<"$NODES") * $(wc -w <<<"$LOADS") * nt))
 est=$((ROUNDS * ngroups * ($(wc -w <<<"$CONNS") * DURATION + WARMUP + 8)))
@@ -1172,9 +1324,11 @@ failover_est=$((FAILOVER * FAILOVER_TRIALS * nt * (2 * FAILOVER_TTL + 8)))
 rss_est=0
 [[ $RSS_RUN == 0 ]] || rss_est=$((nt * (RSS_DURATION + WARMUP + 15)))
 watch_est=0
-if [[ $WATCH != 0 ]]; then # latency runs (~2 ms a put), then the idle/stalled groups
+if [[ $WATCH != 0 ]]; then # latency runs (~2 ms a put; then beside idle watchers), the idle/stalled groups
   for n in $WATCH_NODES; do
     watch_est=$((watch_est + nt * (5 + WATCH_ROUNDS * (n > 1 ? 2 : 1) * ((WATCH_N + WATCH_WARM) / 500 + 1))))
+    ((WATCH_IDLE == 0)) ||
+      watch_est=$((watch_est + nt * (5 + WATCH_IDLE / 2000 + WATCH_ROUNDS * ((WATCH_N + WATCH_WARM) / 500 + 1))))
   done
   watch_est=$((watch_est + WATCH_ROUNDS * nt * (4 * (DURATION + WARMUP + KEYS / 2000 + 3) + WATCH_IDLE / 2000 + 3)))
 fi
@@ -1197,19 +1351,26 @@ ops_est=0
 if [[ $OPS != 0 ]]; then # per group: start-up, bulk load (~10k keys/s), backups, catch-up, two put runs
   ops_est=$((OPS_ROUNDS * nt * (20 + OPS_KEYS / 5000 + OPS_SNAPSHOTS * 5 + 30 + 2 * OPS_SECS)))
 fi
+mixed_est=0
+if [[ $MIXED != 0 ]]; then # per cell: start-up, keys, leases, watchers, warm-up, the run, stop
+  mixed_est=$((MIXED_ROUNDS * $(wc -w <<<"$MIXED_NODES") * $(wc -w <<<"$MIXED_CONNS") * nt *
+    (5 + KEYS / 2000 + LEASES / 2000 + MIXED_WATCHERS / 1000 + WARMUP + DURATION + 2)))
+fi
 plan="$ROUNDS round(s) of $ngroups load groups"
 [[ $FAILOVER == 0 ]] || plan+=", $FAILOVER_TRIALS failover trials per product"
 [[ $WATCH == 0 ]] || plan+=", the watch part"
 [[ $LOCK == 0 ]] || plan+=", $LOCK_ROUNDS round(s) of the lock part"
 [[ $SECURE == 0 ]] || plan+=", $SECURE_ROUNDS round(s) of the security part"
 [[ $OPS == 0 ]] || plan+=", $OPS_ROUNDS round(s) of the operations part"
+[[ $MIXED == 0 ]] || plan+=", $MIXED_ROUNDS round(s) of the mixed workload"
 [[ $RSS_RUN == 0 ]] || plan+=", then a ${RSS_DURATION} s memory run per product"
 [[ $RSS_RUN != only ]] || plan="only the memory run, ${RSS_DURATION} s per product"
 [[ $WATCH != only ]] || plan="only the watch part"
 [[ $LOCK != only ]] || plan="only the lock part, $LOCK_ROUNDS round(s)"
 [[ $SECURE != only ]] || plan="only the security part, $SECURE_ROUNDS round(s)"
 [[ $OPS != only ]] || plan="only the operations part, $OPS_ROUNDS round(s)"
-log "$plan; about $(((est + failover_est + watch_est + lock_est + secure_est + ops_est + rss_est) / 60 + 1)) min; work dir $work"
+[[ $MIXED != only ]] || plan="only the mixed workload, $MIXED_ROUNDS round(s)"
+log "$plan; about $(((est + failover_est + watch_est + lock_est + secure_est + ops_est + mixed_est + rss_est) / 60 + 1)) min; work dir $work"
 for ((round = 1; round <= ROUNDS; round++)); do
   for nodes in $NODES; do
     for load in $LOADS; do
@@ -1233,6 +1394,11 @@ if [[ $WATCH != 0 ]]; then
     for product in $TARGETS; do
       watch_latency "$product" "$nodes"
     done
+    if ((WATCH_IDLE > 0)); then
+      for product in $TARGETS; do
+        watch_latency "$product" "$nodes" idle
+      done
+    fi
   done
   for ((round = 1; round <= WATCH_ROUNDS; round++)); do
     for beside in none reading stalled idle; do
@@ -1277,6 +1443,18 @@ if [[ $OPS != 0 ]]; then
   for ((round = 1; round <= OPS_ROUNDS; round++)); do
     for product in $TARGETS; do
       ops_group "$round" "$product"
+    done
+  done
+fi
+
+if [[ $MIXED != 0 ]]; then
+  for ((round = 1; round <= MIXED_ROUNDS; round++)); do
+    for nodes in $MIXED_NODES; do
+      for conns in $MIXED_CONNS; do
+        for product in $TARGETS; do
+          mixed_cell "$round" "$product" "$nodes" "$conns"
+        done
+      done
     done
   done
 fi

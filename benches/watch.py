@@ -19,6 +19,17 @@
         progress messages) until SIGTERM, and prints "IDLE end ..." (how many are still
         open, how many the server closed, the bytes received in all and after the watches
         were established).
+  watch.py groups palisade|etcd URL N
+        The watchers of the mixed part: N watches, each on its own HTTP connection, watch i
+        a recursive watch of group i of the wrk scripts' BENCH_GROUPS=N key space (Palisade
+        `/g<i>?recursive`, etcd the prefix `g<i>/`), so that together they see every write,
+        opened as `idle` opens its watches ("GROUPS ready ..." once all are established).
+        Then it reads everything that comes on every one of them, decoding the chunked
+        stream into its lines (messages) and counting their events (each `"kv":` of a
+        message: one per key a revision wrote, as neither product is asked for prev_kv);
+        on SIGUSR1 it prints "GROUPS count events=.. messages=.. bytes=.." (the totals so
+        far), on SIGTERM "GROUPS end still_open=.. closed_by_server=.. events=..
+        messages=.. bytes=.. later_bytes=..".
   watch.py stall palisade|etcd URL PREFIX
         Opens one recursive watch of PREFIX, reads its answer head and first message, then
         never reads its socket again; prints "STALL ready", and on SIGTERM "STALL end
@@ -288,7 +299,20 @@ class Idle:
 
 
 def cmd_idle(product, url, n):
-    n = int(n)
+    return hold(product, url, int(n), "IDLE", lambda i: f"w/{i:05d}", False)
+
+
+def cmd_groups(product, url, n):
+    if product == "palisade":
+        return hold(product, url, int(n), "GROUPS", lambda i: f"/g{i}", True)
+    return hold(product, url, int(n), "GROUPS", lambda i: f"g{i}/", True)
+
+
+def hold(product, url, n, what, key_of, recursive):
+    """Opens n watches (watch i of key_of(i), recursive or not), each on its own connection,
+    and holds them until SIGTERM (cmd_idle, cmd_groups). Recursive ones (the mixed part's)
+    have what comes decoded into messages and their events counted; the others' bytes are
+    only counted."""
     raise_nofile(n + 64)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -297,8 +321,15 @@ def cmd_idle(product, url, n):
     todo = list(range(n))
     todo.reverse()
     opening, opened, failed, closed_by_server, nbytes, later, first_error = 0, 0, 0, 0, 0, 0, None
+    counts = {"events": 0, "messages": 0}
     t0 = time.monotonic()
     ready_printed = False
+
+    def on_usr1(*_):
+        print(f"{what} count events={counts['events']} messages={counts['messages']} bytes={nbytes}", flush=True)
+
+    if recursive:
+        signal.signal(signal.SIGUSR1, on_usr1)
 
     def start_one(i):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -307,7 +338,7 @@ def cmd_idle(product, url, n):
         if err not in (0, errno.EINPROGRESS):
             raise OSError(err, "connect")
         w = Idle(s)
-        w.sent = watch_request(product, host, f"w/{i:05d}", False)
+        w.sent = watch_request(product, host, key_of(i), recursive)
         sel.register(s, selectors.EVENT_WRITE, w)
 
     def fail(w, why):
@@ -324,7 +355,7 @@ def cmd_idle(product, url, n):
             opening += 1
         if not ready_printed and not todo and opening == 0:
             ready_printed = True
-            print(f"IDLE ready watchers={n} opened={opened} failed={failed} "
+            print(f"{what} ready watchers={n} opened={opened} failed={failed} "
                   f"open_s={time.monotonic() - t0:.2f}"
                   + (f" first_error={first_error!r}" if first_error else ""), flush=True)
         try:
@@ -358,18 +389,32 @@ def cmd_idle(product, url, n):
             nbytes += len(data)
             if w.state == "open":
                 later += len(data)
+                if recursive:  # the messages in full: count their events
+                    w.resp.feed(data)
+                    for ln in w.resp.lines():
+                        counts["messages"] += 1
+                        counts["events"] += ln.count(b'"kv":')
                 continue
             w.resp.feed(data)
             if w.resp.status is not None and w.resp.status != 200:
                 fail(w, f"HTTP {w.resp.status} {bytes(w.resp.body[:120])!r}")
                 continue
-            if any(established(product, json.loads(ln)) for ln in w.resp.lines()):
-                w.state, w.resp = "open", None
+            lines = w.resp.lines()
+            at = next((j for j, ln in enumerate(lines) if established(product, json.loads(ln))), None)
+            if at is not None:
+                w.state = "open"
+                if recursive:  # anything after the message that established it
+                    for ln in lines[at + 1:]:
+                        counts["messages"] += 1
+                        counts["events"] += ln.count(b'"kv":')
+                else:
+                    w.resp = None
                 opened += 1
                 opening -= 1
     still = sum(1 for sk in sel.get_map().values() if sk.data.state == "open")
-    print(f"IDLE end still_open={still} closed_by_server={closed_by_server} bytes={nbytes} "
-          f"later_bytes={later}", flush=True)
+    print(f"{what} end still_open={still} closed_by_server={closed_by_server} "
+          + (f"events={counts['events']} messages={counts['messages']} " if recursive else "")
+          + f"bytes={nbytes} later_bytes={later}", flush=True)
     return 0
 
 
@@ -416,7 +461,8 @@ def cmd_follow(product, url, prefix):
 
 
 def main():
-    cmds = {"latency": cmd_latency, "idle": cmd_idle, "stall": cmd_stall, "follow": cmd_follow}
+    cmds = {"latency": cmd_latency, "idle": cmd_idle, "groups": cmd_groups, "stall": cmd_stall,
+            "follow": cmd_follow}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

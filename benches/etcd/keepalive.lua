@@ -3,15 +3,13 @@
 -- TTL; for a lease etcd does not know it has none (and is still 200), so the check needs it.
 local bench = require("common")
 
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
 assert(#bench.leases > 0, "BENCH_LEASES: no lease ids")
 local ttl = '"TTL":"' .. string.format("%d", bench.lease_ttl) .. '"'
 
-bench.check = function(status, body)
-  return status == 200 and body:find(ttl, 1, true) ~= nil
-end
-
-function request()
-  return wrk.format(nil, "/v3/lease/keepalive", nil, '{"ID":"' .. bench.lease() .. '"}')
-end
+bench.load("keepalive", {
+  method = "POST",
+  build = function() return "/v3/lease/keepalive", '{"ID":"' .. bench.lease() .. '"}' end,
+  check = function(status, body)
+    return status == 200 and body:find(ttl, 1, true) ~= nil
+  end,
+})

@@ -4,13 +4,7 @@
 -- writes two different random keys.
 local bench = require("common")
 
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
 local value = bench.b64(bench.value)
-
-bench.check = function(status, body)
-  return status == 200 and body:find('"succeeded":true', 1, true) ~= nil
-end
 
 local function compare(key)
   return '{"key":"' .. bench.b64(key) .. '","target":"VERSION","result":"GREATER","version":"0"}'
@@ -20,9 +14,15 @@ local function put(key)
   return '{"request_put":{"key":"' .. bench.b64(key) .. '","value":"' .. value .. '"}}'
 end
 
-function request()
-  local c1, c2 = bench.two_keys()
-  local p1, p2 = bench.two_keys()
-  return wrk.format(nil, "/v3/kv/txn", nil,
-    '{"compare":[' .. compare(c1) .. ',' .. compare(c2) .. '],"success":[' .. put(p1) .. ',' .. put(p2) .. ']}')
-end
+bench.load("txn", {
+  method = "POST",
+  build = function()
+    local c1, c2 = bench.two_keys()
+    local p1, p2 = bench.two_keys()
+    return "/v3/kv/txn",
+      '{"compare":[' .. compare(c1) .. ',' .. compare(c2) .. '],"success":[' .. put(p1) .. ',' .. put(p2) .. ']}'
+  end,
+  check = function(status, body)
+    return status == 200 and body:find('"succeeded":true', 1, true) ~= nil
+  end,
+})

@@ -2,12 +2,10 @@
 -- (GET /v1/kv/<key>?consistency=serializable).
 local bench = require("common")
 
-wrk.method = "GET"
-
-bench.check = function(status, body)
-  return status == 200 and body:find(bench.value, 1, true) ~= nil
-end
-
-function request()
-  return wrk.format(nil, "/v1/kv/" .. bench.key() .. "?consistency=serializable")
-end
+bench.load("get-serializable", {
+  method = "GET",
+  build = function() return "/v1/kv/" .. bench.key() .. "?consistency=serializable" end,
+  check = function(status, body)
+    return status == 200 and body:find(bench.value, 1, true) ~= nil
+  end,
+})

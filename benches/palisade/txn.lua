@@ -3,13 +3,6 @@
 -- every transaction takes the success branch and writes two different random keys.
 local bench = require("common")
 
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-
-bench.check = function(status, body)
-  return status == 200 and body:find('"succeeded":true', 1, true) ~= nil
-end
-
 local function compare(key)
   return '{"key":"/' .. key .. '","target":"version","op":">","value":0}'
 end
@@ -18,9 +11,15 @@ local function put(key)
   return '{"put":{"key":"/' .. key .. '","value":"' .. bench.value .. '"}}'
 end
 
-function request()
-  local c1, c2 = bench.two_keys()
-  local p1, p2 = bench.two_keys()
-  return wrk.format(nil, "/v1/txn", nil,
-    '{"compare":[' .. compare(c1) .. ',' .. compare(c2) .. '],"success":[' .. put(p1) .. ',' .. put(p2) .. ']}')
-end
+bench.load("txn", {
+  method = "POST",
+  build = function()
+    local c1, c2 = bench.two_keys()
+    local p1, p2 = bench.two_keys()
+    return "/v1/txn",
+      '{"compare":[' .. compare(c1) .. ',' .. compare(c2) .. '],"success":[' .. put(p1) .. ',' .. put(p2) .. ']}'
+  end,
+  check = function(status, body)
+    return status == 200 and body:find('"succeeded":true', 1, true) ~= nil
+  end,
+})
